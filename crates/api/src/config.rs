@@ -1,0 +1,78 @@
+//! `server:` — the listener, the tokens that guard it, and its limits.
+
+use bytesize::ByteSize;
+use hale_core::{ConfigError, Secret};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the one listener (proxy, status and metrics routes).
+    pub listen: String,
+    /// When set, `/internal/*` (but `/internal/health`) needs `Authorization: Bearer <token>`.
+    pub admin_token: Secret,
+    /// When non-empty, proxy routes need one of these as a bearer token.
+    pub api_keys: Vec<Secret>,
+    /// The largest request body accepted (buffered so it can be replayed on failover).
+    pub max_body: ByteSize,
+    /// Request headers must arrive within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long in-flight requests may run on after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4100".to_owned(),
+            admin_token: Secret::default(),
+            api_keys: Vec::new(),
+            max_body: ByteSize::mib(10),
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::new(
+                format!("{path}.listen"),
+                format!(
+                    "must be an address like 127.0.0.1:4100 ({e}): {:?}",
+                    self.listen
+                ),
+            )
+        })?;
+        if let Some(i) = self.api_keys.iter().position(Secret::is_empty) {
+            return Err(ConfigError::new(
+                format!("{path}.api_keys[{i}]"),
+                "must not be empty",
+            ));
+        }
+        if self.max_body.as_u64() == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.max_body"),
+                "must be greater than 0",
+            ));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.header_timeout"),
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|e| ConfigError::new("server.listen", format!("{e}")))
+    }
+}

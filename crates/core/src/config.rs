@@ -1,0 +1,246 @@
+//! The configuration sections core owns: `health:`, an endpoint's `startup:`, and the breaker
+//! settings that `proxy.breaker` uses, with their defaults and validation.
+//!
+//! Every section is `#[serde(deny_unknown_fields, default)]` so a misspelt key is an error and
+//! an omitted one takes the default of DESIGN §5. Durations are humantime strings (`"2s"`).
+//! `validate()` checks what serde cannot (ranges, relations between keys) and reports the
+//! failing key by its full path, so `hale check-config` can name it and its line.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A configuration value that is well-formed but not acceptable, named by its key path
+/// (for example `endpoints[2].check_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `health:` — thresholds and timing shared by every endpoint's state machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Run background health checks. With `false`, endpoints are trusted (routable) until a
+    /// request fails on them; useful where probing costs money.
+    pub background: bool,
+    /// Consecutive failed checks that turn a running endpoint `unhealthy`.
+    pub unhealthy_threshold: u32,
+    /// Consecutive good checks that turn an `unhealthy` endpoint `healthy` again.
+    pub healthy_threshold: u32,
+    /// A good check slower than this makes the endpoint `degraded`.
+    #[serde(with = "humantime_serde")]
+    pub degraded_latency: Duration,
+    /// The longest wait between checks of a failing endpoint.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Spread of each wait, as a fraction of it (0 ≤ jitter < 1); 0 makes schedules exact.
+    pub jitter: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            background: true,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            degraded_latency: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+            jitter: 0.1,
+        }
+    }
+}
+
+impl HealthConfig {
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.unhealthy_threshold == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.unhealthy_threshold"),
+                "must be at least 1",
+            ));
+        }
+        if self.healthy_threshold == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.healthy_threshold"),
+                "must be at least 1",
+            ));
+        }
+        if self.degraded_latency.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.degraded_latency"),
+                "must be greater than 0",
+            ));
+        }
+        if self.max_backoff.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.max_backoff"),
+                "must be greater than 0",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(ConfigError::new(
+                format!("{path}.jitter"),
+                format!("must be in [0, 1), got {}", self.jitter),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint's `startup:` phase, with Kubernetes startup-probe semantics: until the first
+/// success the endpoint is `unknown`; it is `unhealthy` only after `failure_threshold` failures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StartupConfig {
+    /// Wait this long after the gateway starts before the first check.
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// Time between checks during the startup phase (and while the backend says it is loading).
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Failed startup checks tolerated before the endpoint is declared `unhealthy`.
+    pub failure_threshold: u32,
+    /// Good checks needed to leave the startup phase.
+    pub success_threshold: u32,
+    /// Timeout of one startup check.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(2),
+            failure_threshold: 30,
+            success_threshold: 1,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StartupConfig {
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.period.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.period"),
+                "must be greater than 0",
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.timeout"),
+                "must be greater than 0",
+            ));
+        }
+        if self.timeout > self.period {
+            return Err(ConfigError::new(
+                format!("{path}.timeout"),
+                format!(
+                    "must not exceed startup.period ({} > {})",
+                    humantime::format_duration(self.timeout),
+                    humantime::format_duration(self.period)
+                ),
+            ));
+        }
+        if self.failure_threshold == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.failure_threshold"),
+                "must be at least 1",
+            ));
+        }
+        if self.success_threshold == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.success_threshold"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The request-path circuit breaker (`proxy.breaker`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive transport failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker refuses traffic before admitting one trial request.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BreakerConfig {
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.failure_threshold == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.failure_threshold"),
+                "must be at least 1",
+            ));
+        }
+        if self.open_for.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.open_for"),
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_design() {
+        let h = HealthConfig::default();
+        assert_eq!((h.unhealthy_threshold, h.healthy_threshold), (3, 2));
+        assert_eq!(h.max_backoff, Duration::from_secs(60));
+        assert!(h.validate("health").is_ok());
+        assert!(StartupConfig::default().validate("s").is_ok());
+        assert!(BreakerConfig::default().validate("proxy.breaker").is_ok());
+    }
+
+    #[test]
+    fn names_the_key() {
+        let h = HealthConfig {
+            jitter: 1.5,
+            ..Default::default()
+        };
+        assert_eq!(h.validate("health").unwrap_err().path, "health.jitter");
+        let s = StartupConfig {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.validate("endpoints[0].startup").unwrap_err().path,
+            "endpoints[0].startup.timeout"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<HealthConfig>(r#"{"unhealty_threshold": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("unhealty_threshold"), "{err}");
+    }
+}

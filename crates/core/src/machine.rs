@@ -1,0 +1,351 @@
+//! The per-endpoint health state machine: it folds each [`CheckOutcome`] (and each passive
+//! failure seen on the request path) into one of five states and says when to check next.
+//!
+//! The rules, from DESIGN §3:
+//! - **Startup phase** (Kubernetes startup-probe semantics): the endpoint is `unknown` until
+//!   `startup.success_threshold` good checks; it turns `unhealthy` only after
+//!   `startup.failure_threshold` failed ones. Checks run every `startup.period` with
+//!   `startup.timeout`, the first one `startup.initial_delay` after start.
+//! - **Loading**: a server that says it is loading a model is `unknown` with reason `loading`,
+//!   whatever it was before (a restarted backend starts again): back to the startup phase,
+//!   checked at the startup cadence without backoff, not counted as a failure.
+//! - **Running phase**: `unhealthy_threshold` consecutive failures → `unhealthy`. From
+//!   `unhealthy`, one success → `recovering`, `healthy_threshold` consecutive successes →
+//!   `healthy` (or `degraded` when slower than `degraded_latency`). A failure while
+//!   `recovering` sends it back to `unhealthy`.
+//! - **401/403** (`auth_error`) is `unhealthy` at once: retrying will not fix a wrong key.
+//! - **429** is neither success nor failure: the endpoint keeps its state but is not routable
+//!   until Retry-After (or one interval) has passed, and is not checked before then.
+//! - **Passive failure**: a connection failure on the request path makes a routable endpoint
+//!   `unhealthy` at once.
+//! - **Backoff**: while `unhealthy`, the n-th failure waits `interval × min(2^(n-1), 12)`,
+//!   capped at `max_backoff` ([`Backoff`]); before that, checks keep the plain interval so
+//!   `unhealthy_threshold` failures are seen within `threshold × interval`.
+//!
+//! Only changes of *state* are transitions; a new reason within a state is not.
+
+use crate::backoff::Backoff;
+use crate::config::{HealthConfig, StartupConfig};
+use crate::endpoint::Endpoint;
+use crate::outcome::{CheckOutcome, CheckResult, Verdict};
+use crate::state::{HealthState, Reason, Transition};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Which cadence and thresholds apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Startup,
+    Running,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthMachine {
+    // Settings, copied in so the machine stands alone.
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+    degraded_latency: Duration,
+    interval: Duration,
+    check_timeout: Duration,
+    startup: StartupConfig,
+    backoff: Backoff,
+
+    state: HealthState,
+    phase: Phase,
+    reason: Option<Reason>,
+    error: Option<Arc<str>>,
+    consecutive_failures: u32,
+    consecutive_successes: u32,
+    /// Failures since the endpoint entered `unhealthy` (drives the backoff).
+    unhealthy_failures: u32,
+    rate_limited_until: Option<Instant>,
+    discovery_due: bool,
+    discovered: Option<Arc<[Arc<str>]>>,
+    last_latency: Option<Duration>,
+    checks_total: u64,
+    checks_ok: u64,
+}
+
+impl HealthMachine {
+    /// A machine for `endpoint` in its startup phase, `unknown`.
+    pub fn new(endpoint: &Endpoint, health: &HealthConfig) -> Self {
+        // The config was validated; clamping keeps this constructor total all the same.
+        let backoff = Backoff::try_new(
+            health.max_backoff.max(Duration::from_millis(1)),
+            health.jitter.clamp(0.0, 0.99),
+        )
+        .unwrap_or_else(|_| Backoff::fallback());
+        Self {
+            unhealthy_threshold: health.unhealthy_threshold.max(1),
+            healthy_threshold: health.healthy_threshold.max(1),
+            degraded_latency: health.degraded_latency,
+            interval: endpoint.check_interval,
+            check_timeout: endpoint.check_timeout,
+            startup: endpoint.startup.clone(),
+            backoff,
+            state: HealthState::Unknown,
+            phase: Phase::Startup,
+            reason: None,
+            error: None,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
+            unhealthy_failures: 0,
+            rate_limited_until: None,
+            discovery_due: true,
+            discovered: None,
+            last_latency: None,
+            checks_total: 0,
+            checks_ok: 0,
+        }
+    }
+
+    /// A machine that starts `healthy` without a check: for `health.background: false`, where
+    /// endpoints are trusted until a request fails on them.
+    pub fn trusted(endpoint: &Endpoint, health: &HealthConfig) -> Self {
+        let mut m = Self::new(endpoint, health);
+        m.state = HealthState::Healthy;
+        m.phase = Phase::Running;
+        m
+    }
+
+    // === reading ===
+
+    pub fn state(&self) -> HealthState {
+        self.state
+    }
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+    pub fn reason(&self) -> Option<&Reason> {
+        self.reason.as_ref()
+    }
+    pub fn error(&self) -> Option<&Arc<str>> {
+        self.error.as_ref()
+    }
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+    pub fn consecutive_successes(&self) -> u32 {
+        self.consecutive_successes
+    }
+    pub fn last_latency(&self) -> Option<Duration> {
+        self.last_latency
+    }
+    pub fn checks_total(&self) -> u64 {
+        self.checks_total
+    }
+    pub fn checks_ok(&self) -> u64 {
+        self.checks_ok
+    }
+    pub fn rate_limited_until(&self) -> Option<Instant> {
+        self.rate_limited_until
+    }
+    /// Models the backend reported at its last discovery.
+    pub fn discovered(&self) -> Option<&Arc<[Arc<str>]>> {
+        self.discovered.as_ref()
+    }
+    /// Whether the next check should also list models (first success, after recovery).
+    pub fn discovery_due(&self) -> bool {
+        self.discovery_due
+    }
+
+    /// Whether traffic may go to the endpoint at `now`.
+    pub fn is_routable(&self, now: Instant) -> bool {
+        self.state.is_routable() && self.rate_limited_until.is_none_or(|until| now >= until)
+    }
+
+    /// The timeout for the next check.
+    pub fn check_timeout(&self) -> Duration {
+        match self.phase {
+            Phase::Startup => self.startup.timeout,
+            Phase::Running => self.check_timeout,
+        }
+    }
+
+    /// The wait before the very first check.
+    pub fn first_delay(&self) -> Duration {
+        match self.phase {
+            Phase::Startup => self.startup.initial_delay,
+            Phase::Running => Duration::ZERO,
+        }
+    }
+
+    /// The wait from `now` until the next check; `u` ∈ [0, 1) is the jitter sample.
+    pub fn next_delay(&self, now: Instant, u: f64) -> Duration {
+        let planned = match (self.phase, self.state) {
+            // Startup and loading: Kubernetes cadence, exact and without backoff.
+            (Phase::Startup, _) => self.startup.period,
+            (Phase::Running, HealthState::Unhealthy) => {
+                self.backoff
+                    .delay(self.interval, self.unhealthy_failures, u)
+            }
+            (Phase::Running, _) => self.backoff.jittered(self.interval, u),
+        };
+        match self.rate_limited_until {
+            Some(until) if until > now => planned.max(until - now),
+            _ => planned,
+        }
+    }
+
+    // === folding outcomes ===
+
+    /// Folds one check into the state; returns the transition if the state changed.
+    pub fn observe(&mut self, outcome: &CheckOutcome, now: Instant) -> Option<Transition> {
+        let from = self.state;
+        self.checks_total += 1;
+        self.last_latency = Some(outcome.latency);
+        match outcome.result.verdict() {
+            Verdict::Pass => self.on_pass(outcome),
+            Verdict::Loading => self.on_loading(&outcome.result),
+            Verdict::RateLimited => self.on_rate_limited(&outcome.result, now),
+            Verdict::Fail => self.on_fail(&outcome.result),
+        }
+        self.transition_from(from)
+    }
+
+    /// A connection failure seen on the request path: a routable endpoint turns `unhealthy`
+    /// at once. Returns the transition, if any.
+    pub fn passive_failure(&mut self, result: &CheckResult) -> Option<Transition> {
+        if !self.state.is_routable() {
+            return None;
+        }
+        let from = self.state;
+        self.consecutive_successes = 0;
+        self.consecutive_failures += 1;
+        self.reason = result.reason().or(Some(Reason::RequestFailed));
+        self.error = result
+            .error_text()
+            .map(|e| Arc::from(format!("request path: {e}")));
+        self.enter_unhealthy();
+        self.transition_from(from)
+    }
+
+    fn on_pass(&mut self, outcome: &CheckOutcome) {
+        self.checks_ok += 1;
+        if let CheckResult::Ok {
+            models: Some(models),
+        } = &outcome.result
+        {
+            self.discovered = Some(models.iter().cloned().collect());
+            self.discovery_due = false;
+        }
+        self.consecutive_failures = 0;
+        self.unhealthy_failures = 0;
+        self.rate_limited_until = None;
+        self.error = None;
+        self.consecutive_successes = self.consecutive_successes.saturating_add(1);
+
+        let slow = outcome.latency > self.degraded_latency;
+        let serving = if slow {
+            HealthState::Degraded
+        } else {
+            HealthState::Healthy
+        };
+        let serving_reason = slow.then_some(Reason::Slow);
+        match (self.phase, self.state) {
+            (Phase::Startup, _) => {
+                if self.consecutive_successes >= self.startup.success_threshold {
+                    self.phase = Phase::Running;
+                    self.set(serving, serving_reason);
+                } else {
+                    self.reason = None;
+                }
+            }
+            (Phase::Running, HealthState::Unhealthy | HealthState::Recovering) => {
+                if self.consecutive_successes >= self.healthy_threshold {
+                    self.set(serving, serving_reason);
+                } else {
+                    self.set(HealthState::Recovering, None);
+                }
+            }
+            (Phase::Running, _) => self.set(serving, serving_reason),
+        }
+    }
+
+    fn on_loading(&mut self, result: &CheckResult) {
+        self.phase = Phase::Startup;
+        self.consecutive_failures = 0;
+        self.consecutive_successes = 0;
+        self.unhealthy_failures = 0;
+        self.rate_limited_until = None;
+        // The model set may change across a reload.
+        self.discovery_due = true;
+        self.error = result.error_text().map(Arc::from);
+        self.set(HealthState::Unknown, Some(Reason::Loading));
+    }
+
+    fn on_rate_limited(&mut self, result: &CheckResult, now: Instant) {
+        let wait = match result {
+            CheckResult::Http {
+                retry_after: Some(ra),
+                ..
+            } => *ra,
+            _ => self.interval,
+        };
+        self.rate_limited_until = Some(now + wait);
+        self.reason = Some(Reason::RateLimited);
+        self.error = result.error_text().map(Arc::from);
+    }
+
+    fn on_fail(&mut self, result: &CheckResult) {
+        self.consecutive_successes = 0;
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.rate_limited_until = None;
+        let reason = result.reason();
+        let auth = reason == Some(Reason::AuthError);
+        self.reason = reason;
+        self.error = result.error_text().map(Arc::from);
+        match (self.phase, self.state) {
+            (Phase::Startup, _) => {
+                if auth || self.consecutive_failures >= self.startup.failure_threshold {
+                    self.enter_unhealthy();
+                }
+            }
+            (Phase::Running, HealthState::Unhealthy) => {
+                self.unhealthy_failures = self.unhealthy_failures.saturating_add(1);
+            }
+            (Phase::Running, HealthState::Recovering) => self.enter_unhealthy(),
+            (Phase::Running, _) => {
+                if auth || self.consecutive_failures >= self.unhealthy_threshold {
+                    self.enter_unhealthy();
+                }
+            }
+        }
+    }
+
+    fn enter_unhealthy(&mut self) {
+        self.phase = Phase::Running;
+        self.unhealthy_failures = 1;
+        self.discovery_due = true;
+        self.state = HealthState::Unhealthy;
+    }
+
+    fn set(&mut self, state: HealthState, reason: Option<Reason>) {
+        self.state = state;
+        self.reason = reason;
+    }
+
+    fn transition_from(&self, from: HealthState) -> Option<Transition> {
+        (from != self.state).then(|| Transition {
+            from,
+            to: self.state,
+            reason: self.reason.clone(),
+        })
+    }
+}
+
+impl Backoff {
+    /// Used only if validated settings were somehow out of range: Olla's 60 s cap, no jitter.
+    fn fallback() -> Self {
+        match Backoff::try_new(Duration::from_secs(60), 0.0) {
+            Ok(b) => b,
+            Err(_) => unreachable!("60s without jitter is a valid backoff"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

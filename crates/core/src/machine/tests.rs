@@ -1,0 +1,442 @@
+//! Tests of the health state machine: scenarios on paused tokio time, and property tests of
+//! the invariants DESIGN §3 promises (routability, recovery threshold).
+
+use super::*;
+use crate::endpoint::{EndpointConfig, EndpointKind};
+use proptest::prelude::*;
+
+const FAST: Duration = Duration::from_millis(5);
+const S: Duration = Duration::from_secs(1);
+
+fn endpoint(startup_failures: u32) -> Endpoint {
+    let mut c = EndpointConfig::new("e", "http://127.0.0.1:9", EndpointKind::Vllm);
+    c.check_interval = S;
+    c.check_timeout = Duration::from_millis(500);
+    c.startup.period = Duration::from_millis(500);
+    c.startup.timeout = Duration::from_millis(400);
+    c.startup.failure_threshold = startup_failures;
+    c.resolve("e").unwrap()
+}
+
+fn health(unhealthy: u32, healthy: u32) -> HealthConfig {
+    HealthConfig {
+        unhealthy_threshold: unhealthy,
+        healthy_threshold: healthy,
+        jitter: 0.0,
+        ..HealthConfig::default()
+    }
+}
+
+fn ok() -> CheckOutcome {
+    CheckOutcome::ok(FAST)
+}
+fn slow() -> CheckOutcome {
+    CheckOutcome::ok(Duration::from_secs(3))
+}
+fn http(status: u16) -> CheckOutcome {
+    CheckOutcome::failed(
+        FAST,
+        CheckResult::Http {
+            status,
+            retry_after: None,
+            message: String::new(),
+        },
+    )
+}
+fn refused() -> CheckOutcome {
+    CheckOutcome::failed(FAST, CheckResult::ConnectRefused)
+}
+fn loading() -> CheckOutcome {
+    CheckOutcome::failed(
+        FAST,
+        CheckResult::Loading {
+            message: "Loading model".into(),
+        },
+    )
+}
+
+fn running(unhealthy: u32, healthy: u32) -> HealthMachine {
+    let mut m = HealthMachine::new(&endpoint(3), &health(unhealthy, healthy));
+    m.observe(&ok(), Instant::now());
+    assert_eq!(m.state(), HealthState::Healthy);
+    m
+}
+
+#[test]
+fn starts_unknown_and_not_routable() {
+    let m = HealthMachine::new(&endpoint(3), &health(3, 2));
+    assert_eq!(
+        (m.state(), m.phase()),
+        (HealthState::Unknown, Phase::Startup)
+    );
+    assert!(!m.is_routable(Instant::now()));
+    assert!(m.discovery_due());
+}
+
+#[test]
+fn startup_tolerates_failures_up_to_threshold() {
+    let mut m = HealthMachine::new(&endpoint(3), &health(3, 2));
+    let now = Instant::now();
+    assert_eq!(m.observe(&refused(), now), None);
+    assert_eq!(m.observe(&refused(), now), None);
+    assert_eq!(m.state(), HealthState::Unknown);
+    assert_eq!(m.reason(), Some(&Reason::ConnectRefused));
+    assert_eq!(
+        m.next_delay(now, 0.5),
+        Duration::from_millis(500),
+        "startup period"
+    );
+    assert_eq!(
+        m.check_timeout(),
+        Duration::from_millis(400),
+        "startup timeout"
+    );
+    let t = m.observe(&refused(), now).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Unknown, HealthState::Unhealthy)
+    );
+    assert_eq!(m.phase(), Phase::Running);
+}
+
+#[test]
+fn first_success_ends_startup() {
+    let mut m = HealthMachine::new(&endpoint(3), &health(3, 2));
+    m.observe(&refused(), Instant::now());
+    let t = m.observe(&ok(), Instant::now()).unwrap();
+    assert_eq!((t.from, t.to), (HealthState::Unknown, HealthState::Healthy));
+    assert_eq!(m.check_timeout(), Duration::from_millis(500));
+}
+
+#[test]
+fn startup_success_threshold() {
+    let mut e = endpoint(3);
+    e.startup.success_threshold = 3;
+    let mut m = HealthMachine::new(&e, &health(3, 2));
+    assert_eq!(m.observe(&ok(), Instant::now()), None);
+    assert_eq!(m.observe(&ok(), Instant::now()), None);
+    assert!(m.observe(&ok(), Instant::now()).is_some());
+}
+
+#[test]
+fn loading_is_unknown_from_any_state_without_backoff() {
+    let mut m = running(3, 2);
+    let now = Instant::now();
+    let t = m.observe(&loading(), now).unwrap();
+    assert_eq!(
+        (t.to, t.reason),
+        (HealthState::Unknown, Some(Reason::Loading))
+    );
+    // Loading does not count as a failure, however long it lasts.
+    for _ in 0..100 {
+        m.observe(&loading(), now);
+        assert_eq!(m.next_delay(now, 0.9), Duration::from_millis(500));
+    }
+    assert_eq!(m.state(), HealthState::Unknown);
+    assert_eq!(m.consecutive_failures(), 0);
+    let t = m.observe(&ok(), now).unwrap();
+    assert_eq!(t.to, HealthState::Healthy);
+}
+
+#[test]
+fn running_failures_need_the_threshold() {
+    let mut m = running(3, 2);
+    let now = Instant::now();
+    assert_eq!(m.observe(&http(503), now), None);
+    assert_eq!(m.next_delay(now, 0.0), S, "no backoff before unhealthy");
+    assert_eq!(m.observe(&http(503), now), None);
+    assert!(m.is_routable(now));
+    let t = m.observe(&http(503), now).unwrap();
+    assert_eq!(
+        (t.from, t.to, t.reason),
+        (
+            HealthState::Healthy,
+            HealthState::Unhealthy,
+            Some(Reason::Http(503))
+        )
+    );
+}
+
+#[test]
+fn backs_off_while_unhealthy_then_recovers_through_recovering() {
+    let mut m = running(1, 2);
+    let now = Instant::now();
+    m.observe(&refused(), now);
+    let waits: Vec<u64> = (0..7)
+        .map(|i| {
+            if i > 0 {
+                m.observe(&refused(), now);
+            }
+            m.next_delay(now, 0.5).as_secs()
+        })
+        .collect();
+    assert_eq!(waits, [1, 2, 4, 8, 12, 12, 12]);
+    let t = m.observe(&ok(), now).unwrap();
+    assert_eq!(t.to, HealthState::Recovering);
+    assert!(m.is_routable(now), "recovering gets trial traffic");
+    assert_eq!(
+        m.next_delay(now, 0.5),
+        S,
+        "backoff ends with the first success"
+    );
+    let t = m.observe(&ok(), now).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Recovering, HealthState::Healthy)
+    );
+}
+
+#[test]
+fn failure_while_recovering_goes_back_to_unhealthy() {
+    let mut m = running(1, 3);
+    m.observe(&refused(), Instant::now());
+    m.observe(&ok(), Instant::now());
+    let t = m.observe(&http(500), Instant::now()).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Recovering, HealthState::Unhealthy)
+    );
+}
+
+#[test]
+fn slow_success_is_degraded_and_routable() {
+    let mut m = running(3, 2);
+    let t = m.observe(&slow(), Instant::now()).unwrap();
+    assert_eq!(
+        (t.to, t.reason),
+        (HealthState::Degraded, Some(Reason::Slow))
+    );
+    assert!(m.is_routable(Instant::now()));
+    let t = m.observe(&ok(), Instant::now()).unwrap();
+    assert_eq!(t.to, HealthState::Healthy);
+}
+
+#[test]
+fn auth_errors_are_unhealthy_at_once() {
+    let mut m = running(3, 2);
+    let t = m.observe(&http(401), Instant::now()).unwrap();
+    assert_eq!(
+        (t.to, t.reason),
+        (HealthState::Unhealthy, Some(Reason::AuthError))
+    );
+    let mut m = HealthMachine::new(&endpoint(30), &health(3, 2));
+    let t = m.observe(&http(403), Instant::now()).unwrap();
+    assert_eq!(t.to, HealthState::Unhealthy, "even during startup");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_until_retry_after_without_failing() {
+    let mut m = running(1, 2);
+    let limited = CheckOutcome::failed(
+        FAST,
+        CheckResult::Http {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+            message: String::new(),
+        },
+    );
+    assert_eq!(m.observe(&limited, Instant::now()), None);
+    assert_eq!(m.state(), HealthState::Healthy);
+    assert_eq!(m.reason(), Some(&Reason::RateLimited));
+    assert_eq!(m.consecutive_failures(), 0);
+    assert!(!m.is_routable(Instant::now()));
+    assert_eq!(m.next_delay(Instant::now(), 0.5), Duration::from_secs(7));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(!m.is_routable(Instant::now()));
+    assert_eq!(m.next_delay(Instant::now(), 0.5), S);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(m.is_routable(Instant::now()));
+}
+
+#[test]
+fn passive_failure_marks_unhealthy_at_once() {
+    let mut m = running(3, 2);
+    let t = m.passive_failure(&CheckResult::ConnectRefused).unwrap();
+    assert_eq!(
+        (t.from, t.to, t.reason),
+        (
+            HealthState::Healthy,
+            HealthState::Unhealthy,
+            Some(Reason::ConnectRefused)
+        )
+    );
+    assert!(m.error().unwrap().starts_with("request path"));
+    assert_eq!(
+        m.passive_failure(&CheckResult::ConnectRefused),
+        None,
+        "already down"
+    );
+    // Passive failures do not touch endpoints that get no traffic anyway.
+    let mut fresh = HealthMachine::new(&endpoint(3), &health(3, 2));
+    assert_eq!(fresh.passive_failure(&CheckResult::ConnectRefused), None);
+    assert_eq!(fresh.state(), HealthState::Unknown);
+}
+
+#[test]
+fn discovery_is_due_at_first_success_and_after_recovery() {
+    let mut m = HealthMachine::new(&endpoint(3), &health(1, 1));
+    assert!(m.discovery_due());
+    m.observe(
+        &CheckOutcome {
+            latency: FAST,
+            result: CheckResult::Ok {
+                models: Some(vec![Arc::from("m1")]),
+            },
+        },
+        Instant::now(),
+    );
+    assert!(!m.discovery_due());
+    assert_eq!(m.discovered().unwrap().len(), 1);
+    m.observe(&refused(), Instant::now());
+    assert!(m.discovery_due(), "recovery triggers rediscovery");
+}
+
+#[test]
+fn trusted_machines_start_routable() {
+    let m = HealthMachine::trusted(&endpoint(3), &health(3, 2));
+    assert!(m.is_routable(Instant::now()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_delay_defers_the_first_check() {
+    let mut e = endpoint(3);
+    e.startup.initial_delay = Duration::from_secs(60);
+    let m = HealthMachine::new(&e, &health(3, 2));
+    assert_eq!(m.first_delay(), Duration::from_secs(60));
+}
+
+// === properties ===
+
+#[derive(Debug, Clone)]
+enum Step {
+    Pass,
+    Slow,
+    Fail(u16),
+    Refused,
+    Loading,
+    Limited,
+    Passive,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => Just(Step::Pass),
+        1 => Just(Step::Slow),
+        2 => (500u16..504).prop_map(Step::Fail),
+        2 => Just(Step::Refused),
+        1 => Just(Step::Loading),
+        1 => Just(Step::Limited),
+        1 => Just(Step::Passive),
+    ]
+}
+
+fn apply(m: &mut HealthMachine, s: &Step, now: Instant) -> Option<Transition> {
+    match s {
+        Step::Pass => m.observe(&ok(), now),
+        Step::Slow => m.observe(&slow(), now),
+        Step::Fail(code) => m.observe(&http(*code), now),
+        Step::Refused => m.observe(&refused(), now),
+        Step::Loading => m.observe(&loading(), now),
+        Step::Limited => m.observe(
+            &CheckOutcome::failed(
+                FAST,
+                CheckResult::Http {
+                    status: 429,
+                    retry_after: None,
+                    message: String::new(),
+                },
+            ),
+            now,
+        ),
+        Step::Passive => m.passive_failure(&CheckResult::ConnectRefused),
+    }
+}
+
+proptest! {
+    /// `unknown` and `unhealthy` are never routable, whatever happened before.
+    #[test]
+    fn unknown_and_unhealthy_never_routable(
+        steps in proptest::collection::vec(step(), 0..80),
+        unhealthy in 1u32..5,
+        healthy in 1u32..5,
+        startup_failures in 1u32..5,
+    ) {
+        let mut m = HealthMachine::new(&endpoint(startup_failures), &health(unhealthy, healthy));
+        let now = Instant::now();
+        for s in &steps {
+            apply(&mut m, s, now);
+            if matches!(m.state(), HealthState::Unknown | HealthState::Unhealthy) {
+                prop_assert!(!m.is_routable(now), "{:?} routable after {:?}", m.state(), s);
+                prop_assert!(!m.is_routable(now + Duration::from_secs(3600)));
+            }
+        }
+    }
+
+    /// After `unhealthy`, exactly `healthy_threshold` consecutive good checks make the endpoint
+    /// `healthy`: one fewer leaves it `recovering`.
+    #[test]
+    fn recovery_needs_exactly_healthy_threshold(
+        prefix in proptest::collection::vec(step(), 0..40),
+        unhealthy in 1u32..5,
+        healthy in 1u32..6,
+    ) {
+        let mut m = HealthMachine::new(&endpoint(2), &health(unhealthy, healthy));
+        let now = Instant::now();
+        for s in &prefix {
+            apply(&mut m, s, now);
+        }
+        // Drive it to unhealthy from wherever the prefix left it.
+        while m.state() != HealthState::Unhealthy {
+            m.observe(&refused(), now);
+        }
+        for i in 1..healthy {
+            m.observe(&ok(), now);
+            prop_assert_eq!(m.state(), HealthState::Recovering, "after {} of {} passes", i, healthy);
+        }
+        m.observe(&ok(), now);
+        prop_assert_eq!(m.state(), HealthState::Healthy);
+    }
+
+    /// In any history, every step from `recovering` (or `unhealthy`) to `healthy` comes after
+    /// exactly `healthy_threshold` passes since the endpoint was last unhealthy.
+    #[test]
+    fn every_recovery_counts_its_passes(
+        steps in proptest::collection::vec(step(), 0..120),
+        healthy in 1u32..5,
+    ) {
+        let mut m = HealthMachine::new(&endpoint(2), &health(2, healthy));
+        let now = Instant::now();
+        let mut passes_since_unhealthy: Option<u32> = None;
+        for s in &steps {
+            let t = apply(&mut m, s, now);
+            if m.state() == HealthState::Unhealthy {
+                passes_since_unhealthy = Some(0);
+            } else if matches!(s, Step::Loading) {
+                passes_since_unhealthy = None; // a restart: the startup rules apply
+            } else if matches!(s, Step::Pass | Step::Slow) {
+                passes_since_unhealthy = passes_since_unhealthy.map(|p| p + 1);
+            }
+            if let (Some(t), Some(p)) = (t, passes_since_unhealthy)
+                && matches!(t.to, HealthState::Healthy | HealthState::Degraded)
+                && matches!(t.from, HealthState::Recovering | HealthState::Unhealthy)
+            {
+                prop_assert_eq!(p, healthy);
+            }
+        }
+    }
+
+    /// While failures continue, the scheduled wait never shrinks and never passes the cap.
+    #[test]
+    fn next_delay_grows_to_cap_while_failing(fails in 1usize..40, u in 0.0f64..1.0) {
+        let mut m = running(1, 2);
+        let now = Instant::now();
+        let mut last = Duration::ZERO;
+        for _ in 0..fails {
+            m.observe(&refused(), now);
+            let d = m.next_delay(now, u);
+            prop_assert!(d >= last);
+            prop_assert!(d <= Duration::from_secs(60));
+            last = d;
+        }
+    }
+}
