@@ -1,0 +1,30 @@
+//! Test harness shared by Hale's unit, integration and end-to-end tests: it starts the real
+//! processes a test needs (`redis-server`, `mockllm`) on free loopback ports with their output
+//! captured, finds the workspace binaries, speaks just enough HTTP/1.1 to poke at them, writes
+//! temporary config files, and waits for conditions with [`eventually()`] instead of fixed sleeps.
+//!
+//! Every process handle kills its process when dropped, so a failing test never leaves a
+//! server behind, and every helper returns `anyhow::Result` with enough context (the command,
+//! the port, the process's own output) that a failure can be understood from the test log
+//! alone. Timers go through `tokio::time`, so [`eventually()`] also works in paused-time tests;
+//! the process helpers, however, wait on real I/O and belong in tests that run in real time.
+
+mod binaries;
+mod eventually;
+mod gateway;
+mod http;
+mod mockllm;
+mod output;
+mod port;
+mod process;
+mod redis_server;
+mod temp_config;
+
+pub use binaries::bin_path;
+pub use eventually::{Attempt, eventually};
+pub use gateway::Gateway;
+pub use http::{HttpReply, http_get_json, http_post_json, http_request};
+pub use mockllm::{MockLlm, MockLlmBuilder};
+pub use port::{free_port, try_free_port};
+pub use redis_server::RedisServer;
+pub use temp_config::TempConfig;

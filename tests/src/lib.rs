@@ -1,0 +1,46 @@
+//! hale-tests: Hale's end-to-end suites. Each file in `tests/tests/` is one suite that starts
+//! real processes — gateway replicas (`hale`), `redis-server`, `mockllm` backends — over
+//! loopback and asserts on what a user or an operator would see: HTTP answers, status pages,
+//! metrics, Redis keys. The process harness lives in `hale-testkit`; this library is where
+//! helpers shared only by the end-to-end suites (a gateway fixture, config builders) belong.
+//!
+//! The suites need the workspace binaries built (`cargo build --workspace --bins`) and
+//! `redis-server` on `PATH`; `cargo xtask it` and `cargo xtask test` take care of both.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp as Hale prints it.
+pub fn rfc3339_secs(v: &serde_json::Value) -> anyhow::Result<f64> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("not a timestamp: {v}"))?;
+    let t = humantime::parse_rfc3339(s)?;
+    Ok(t.duration_since(UNIX_EPOCH)?.as_secs_f64())
+}
+
+/// Now, in seconds since the Unix epoch (the clock mockllm stamps hits with).
+pub fn wall_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+/// Arrival times (Unix seconds) of the requests a mockllm received on `path`, oldest first,
+/// from its `/__stats` answer.
+pub fn hit_times(stats: &serde_json::Value, path: &str) -> Vec<f64> {
+    stats["recent"]
+        .as_array()
+        .map(|hits| {
+            hits.iter()
+                .filter(|h| h["path"] == path)
+                .filter_map(|h| h["t"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The gaps between consecutive times.
+pub fn gaps(times: &[f64]) -> Vec<f64> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}

@@ -1,0 +1,25 @@
+//! `cargo xtask bench <suite>`: measurements whose figures go into docs/BENCHMARKS.md.
+//!
+//! Every suite builds the release binaries, starts real processes on loopback, bounds every
+//! load loop in time, and rewrites its own section of docs/BENCHMARKS.md (between
+//! `<!-- bench:NAME -->` markers) with the figures and the exact command that produced them.
+//! The machines are shared and noisy: suites report medians and ratios from one run.
+//!
+//! Suites: `health` (the cost of active health checking: CPU and memory of the gateway while
+//! it checks many endpoints every second).
+
+mod health;
+mod procfs;
+mod report;
+
+use std::path::Path;
+
+use anyhow::bail;
+
+pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("health") => health::run(root, &args[1..]),
+        Some(other) => bail!("unknown bench suite {other:?}; suites: health"),
+        None => bail!("usage: cargo xtask bench <suite> [options]; suites: health"),
+    }
+}
