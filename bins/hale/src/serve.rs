@@ -1,0 +1,119 @@
+//! `hale serve`: wires the crates into one running gateway.
+//!
+//! Order of start-up: telemetry; the pod id; the metrics recorder; the health store with every
+//! configured endpoint `unknown`; the listener (so `/livez` answers while the first sweep runs
+//! and `/readyz` says 503 until it is in); then the scheduler. Once bound, the address is
+//! printed on stdout as `hale listening on <addr>` so scripts and tests can find a port chosen
+//! with `:0`. Logs go to stderr.
+//!
+//! On SIGTERM or SIGINT the gateway starts draining: `/readyz` answers 503 at once, the
+//! listener stops taking new connections, open requests get up to `server.shutdown_grace` to
+//! finish, then the checks stop and the process exits 0.
+
+use crate::config::LoadedConfig;
+use anyhow::Context as _;
+use hale_api::{ApiState, install_metrics};
+use hale_core::{HealthStore, Now};
+use hale_probe::{ProbeClient, Scheduler};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Runs the gateway until a shutdown signal; returns when it has drained.
+pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+    let started = Now::capture();
+    let LoadedConfig {
+        config, endpoints, ..
+    } = loaded;
+    let pod_id = crate::pod::resolve(&config.pod_id);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pod_id = %pod_id,
+        endpoints = endpoints.len(),
+        "starting hale"
+    );
+    if config.shared.enabled {
+        tracing::warn!(
+            "shared.enabled is set, but shared health state is not available in this build: \
+             checking locally"
+        );
+    }
+
+    let metrics = install_metrics().context("installing the metrics recorder")?;
+    let _upkeep = metrics.spawn_upkeep(Duration::from_secs(10));
+    let store = Arc::new(HealthStore::new(
+        pod_id.as_str(),
+        endpoints,
+        &config.health,
+        started,
+    ));
+
+    let addr = config.server.listen_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding server.listen {addr}"))?;
+    let local = listener.local_addr()?;
+    announce(local);
+    tracing::info!(addr = %local, "listening");
+
+    let scheduler =
+        Scheduler::new(store.clone(), ProbeClient::new(), config.health.background).spawn();
+
+    let grace = config.server.shutdown_grace;
+    let state = ApiState::new(store, config.server, env!("CARGO_PKG_VERSION"), metrics)
+        .with_started(started);
+    let app = hale_api::router(state.clone());
+
+    let draining = state.clone();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.start_draining();
+        tracing::info!(grace = %humantime::format_duration(grace), "shutdown signal: draining");
+        let _ = drained_tx.send(());
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = tokio::spawn(async move { server.await });
+
+    // Once draining starts, in-flight requests get `shutdown_grace` to finish.
+    let _ = drained_rx.await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("drained"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("shutdown grace period over with requests still open"),
+    }
+    scheduler.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prints the listening line on stdout (logs go to stderr) and flushes it.
+fn announce(addr: std::net::SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "hale listening on {addr}");
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

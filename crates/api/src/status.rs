@@ -1,0 +1,316 @@
+//! `/internal/status` (the summary of this replica) and `/internal/status/endpoints` (every
+//! endpoint's health in detail, in configuration order).
+//!
+//! Per endpoint the fields are DESIGN §5's — `name, url, type, status, reason, priority,
+//! last_check, last_latency_ms, consecutive_failures, consecutive_successes,
+//! uptime_percentage, error, next_check_at, breaker, models, checked_by, source` — plus
+//! `weight, phase, since, checks_total`. Times are RFC 3339 with milliseconds or null;
+//! `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
+//! two decimals. Nothing secret is rendered: the endpoint's `api_key` is not a field at all,
+//! and credentials written into the URL (`http://user:pass@host`) are stripped from `url`.
+
+use crate::ApiState;
+use crate::counts::StateCounts;
+use crate::format::{millis, percent, rfc3339_ms};
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use hale_core::store::EndpointStatus;
+use hale_core::{BreakerState, EndpointKind, HealthState, Phase, Reason, Snapshot, Source};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    version: &'a str,
+    pod_id: &'a str,
+    uptime_seconds: u64,
+    started_at: String,
+    ready: bool,
+    draining: bool,
+    mode: String,
+    endpoints: StateCounts,
+    routable_models: Vec<Arc<str>>,
+}
+
+/// `GET /internal/status`.
+pub(crate) async fn summary(State(state): State<ApiState>) -> Response {
+    let snapshot = state.store().snapshot();
+    Json(Summary {
+        version: state.version(),
+        pod_id: state.store().pod_id(),
+        uptime_seconds: state.uptime().as_secs(),
+        started_at: rfc3339_ms(state.started_at()),
+        ready: snapshot.ready,
+        draining: state.is_draining(),
+        mode: state.mode(),
+        endpoints: snapshot.endpoints.iter().map(|e| e.health.state).collect(),
+        routable_models: routable_models(&snapshot, Instant::now()),
+    })
+    .into_response()
+}
+
+/// The sorted, de-duplicated models of the endpoints that may take traffic at `now`.
+fn routable_models(snapshot: &Snapshot, now: Instant) -> Vec<Arc<str>> {
+    snapshot
+        .endpoints
+        .iter()
+        .filter(|e| e.health.is_routable(now))
+        .flat_map(|e| e.models())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[derive(Serialize)]
+struct EndpointList<'a> {
+    endpoints: Vec<EndpointView<'a>>,
+}
+
+#[derive(Serialize)]
+struct EndpointView<'a> {
+    name: &'a str,
+    url: String,
+    #[serde(rename = "type")]
+    kind: EndpointKind,
+    status: HealthState,
+    reason: Option<&'a Reason>,
+    phase: Phase,
+    priority: i32,
+    weight: f64,
+    since: String,
+    last_check: Option<String>,
+    last_latency_ms: Option<f64>,
+    consecutive_failures: u32,
+    consecutive_successes: u32,
+    checks_total: u64,
+    uptime_percentage: f64,
+    error: Option<&'a str>,
+    next_check_at: Option<String>,
+    breaker: BreakerState,
+    models: Vec<Arc<str>>,
+    checked_by: Option<&'a str>,
+    source: Source,
+}
+
+impl<'a> EndpointView<'a> {
+    fn new(e: &'a EndpointStatus, breaker: BreakerState) -> Self {
+        let h = &e.health;
+        Self {
+            name: &e.endpoint.name,
+            url: display_url(&e.endpoint.url),
+            kind: e.endpoint.kind,
+            status: h.state,
+            reason: h.reason.as_ref(),
+            phase: h.phase,
+            priority: e.endpoint.priority,
+            weight: e.endpoint.weight,
+            since: rfc3339_ms(h.since),
+            last_check: h.last_check.map(rfc3339_ms),
+            last_latency_ms: h.last_latency.map(millis),
+            consecutive_failures: h.consecutive_failures,
+            consecutive_successes: h.consecutive_successes,
+            checks_total: h.checks_total,
+            uptime_percentage: percent(h.uptime_percentage()),
+            error: h.error.as_deref(),
+            next_check_at: h.next_check_at.map(rfc3339_ms),
+            breaker,
+            models: e.models(),
+            checked_by: h.checked_by.as_deref(),
+            source: h.source,
+        }
+    }
+}
+
+/// The URL without any user or password written into it.
+fn display_url(url: &url::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Both setters fail only for URLs that cannot have credentials, which these already have.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
+/// `GET /internal/status/endpoints`.
+pub(crate) async fn endpoints(State(state): State<ApiState>) -> Response {
+    let snapshot = state.store().snapshot();
+    let endpoints = snapshot
+        .endpoints
+        .iter()
+        .map(|e| EndpointView::new(e, state.breaker_state(&e.endpoint.name)))
+        .collect();
+    Json(EndpointList { endpoints }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, OpenBreakers, SharedFake};
+    use axum::http::StatusCode;
+    use hale_core::{CheckOutcome, CheckResult, Now};
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    const FIELDS: [&str; 21] = [
+        "name",
+        "url",
+        "type",
+        "status",
+        "reason",
+        "priority",
+        "last_check",
+        "last_latency_ms",
+        "consecutive_failures",
+        "consecutive_successes",
+        "uptime_percentage",
+        "error",
+        "next_check_at",
+        "breaker",
+        "models",
+        "checked_by",
+        "source",
+        "weight",
+        "phase",
+        "since",
+        "checks_total",
+    ];
+
+    fn is_rfc3339_ms(v: &Value) -> bool {
+        v.as_str().is_some_and(|s| {
+            humantime::parse_rfc3339(s).is_ok() && s.len() == 24 && s.ends_with('Z')
+        })
+    }
+
+    #[tokio::test]
+    async fn endpoints_have_every_field_in_config_order() {
+        let f = Fixture::new("");
+        f.store.observe(
+            "a",
+            &CheckOutcome::ok(Duration::from_micros(15_042)),
+            Now::capture(),
+        );
+        f.store.schedule_next("a", Now::capture(), 0.0);
+        let r = f.get("/internal/status/endpoints", None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let body = r.json();
+        let list = body["endpoints"].as_array().unwrap();
+        let names: Vec<&str> = list.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        for e in list {
+            let mut keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let mut want = FIELDS.to_vec();
+            want.sort_unstable();
+            assert_eq!(keys, want);
+        }
+
+        let a = &list[0];
+        assert_eq!(a["url"], "http://127.0.0.1:9001/");
+        assert_eq!(a["type"], "vllm");
+        assert_eq!(a["status"], "healthy");
+        assert_eq!(a["reason"], Value::Null);
+        assert_eq!(a["phase"], "running");
+        assert_eq!(a["priority"], 100);
+        assert_eq!(a["weight"], 1.0);
+        assert!(is_rfc3339_ms(&a["since"]), "{a}");
+        assert!(is_rfc3339_ms(&a["last_check"]), "{a}");
+        assert!(is_rfc3339_ms(&a["next_check_at"]), "{a}");
+        assert_eq!(a["last_latency_ms"], 15.042);
+        assert_eq!(a["consecutive_failures"], 0);
+        assert_eq!(a["consecutive_successes"], 1);
+        assert_eq!(a["checks_total"], 1);
+        assert_eq!(a["uptime_percentage"], 100.0);
+        assert_eq!(a["error"], Value::Null);
+        assert_eq!(a["breaker"], "closed");
+        assert_eq!(a["models"], json!(["m1"]));
+        assert_eq!(a["checked_by"], "pod-1");
+        assert_eq!(a["source"], "local");
+
+        let b = &list[1];
+        assert_eq!(b["status"], "unknown");
+        assert_eq!(b["phase"], "startup");
+        assert_eq!(b["type"], "ollama");
+        assert_eq!(b["priority"], 50);
+        assert_eq!(b["last_check"], Value::Null);
+        assert_eq!(b["last_latency_ms"], Value::Null);
+        assert_eq!(b["next_check_at"], Value::Null);
+        assert_eq!(b["checked_by"], Value::Null);
+        assert_eq!(b["source"], "none");
+        assert_eq!(b["models"], json!(["m1", "m2"]));
+        assert_eq!(list[2]["models"], json!([]), "nothing discovered yet");
+    }
+
+    #[tokio::test]
+    async fn failures_show_reason_error_and_breaker() {
+        let f = Fixture::with_state("", |s| s.with_breakers(Arc::new(OpenBreakers(&["a"]))));
+        f.ok("a");
+        f.store.observe(
+            "a",
+            &CheckOutcome::failed(
+                Duration::from_millis(2),
+                CheckResult::Http {
+                    status: 503,
+                    retry_after: None,
+                    message: String::new(),
+                },
+            ),
+            Now::capture(),
+        );
+        let body = f.get("/internal/status/endpoints", None).await.json();
+        let a = &body["endpoints"][0];
+        assert_eq!(a["status"], "unhealthy", "{a}");
+        assert_eq!(a["reason"], "http_503");
+        assert_eq!(a["error"], "HTTP 503");
+        assert_eq!(a["consecutive_failures"], 1);
+        assert_eq!(a["uptime_percentage"], 50.0);
+        assert_eq!(a["breaker"], "open");
+        assert_eq!(body["endpoints"][1]["breaker"], "closed");
+    }
+
+    #[tokio::test]
+    async fn summary_reports_replica_and_routable_models() {
+        let f = Fixture::new("");
+        let r = f.get("/internal/status", None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let body = r.json();
+        assert_eq!(body["version"], "0.1.0-test");
+        assert_eq!(body["pod_id"], "pod-1");
+        assert_eq!(body["uptime_seconds"], 0);
+        assert!(is_rfc3339_ms(&body["started_at"]), "{body}");
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["draining"], false);
+        assert_eq!(body["mode"], "local");
+        assert_eq!(body["endpoints"]["unknown"], 3);
+        assert_eq!(body["endpoints"]["total"], 3);
+        assert_eq!(body["routable_models"], json!([]));
+
+        f.ok("b");
+        f.store.mark_ready();
+        f.state.start_draining();
+        let body = f.get("/internal/status", None).await.json();
+        assert_eq!(body["ready"], true);
+        assert_eq!(body["draining"], true);
+        assert_eq!(body["endpoints"]["healthy"], 1);
+        assert_eq!(body["routable_models"], json!(["m1", "m2"]));
+    }
+
+    #[tokio::test]
+    async fn summary_mode_comes_from_the_shared_view() {
+        let f = Fixture::with_state("", |s| s.with_shared(Arc::new(SharedFake)));
+        let body = f.get("/internal/status", None).await.json();
+        assert_eq!(body["mode"], "sharded");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_not_shown() {
+        let url = url::Url::parse("http://user:hunter2@host:8000/base").unwrap();
+        assert_eq!(display_url(&url), "http://host:8000/base");
+        let url = url::Url::parse("https://host/").unwrap();
+        assert_eq!(display_url(&url), "https://host/");
+    }
+}
