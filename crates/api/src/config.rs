@@ -61,12 +61,8 @@ impl ServerConfig {
                 "must be greater than 0",
             ));
         }
-        if self.header_timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.header_timeout"),
-                "must be greater than 0",
-            ));
-        }
+        hale_core::config::require_nonzero(path, "header_timeout", self.header_timeout)?;
+        hale_core::config::require_nonzero(path, "shutdown_grace", self.shutdown_grace)?;
         Ok(())
     }
 

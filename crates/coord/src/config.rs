@@ -75,18 +75,8 @@ impl SharedConfig {
                 "must be non-empty and use only letters, digits, '-', '_' and '.'",
             ));
         }
-        if self.cache_ttl.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.cache_ttl"),
-                "must be greater than 0",
-            ));
-        }
-        if self.lock_ttl.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.lock_ttl"),
-                "must be greater than 0",
-            ));
-        }
+        hale_core::config::require_nonzero(path, "cache_ttl", self.cache_ttl)?;
+        hale_core::config::require_nonzero(path, "lock_ttl", self.lock_ttl)?;
         Ok(())
     }
 }

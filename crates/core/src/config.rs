@@ -27,6 +27,28 @@ impl ConfigError {
     }
 }
 
+/// Refuses a zero duration at `{path}.{key}`.
+pub fn require_nonzero(path: &str, key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::new(
+            format!("{path}.{key}"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a count below 1 at `{path}.{key}`.
+pub fn require_at_least_one(path: &str, key: &str, value: u32) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.{key}"),
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
 /// `health:` — thresholds and timing shared by every endpoint's state machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,30 +85,10 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        if self.unhealthy_threshold == 0 {
-            return Err(ConfigError::new(
-                format!("{path}.unhealthy_threshold"),
-                "must be at least 1",
-            ));
-        }
-        if self.healthy_threshold == 0 {
-            return Err(ConfigError::new(
-                format!("{path}.healthy_threshold"),
-                "must be at least 1",
-            ));
-        }
-        if self.degraded_latency.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.degraded_latency"),
-                "must be greater than 0",
-            ));
-        }
-        if self.max_backoff.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.max_backoff"),
-                "must be greater than 0",
-            ));
-        }
+        require_at_least_one(path, "unhealthy_threshold", self.unhealthy_threshold)?;
+        require_at_least_one(path, "healthy_threshold", self.healthy_threshold)?;
+        require_nonzero(path, "degraded_latency", self.degraded_latency)?;
+        require_nonzero(path, "max_backoff", self.max_backoff)?;
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(ConfigError::new(
                 format!("{path}.jitter"),
@@ -131,18 +133,8 @@ impl Default for StartupConfig {
 
 impl StartupConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        if self.period.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.period"),
-                "must be greater than 0",
-            ));
-        }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.timeout"),
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero(path, "period", self.period)?;
+        require_nonzero(path, "timeout", self.timeout)?;
         if self.timeout > self.period {
             return Err(ConfigError::new(
                 format!("{path}.timeout"),
@@ -153,18 +145,8 @@ impl StartupConfig {
                 ),
             ));
         }
-        if self.failure_threshold == 0 {
-            return Err(ConfigError::new(
-                format!("{path}.failure_threshold"),
-                "must be at least 1",
-            ));
-        }
-        if self.success_threshold == 0 {
-            return Err(ConfigError::new(
-                format!("{path}.success_threshold"),
-                "must be at least 1",
-            ));
-        }
+        require_at_least_one(path, "failure_threshold", self.failure_threshold)?;
+        require_at_least_one(path, "success_threshold", self.success_threshold)?;
         Ok(())
     }
 }
@@ -191,18 +173,8 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        if self.failure_threshold == 0 {
-            return Err(ConfigError::new(
-                format!("{path}.failure_threshold"),
-                "must be at least 1",
-            ));
-        }
-        if self.open_for.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.open_for"),
-                "must be greater than 0",
-            ));
-        }
+        require_at_least_one(path, "failure_threshold", self.failure_threshold)?;
+        require_nonzero(path, "open_for", self.open_for)?;
         Ok(())
     }
 }

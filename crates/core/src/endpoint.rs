@@ -207,18 +207,8 @@ impl EndpointConfig {
                 format!("must be a number greater than 0, got {}", self.weight),
             ));
         }
-        if self.check_interval.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.check_interval"),
-                "must be greater than 0",
-            ));
-        }
-        if self.check_timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.check_timeout"),
-                "must be greater than 0",
-            ));
-        }
+        crate::config::require_nonzero(path, "check_interval", self.check_interval)?;
+        crate::config::require_nonzero(path, "check_timeout", self.check_timeout)?;
         if self.check_timeout >= self.check_interval {
             return Err(ConfigError::new(
                 format!("{path}.check_timeout"),
@@ -263,7 +253,16 @@ impl EndpointConfig {
 }
 
 fn parse_http_url(raw: &str) -> Result<Url, String> {
-    let url = Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {raw:?}"))?;
+    // Credentials in a URL are secrets: error messages show the URL without them.
+    let shown = match raw.split_once("://") {
+        Some((scheme, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => {
+            let after = rest.split_once('@').map_or(rest, |(_, r)| r);
+            format!("{scheme}://<redacted>@{after}")
+        }
+        _ => raw.to_owned(),
+    };
+    let raw_for_errors = shown.as_str();
+    let url = Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {raw_for_errors:?}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "scheme must be http or https, got {:?}",
@@ -271,11 +270,11 @@ fn parse_http_url(raw: &str) -> Result<Url, String> {
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("URL has no host: {raw:?}"));
+        return Err(format!("URL has no host: {raw_for_errors:?}"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
-            "base URL must not have a query or fragment: {raw:?}"
+            "base URL must not have a query or fragment: {raw_for_errors:?}"
         ));
     }
     Ok(url)
@@ -377,6 +376,14 @@ mod tests {
         c.health_check_url = None;
         c.weight = 0.0;
         assert_eq!(c.resolve("e").unwrap_err().path, "e.weight");
+    }
+
+    #[test]
+    fn url_errors_never_show_credentials() {
+        let c = EndpointConfig::new("a", "http://user:hunter2@x:1/?q=1", EndpointKind::Vllm);
+        let err = c.resolve("e").unwrap_err();
+        assert!(!err.message.contains("hunter2"), "{err}");
+        assert!(err.message.contains("<redacted>@x:1"), "{err}");
     }
 
     #[test]

@@ -35,12 +35,7 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        if self.connect_timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.connect_timeout"),
-                "must be greater than 0",
-            ));
-        }
+        hale_core::config::require_nonzero(path, "connect_timeout", self.connect_timeout)?;
         self.breaker.validate(&format!("{path}.breaker"))
     }
 }
