@@ -1,17 +1,109 @@
 //! hale-coord: shared health state across gateway replicas, through Redis.
 //!
 //! When several Hale replicas run side by side (Kubernetes pods), each backend should be
-//! probed once per interval by the whole fleet, and every replica should know every result.
-//! This crate is the only one that talks to Redis: leases with fencing tokens (`SET NX PX` +
-//! `INCR` in one script; owner-checked release and extend), a fenced result cache (one hash
-//! per endpoint under `hale:{namespace}:`, TTL `cache_ttl`), change events on pub/sub, and a
-//! clean fallback to local checks when Redis is away. Modes: `local` (no Redis), `global`
-//! (one lease for all checks, LiteLLM's behaviour done right) and `sharded` (a lease per
-//! endpoint per interval, the default when shared). The request path never waits on it.
+//! probed once per interval by the whole fleet, every replica should know every result, and
+//! nothing may break when Redis goes away. This crate is the only one that talks to Redis. It
+//! implements core's [`Coordination`](hale_core::Coordination) seam: the scheduler asks
+//! [`Coordinator`] before each check, and the health store hands it every local result and
+//! passive failure. The request path never waits on it.
 //!
-//! Today the crate holds its configuration section; the coordination itself arrives with the
-//! shared-state work (DESIGN §4).
+//! # Keys
+//!
+//! Everything lives under `hale:{namespace}:` ([`keys`]); the braces are a Redis Cluster hash
+//! tag, so all keys of a deployment share a slot and every script runs on single Redis,
+//! Sentinel or Cluster alike, and two namespaces on one Redis share nothing:
+//! `result:<endpoint>` (a hash per endpoint: state, reason, error, latency_ms, checked_at,
+//! checked_by, fence, models, counters, due_at, written_at — TTL `cache_ttl`; see [`wire`]),
+//! `lease:<endpoint>` (the round lease), `lease` (the global-mode lease), `fence` (the fencing
+//! counter) and the channel `events`.
+//!
+//! # Rounds, leases and fences
+//!
+//! Each endpoint's checks are *rounds*. A round is due at `due_at` (Redis clock), which the
+//! previous round's write set to `anchor + planned`, where `anchor` is that round's own due
+//! time and `planned` the state machine's next delay (interval, startup period, backoff or
+//! Retry-After). Anchoring to the due time, not to when the check happened to run, keeps the
+//! fleet's cadence at `check_interval` exactly, however replicas' offsets vary. A round is
+//! acquired by one Lua script ([`scripts`]): if it is not due → "not due, next in X"; if its
+//! lease `SET NX PX` is held → "busy"; else take the lease and `INCR` the fence counter, in
+//! the same script. The winner checks and writes its result with the fence; the write script
+//! refuses a fence not newer than the stored one (a replica that lost its lease while stalled
+//! cannot overwrite a newer result), advances `due_at`, releases the lease only if it still
+//! owns it, refreshes the TTL and publishes the event — atomically. The fence counter is
+//! seeded from Redis's clock (µs) when missing, so tokens keep growing across a Redis that
+//! restarted empty.
+//!
+//! Round lease TTL: the endpoint's longest check timeout + 500 ms, capped at `lock_ttl`
+//! ([`rounds::lease_ttl`]): a replica killed mid-check blocks that round for at most that long,
+//! then the next replica to ask takes it over in the same round.
+//!
+//! # How work spreads (sharded mode, the default)
+//!
+//! Every replica asks for a round `offset` after it is due, where the offset is a hash of
+//! (pod id, endpoint, round) scaled to `[0, spread)`, `spread` = a quarter interval, at most
+//! 2 s ([`rounds`]). Per round each replica draws an independent uniform offset, so the first
+//! to ask — who wins — is a fair draw among the live replicas: the work spreads evenly with no
+//! membership list, and a dead replica simply stops drawing. A replica learns the next due
+//! time from the winner's event (or from a "not due" answer), so in steady state it touches
+//! Redis only when it is first to ask; the others skip locally ("Using cached health check
+//! results", DEBUG). Redis traffic per endpoint and round is one acquire and one write, plus
+//! the event fan-out, whatever the number of replicas.
+//!
+//! # Global mode
+//!
+//! LiteLLM's behaviour done right (module `lease`): one replica holds `hale:{ns}:lease` and checks
+//! everything; the others read its results. The lease is held for the holder's tenure and
+//! extended every `lock_ttl / 3` (at most 2 s) by an owner-checked script, so it never expires
+//! mid-run; release is owner-checked too. The holder asks at offset 0 and the others only
+//! after a spread, so the holder checks every round; rounds are still the per-endpoint rounds
+//! above, so the cadence is `check_interval`, never the cache TTL; results carry the checker's
+//! own `checked_at`, never re-stamped by readers; and if the holder dies, the others take the
+//! rounds over within two spreads instead of waiting up to `lock_ttl` for its lease.
+//!
+//! # Remote results
+//!
+//! The subscriber task applies every event through
+//! [`HealthStore::apply_remote`](hale_core::HealthStore::apply_remote), which adopts only newer
+//! fences, and re-reads every result key on each (re)subscribe. A passive failure seen by one
+//! replica's proxy is written with a fresh fence and reaches every replica the same way.
+//!
+//! # Fallback and rejoin
+//!
+//! The pool ([`pool`]) opens nothing at start, bounds connects and commands at 500 ms and
+//! drops connections that broke. The first failed operation (or a closed subscription) marks
+//! Redis unreachable, logs it once and sets `hale_coord_redis_up` to 0: from then on
+//! `may_check` says "check locally" without touching Redis, so every replica checks from its
+//! next due time on its own schedule. The subscriber retries every 500 ms; once it has
+//! re-subscribed and re-read all results, Redis is available again and the next due check of
+//! each endpoint goes back to rounds — a fleet is back to one check per interval within about
+//! an interval. Results this replica made without a lease are not written.
+//!
+//! # Status and logs
+//!
+//! [`Coordinator::status`] is what `/health/shared-status` shows (module `status`). Log lines
+//! follow LiteLLM's: `Initialized shared health check manager`; `Pod <id> acquired health
+//! check lock` / `released` (INFO for the global lease, DEBUG per round: at INFO that would
+//! be a line per endpoint per interval); `Cached health check results for N healthy and M
+//! unhealthy endpoints` (INFO when the counts change or once a minute, else DEBUG); `Using
+//! cached health check results` (DEBUG). Metrics: `hale_coord_redis_up`,
+//! `hale_coord_checks_skipped_total`.
 
+pub mod cache;
 pub mod config;
+mod coordinator;
+pub mod keys;
+mod lease;
+pub mod pool;
+pub mod rounds;
+pub mod scripts;
+mod status;
+mod subscriber;
+pub mod wire;
+mod writer;
 
+pub use cache::{GlobalLease, ResultCache, RoundAnswer, RoundLease, WriteOutcome};
 pub use config::{CoordMode, SharedConfig};
+pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, REDIS_UP};
+pub use lease::renew_every;
+pub use status::CoordStatus;
+pub use subscriber::RECONNECT_EVERY;

@@ -5,7 +5,8 @@
 //! ([`CheckOutcome`]), the per-endpoint state machine that folds outcomes into one of five
 //! states ([`HealthMachine`]), the backoff schedule for failing backends ([`Backoff`]), the
 //! request-path circuit breaker ([`Breaker`]) and the shared snapshot that the proxy reads
-//! lock-free ([`HealthStore`], [`Snapshot`]).
+//! lock-free ([`HealthStore`], [`Snapshot`]), and the seam to shared coordination across
+//! replicas ([`Coordination`], [`Decision`], [`SharedResult`]), with no Redis behind it here.
 //!
 //! The crate is pure: callers pass time in (`tokio::time::Instant` for decisions, `SystemTime`
 //! only for stamps shown to people), so every rule is testable on paused tokio time and with
@@ -14,6 +15,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod config;
+pub mod coordination;
 pub mod endpoint;
 pub mod machine;
 pub mod outcome;
@@ -24,9 +26,12 @@ pub mod store;
 pub use backoff::Backoff;
 pub use breaker::{Admission, Breaker, BreakerState};
 pub use config::{BreakerConfig, ConfigError, HealthConfig, StartupConfig};
+pub use coordination::{
+    Coordination, Decision, FenceToken, LocalOnly, LocalResult, ResultKind, SharedResult,
+};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointKind, same_model};
 pub use machine::{HealthMachine, Phase};
 pub use outcome::{CheckOutcome, CheckResult};
 pub use secret::Secret;
 pub use state::{HealthState, Reason, Transition};
-pub use store::{EndpointHealth, Event, HealthStore, Now, Snapshot, Source};
+pub use store::{Adoption, EndpointHealth, Event, HealthStore, Now, Snapshot, Source};

@@ -22,16 +22,22 @@
 //!   capped at `max_backoff` ([`Backoff`]); before that, checks keep the plain interval so
 //!   `unhealthy_threshold` failures are seen within `threshold × interval`.
 //!
+//! - **Adoption** (shared mode): a result another replica produced replaces state, phase,
+//!   reason and the counters that thresholds and backoff read ([`HealthMachine::adopt`]), so
+//!   the fleet counts consecutive failures together and whichever replica checks next
+//!   continues the same schedule.
+//!
 //! Only changes of *state* are transitions; a new reason within a state is not.
 
 use crate::backoff::Backoff;
 use crate::config::{HealthConfig, StartupConfig};
+use crate::coordination::{ResultKind, SharedResult};
 use crate::endpoint::Endpoint;
 use crate::outcome::{CheckOutcome, CheckResult, Verdict};
 use crate::state::{HealthState, Reason, Transition};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Which cadence and thresholds apply.
@@ -143,6 +149,10 @@ impl HealthMachine {
     pub fn rate_limited_until(&self) -> Option<Instant> {
         self.rate_limited_until
     }
+    /// Failures since the endpoint entered `unhealthy` (the backoff step).
+    pub fn unhealthy_failures(&self) -> u32 {
+        self.unhealthy_failures
+    }
     /// Models the backend reported at its last discovery.
     pub fn discovered(&self) -> Option<&Arc<[Arc<str>]>> {
         self.discovered.as_ref()
@@ -220,6 +230,49 @@ impl HealthMachine {
             .error_text()
             .map(|e| Arc::from(format!("request path: {e}")));
         self.enter_unhealthy();
+        self.transition_from(from)
+    }
+
+    /// Adopts a result another replica produced: state, phase, reason, error, the counters
+    /// that thresholds and backoff read, the rate limit and any listed models. A check result
+    /// also counts towards `checks_total`/`checks_ok`, as a check the fleet made. `now` and
+    /// `wall` are this replica's clocks, used to carry a rate limit over. Returns the
+    /// transition if the state changed.
+    pub fn adopt(
+        &mut self,
+        result: &SharedResult,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<Transition> {
+        let from = self.state;
+        self.state = result.state;
+        self.phase = result.phase;
+        self.reason = result.reason.clone();
+        self.error = result.error.clone();
+        self.consecutive_failures = result.consecutive_failures;
+        self.consecutive_successes = result.consecutive_successes;
+        self.unhealthy_failures = result.unhealthy_failures;
+        if let Some(latency) = result.latency {
+            self.last_latency = Some(latency);
+        }
+        self.rate_limited_until = result
+            .rate_limited_until
+            .and_then(|until| until.duration_since(wall).ok())
+            .map(|left| now + left);
+        if let Some(models) = &result.models {
+            self.discovered = Some(models.clone());
+            self.discovery_due = false;
+        }
+        if self.state == HealthState::Unhealthy || self.reason == Some(Reason::Loading) {
+            // As after a local failure: the model set is read again once it serves.
+            self.discovery_due = true;
+        }
+        if let ResultKind::Check { ok } = result.kind {
+            self.checks_total += 1;
+            if ok {
+                self.checks_ok += 1;
+            }
+        }
         self.transition_from(from)
     }
 

@@ -7,22 +7,39 @@
 //! (no I/O, no await under it), updates one endpoint and publishes a new snapshot that shares
 //! every other endpoint's `Arc` with the previous one, so a write costs O(endpoints) pointer
 //! copies and a read costs one atomic load.
+//!
+//! Shared mode: a [`Coordination`] attached with [`HealthStore::attach`] is told about every
+//! result this replica produces — each check ([`HealthStore::observe_fenced`]) and each passive
+//! failure that changed the state — right after the lock is released, so the proxy reports
+//! passive failures here and needs no coord code. Results of other replicas come back through
+//! [`HealthStore::apply_remote`], which adopts one only if its fencing token is newer than the
+//! one the endpoint holds; its event is stamped with the time *this* replica applied it
+//! (`source: shared`, `pod_id`: the replica that produced it), while `last_check` keeps the
+//! producer's `checked_at`, never re-stamped. Against a result this replica made without a
+//! lease (Redis away), tokens cannot order anything, so a remote result is adopted only if it
+//! was checked no more than [`UNFENCED_SKEW`] before it: stale cache entries read back when
+//! Redis returns do not overwrite fresher local knowledge.
 
 use crate::config::HealthConfig;
+use crate::coordination::{Coordination, FenceToken, LocalResult, ResultKind, SharedResult};
 use crate::endpoint::{Endpoint, same_model};
 use crate::machine::{HealthMachine, Phase};
-use crate::outcome::{CheckOutcome, CheckResult};
+use crate::outcome::{CheckOutcome, CheckResult, Verdict};
 use crate::state::{HealthState, Reason, Transition};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How many transitions `/internal/events` keeps.
 pub const EVENT_LOG_CAPACITY: usize = 1024;
+
+/// How much older than this replica's own unfenced result a remote result may be and still be
+/// adopted: the clock skew tolerated between replicas.
+pub const UNFENCED_SKEW: Duration = Duration::from_secs(1);
 
 /// A moment, as both clocks see it: `mono` decides, `wall` is shown to people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +169,9 @@ impl Snapshot {
     }
 }
 
-/// A state transition of one endpoint, as listed by `/internal/events`.
+/// A state transition of one endpoint, as listed by `/internal/events`. `pod_id` is the
+/// replica whose result caused it (this one, except for `source: shared`); `at` is when this
+/// replica recorded it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     pub endpoint: Arc<str>,
@@ -179,9 +198,36 @@ struct Slot {
     checked_by: Option<Arc<str>>,
     source: Source,
     fence: u64,
+    /// When this replica last recorded a result of its own made without a lease; cleared by
+    /// any fenced result.
+    unfenced_at: Option<SystemTime>,
 }
 
 impl Slot {
+    /// The slot's health in the form replicas exchange.
+    fn shared_result(&self, kind: ResultKind, fence: FenceToken, now: Now) -> SharedResult {
+        let m = &self.machine;
+        SharedResult {
+            state: m.state(),
+            phase: m.phase(),
+            reason: m.reason().cloned(),
+            error: m.error().cloned(),
+            latency: m.last_latency(),
+            checked_at: self.last_check.unwrap_or(now.wall),
+            checked_by: self.checked_by.clone().unwrap_or_else(|| Arc::from("")),
+            fence,
+            models: m.discovered().cloned(),
+            consecutive_failures: m.consecutive_failures(),
+            consecutive_successes: m.consecutive_successes(),
+            unhealthy_failures: m.unhealthy_failures(),
+            rate_limited_until: m
+                .rate_limited_until()
+                .filter(|until| *until > now.mono)
+                .map(|until| now.wall + (until - now.mono)),
+            kind,
+        }
+    }
+
     fn status(&self) -> Arc<EndpointStatus> {
         let m = &self.machine;
         Arc::new(EndpointStatus {
@@ -223,6 +269,18 @@ pub struct HealthStore {
     writer: Mutex<Writer>,
     snapshot: ArcSwap<Snapshot>,
     changes: watch::Sender<u64>,
+    coordination: OnceLock<Arc<dyn Coordination>>,
+}
+
+/// What [`HealthStore::apply_remote`] did with a result from another replica.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adoption {
+    /// Adopted; the event if the state changed.
+    Adopted(Option<Event>),
+    /// Not newer than what the endpoint holds: ignored.
+    Stale,
+    /// No endpoint of that name is configured here.
+    UnknownEndpoint,
 }
 
 impl std::fmt::Debug for HealthStore {
@@ -268,6 +326,7 @@ impl HealthStore {
                     checked_by: None,
                     source: Source::None,
                     fence: 0,
+                    unfenced_at: None,
                 }
             })
             .collect();
@@ -296,7 +355,14 @@ impl HealthStore {
             writer: Mutex::new(writer),
             snapshot: ArcSwap::from_pointee(snapshot),
             changes: watch::Sender::new(0),
+            coordination: OnceLock::new(),
         }
+    }
+
+    /// Attaches the coordination that is told about every local result from now on. Only the
+    /// first call takes effect; returns whether this one did.
+    pub fn attach(&self, coordination: Arc<dyn Coordination>) -> bool {
+        self.coordination.set(coordination).is_ok()
     }
 
     pub fn pod_id(&self) -> &Arc<str> {
@@ -352,38 +418,129 @@ impl HealthStore {
         self.with_slot(name, now.wall, |slot| {
             let delay = slot.machine.next_delay(now.mono, u);
             slot.next_check_at = Some(now.wall + delay);
-            (delay, None)
+            Some((delay, None))
         })
         .map(|(delay, _)| delay)
     }
 
-    /// Folds a check this replica ran into `name`'s state. Returns the event if it changed.
+    /// Records when `name` will next be looked at, when the coordination (not the state
+    /// machine) decided the wait.
+    pub fn note_next_check(&self, name: &str, at: SystemTime) {
+        let mut w = self.lock();
+        let Some(&i) = w.index.get(name) else {
+            return;
+        };
+        let Some(slot) = w.slots.get_mut(i) else {
+            return;
+        };
+        if slot.next_check_at == Some(at) {
+            return;
+        }
+        slot.next_check_at = Some(at);
+        let status = slot.status();
+        self.publish_one(&mut w, i, status);
+    }
+
+    /// Folds a check this replica ran without a lease into `name`'s state. Returns the event
+    /// if it changed.
     pub fn observe(&self, name: &str, outcome: &CheckOutcome, now: Now) -> Option<Event> {
+        self.observe_fenced(name, outcome, now, FenceToken::LOCAL)
+    }
+
+    /// Folds a check this replica ran under `fence` into `name`'s state and tells the attached
+    /// coordination. Returns the event if the state changed.
+    pub fn observe_fenced(
+        &self,
+        name: &str,
+        outcome: &CheckOutcome,
+        now: Now,
+        fence: FenceToken,
+    ) -> Option<Event> {
         let pod = self.pod_id.clone();
-        self.with_slot(name, now.wall, |slot| {
+        let share = self.coordination.get().is_some();
+        let ok = outcome.result.verdict() == Verdict::Pass;
+        let (local, event) = self.with_slot(name, now.wall, |slot| {
             let t = slot.machine.observe(outcome, now.mono);
             slot.last_check = Some(now.wall);
             slot.checked_by = Some(pod);
             slot.source = Source::Local;
-            slot.fence = 0;
-            ((), t.map(|t| (t, Source::Local)))
-        })
-        .and_then(|(_, e)| e)
+            slot.fence = fence.get();
+            slot.unfenced_at = fence.is_local().then_some(now.wall);
+            let local = share.then(|| LocalResult {
+                endpoint: slot.endpoint.name.clone(),
+                result: slot.shared_result(ResultKind::Check { ok }, fence, now),
+                planned_next: slot.machine.next_delay(now.mono, 0.5),
+            });
+            Some((local, t.map(|t| (t, Source::Local))))
+        })?;
+        self.forward(local);
+        event
     }
 
     /// A connection failure on the request path: `name` turns unhealthy at once if it was
-    /// routable. Returns the event if it changed.
+    /// routable, and the attached coordination is told. Returns the event if it changed.
     pub fn passive_failure(&self, name: &str, result: &CheckResult, now: Now) -> Option<Event> {
         let pod = self.pod_id.clone();
-        self.with_slot(name, now.wall, |slot| {
-            let t = slot.machine.passive_failure(result);
-            if t.is_some() {
-                slot.checked_by = Some(pod);
-                slot.source = Source::Passive;
+        let share = self.coordination.get().is_some();
+        let (local, event) = self.with_slot(name, now.wall, |slot| {
+            let t = slot.machine.passive_failure(result)?;
+            slot.checked_by = Some(pod);
+            slot.source = Source::Passive;
+            slot.unfenced_at = Some(now.wall);
+            let local = share.then(|| LocalResult {
+                endpoint: slot.endpoint.name.clone(),
+                result: SharedResult {
+                    checked_at: now.wall,
+                    ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
+                },
+                planned_next: slot.machine.next_delay(now.mono, 0.5),
+            });
+            Some((local, Some((t, Source::Passive))))
+        })?;
+        self.forward(local);
+        event
+    }
+
+    /// Applies a result another replica produced, if its fence is newer than the one `name`
+    /// holds (see the module docs). `now` is when this replica applies it.
+    pub fn apply_remote(&self, name: &str, result: &SharedResult, now: Now) -> Adoption {
+        let own_passive =
+            result.kind == ResultKind::Passive && result.checked_by.as_ref() == &*self.pod_id;
+        let applied = self.with_slot(name, now.wall, |slot| {
+            if result.fence.get() <= slot.fence {
+                return None;
             }
-            ((), t.map(|t| (t, Source::Passive)))
-        })
-        .and_then(|(_, e)| e)
+            if let Some(local) = slot.unfenced_at
+                && result.checked_at + UNFENCED_SKEW < local
+            {
+                return None;
+            }
+            let t = slot.machine.adopt(result, now.mono, now.wall);
+            slot.fence = result.fence.get();
+            slot.unfenced_at = None;
+            slot.last_check = Some(result.checked_at);
+            slot.checked_by = Some(result.checked_by.clone());
+            // Our own passive failure coming back through Redis keeps its name.
+            let source = if own_passive {
+                Source::Passive
+            } else {
+                Source::Shared
+            };
+            slot.source = source;
+            Some(((), t.map(|t| (t, source))))
+        });
+        match applied {
+            Some(((), event)) => Adoption::Adopted(event),
+            None if self.snapshot().get(name).is_none() => Adoption::UnknownEndpoint,
+            None => Adoption::Stale,
+        }
+    }
+
+    /// The fence `name` holds (0 for none, or a local result).
+    pub fn fence(&self, name: &str) -> Option<FenceToken> {
+        self.snapshot()
+            .get(name)
+            .map(|e| FenceToken(e.health.fence))
     }
 
     /// Marks the store ready (the first sweep is in). Idempotent.
@@ -401,20 +558,25 @@ impl HealthStore {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the slot of `name`, records the transition it reports as an event at
-    /// `at`, republishes, and returns what `f` returned plus the event.
+    /// Runs `f` on the slot of `name`; if it reports a change (`Some`), records the transition
+    /// it returns as an event at `at`, republishes, and returns what `f` returned plus the
+    /// event. `None` when there is no such endpoint or `f` changed nothing.
     fn with_slot<R>(
         &self,
         name: &str,
         at: SystemTime,
-        f: impl FnOnce(&mut Slot) -> (R, Option<(Transition, Source)>),
+        f: impl FnOnce(&mut Slot) -> Option<(R, Option<(Transition, Source)>)>,
     ) -> Option<(R, Option<Event>)> {
         let mut w = self.lock();
         let i = *w.index.get(name)?;
         let slot = w.slots.get_mut(i)?;
-        let (r, t) = f(slot);
+        let (r, t) = f(slot)?;
         let event = t.map(|(t, source)| {
             slot.since = at;
+            let pod_id = match (source, &slot.checked_by) {
+                (Source::Shared, Some(by)) => by.clone(),
+                _ => self.pod_id.clone(),
+            };
             Event {
                 endpoint: slot.endpoint.name.clone(),
                 from: t.from,
@@ -422,7 +584,7 @@ impl HealthStore {
                 reason: t.reason,
                 error: slot.machine.error().cloned(),
                 at,
-                pod_id: self.pod_id.clone(),
+                pod_id,
                 source,
             }
         });
@@ -435,6 +597,13 @@ impl HealthStore {
         }
         self.publish_one(&mut w, i, status);
         Some((r, event))
+    }
+
+    /// Hands a local result to the attached coordination, outside the writer lock.
+    fn forward(&self, local: Option<LocalResult>) {
+        if let (Some(local), Some(c)) = (local, self.coordination.get()) {
+            c.publish(local);
+        }
     }
 
     fn publish_one(&self, w: &mut Writer, i: usize, status: Arc<EndpointStatus>) {
@@ -546,6 +715,282 @@ mod tests {
                 .next_check_at
                 .is_some()
         );
+    }
+
+    /// Records what the store forwards.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<LocalResult>>);
+
+    impl Coordination for Recorder {
+        fn may_check<'a>(
+            &'a self,
+            _endpoint: &'a str,
+        ) -> crate::coordination::BoxFuture<'a, crate::Decision> {
+            Box::pin(std::future::ready(crate::Decision::Check {
+                fence: FenceToken::LOCAL,
+            }))
+        }
+        fn publish(&self, result: LocalResult) {
+            self.0.lock().unwrap().push(result);
+        }
+    }
+
+    fn store_with(unhealthy_threshold: u32) -> HealthStore {
+        let eps = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
+                c.check_interval = Duration::from_secs(1);
+                c.check_timeout = Duration::from_millis(500);
+                c.startup.period = Duration::from_secs(1);
+                c.startup.timeout = Duration::from_millis(500);
+                c.resolve("e").unwrap()
+            })
+            .collect();
+        let health = HealthConfig {
+            unhealthy_threshold,
+            jitter: 0.0,
+            max_backoff: Duration::from_secs(60),
+            ..Default::default()
+        };
+        HealthStore::new("pod-1", eps, &health, Now::capture())
+    }
+
+    fn remote(fence: u64, state: HealthState, checked_at: SystemTime) -> SharedResult {
+        SharedResult {
+            state,
+            phase: Phase::Running,
+            reason: (state == HealthState::Unhealthy).then_some(Reason::Http(503)),
+            error: None,
+            latency: Some(Duration::from_millis(4)),
+            checked_at,
+            checked_by: Arc::from("pod-2"),
+            fence: FenceToken(fence),
+            models: Some(Arc::from(vec![Arc::<str>::from("m9")])),
+            consecutive_failures: u32::from(state == HealthState::Unhealthy),
+            consecutive_successes: u32::from(state != HealthState::Unhealthy),
+            unhealthy_failures: u32::from(state == HealthState::Unhealthy),
+            rate_limited_until: None,
+            kind: ResultKind::Check {
+                ok: state != HealthState::Unhealthy,
+            },
+        }
+    }
+
+    fn fail() -> CheckOutcome {
+        CheckOutcome::failed(
+            Duration::from_millis(2),
+            CheckResult::Http {
+                status: 503,
+                retry_after: None,
+                message: String::new(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn local_results_are_forwarded_to_the_coordination() {
+        let s = store_with(3);
+        let rec = Arc::new(Recorder::default());
+        assert!(s.attach(rec.clone()));
+        assert!(!s.attach(Arc::new(Recorder::default())), "only once");
+
+        s.observe_fenced(
+            "a",
+            &CheckOutcome::ok(Duration::from_millis(3)),
+            Now::capture(),
+            FenceToken(41),
+        );
+        s.observe_fenced("a", &fail(), Now::capture(), FenceToken(42));
+        // A passive failure that changes nothing is not forwarded; one that does is.
+        s.passive_failure("b", &CheckResult::ConnectRefused, Now::capture());
+        s.observe("b", &CheckOutcome::ok(Duration::ZERO), Now::capture());
+        s.passive_failure("b", &CheckResult::ConnectRefused, Now::capture());
+
+        let got = rec.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert_eq!(&*got[0].endpoint, "a");
+        assert_eq!(got[0].result.fence, FenceToken(41));
+        assert_eq!(got[0].result.kind, ResultKind::Check { ok: true });
+        assert_eq!(got[0].result.state, HealthState::Healthy);
+        assert_eq!(got[0].planned_next, Duration::from_secs(1));
+        assert_eq!(got[1].result.kind, ResultKind::Check { ok: false });
+        assert_eq!(got[1].result.consecutive_failures, 1);
+        assert_eq!(got[1].result.state, HealthState::Healthy, "threshold 3");
+        assert_eq!(got[2].result.fence, FenceToken::LOCAL);
+        assert_eq!(got[3].result.kind, ResultKind::Passive);
+        assert_eq!(got[3].result.state, HealthState::Unhealthy);
+        assert_eq!(&*got[3].result.checked_by, "pod-1");
+        assert_eq!(s.fence("a"), Some(FenceToken(42)));
+    }
+
+    #[tokio::test]
+    async fn remote_results_are_adopted_only_when_newer() {
+        let s = store_with(3);
+        let checked_at = SystemTime::now() - Duration::from_millis(700);
+        let applied_at = Now::capture();
+        let Adoption::Adopted(Some(e)) = s.apply_remote(
+            "a",
+            &remote(10, HealthState::Healthy, checked_at),
+            applied_at,
+        ) else {
+            panic!("expected an adoption with an event");
+        };
+        assert_eq!((e.from, e.to), (HealthState::Unknown, HealthState::Healthy));
+        assert_eq!(e.source, Source::Shared);
+        assert_eq!(&*e.pod_id, "pod-2", "the replica that produced it");
+        assert_eq!(e.at, applied_at.wall, "stamped when applied here");
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(h.last_check, Some(checked_at), "never re-stamped");
+        assert_eq!(h.fence, 10);
+        assert_eq!(h.source, Source::Shared);
+        assert_eq!(h.checked_by.as_deref(), Some("pod-2"));
+        assert_eq!(h.discovered.as_deref().map(<[_]>::len), Some(1));
+        assert_eq!(h.checks_total, 1);
+
+        // Equal and older fences are ignored, whatever they say.
+        for fence in [10, 9, 1] {
+            assert_eq!(
+                s.apply_remote(
+                    "a",
+                    &remote(fence, HealthState::Unhealthy, SystemTime::now()),
+                    Now::capture()
+                ),
+                Adoption::Stale
+            );
+        }
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Healthy
+        );
+        assert_eq!(
+            s.apply_remote(
+                "zz",
+                &remote(99, HealthState::Healthy, checked_at),
+                Now::capture()
+            ),
+            Adoption::UnknownEndpoint
+        );
+        // A newer one that does not change the state is adopted without an event.
+        assert_eq!(
+            s.apply_remote(
+                "a",
+                &remote(11, HealthState::Healthy, SystemTime::now()),
+                Now::capture()
+            ),
+            Adoption::Adopted(None)
+        );
+        assert_eq!(s.events().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_fleet_counts_failures_together() {
+        let s = store_with(3);
+        s.observe("a", &CheckOutcome::ok(Duration::ZERO), Now::capture());
+        // Two failures seen by another replica...
+        let mut r = remote(5, HealthState::Healthy, SystemTime::now());
+        r.consecutive_failures = 2;
+        r.consecutive_successes = 0;
+        r.reason = Some(Reason::Http(503));
+        r.kind = ResultKind::Check { ok: false };
+        assert!(matches!(
+            s.apply_remote("a", &r, Now::capture()),
+            Adoption::Adopted(None)
+        ));
+        // ...and the third one here crosses the threshold.
+        let e = s
+            .observe_fenced("a", &fail(), Now::capture(), FenceToken(6))
+            .unwrap();
+        assert_eq!(e.to, HealthState::Unhealthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_continues_from_adopted_counters() {
+        let s = store_with(1);
+        let mut r = remote(7, HealthState::Unhealthy, SystemTime::now());
+        r.unhealthy_failures = 3;
+        r.consecutive_failures = 5;
+        s.apply_remote("a", &r, Now::capture());
+        let wait = s.schedule_next("a", Now::capture(), 0.5).unwrap();
+        assert_eq!(wait, Duration::from_secs(4), "the 4th failure waits 4x");
+        // One more failure here continues the schedule: 8x.
+        s.observe_fenced("a", &fail(), Now::capture(), FenceToken(8));
+        let wait = s.schedule_next("a", Now::capture(), 0.5).unwrap();
+        assert_eq!(wait, Duration::from_secs(8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_rate_limit_holds_until_its_time() {
+        let s = store_with(1);
+        let now = Now::capture();
+        let mut r = remote(3, HealthState::Healthy, now.wall);
+        r.rate_limited_until = Some(now.wall + Duration::from_secs(5));
+        r.reason = Some(Reason::RateLimited);
+        s.apply_remote("a", &r, now);
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert!(!h.is_routable(Instant::now()));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(h.is_routable(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn stale_cache_does_not_override_a_fresher_unfenced_local_check() {
+        let s = store_with(1);
+        // Redis was away: this replica checked locally (fence 0) and saw a failure.
+        s.observe("a", &fail(), Now::capture());
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(h.state, HealthState::Unknown, "startup tolerates failures");
+        // Redis is back with a result written long before that check: ignored.
+        let old = SystemTime::now() - Duration::from_secs(30);
+        assert_eq!(
+            s.apply_remote("a", &remote(900, HealthState::Healthy, old), Now::capture()),
+            Adoption::Stale
+        );
+        // A result checked after it (within the skew allowance) is adopted.
+        let recent = SystemTime::now() - Duration::from_millis(200);
+        assert!(matches!(
+            s.apply_remote(
+                "a",
+                &remote(901, HealthState::Healthy, recent),
+                Now::capture()
+            ),
+            Adoption::Adopted(Some(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn own_passive_failure_echo_keeps_its_source() {
+        let s = store_with(1);
+        s.observe("a", &CheckOutcome::ok(Duration::ZERO), Now::capture());
+        s.passive_failure("a", &CheckResult::ConnectRefused, Now::capture());
+        let mut echo = remote(50, HealthState::Unhealthy, SystemTime::now());
+        echo.checked_by = Arc::from("pod-1");
+        echo.kind = ResultKind::Passive;
+        assert_eq!(
+            s.apply_remote("a", &echo, Now::capture()),
+            Adoption::Adopted(None)
+        );
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!((h.source, h.fence), (Source::Passive, 50));
+    }
+
+    #[tokio::test]
+    async fn next_check_can_be_noted() {
+        let s = store_with(1);
+        let at = SystemTime::now() + Duration::from_secs(3);
+        let v = s.snapshot().version;
+        s.note_next_check("a", at);
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.next_check_at,
+            Some(at)
+        );
+        s.note_next_check("a", at);
+        assert_eq!(
+            s.snapshot().version,
+            v + 1,
+            "an unchanged time publishes nothing"
+        );
+        s.note_next_check("nope", at);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! closes it. Doing those steps by hand, rather than through a pooled client, also tells each
 //! failure apart: DNS, refused, reset, TLS and timeout become distinct [`CheckResult`]s.
 //!
-//! Requests carry `User-Agent: hale/<version>` and, when the endpoint has an `api_key`,
-//! `Authorization: Bearer <key>`. Bodies are read up to [`MAX_BODY`]; a larger one is a bad
+//! Requests carry `User-Agent: hale/<version>`, `x-hale-pod: <pod id>` when the client was
+//! given one (so a backend's logs, and mockllm's stats, can tell which replica checked it)
+//! and, when the endpoint has an `api_key`, `Authorization: Bearer <key>`. Bodies are read up to [`MAX_BODY`]; a larger one is a bad
 //! response, not a memory problem. The whole exchange is bounded by the check's timeout.
 
 use bytes::Bytes;
@@ -40,7 +41,11 @@ pub struct ProbeResponse {
 pub struct ProbeClient {
     tls: TlsConnector,
     user_agent: Arc<str>,
+    pod_id: Option<http::HeaderValue>,
 }
+
+/// The request header that names the replica sending a check.
+pub const POD_HEADER: &str = "x-hale-pod";
 
 impl std::fmt::Debug for ProbeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +84,15 @@ impl ProbeClient {
         Self {
             tls: TlsConnector::from(Arc::new(config)),
             user_agent: Arc::from(format!("hale/{}", env!("CARGO_PKG_VERSION"))),
+            pod_id: None,
         }
+    }
+
+    /// Sends `x-hale-pod: <pod_id>` with every check. A pod id that is not a valid header
+    /// value (it is validated as one at config load) is left out.
+    pub fn with_pod_id(mut self, pod_id: &str) -> Self {
+        self.pod_id = http::HeaderValue::from_str(pod_id).ok();
+        self
     }
 
     /// GETs `url` on a fresh connection within `limit`, classifying any failure.
@@ -125,6 +138,10 @@ impl ProbeClient {
             .header(header::USER_AGENT, self.user_agent.as_ref())
             .header(header::ACCEPT, "application/json, text/plain, */*")
             .header(header::CONNECTION, "close");
+        let request = match &self.pod_id {
+            Some(pod) => request.header(POD_HEADER, pod.clone()),
+            None => request,
+        };
         let request = if api_key.is_empty() {
             request
         } else {

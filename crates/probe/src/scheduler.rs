@@ -18,16 +18,23 @@
 //!
 //! With `health.background: false` endpoints start trusted and only those the request path
 //! marked unhealthy are checked, until they are healthy again.
+//!
+//! Shared mode: before each check the task asks the [`Coordination`] (`may_check`). `Check`
+//! runs it under the fence given, and the store forwards the result to the coordination,
+//! which may align the next wait to the fleet's next round; `Skip` means another replica
+//! covers this round, and the task asks again when told. The
+//! local default ([`LocalOnly`]) always says `Check`, so the cadence above is unchanged.
+//! Readiness counts an endpoint once it has a result, its own or one adopted from the fleet.
 
 use crate::check::run_check;
 use crate::client::ProbeClient;
 use crate::kinds::probe_for;
-use hale_core::{CheckOutcome, HealthStore, Now, Reason};
+use hale_core::{CheckOutcome, Coordination, Decision, HealthStore, LocalOnly, Now, Reason};
 use metrics::{Counter, Histogram};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
@@ -45,6 +52,7 @@ pub struct Scheduler {
     store: Arc<HealthStore>,
     client: ProbeClient,
     background: bool,
+    coordination: Arc<dyn Coordination>,
 }
 
 /// The running checks; dropping it (or calling `shutdown`) stops them.
@@ -67,7 +75,14 @@ impl Scheduler {
             store,
             client,
             background,
+            coordination: Arc::new(LocalOnly),
         }
+    }
+
+    /// Asks `coordination` before every check (shared mode); the default is [`LocalOnly`].
+    pub fn with_coordination(mut self, coordination: Arc<dyn Coordination>) -> Self {
+        self.coordination = coordination;
+        self
     }
 
     /// Starts one task per endpoint.
@@ -89,6 +104,7 @@ impl Scheduler {
                 store: self.store.clone(),
                 client: self.client.clone(),
                 background: self.background,
+                coordination: self.coordination.clone(),
                 sweep: sweep.clone(),
                 pending: pending.clone(),
                 counters: HashMap::new(),
@@ -104,6 +120,7 @@ struct EndpointTask {
     store: Arc<HealthStore>,
     client: ProbeClient,
     background: bool,
+    coordination: Arc<dyn Coordination>,
     sweep: Arc<Semaphore>,
     pending: Arc<AtomicUsize>,
     counters: HashMap<String, Counter>,
@@ -125,6 +142,7 @@ impl EndpointTask {
             "endpoint" => self.name.to_string()
         );
         let mut first_check = true;
+        let mut awaiting_first_result = counts_for_ready;
         let mut last_logged: Option<Reason> = None;
         let mut last_discovery: Option<Instant> = None;
         let mut changes = self.store.subscribe();
@@ -138,67 +156,89 @@ impl EndpointTask {
                     }
                 }
             }
-            let Some(mut plan) = self.store.plan(&self.name) else {
-                return;
-            };
-            if last_discovery.is_none_or(|t| t.elapsed() >= MODEL_REFRESH) {
-                plan.discover = true;
-            }
-
-            let outcome = if first_check {
-                let _permit = self.sweep.acquire().await;
-                run_check(&self.client, probe.as_ref(), &plan).await
-            } else {
-                run_check(&self.client, probe.as_ref(), &plan).await
-            };
-            if matches!(
-                &outcome.result,
-                hale_core::CheckResult::Ok { models: Some(_) }
-            ) {
-                last_discovery = Some(Instant::now());
-            }
-
-            duration.record(outcome.latency.as_secs_f64());
-            self.count(&outcome);
-            let now = Now::capture();
-            match self.store.observe(&self.name, &outcome, now) {
-                Some(event) => {
-                    metrics::counter!(
-                        "hale_state_transitions_total",
-                        "endpoint" => self.name.to_string(),
-                        "from" => event.from.as_str(),
-                        "to" => event.to.as_str()
-                    )
-                    .increment(1);
-                    tracing::info!(
-                        endpoint = %self.name,
-                        from = %event.from,
-                        to = %event.to,
-                        reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
-                        error = event.error.as_deref().unwrap_or(""),
-                        "endpoint state changed"
-                    );
-                    last_logged = event.reason.clone();
+            let wait = match self.coordination.may_check(&self.name).await {
+                Decision::Skip { retry_in } => {
+                    self.store
+                        .note_next_check(&self.name, SystemTime::now() + retry_in);
+                    retry_in
                 }
-                None => self.log_check(&outcome, &mut last_logged),
-            }
+                Decision::Check { fence } => {
+                    let Some(mut plan) = self.store.plan(&self.name) else {
+                        return;
+                    };
+                    if last_discovery.is_none_or(|t| t.elapsed() >= MODEL_REFRESH) {
+                        plan.discover = true;
+                    }
+                    let outcome = if first_check {
+                        let _permit = self.sweep.acquire().await;
+                        run_check(&self.client, probe.as_ref(), &plan).await
+                    } else {
+                        run_check(&self.client, probe.as_ref(), &plan).await
+                    };
+                    first_check = false;
+                    if matches!(
+                        &outcome.result,
+                        hale_core::CheckResult::Ok { models: Some(_) }
+                    ) {
+                        last_discovery = Some(Instant::now());
+                    }
 
-            if first_check {
-                first_check = false;
-                if counts_for_ready && self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    duration.record(outcome.latency.as_secs_f64());
+                    self.count(&outcome);
+                    let now = Now::capture();
+                    match self.store.observe_fenced(&self.name, &outcome, now, fence) {
+                        Some(event) => {
+                            metrics::counter!(
+                                "hale_state_transitions_total",
+                                "endpoint" => self.name.to_string(),
+                                "from" => event.from.as_str(),
+                                "to" => event.to.as_str()
+                            )
+                            .increment(1);
+                            tracing::info!(
+                                endpoint = %self.name,
+                                from = %event.from,
+                                to = %event.to,
+                                reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
+                                error = event.error.as_deref().unwrap_or(""),
+                                "endpoint state changed"
+                            );
+                            last_logged = event.reason.clone();
+                        }
+                        None => self.log_check(&outcome, &mut last_logged),
+                    }
+                    let now = Now::capture();
+                    let Some(delay) =
+                        self.store
+                            .schedule_next(&self.name, now, rand::random::<f64>())
+                    else {
+                        return;
+                    };
+                    let wait = self.coordination.next_wait(&self.name, delay);
+                    if wait != delay {
+                        self.store.note_next_check(&self.name, now.wall + wait);
+                    }
+                    wait
+                }
+            };
+
+            if awaiting_first_result && self.has_result() {
+                awaiting_first_result = false;
+                if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.store.mark_ready();
                     tracing::info!("first health-check sweep complete");
                 }
             }
-
-            let Some(delay) =
-                self.store
-                    .schedule_next(&self.name, Now::capture(), rand::random::<f64>())
-            else {
-                return;
-            };
-            sleep(delay).await;
+            sleep(wait).await;
         }
+    }
+
+    /// Whether the endpoint has a result yet: a check of ours or one adopted from the fleet.
+    fn has_result(&self) -> bool {
+        self.store
+            .snapshot()
+            .get(&self.name)
+            .is_some_and(|e| e.health.last_check.is_some())
     }
 
     fn is_routable(&self) -> bool {

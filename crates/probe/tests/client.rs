@@ -215,3 +215,24 @@ async fn http_errors_and_loading() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn names_the_replica_when_given_a_pod_id() {
+    let (url, _t) = serve(|req| {
+        if req.contains("x-hale-pod: pod-7\r\n") {
+            Some(http("200 OK", ""))
+        } else {
+            Some(http("400 Bad Request", "no pod header"))
+        }
+    })
+    .await;
+    let vllm = probe_for(EndpointKind::Vllm);
+    let p = plan(&url, EndpointKind::Vllm, &[], false);
+    let named = run_check(&ProbeClient::new().with_pod_id("pod-7"), vllm.as_ref(), &p).await;
+    assert_eq!(named.result, CheckResult::Ok { models: None });
+    let anonymous = run_check(&ProbeClient::new(), vllm.as_ref(), &p).await;
+    assert!(matches!(
+        anonymous.result,
+        CheckResult::Http { status: 400, .. }
+    ));
+}

@@ -440,3 +440,84 @@ proptest! {
         }
     }
 }
+
+/// What a peer would publish of `m` after a step (as the store builds it).
+fn shared_of(m: &HealthMachine, now: Instant, wall: std::time::SystemTime) -> SharedResult {
+    SharedResult {
+        state: m.state(),
+        phase: m.phase(),
+        reason: m.reason().cloned(),
+        error: m.error().cloned(),
+        latency: m.last_latency(),
+        checked_at: wall,
+        checked_by: Arc::from("peer"),
+        fence: crate::FenceToken(1),
+        models: m.discovered().cloned(),
+        consecutive_failures: m.consecutive_failures(),
+        consecutive_successes: m.consecutive_successes(),
+        unhealthy_failures: m.unhealthy_failures(),
+        rate_limited_until: m
+            .rate_limited_until()
+            .filter(|u| *u > now)
+            .map(|u| wall + (u - now)),
+        kind: ResultKind::Check { ok: true },
+    }
+}
+
+#[test]
+fn adopting_carries_state_counters_and_models() {
+    let mut peer = running(3, 2);
+    peer.observe(&refused(), Instant::now());
+    peer.observe(&refused(), Instant::now());
+    let mut here = HealthMachine::new(&endpoint(3), &health(3, 2));
+    let t = here
+        .adopt(
+            &shared_of(&peer, Instant::now(), std::time::SystemTime::now()),
+            Instant::now(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    assert_eq!((t.from, t.to), (HealthState::Unknown, HealthState::Healthy));
+    assert_eq!(here.phase(), Phase::Running);
+    assert_eq!(here.consecutive_failures(), 2);
+    // The third failure, seen here, crosses the fleet's threshold.
+    let t = here.observe(&refused(), Instant::now()).unwrap();
+    assert_eq!(t.to, HealthState::Unhealthy);
+}
+
+proptest! {
+    /// Adoption carries everything that decides the future: a machine that adopts its peer's
+    /// result after any history then behaves exactly like the peer for any further outcomes
+    /// (state, reason, routability and the next wait).
+    #[test]
+    fn an_adopted_machine_continues_like_its_peer(
+        history in proptest::collection::vec(step(), 0..40),
+        future in proptest::collection::vec(step(), 1..40),
+        own in proptest::collection::vec(step(), 0..10),
+        unhealthy in 1u32..5,
+        healthy in 1u32..5,
+        u in 0.0f64..1.0,
+    ) {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let mut peer = HealthMachine::new(&endpoint(3), &health(unhealthy, healthy));
+        for s in &history {
+            apply(&mut peer, s, now);
+        }
+        // This replica had its own, different history before adopting.
+        let mut here = HealthMachine::new(&endpoint(3), &health(unhealthy, healthy));
+        for s in &own {
+            apply(&mut here, s, now);
+        }
+        here.adopt(&shared_of(&peer, now, wall), now, wall);
+        for s in &future {
+            let a = apply(&mut peer, s, now);
+            let b = apply(&mut here, s, now);
+            prop_assert_eq!(a, b, "after {:?}", s);
+            prop_assert_eq!(peer.state(), here.state());
+            prop_assert_eq!(peer.reason(), here.reason());
+            prop_assert_eq!(peer.is_routable(now), here.is_routable(now));
+            prop_assert_eq!(peer.next_delay(now, u), here.next_delay(now, u));
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The Lua scripts coord runs, and typed calls of them. Each runs atomically on Redis and
+//! touches only keys of one namespace (one hash tag, one Cluster slot).
+//!
+//! Times inside the scripts come from Redis's own clock (`TIME`), so replicas with skewed
+//! clocks still agree on when a round is due; what leaves a script as a duration is relative
+//! (`due_in`, `pttl`) and is turned into a local deadline by the receiver.
+//!
+//! Fencing tokens come from one counter per namespace. When the counter is new (first use, or
+//! a Redis that restarted empty: `INCR` answers a small number) it is seeded with Redis's
+//! clock in microseconds, so tokens keep growing across a Redis restart and a replica holding
+//! a token from before it still takes newer results. Tokens stay below 2^53, so Lua's numbers hold them exactly; the
+//! scripts format every number with `%.0f` before storing or sending it.
+
+use redis::{Script, Value};
+use std::sync::LazyLock;
+
+/// Shared prologue: `now` (ms, Redis clock) and `next_fence(key)`.
+const PROLOGUE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function next_fence(key)
+  local f = redis.call('INCR', key)
+  if f < 1000000000000000 then
+    redis.call('SET', key, t[1] .. string.format('%06d', tonumber(t[2])))
+    f = redis.call('INCR', key)
+  end
+  return f
+end
+";
+
+/// Round acquisition for one endpoint.
+/// KEYS: result, lease, fence. ARGV: owner, lease_ttl_ms, late_ms.
+/// Returns `{0, due_in, due_at}` (not due), `{1, pttl, due_at}` (someone holds the round) or
+/// `{2, fence, anchor, now - anchor}` (ours: check now, write under `fence`, next round
+/// from `anchor`).
+const ACQUIRE: &str = r"
+local due = tonumber(redis.call('HGET', KEYS[1], 'due_at') or '0')
+if now < due then
+  return {0, due - now, due}
+end
+local pttl = redis.call('PTTL', KEYS[2])
+if pttl > 0 then
+  return {1, pttl, due}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local fence = next_fence(KEYS[3])
+local anchor = due
+if now - due > tonumber(ARGV[3]) then anchor = now end
+return {2, fence, anchor, now - anchor}
+";
+
+/// A fenced result write.
+/// KEYS: result, lease, fence. ARGV: owner, fence ('0': take a fresh one, for passive
+/// results), cache_ttl_ms, planned_ms ('' keeps the due time and the lease: passive),
+/// anchor_ms, channel, message body, then field/value pairs.
+/// Returns `{1, fence, due_at, due_in}` when written (and published) or `{0, stored fields…}`
+/// when a result with the same or a newer fence is stored (nothing written).
+const WRITE: &str = r"
+local fence = ARGV[2]
+if fence == '0' then fence = string.format('%.0f', next_fence(KEYS[3])) end
+local stored = redis.call('HMGET', KEYS[1], 'fence', 'due_at')
+local cur = stored[1]
+local passive = ARGV[4] == ''
+if cur and tonumber(cur) >= tonumber(fence) then
+  if not passive and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+  local all = redis.call('HGETALL', KEYS[1])
+  table.insert(all, 1, 0)
+  return all
+end
+local due = tonumber(stored[2] or '0')
+if not passive then
+  local planned = tonumber(ARGV[4])
+  due = tonumber(ARGV[5]) + planned
+  if due <= now then due = now + planned end
+end
+local due_s = string.format('%.0f', due)
+local due_in_s = string.format('%.0f', due - now)
+redis.call('HSET', KEYS[1], 'fence', fence, 'due_at', due_s, 'written_at',
+  string.format('%.0f', now), unpack(ARGV, 8))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if not passive and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', ARGV[6], fence .. ' ' .. due_s .. ' ' .. due_in_s .. '\n' .. ARGV[7])
+return {1, fence, due_s, due_in_s}
+";
+
+/// Owner-checked release. KEYS: lease. ARGV: owner. Returns 1 if released.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Owner-checked extension. KEYS: lease. ARGV: owner, ttl_ms. Returns 1 if extended.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Acquire-or-extend of the global lease. KEYS: lease, fence. ARGV: owner, ttl_ms.
+/// Returns `{2, owner, fence}` (acquired), `{1, owner, pttl}` (ours, extended) or
+/// `{0, owner, pttl}` (held by `owner`).
+const GLOBAL: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, cur, tonumber(ARGV[2])}
+end
+if cur then
+  return {0, cur, redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {2, ARGV[1], next_fence(KEYS[2])}
+";
+
+/// What `/health/shared-status` shows from Redis. KEYS: global lease, then n result keys,
+/// then n lease keys. ARGV: n. Returns `{now, global owner, global pttl, then per endpoint:
+/// written_at, checked_by, lease owner}` with '' for absent values.
+const STATUS: &str = r"
+local out = {string.format('%.0f', now), redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1])}
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local r = redis.call('HMGET', KEYS[1 + i], 'written_at', 'checked_by')
+  table.insert(out, r[1] or '')
+  table.insert(out, r[2] or '')
+  table.insert(out, redis.call('GET', KEYS[1 + n + i]) or '')
+end
+return out
+";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PROLOGUE}{body}"))
+}
+
+pub static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
+pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(WRITE));
+pub static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+pub static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND));
+pub static GLOBAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GLOBAL));
+pub static STATUS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATUS));
+
+// === reading replies ===
+
+/// An integer from a reply element (integer or numeric string).
+pub fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A string from a reply element (strings, integers; nil is empty).
+pub fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Nil => Some(String::new()),
+        Value::Okay => Some("OK".to_owned()),
+        _ => None,
+    }
+}
+
+/// The elements of an array reply.
+pub fn array(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(items) => Some(items),
+        _ => None,
+    }
+}

@@ -1,0 +1,319 @@
+//! How a [`SharedResult`] is written to Redis and sent on the channel.
+//!
+//! The result hash `hale:{ns}:result:<endpoint>` has one field per value, as text, so an
+//! operator can read it with `HGETALL`:
+//!
+//! | field         | example            | meaning                                             |
+//! |---------------|--------------------|-----------------------------------------------------|
+//! | `state`       | `healthy`          | the health state                                    |
+//! | `reason`      | `http_503`         | machine-readable reason, empty for none             |
+//! | `error`       | `HTTP 503`         | human error text, empty for none                    |
+//! | `latency_ms`  | `3.214`            | the check's latency, empty for none                 |
+//! | `checked_at`  | `1718000000123`    | when the check ran, ms since the epoch (checker's clock) |
+//! | `checked_by`  | `hale-7f9c2a`      | the pod id that produced it                         |
+//! | `fence`       | `1718000000123456` | fencing token it was written under                  |
+//! | `models`      | `["m1","m2"]`      | models the backend listed (JSON), absent if unknown |
+//! | `phase`       | `running`          | `startup` or `running`                              |
+//! | `cf`,`cs`,`uf`| `0`                | consecutive failures, successes, failures while unhealthy |
+//! | `rl_until`    | `1718000005000`    | rate-limited until (ms since the epoch), empty for none |
+//! | `kind`        | `check_ok`         | `check_ok`, `check_failed` or `passive`             |
+//! | `due_at`      | `1718000001000`    | when the next round is due (Redis clock, ms)        |
+//! | `written_at`  | `1718000000125`    | when it was written (Redis clock, ms)               |
+//!
+//! `fence`, `due_at` and `written_at` are set by the write script; the rest come from here.
+//! A channel message is `<fence> <due_at> <due_in_ms>\n<JSON object of the other fields plus
+//! "endpoint">`: the header is built by the script (it knows the fence and the due time), the
+//! JSON by the writer.
+
+use hale_core::{FenceToken, HealthState, Phase, Reason, ResultKind, SharedResult};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A result as read back: the result itself plus the round bookkeeping of the hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    pub endpoint: Arc<str>,
+    pub result: SharedResult,
+    /// When the next round is due, on the Redis clock (ms since the epoch); 0 if unknown.
+    pub due_at: i64,
+    /// `due_at` minus Redis's clock when it was read or published.
+    pub due_in_ms: i64,
+    /// When it was written, on the Redis clock (ms); 0 if unknown.
+    pub written_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed shared result: {0}")]
+pub struct WireError(pub String);
+
+fn err(msg: impl Into<String>) -> WireError {
+    WireError(msg.into())
+}
+
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn kind_str(kind: ResultKind) -> &'static str {
+    match kind {
+        ResultKind::Check { ok: true } => "check_ok",
+        ResultKind::Check { ok: false } => "check_failed",
+        ResultKind::Passive => "passive",
+    }
+}
+
+fn phase_str(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Startup => "startup",
+        Phase::Running => "running",
+    }
+}
+
+/// The fields the writer supplies (everything but `fence`, `due_at` and `written_at`).
+pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("state", r.state.as_str().to_owned()),
+        ("phase", phase_str(r.phase).to_owned()),
+        (
+            "reason",
+            r.reason
+                .as_ref()
+                .map(|x| x.as_str().into_owned())
+                .unwrap_or_default(),
+        ),
+        ("error", r.error.as_deref().unwrap_or("").to_owned()),
+        (
+            "latency_ms",
+            r.latency
+                .map(|l| format!("{:.3}", l.as_secs_f64() * 1e3))
+                .unwrap_or_default(),
+        ),
+        ("checked_at", millis(r.checked_at).to_string()),
+        ("checked_by", r.checked_by.to_string()),
+        ("cf", r.consecutive_failures.to_string()),
+        ("cs", r.consecutive_successes.to_string()),
+        ("uf", r.unhealthy_failures.to_string()),
+        (
+            "rl_until",
+            r.rate_limited_until
+                .map(|t| millis(t).to_string())
+                .unwrap_or_default(),
+        ),
+        ("kind", kind_str(r.kind).to_owned()),
+    ];
+    if let Some(models) = &r.models {
+        let names: Vec<&str> = models.iter().map(|m| m.as_ref()).collect();
+        fields.push((
+            "models",
+            serde_json::to_string(&names).unwrap_or_else(|_| "[]".to_owned()),
+        ));
+    }
+    fields
+}
+
+/// The JSON body of a channel message for `endpoint`.
+pub fn message_body(endpoint: &str, r: &SharedResult) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("endpoint".to_owned(), endpoint.into());
+    for (k, v) in to_fields(r) {
+        map.insert(k.to_owned(), v.into());
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+fn get<'a>(f: &'a HashMap<String, String>, key: &str) -> &'a str {
+    f.get(key).map_or("", String::as_str)
+}
+
+fn parse_num<T: std::str::FromStr>(f: &HashMap<String, String>, key: &str) -> Result<T, WireError> {
+    get(f, key)
+        .parse()
+        .map_err(|_| err(format!("{key}={:?}", get(f, key))))
+}
+
+/// Reads a result from the fields of its hash (or of a message); `fence` overrides the field
+/// when given (messages carry it in their header).
+pub fn from_fields(
+    f: &HashMap<String, String>,
+    fence: Option<u64>,
+) -> Result<SharedResult, WireError> {
+    let state: HealthState = serde_json::from_value(get(f, "state").into())
+        .map_err(|_| err(format!("state={:?}", get(f, "state"))))?;
+    let phase = match get(f, "phase") {
+        "startup" => Phase::Startup,
+        "running" => Phase::Running,
+        other => return Err(err(format!("phase={other:?}"))),
+    };
+    let kind = match get(f, "kind") {
+        "check_ok" => ResultKind::Check { ok: true },
+        "check_failed" => ResultKind::Check { ok: false },
+        "passive" => ResultKind::Passive,
+        other => return Err(err(format!("kind={other:?}"))),
+    };
+    let fence = match fence {
+        Some(f) => f,
+        None => parse_num(f, "fence")?,
+    };
+    let non_empty = |key: &str| Some(get(f, key)).filter(|s| !s.is_empty());
+    let latency = match non_empty("latency_ms") {
+        Some(ms) => {
+            let ms: f64 = ms.parse().map_err(|_| err(format!("latency_ms={ms:?}")))?;
+            (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
+        }
+        None => None,
+    };
+    let models = match f.get("models") {
+        Some(json) => {
+            let names: Vec<String> =
+                serde_json::from_str(json).map_err(|_| err(format!("models={json:?}")))?;
+            Some(names.into_iter().map(Arc::<str>::from).collect())
+        }
+        None => None,
+    };
+    let rate_limited_until = match non_empty("rl_until") {
+        Some(ms) => Some(from_millis(
+            ms.parse().map_err(|_| err(format!("rl_until={ms:?}")))?,
+        )),
+        None => None,
+    };
+    Ok(SharedResult {
+        state,
+        phase,
+        reason: non_empty("reason").map(Reason::parse),
+        error: non_empty("error").map(Arc::from),
+        latency,
+        checked_at: from_millis(parse_num(f, "checked_at")?),
+        checked_by: Arc::from(get(f, "checked_by")),
+        fence: FenceToken(fence),
+        models,
+        consecutive_failures: parse_num(f, "cf")?,
+        consecutive_successes: parse_num(f, "cs")?,
+        unhealthy_failures: parse_num(f, "uf")?,
+        rate_limited_until,
+        kind,
+    })
+}
+
+/// Reads a stored hash (as returned by HGETALL); `now_ms` is Redis's clock at the read.
+pub fn from_hash(
+    endpoint: Arc<str>,
+    f: &HashMap<String, String>,
+    now_ms: i64,
+) -> Result<StoredResult, WireError> {
+    let due_at: i64 = get(f, "due_at").parse().unwrap_or(0);
+    let written_at: i64 = get(f, "written_at").parse().unwrap_or(0);
+    let result = from_fields(f, None)?;
+    Ok(StoredResult {
+        endpoint,
+        result,
+        due_at,
+        due_in_ms: due_at - now_ms,
+        written_at,
+    })
+}
+
+/// Reads a channel message.
+pub fn from_message(payload: &str) -> Result<StoredResult, WireError> {
+    let (header, body) = payload
+        .split_once('\n')
+        .ok_or_else(|| err("no header line"))?;
+    let mut parts = header.split(' ');
+    let mut next = |name: &str| -> Result<i64, WireError> {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| err(format!("header {header:?}: no {name}")))
+    };
+    let fence = u64::try_from(next("fence")?).map_err(|_| err("negative fence"))?;
+    let due_at = next("due_at")?;
+    let due_in_ms = next("due_in")?;
+    let map: HashMap<String, String> =
+        serde_json::from_str(body).map_err(|e| err(format!("body: {e}")))?;
+    let endpoint: Arc<str> = Arc::from(get(&map, "endpoint"));
+    if endpoint.is_empty() {
+        return Err(err("no endpoint"));
+    }
+    let result = from_fields(&map, Some(fence))?;
+    Ok(StoredResult {
+        endpoint,
+        result,
+        due_at,
+        due_in_ms,
+        written_at: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SharedResult {
+        SharedResult {
+            state: HealthState::Unhealthy,
+            phase: Phase::Running,
+            reason: Some(Reason::Http(503)),
+            error: Some(Arc::from("HTTP 503: busy\nsecond line")),
+            latency: Some(Duration::from_micros(3214)),
+            checked_at: UNIX_EPOCH + Duration::from_millis(1_718_000_000_123),
+            checked_by: Arc::from("pod-a"),
+            fence: FenceToken(1_718_000_000_123_456),
+            models: Some(Arc::from(vec![Arc::<str>::from("m,1"), Arc::from("m\"2")])),
+            consecutive_failures: 4,
+            consecutive_successes: 0,
+            unhealthy_failures: 2,
+            rate_limited_until: Some(UNIX_EPOCH + Duration::from_millis(1_718_000_005_000)),
+            kind: ResultKind::Check { ok: false },
+        }
+    }
+
+    #[test]
+    fn hash_fields_round_trip() {
+        let r = sample();
+        let mut map: HashMap<String, String> = to_fields(&r)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        map.insert("fence".into(), r.fence.get().to_string());
+        map.insert("due_at".into(), "1718000001000".into());
+        map.insert("written_at".into(), "1718000000125".into());
+        let back = from_hash(Arc::from("e"), &map, 1_718_000_000_500).unwrap();
+        assert_eq!(back.result, r);
+        assert_eq!((back.due_at, back.due_in_ms), (1_718_000_001_000, 500));
+        assert_eq!(back.written_at, 1_718_000_000_125);
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let mut r = sample();
+        r.models = None;
+        r.rate_limited_until = None;
+        r.latency = None;
+        r.reason = None;
+        r.error = None;
+        r.kind = ResultKind::Passive;
+        let payload = format!(
+            "{} 1718000001000 -20\n{}",
+            r.fence,
+            message_body("vllm-1", &r)
+        );
+        let m = from_message(&payload).unwrap();
+        assert_eq!(&*m.endpoint, "vllm-1");
+        assert_eq!(m.result, r);
+        assert_eq!(m.due_in_ms, -20);
+        for bad in [
+            "",
+            "1 2 3",
+            "x 1 2\n{}",
+            "1 2 3\n{\"endpoint\":\"e\"}",
+            "1 2 3\nnot json",
+        ] {
+            assert!(from_message(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The writer task: every result this replica produces goes to Redis from here, one at a time
+//! and in order, so results of one endpoint never overtake each other.
+//!
+//! - A check made under a round lease is written with that lease's fence. The write script
+//!   refuses it if the stored result carries the same or a newer fence (a replica that lost
+//!   its lease while paused cannot overwrite what replaced it); the refusal returns the stored
+//!   result, which this replica then adopts. An accepted write sets the next round's due time
+//!   (`anchor + planned`), releases the round lease (owner-checked), refreshes the key's TTL
+//!   (`cache_ttl`) and publishes the change event, all in one script.
+//! - A passive failure takes a fresh fence inside the script, so it is newer than any result
+//!   already stored, and leaves the round's due time and lease alone.
+//! - A check made without a lease (Redis was away) is not written: its fence orders nothing.
+//!
+//! Log lines, after LiteLLM's: "Cached health check results for N healthy and M unhealthy
+//! endpoints" at INFO when those counts change, or once a minute at most; DEBUG otherwise.
+
+use crate::cache::WriteOutcome;
+use crate::coordinator::{Inner, lock};
+use hale_core::{Adoption, HealthStore, LocalResult, Now, ResultKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How often the cache summary is logged at INFO while the counts stay the same.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// When the cache summary was last logged at INFO, and what it said.
+#[derive(Debug, Default)]
+pub(crate) struct SummaryLog {
+    last: Option<(usize, usize)>,
+    at: Option<Instant>,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<LocalResult>) {
+    while let Some(local) = rx.recv().await {
+        inner.write(local).await;
+    }
+}
+
+impl Inner {
+    async fn write(&self, local: LocalResult) {
+        let Some(r) = self.rounds.get(&local.endpoint) else {
+            return;
+        };
+        let passive = local.result.kind == ResultKind::Passive;
+        // A check's round lease is spent by this write whatever happens to it.
+        let lease = if passive {
+            None
+        } else {
+            lock(&r.state).lease.take()
+        };
+        if !passive && (local.result.fence.is_local() || lease.is_none()) {
+            // Made without a lease (Redis was away): its fence orders nothing.
+            return;
+        }
+        if !self.is_available() {
+            return;
+        }
+        let round = lease.map(|l| (l, local.planned_next));
+        let outcome = self
+            .cache
+            .write(&local.endpoint, &local.result, round)
+            .await;
+        let Some(store) = self.store.upgrade() else {
+            return;
+        };
+        match outcome {
+            Err(e) => self.failed("writing a shared result", &e),
+            Ok(WriteOutcome::Written {
+                fence,
+                due_at,
+                due_in,
+            }) => {
+                if passive {
+                    // Hold the fence our passive result went out under, as the others will.
+                    let mut result = local.result.clone();
+                    result.fence = fence;
+                    store.apply_remote(&local.endpoint, &result, Now::capture());
+                } else {
+                    let mut st = lock(&r.state);
+                    st.known_due = Some(Instant::now() + due_in);
+                    st.round = due_at;
+                    drop(st);
+                    tracing::debug!(
+                        endpoint = %local.endpoint,
+                        fence = %fence,
+                        "Pod {} released health check lock",
+                        self.pod_id
+                    );
+                }
+                self.log_summary(&store);
+            }
+            Ok(WriteOutcome::Refused(stored)) => {
+                lock(&r.state).known_due = None;
+                tracing::debug!(
+                    endpoint = %local.endpoint,
+                    ours = %local.result.fence,
+                    stored = %stored.result.fence,
+                    "result refused: a newer one is stored; adopting it"
+                );
+                if let Adoption::Adopted(Some(event)) =
+                    store.apply_remote(&local.endpoint, &stored.result, Now::capture())
+                {
+                    crate::subscriber::log_transition(&event);
+                }
+            }
+        }
+    }
+
+    fn log_summary(&self, store: &HealthStore) {
+        let snapshot = store.snapshot();
+        let healthy = snapshot
+            .endpoints
+            .iter()
+            .filter(|e| e.health.state.is_routable())
+            .count();
+        let unhealthy = snapshot.endpoints.len() - healthy;
+        let now = Instant::now();
+        let mut log = lock(&self.summary);
+        let due = log.last != Some((healthy, unhealthy))
+            || log
+                .at
+                .is_none_or(|at| now.duration_since(at) >= SUMMARY_EVERY);
+        if due {
+            log.last = Some((healthy, unhealthy));
+            log.at = Some(now);
+            tracing::info!(
+                "Cached health check results for {healthy} healthy and {unhealthy} unhealthy endpoints"
+            );
+        } else {
+            tracing::debug!(
+                "Cached health check results for {healthy} healthy and {unhealthy} unhealthy endpoints"
+            );
+        }
+    }
+}

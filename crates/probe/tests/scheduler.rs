@@ -1,0 +1,205 @@
+//! The scheduler with a coordination plugged in, against a real backend socket: a `Skip`
+//! keeps the backend untouched and notes when the endpoint is looked at next, a `Check` runs
+//! under the fence given and its result reaches the coordination, `next_wait` sets the pace
+//! after a check, and an endpoint whose result comes from the fleet counts for readiness.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
+
+use hale_core::coordination::BoxFuture;
+use hale_core::{
+    Coordination, Decision, EndpointConfig, EndpointKind, FenceToken, HealthConfig, HealthState,
+    HealthStore, LocalResult, Now, Phase, ResultKind, SharedResult,
+};
+use hale_probe::{ProbeClient, Scheduler};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::{Instant, sleep};
+
+/// A vLLM-like backend that counts `/health` hits and names the replica that sent them.
+async fn backend() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&got).to_string();
+                let body = if req.starts_with("GET /v1/models") {
+                    r#"{"object":"list","data":[{"id":"m1"}]}"#
+                } else {
+                    let pod = req
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-hale-pod: "))
+                        .unwrap_or("")
+                        .to_owned();
+                    seen.lock().unwrap().push(pod);
+                    ""
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+fn store(url: &str) -> Arc<HealthStore> {
+    let mut c = EndpointConfig::new("e", url, EndpointKind::Vllm);
+    c.check_interval = Duration::from_millis(300);
+    c.check_timeout = Duration::from_millis(200);
+    c.startup.period = Duration::from_millis(300);
+    c.startup.timeout = Duration::from_millis(200);
+    let health = HealthConfig {
+        jitter: 0.0,
+        ..HealthConfig::default()
+    };
+    Arc::new(HealthStore::new(
+        "pod-9",
+        vec![c.resolve("e").unwrap()],
+        &health,
+        Now::capture(),
+    ))
+}
+
+/// Says `Skip` for the first `skips` asks, then `Check` under fence 7; records what it is
+/// told and paces the next ask after a check at `pace`.
+#[derive(Debug)]
+struct Scripted {
+    skips: usize,
+    asked: AtomicUsize,
+    published: Mutex<Vec<LocalResult>>,
+    pace: Duration,
+}
+
+impl Coordination for Scripted {
+    fn may_check<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, Decision> {
+        let n = self.asked.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::ready(if n < self.skips {
+            Decision::Skip {
+                retry_in: Duration::from_millis(40),
+            }
+        } else {
+            Decision::Check {
+                fence: FenceToken(7),
+            }
+        }))
+    }
+
+    fn publish(&self, result: LocalResult) {
+        self.published.lock().unwrap().push(result);
+    }
+
+    fn next_wait(&self, _endpoint: &str, _planned: Duration) -> Duration {
+        self.pace
+    }
+}
+
+#[tokio::test]
+async fn skips_touch_nothing_and_checks_run_under_the_fence_given() {
+    let (url, hits) = backend().await;
+    let store = store(&url);
+    let coordination = Arc::new(Scripted {
+        skips: 5,
+        asked: AtomicUsize::new(0),
+        published: Mutex::new(Vec::new()),
+        pace: Duration::from_millis(50),
+    });
+    store.attach(coordination.clone());
+    let started = Instant::now();
+    let handle = Scheduler::new(store.clone(), ProbeClient::new().with_pod_id("pod-9"), true)
+        .with_coordination(coordination.clone())
+        .spawn();
+
+    // Five skips 40 ms apart: nothing reaches the backend meanwhile.
+    sleep(Duration::from_millis(150)).await;
+    assert!(hits.lock().unwrap().is_empty());
+    let next = store.snapshot().get("e").unwrap().health.next_check_at;
+    assert!(next.is_some_and(|t| t > SystemTime::now() - Duration::from_millis(100)));
+    assert!(!store.snapshot().ready, "no result yet");
+
+    // Then checks, paced by the coordination (50 ms) rather than the 300 ms interval.
+    sleep(Duration::from_millis(400)).await;
+    handle.shutdown().await;
+    let hits = hits.lock().unwrap().clone();
+    assert!(
+        hits.len() >= 4,
+        "{} checks in {:?}",
+        hits.len(),
+        started.elapsed()
+    );
+    assert!(hits.iter().all(|p| p == "pod-9"));
+    let snap = store.snapshot();
+    assert!(snap.ready);
+    assert_eq!(snap.get("e").unwrap().health.fence, 7);
+    let published = coordination.published.lock().unwrap();
+    assert_eq!(published.len(), hits.len());
+    assert_eq!(published[0].result.fence, FenceToken(7));
+    assert_eq!(published[0].result.kind, ResultKind::Check { ok: true });
+}
+
+/// Always skips: the fleet checks this endpoint.
+#[derive(Debug)]
+struct AlwaysSkip;
+
+impl Coordination for AlwaysSkip {
+    fn may_check<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, Decision> {
+        Box::pin(std::future::ready(Decision::Skip {
+            retry_in: Duration::from_millis(30),
+        }))
+    }
+    fn publish(&self, _result: LocalResult) {}
+}
+
+#[tokio::test]
+async fn a_result_from_the_fleet_makes_the_replica_ready() {
+    let (url, hits) = backend().await;
+    let store = store(&url);
+    let handle = Scheduler::new(store.clone(), ProbeClient::new(), true)
+        .with_coordination(Arc::new(AlwaysSkip))
+        .spawn();
+    sleep(Duration::from_millis(100)).await;
+    assert!(!store.snapshot().ready);
+    let remote = SharedResult {
+        state: HealthState::Healthy,
+        phase: Phase::Running,
+        reason: None,
+        error: None,
+        latency: Some(Duration::from_millis(1)),
+        checked_at: SystemTime::now(),
+        checked_by: Arc::from("pod-1"),
+        fence: FenceToken(3),
+        models: None,
+        consecutive_failures: 0,
+        consecutive_successes: 1,
+        unhealthy_failures: 0,
+        rate_limited_until: None,
+        kind: ResultKind::Check { ok: true },
+    };
+    store.apply_remote("e", &remote, Now::capture());
+    sleep(Duration::from_millis(100)).await;
+    assert!(store.snapshot().ready);
+    assert!(hits.lock().unwrap().is_empty(), "never checked here");
+    handle.shutdown().await;
+}
