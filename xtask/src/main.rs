@@ -24,11 +24,12 @@ usage: cargo xtask <command>
 
 commands:
   setup             install (as root) or check the tools the tests need (redis-server, ...)
+  setup bench       the same for the benchmark tools (oha, haproxy, nginx)
   tidy              check that every .rs file opens with a `//!` doc comment
   test              setup, tidy, fmt, clippy, build the binaries, run every test
   it [ARGS...]      setup, build the binaries, run the end-to-end suites (-p hale-tests);
                     ARGS go to the test runner (e.g. a test name filter)
-  bench SUITE       measure and write docs/BENCHMARKS.md (suites: health)
+  bench SUITE       measure and write docs/BENCHMARKS.md (suites: health, proxy)
   dist              not implemented yet";
 
 fn main() -> ExitCode {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
     };
     let mut steps = Steps::new();
     let result = match command.as_str() {
+        "setup" if rest.first().is_some_and(|a| a == "bench") => setup::run_bench(&mut steps),
         "setup" => setup::run(&mut steps),
         "tidy" => steps.run("tidy", || tidy::run(&root)),
         "test" => test(&mut steps, &root),

@@ -1,7 +1,12 @@
 //! `cargo xtask setup`: makes sure the tools the test suites need are present, installing
-//! them when it can (as root, through apt or rustup) and otherwise failing with one line that
-//! says what to install. Each tool is a [`Requirement`] in [`REQUIREMENTS`]; adding a tool is
-//! adding an entry.
+//! them when it can (as root, through apt, rustup, `cargo install`, or pip into the
+//! workspace's `.venv` for the Python SDK tests) and otherwise failing
+//! with one line that says what to install. Each tool is a [`Requirement`] in
+//! [`REQUIREMENTS`]; adding a tool is adding an entry.
+//!
+//! The benchmarks need more (a load generator, reference proxies) that the tests never use;
+//! those are a separate set, [`BENCH_REQUIREMENTS`], installed by `cargo xtask setup bench`
+//! and by the bench suites that drive them, never by `cargo xtask test`.
 
 use std::process::Command;
 
@@ -25,6 +30,15 @@ enum Source {
     Apt { package: &'static str },
     /// A rustup component of the active toolchain.
     Rustup { component: &'static str },
+    /// A crate with a binary, installed with `cargo install --locked` into cargo's bin
+    /// directory (which must be on PATH, as rustup sets it up).
+    Cargo { krate: &'static str },
+    /// Python packages in a virtualenv at `dir` (relative to the workspace root), created
+    /// with `python3 -m venv` when missing and filled with `pip install`.
+    PythonVenv {
+        dir: &'static str,
+        packages: &'static [&'static str],
+    },
 }
 
 /// Everything `cargo xtask test` relies on beyond cargo itself.
@@ -51,16 +65,66 @@ const REQUIREMENTS: &[Requirement] = &[
             component: "clippy",
         },
     },
+    // The proxy suite drives Hale with the official OpenAI Python SDK (tests/python/).
+    Requirement {
+        name: "openai (Python SDK in .venv)",
+        check: &[
+            ".venv/bin/python",
+            "-c",
+            "import openai; print('openai', openai.__version__)",
+        ],
+        source: Source::PythonVenv {
+            dir: ".venv",
+            packages: &["openai"],
+        },
+    },
+];
+
+/// What `cargo xtask bench proxy` drives besides our own binaries. Not part of
+/// [`REQUIREMENTS`]: the tests never need them, so `cargo xtask test` never installs them.
+const BENCH_REQUIREMENTS: &[Requirement] = &[
+    // The HTTP load generator: closed loop (`-c`), fixed rate with latency correction
+    // (`-q --latency-correction`), JSON output.
+    Requirement {
+        name: "oha",
+        check: &["oha", "--version"],
+        source: Source::Cargo { krate: "oha" },
+    },
+    // The reference proxies the gateway is compared with.
+    Requirement {
+        name: "haproxy",
+        check: &["haproxy", "-v"],
+        source: Source::Apt { package: "haproxy" },
+    },
+    Requirement {
+        name: "nginx",
+        // `nginx -v` prints its version on stderr.
+        check: &["sh", "-c", "nginx -v 2>&1"],
+        source: Source::Apt { package: "nginx" },
+    },
 ];
 
 /// The `setup` step: checks every requirement, installing what is missing where possible.
 pub(crate) fn run(steps: &mut Steps) -> anyhow::Result<()> {
-    steps.run("setup", || {
-        for requirement in REQUIREMENTS {
-            ensure(requirement)?;
-        }
-        Ok(())
-    })
+    steps.run("setup", || ensure_all(REQUIREMENTS))
+}
+
+/// The `setup bench` step: the same for the benchmark tools.
+pub(crate) fn run_bench(steps: &mut Steps) -> anyhow::Result<()> {
+    steps.run("setup bench", ensure_bench)
+}
+
+/// Checks (and installs where missing) the benchmark tools; for bench suites, which run
+/// inside a step of their own.
+pub(crate) fn ensure_bench() -> anyhow::Result<()> {
+    ensure_all(BENCH_REQUIREMENTS)
+}
+
+fn ensure_all(requirements: &[Requirement]) -> anyhow::Result<()> {
+    for requirement in requirements {
+        ensure(requirement)?;
+    }
+    Ok(())
 }
 
 fn ensure(requirement: &Requirement) -> anyhow::Result<()> {
@@ -72,6 +136,8 @@ fn ensure(requirement: &Requirement) -> anyhow::Result<()> {
     match requirement.source {
         Source::Apt { package } => install_apt(requirement.name, package)?,
         Source::Rustup { component } => install_rustup(requirement.name, component)?,
+        Source::Cargo { krate } => install_cargo(requirement.name, krate)?,
+        Source::PythonVenv { dir, packages } => install_venv(requirement.name, dir, packages)?,
     }
     match version(requirement) {
         Some(version) => {
@@ -123,6 +189,29 @@ fn install_rustup(name: &str, component: &str) -> anyhow::Result<()> {
     }
     println!("    installing the {component} component with rustup");
     run_command(Command::new("rustup").args(["component", "add", component]))
+}
+
+fn install_cargo(name: &str, krate: &str) -> anyhow::Result<()> {
+    println!("    installing {krate} with cargo install --locked");
+    run_command(Command::new(cargo_program()).args(["install", "--locked", krate]))
+        .with_context(|| format!("{name} is missing and could not be installed"))
+}
+
+fn install_venv(name: &str, dir: &str, packages: &[&str]) -> anyhow::Result<()> {
+    let python = std::path::Path::new(dir).join("bin").join("python");
+    if !python.is_file() {
+        println!("    creating the virtualenv {dir} with python3 -m venv");
+        run_command(Command::new("python3").args(["-m", "venv", dir])).with_context(|| {
+            format!("{name} is missing: install python3 with its venv module (apt-get install python3-venv) and run again")
+        })?;
+    }
+    println!("    installing {} into {dir} with pip", packages.join(" "));
+    run_command(
+        Command::new(std::path::Path::new(dir).join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages),
+    )
+    .with_context(|| format!("{name} could not be installed"))
 }
 
 /// Whether we run as root, asked of `id -u` so that xtask needs no libc bindings.

@@ -2,7 +2,10 @@
 //!
 //! Order of start-up: telemetry; the pod id; the metrics recorder; the health store with every
 //! configured endpoint `unknown`; the listener (so `/livez` answers while the first sweep runs
-//! and `/readyz` says 503 until it is in); then the scheduler. Once bound, the address is
+//! and `/readyz` says 503 until it is in); then the scheduler. With `shared.enabled`, coord
+//! starts with the store (Redis is reached in the background, never required to start), the
+//! scheduler asks it before each check, and it releases its leases after the checks stop.
+//! Once bound, the address is
 //! printed on stdout as `hale listening on <addr>` so scripts and tests can find a port chosen
 //! with `:0`. Logs go to stderr.
 //!
@@ -33,12 +36,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         endpoints = endpoints.len(),
         "starting hale"
     );
-    if config.shared.enabled {
-        tracing::warn!(
-            "shared.enabled is set, but shared health state is not available in this build: \
-             checking locally"
-        );
-    }
 
     let metrics = install_metrics().context("installing the metrics recorder")?;
     let _upkeep = metrics.spawn_upkeep(Duration::from_secs(10));
@@ -48,6 +45,25 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         &config.health,
         started,
     ));
+    // Shared mode: coord attaches to the store and reaches Redis in the background; with
+    // Redis down the gateway starts anyway and checks locally.
+    let coordinator = match config.shared.enabled {
+        true => Some(hale_coord::Coordinator::start(
+            &config.shared,
+            &pod_id,
+            &store,
+        )?),
+        false => None,
+    };
+    // After the recorder (its histograms bind to it) and the store (it routes on its snapshot).
+    let proxy = hale_proxy::Proxy::new(
+        store.clone(),
+        &config.proxy,
+        hale_proxy::ServerSettings {
+            api_keys: config.server.api_keys.clone(),
+            max_body: usize::try_from(config.server.max_body.as_u64()).unwrap_or(usize::MAX),
+        },
+    );
 
     let addr = config.server.listen_addr()?;
     let listener = TcpListener::bind(addr)
@@ -57,13 +73,24 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     announce(local);
     tracing::info!(addr = %local, "listening");
 
-    let scheduler =
-        Scheduler::new(store.clone(), ProbeClient::new(), config.health.background).spawn();
+    let probes = ProbeClient::new().with_pod_id(&pod_id);
+    let scheduler = Scheduler::new(store.clone(), probes, config.health.background);
+    let scheduler = match &coordinator {
+        Some(c) => scheduler.with_coordination(Arc::new(c.clone())),
+        None => scheduler,
+    }
+    .spawn();
 
     let grace = config.server.shutdown_grace;
     let state = ApiState::new(store, config.server, env!("CARGO_PKG_VERSION"), metrics)
-        .with_started(started);
-    let app = hale_api::router(state.clone());
+        .with_started(started)
+        .with_breakers(Arc::new(proxy))
+        .with_model_stats(Arc::new(proxy));
+    let state = match &coordinator {
+        Some(c) => state.with_shared(Arc::new(c.clone())),
+        None => state,
+    };
+    let app = hale_api::router(state.clone()).merge(proxy.router());
 
     let draining = state.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -73,6 +100,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::info!(grace = %humantime::format_duration(grace), "shutdown signal: draining");
         let _ = drained_tx.send(());
     };
+    // TCP_NODELAY on client connections: streamed chunks must not wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let server = tokio::spawn(async move { server.await });
 
@@ -85,6 +116,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("shutdown grace period over with requests still open"),
     }
     scheduler.shutdown().await;
+    if let Some(c) = &coordinator {
+        c.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -29,6 +29,7 @@
 
 pub mod auth;
 pub mod config;
+mod coord_views;
 mod counts;
 pub mod error;
 mod events;
@@ -36,6 +37,7 @@ mod format;
 mod health_routes;
 pub mod metrics;
 pub mod providers;
+mod proxy_views;
 mod router;
 mod shared_status;
 pub mod state;

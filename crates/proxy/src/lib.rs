@@ -8,8 +8,37 @@
 //! unhealthy at once (a passive signal through core); streams pass through chunk by chunk.
 //! The request path reads core's snapshot lock-free and never waits on Redis.
 //!
-//! Today the crate holds its configuration section; routing arrives with the proxy work.
+//! The binary builds one [`Proxy`] from the health store, [`ProxyConfig`] and
+//! [`ServerSettings`], merges [`Proxy::router`] into its listener, and gives the api crate the
+//! proxy's breaker states and request counts for the status pages.
+//!
+//! One module per concept: `route` (the proxied routes), `body` (buffering and reading
+//! `model`), `auth` (`server.api_keys`), `select` (candidate selection and balancing),
+//! `runtime` (per-endpoint live state: outstanding requests, breaker), `upstream` (the
+//! HTTP/1.1 client to the backends and its connection pools), `forward` (the failover loop), `stream` (the pass-through response
+//! body), `hygiene` (headers and request ids), `catalog` (model lists), `error` (Hale's own
+//! answers), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry)
+//! and `router` (the axum routes). Each module's top comment records its decisions.
 
+mod auth;
+mod body;
+mod catalog;
 pub mod config;
+pub mod error;
+mod forward;
+mod hygiene;
+pub mod metrics;
+mod proxy;
+pub mod route;
+mod router;
+mod runtime;
+mod select;
+mod stream;
+mod upstream;
 
 pub use config::{Balancer, ProxyConfig};
+pub use error::ProxyError;
+pub use hygiene::{X_HALE_ENDPOINT, X_REQUEST_ID};
+pub use proxy::{Proxy, ServerSettings};
+pub use route::Route;
+pub use select::DEGRADED_WEIGHT_FACTOR;

@@ -6,11 +6,18 @@
 //! The machines are shared and noisy: suites report medians and ratios from one run.
 //!
 //! Suites: `health` (the cost of active health checking: CPU and memory of the gateway while
-//! it checks many endpoints every second).
+//! it checks many endpoints every second), `proxy` (what the gateway adds to a request, next to
+//! a direct call, HAProxy and nginx), `shared` (health-check requests and Redis commands per
+//! interval for 1, 3 and 5 replicas, with and without shared health state).
 
 mod health;
+mod oha;
+mod process;
 mod procfs;
+mod proxy;
+mod refs;
 mod report;
+mod shared;
 
 use std::path::Path;
 
@@ -19,7 +26,9 @@ use anyhow::bail;
 pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("health") => health::run(root, &args[1..]),
-        Some(other) => bail!("unknown bench suite {other:?}; suites: health"),
-        None => bail!("usage: cargo xtask bench <suite> [options]; suites: health"),
+        Some("proxy") => proxy::run(root, &args[1..]),
+        Some("shared") => shared::run(root, &args[1..]),
+        Some(other) => bail!("unknown bench suite {other:?}; suites: health, proxy, shared"),
+        None => bail!("usage: cargo xtask bench <suite> [options]; suites: health, proxy, shared"),
     }
 }

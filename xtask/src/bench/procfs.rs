@@ -45,3 +45,56 @@ fn clock_ticks() -> f64 {
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// The process and its direct children (nginx's master and its workers), found by reading
+/// every process's parent id from /proc.
+pub(crate) fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name's ')': state, then the parent id.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// CPU time (user + system) of the process's live threads, in seconds, from each thread's
+/// `schedstat` (nanoseconds). Finer than [`cpu_seconds`], whose clock ticks (10 ms) are too
+/// coarse for a few hundred requests; threads that have ended are not counted, so it suits
+/// servers whose threads live as long as they do.
+pub(crate) fn thread_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("reading /proc/{pid}/task"))?;
+    let mut ns: u64 = 0;
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        // A thread may end between listing and reading; it then simply has no share.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("unexpected {}: {stat}", path.display()))?;
+    }
+    Ok(ns as f64 / 1e9)
+}

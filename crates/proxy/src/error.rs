@@ -1,0 +1,180 @@
+//! [`ProxyError`]: every answer Hale gives itself on a proxy route instead of a backend's,
+//! rendered as OpenAI-shaped JSON, `{"error":{"message":"…","type":"…","code":404}}`.
+//!
+//! The shape is the one hale-api's `ApiError` renders (the proxy cannot depend on the api
+//! crate, which sits above it), so a client sees one error format on every path of the
+//! listener: `code` repeats the HTTP status as a number, `type` is the machine-readable class.
+//! The statuses follow DESIGN §5/§6: unknown model 404, every candidate down 503 with
+//! `Retry-After`, body too large 413, malformed JSON or a missing `model` 400, a missing or
+//! wrong API key 401 with `WWW-Authenticate: Bearer`, a wrong method 405 with `Allow`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// `type` of a malformed request.
+pub const INVALID_REQUEST_ERROR: &str = "invalid_request_error";
+/// `type` of a missing or wrong API key.
+pub const AUTHENTICATION_ERROR: &str = "authentication_error";
+/// `type` of a model (or path) nothing serves.
+pub const NOT_FOUND_ERROR: &str = "not_found_error";
+/// `type` of a model whose every endpoint is down.
+pub const SERVICE_UNAVAILABLE_ERROR: &str = "service_unavailable_error";
+
+/// An answer Hale gives itself; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("request body larger than {limit} bytes (server.max_body)")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(Cow<'static, str>),
+    #[error("{0}")]
+    ModelNotFound(String),
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The machine-readable class, rendered as `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => AUTHENTICATION_ERROR,
+            Self::BodyTooLarge { .. } | Self::BadRequest(_) | Self::MethodNotAllowed { .. } => {
+                INVALID_REQUEST_ERROR
+            }
+            Self::ModelNotFound(_) | Self::NoRoute { .. } => NOT_FOUND_ERROR,
+            Self::Unavailable { .. } => SERVICE_UNAVAILABLE_ERROR,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: u16,
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        let body = serde_json::to_vec(&Envelope {
+            error: Body {
+                message: &message,
+                kind: self.kind(),
+                code: status.as_u16(),
+            },
+        })
+        // Serialising three plain fields cannot fail; an empty body would still carry the
+        // status, which is what matters most.
+        .unwrap_or_default();
+        let mut response = (status, Bytes::from(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self {
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+
+    async fn render(e: ProxyError) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let (parts, body) = e.into_response().into_parts();
+        let bytes = to_bytes(body, 1 << 16).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn renders_openai_shape_with_the_right_headers() {
+        let (status, headers, body) = render(ProxyError::Unauthorized).await;
+        assert_eq!(status, 401);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {
+                "message": "missing or invalid API key",
+                "type": "authentication_error",
+                "code": 401
+            }})
+        );
+
+        let (status, headers, body) = render(ProxyError::Unavailable {
+            message: "all down".into(),
+            retry_after: Duration::from_millis(1500),
+        })
+        .await;
+        assert_eq!(status, 503);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(body["error"]["type"], "service_unavailable_error");
+
+        let (status, _, body) = render(ProxyError::BodyTooLarge { limit: 10 }).await;
+        assert_eq!(status, 413);
+        assert_eq!(body["error"]["code"], 413);
+
+        let (status, headers, _) = render(ProxyError::MethodNotAllowed {
+            method: "GET".into(),
+            path: "/v1/chat/completions".into(),
+            allow: "POST",
+        })
+        .await;
+        assert_eq!(status, 405);
+        assert_eq!(headers[header::ALLOW], "POST");
+    }
+}

@@ -1,0 +1,216 @@
+//! One generation request, from arrival to the backend's answer: auth, the buffered body, the
+//! model, then the failover loop over the candidates [`select`](crate::select) offers.
+//!
+//! The loop: select and claim an endpoint, send the buffered body there, and
+//! - on response headers (any status), stop: the answer goes to the client as it streams in,
+//!   and nothing about this request is retried from here on. A 5xx passes through to the
+//!   client but counts as a failure for the endpoint's breaker; anything below 500 resets it.
+//! - on a transport failure before response headers (refused, reset or closed, connect
+//!   timeout, DNS, TLS), mark the endpoint `unhealthy` at once through core (a passive signal
+//!   that checks and every other request see in the next snapshot), count the failure on its
+//!   breaker, and move on to the next candidate. Each endpoint is tried at most once.
+//!
+//! The body is replayed from the same `Bytes` on every attempt (a reference-count increment),
+//! the client's headers are cleaned once and written into each attempt's request head, and
+//! each attempt reads a fresh snapshot so it sees what the previous failure (or another
+//! request's) just changed.
+//! No lock is held across an await: the store is read through its `ArcSwap`, the breaker lock
+//! is taken only inside a claim's calls.
+//!
+//! When no candidate is left: 404 if no endpoint serves the model on this route and nothing
+//! was tried, otherwise 503 with `Retry-After` (the shortest check interval of the endpoints
+//! that serve it: the soonest their state can change).
+
+use crate::body;
+use crate::error::ProxyError;
+use crate::hygiene::{self, UpstreamFilter, X_HALE_POD, X_REQUEST_ID};
+use crate::proxy::Shared;
+use crate::route::Route;
+use crate::select::{Excluded, Selection};
+use crate::stream::UpstreamBody;
+use crate::upstream::Outgoing;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use hale_core::{CheckResult, Now};
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+/// Why a request was answered by Hale itself, and whether its model is one some endpoint
+/// serves (for the metrics label).
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ProxyError,
+    pub served_model: Option<String>,
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            served_model: None,
+        }
+    }
+}
+
+/// Handles one request on a generation route; see the module docs.
+pub async fn forward(
+    shared: &'static Shared,
+    route: Route,
+    request: Request,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Result<Response, Refusal> {
+    if !shared.keys.admits(request.headers()) {
+        return Err(ProxyError::Unauthorized.into());
+    }
+    let (parts, request_body) = request.into_parts();
+    let bytes = body::read_limited(&parts.headers, request_body, shared.max_body).await?;
+    let fields = body::parse(&bytes)?;
+    let model: &str = &fields.model;
+    tracing::trace!(
+        model,
+        stream = fields.stream.unwrap_or(route.streams_by_default()),
+        route = route.path(),
+        "proxying"
+    );
+    let filter = UpstreamFilter::new(&parts.headers, shared.keys.enabled());
+    let query = parts.uri.query();
+
+    let mut excluded = Excluded::default();
+    let mut failed: Option<usize> = None;
+    loop {
+        let snapshot = shared.store.snapshot();
+        let selection = shared.selector.select(
+            &snapshot,
+            &shared.runtimes,
+            model,
+            route,
+            &mut excluded,
+            Instant::now(),
+        );
+        let (index, mut claim) = match selection {
+            Selection::Picked { index, claim } => (index, claim),
+            Selection::NotServed if failed.is_none() => {
+                let on = if route.ollama_only() {
+                    " on an ollama endpoint"
+                } else {
+                    ""
+                };
+                return Err(ProxyError::ModelNotFound(format!(
+                    "model '{model}' is not served by any configured endpoint{on}"
+                ))
+                .into());
+            }
+            Selection::NotServed => {
+                return Err(unavailable(model, std::time::Duration::from_secs(1)));
+            }
+            Selection::Unavailable { retry_after } => {
+                return Err(unavailable(model, retry_after));
+            }
+        };
+        if let Some(previous) = failed.take() {
+            shared.stats.retried(previous);
+        }
+        excluded.insert(index);
+        // The claim holds the same runtime; borrowing it from `shared` leaves the claim free
+        // to record its outcome below.
+        let Some(rt) = shared.runtimes.get(index) else {
+            continue;
+        };
+        let endpoint_has_key = rt.auth.is_some();
+        let keep = |name: &HeaderName| filter.forwards(name, endpoint_has_key);
+        let ids = [(&X_REQUEST_ID, request_id), (&X_HALE_POD, &shared.pod)];
+        let with_key;
+        let added: &[(&HeaderName, &HeaderValue)] = match &rt.auth {
+            Some(auth) => {
+                with_key = [ids[0], ids[1], (&AUTHORIZATION, auth)];
+                &with_key
+            }
+            None => &ids,
+        };
+        let outgoing = Outgoing {
+            route,
+            query,
+            headers: &parts.headers,
+            keep: &keep,
+            added,
+            body: &bytes,
+        };
+        match shared.upstream.send(&rt.dest, &outgoing).await {
+            Ok((head, conn)) => {
+                let status = head.status;
+                if status.is_server_error() {
+                    if claim.failure(Instant::now()) {
+                        tracing::warn!(endpoint = %rt.endpoint.name, status = status.as_u16(), "circuit breaker opened after repeated failures");
+                    }
+                } else {
+                    if claim.is_trial() {
+                        tracing::info!(endpoint = %rt.endpoint.name, "circuit breaker closed: the trial request succeeded");
+                    }
+                    claim.success();
+                }
+                shared.stats.answered(model, index, status);
+                let mut headers = head.headers;
+                hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
+                let body = UpstreamBody::new(
+                    conn,
+                    head.framing,
+                    head.reusable,
+                    &rt.dest.pool,
+                    claim,
+                    started,
+                );
+                let mut response = Response::new(Body::new(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                return Ok(response);
+            }
+            Err(result) => {
+                let opened = claim.failure(Instant::now());
+                let name = rt.endpoint.name.clone();
+                drop(claim);
+                tracing::debug!(endpoint = %name, error = ?result, "request path: backend failed, trying the next candidate");
+                if opened {
+                    tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
+                }
+                mark_unhealthy(shared, index, &name, &result);
+                failed = Some(index);
+            }
+        }
+    }
+}
+
+/// A passive failure: the endpoint turns unhealthy at once, unless the snapshot already shows
+/// it out of rotation (then there is nothing to change and the store lock is not taken).
+fn mark_unhealthy(shared: &Shared, index: usize, name: &str, result: &CheckResult) {
+    let routable = shared
+        .store
+        .snapshot()
+        .endpoints
+        .get(index)
+        .is_some_and(|s| s.health.state.is_routable());
+    if !routable {
+        return;
+    }
+    if let Some(event) = shared.store.passive_failure(name, result, Now::capture()) {
+        tracing::warn!(
+            endpoint = name,
+            from = %event.from,
+            to = %event.to,
+            reason = ?event.reason.as_ref().map(|r| r.as_str()),
+            "request path: connection failure, endpoint marked unhealthy"
+        );
+    }
+}
+
+fn unavailable(model: &str, retry_after: std::time::Duration) -> Refusal {
+    Refusal {
+        error: ProxyError::Unavailable {
+            message: format!("no healthy endpoint can serve model '{model}' right now"),
+            retry_after,
+        },
+        served_model: Some(model.to_owned()),
+    }
+}

@@ -1,0 +1,186 @@
+//! The proxy's own series (names fixed by DESIGN §5; hale-api describes them and serves
+//! `/metrics`) and the per-model request counts behind `requests_total` in
+//! `/internal/stats/models`.
+//!
+//! - `hale_proxy_requests_total{model,endpoint,status}`: every answer on a generation route,
+//!   the backend's or Hale's own. `model` is the requested name when some endpoint serves it
+//!   and empty otherwise, and `endpoint` is empty when Hale answered itself, so a client
+//!   sending made-up model names cannot grow the label space.
+//! - `hale_proxy_request_duration_seconds{endpoint}`: from the request's arrival to the last
+//!   byte of the backend's answer (streams included).
+//! - `hale_proxy_retries_total{endpoint}`: requests moved on after `endpoint` failed to
+//!   connect or closed before answering.
+//!
+//! The common case — a 200 for a model seen before — touches no lock and allocates nothing:
+//! the counter handles for status 200 are made once per model and endpoint and kept in a
+//! copy-on-write map (one `ArcSwap` load per request); any other status goes through the
+//! `metrics` macros, which is fine for the rare path. Handles bind to the recorder installed
+//! when they are made, so the binary installs its recorder before building the proxy.
+
+use arc_swap::ArcSwap;
+use hale_core::same_model;
+use http::StatusCode;
+use metrics::Counter;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub const REQUESTS_TOTAL: &str = "hale_proxy_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "hale_proxy_request_duration_seconds";
+pub const RETRIES_TOTAL: &str = "hale_proxy_retries_total";
+
+/// Past this many distinct model names the per-model map stops growing; later names are
+/// still counted in Prometheus, through the slow path.
+const MAX_MODELS: usize = 4096;
+
+/// Per-model counters; see the module docs.
+#[derive(Debug)]
+pub struct RequestStats {
+    endpoints: Vec<Arc<str>>,
+    models: ArcSwap<HashMap<Box<str>, ModelCells>>,
+    grow: Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+struct ModelCells {
+    label: Arc<str>,
+    forwarded: Arc<AtomicU64>,
+    /// The status-200 counter of each endpoint, by configuration index.
+    ok: Arc<[Counter]>,
+}
+
+impl RequestStats {
+    /// Counters for the endpoints named, in configuration order.
+    pub fn new(endpoints: Vec<Arc<str>>) -> Self {
+        Self {
+            endpoints,
+            models: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(()),
+        }
+    }
+
+    /// A backend (`endpoint`, by configuration index) answered a request for `model`.
+    pub fn answered(&self, model: &str, endpoint: usize, status: StatusCode) {
+        let recorded = {
+            let map = self.models.load();
+            map.get(model).map(|cells| {
+                cells.forwarded.fetch_add(1, Ordering::Relaxed);
+                if status == StatusCode::OK
+                    && let Some(c) = cells.ok.get(endpoint)
+                {
+                    c.increment(1);
+                } else {
+                    self.slow(cells.label.clone(), endpoint, status);
+                }
+            })
+        };
+        if recorded.is_none() {
+            match self.insert(model) {
+                Some(cells) => {
+                    cells.forwarded.fetch_add(1, Ordering::Relaxed);
+                    self.slow(cells.label, endpoint, status);
+                }
+                None => self.slow(Arc::from(model), endpoint, status),
+            }
+        }
+    }
+
+    /// Hale answered itself. `served_model` is the model when some endpoint serves it.
+    pub fn refused(&self, served_model: Option<&str>, status: StatusCode) {
+        let model: Arc<str> = served_model.map_or_else(|| Arc::from(""), Arc::from);
+        metrics::counter!(
+            REQUESTS_TOTAL,
+            "model" => model,
+            "endpoint" => "",
+            "status" => status.as_str().to_owned()
+        )
+        .increment(1);
+    }
+
+    /// A request moved on after `endpoint` failed.
+    pub fn retried(&self, endpoint: usize) {
+        let name = self.endpoint_name(endpoint);
+        metrics::counter!(RETRIES_TOTAL, "endpoint" => name).increment(1);
+    }
+
+    /// Requests for `model` (or a name [`same_model`] equates with it) that a backend
+    /// answered.
+    pub fn requests_total(&self, model: &str) -> u64 {
+        self.models
+            .load()
+            .iter()
+            .filter(|(name, _)| same_model(name, model))
+            .map(|(_, c)| c.forwarded.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn endpoint_name(&self, i: usize) -> Arc<str> {
+        self.endpoints
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    fn slow(&self, model: Arc<str>, endpoint: usize, status: StatusCode) {
+        metrics::counter!(
+            REQUESTS_TOTAL,
+            "model" => model,
+            "endpoint" => self.endpoint_name(endpoint),
+            "status" => status.as_str().to_owned()
+        )
+        .increment(1);
+    }
+
+    /// Adds `model` to the map (copy on write) and returns its cells; `None` when full.
+    fn insert(&self, model: &str) -> Option<ModelCells> {
+        let _grow = self.grow.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.models.load_full();
+        if let Some(cells) = current.get(model) {
+            return Some(cells.clone());
+        }
+        if current.len() >= MAX_MODELS {
+            return None;
+        }
+        let label: Arc<str> = Arc::from(model);
+        let ok: Arc<[Counter]> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "model" => label.clone(),
+                    "endpoint" => e.clone(),
+                    "status" => "200"
+                )
+            })
+            .collect();
+        let cells = ModelCells {
+            label,
+            forwarded: Arc::new(AtomicU64::new(0)),
+            ok,
+        };
+        let mut next = HashMap::clone(&current);
+        next.insert(Box::from(model), cells.clone());
+        self.models.store(Arc::new(next));
+        Some(cells)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_model_with_latest_tags_merged() {
+        let s = RequestStats::new(vec![Arc::from("a"), Arc::from("b")]);
+        s.answered("llama3", 0, StatusCode::OK);
+        s.answered("llama3", 1, StatusCode::OK);
+        s.answered("llama3:latest", 0, StatusCode::INTERNAL_SERVER_ERROR);
+        s.answered("m2", 0, StatusCode::OK);
+        s.refused(Some("m2"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(s.requests_total("llama3"), 3);
+        assert_eq!(s.requests_total("llama3:latest"), 3);
+        assert_eq!(s.requests_total("m2"), 1);
+        assert_eq!(s.requests_total("nope"), 0);
+    }
+}

@@ -1,0 +1,640 @@
+//! Candidate selection: which endpoint gets a request for a model.
+//!
+//! Candidates are the endpoints that serve the model (core's `serves`: the static list, else
+//! the discovered one, `:latest` implied), that speak the route's API (Ollama-native routes:
+//! `ollama` endpoints only), that are routable now (state and rate limit from the lock-free
+//! snapshot), whose breaker would admit a request, and that this request has not tried yet.
+//! Among them only the highest `priority` tier is considered; within it:
+//!
+//! - `balancer: priority` (the default) — weighted least outstanding requests: the endpoint
+//!   with the smallest `(outstanding + 1) / weight` wins. Ties (typically everything idle) are
+//!   broken by starting the scan at a random position, drawn from a per-thread generator so
+//!   no cache line is shared between cores.
+//! - `balancer: round-robin` — weighted round robin over one process-wide counter: plain
+//!   rotation when the weights in the tier are equal; otherwise the counter's golden-ratio
+//!   sequence (`frac(n·φ)`) is mapped onto the cumulative weights, which gives every endpoint
+//!   its share smoothly interleaved rather than in bursts.
+//!
+//! Health shapes the share:
+//! - `degraded` endpoints count at a quarter of their weight ([`DEGRADED_WEIGHT_FACTOR`]):
+//!   under round robin they get a quarter of their share; under least-outstanding they are
+//!   picked only once the healthy ones carry four times their load, so a slow backend still
+//!   takes overflow but is not loaded like a fast one.
+//! - `recovering` endpoints take trial traffic only: at most one request in flight (the claim
+//!   is a compare-and-swap of the outstanding count from 0 to 1), at full weight, until the
+//!   checks call them `healthy` again.
+//!
+//! A candidate whose claim fails (a recovering endpoint that got its one request an instant
+//! earlier, a breaker that tripped) is skipped and selection runs again, at most once per
+//! endpoint. "No candidate" is a 404 when no endpoint serves the model at all and a 503 when
+//! some do but none can take the request now.
+
+use crate::config::Balancer;
+use crate::route::Route;
+use crate::runtime::{Claim, EndpointRuntime};
+use hale_core::store::EndpointStatus;
+use hale_core::{HealthState, Snapshot};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The share of its weight a `degraded` endpoint keeps.
+pub const DEGRADED_WEIGHT_FACTOR: f64 = 0.25;
+
+/// The `Retry-After` of a 503 when no serving endpoint says better.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The endpoints one request must not be sent to (already tried, or just refused a claim),
+/// by configuration index. No allocation for the first 64 endpoints.
+#[derive(Debug, Default, Clone)]
+pub struct Excluded {
+    low: u64,
+    more: Vec<usize>,
+}
+
+impl Excluded {
+    pub fn insert(&mut self, i: usize) {
+        if i < 64 {
+            self.low |= 1 << i;
+        } else if !self.more.contains(&i) {
+            self.more.push(i);
+        }
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        if i < 64 {
+            self.low & (1 << i) != 0
+        } else {
+            self.more.contains(&i)
+        }
+    }
+}
+
+/// The outcome of one selection.
+#[derive(Debug)]
+pub enum Selection {
+    /// Send the request to the endpoint at `index`, holding `claim` until the answer ends.
+    Picked { index: usize, claim: Claim },
+    /// No configured endpoint serves the model on this route: 404.
+    NotServed,
+    /// Endpoints serve it, but none can take the request now: 503.
+    Unavailable { retry_after: Duration },
+}
+
+/// One eligible endpoint, as the balancer sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Candidate {
+    index: usize,
+    priority: i32,
+    weight: f64,
+    outstanding: usize,
+    exclusive: bool,
+}
+
+/// Picks endpoints for requests; see the module docs.
+#[derive(Debug)]
+pub struct Selector {
+    balancer: Balancer,
+    turn: AtomicUsize,
+}
+
+impl Selector {
+    pub fn new(balancer: Balancer) -> Self {
+        Self {
+            balancer,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// Selects and claims an endpoint for `model` on `route`, skipping `excluded` (which
+    /// grows by the endpoints whose claim failed here).
+    pub fn select(
+        &self,
+        snapshot: &Snapshot,
+        runtimes: &'static [EndpointRuntime],
+        model: &str,
+        route: Route,
+        excluded: &mut Excluded,
+        now: Instant,
+    ) -> Selection {
+        loop {
+            let mut scan = Scan::default();
+            let picked = match self.balancer {
+                Balancer::Priority => {
+                    let start = random_below(snapshot.endpoints.len());
+                    self.least_outstanding(
+                        snapshot, runtimes, model, route, excluded, now, start, &mut scan,
+                    )
+                }
+                Balancer::RoundRobin => {
+                    self.round_robin(snapshot, runtimes, model, route, excluded, now, &mut scan)
+                }
+            };
+            let Some(c) = picked else {
+                return if scan.serving {
+                    Selection::Unavailable {
+                        retry_after: scan.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+                    }
+                } else {
+                    Selection::NotServed
+                };
+            };
+            let claimed = runtimes
+                .get(c.index)
+                .and_then(|rt| rt.try_claim(c.exclusive, now));
+            match claimed {
+                Some(claim) => {
+                    return Selection::Picked {
+                        index: c.index,
+                        claim,
+                    };
+                }
+                // Lost a race for a recovering endpoint's one slot or a breaker's trial:
+                // try the others.
+                None => excluded.insert(c.index),
+            }
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one private scan, its inputs spelled out"
+    )]
+    fn least_outstanding(
+        &self,
+        snapshot: &Snapshot,
+        runtimes: &'static [EndpointRuntime],
+        model: &str,
+        route: Route,
+        excluded: &Excluded,
+        now: Instant,
+        start: usize,
+        scan: &mut Scan,
+    ) -> Option<Candidate> {
+        let n = snapshot.endpoints.len();
+        let mut best: Option<(Candidate, f64)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(c) = eligible(snapshot, runtimes, i, model, route, excluded, now, scan) else {
+                continue;
+            };
+            let score = (c.outstanding as f64 + 1.0) / c.weight;
+            let better = match &best {
+                None => true,
+                Some((b, _)) if c.priority > b.priority => true,
+                Some((b, s)) => c.priority == b.priority && score < *s,
+            };
+            if better {
+                best = Some((c, score));
+            }
+        }
+        best.map(|(c, _)| c)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one private scan, its inputs spelled out"
+    )]
+    fn round_robin(
+        &self,
+        snapshot: &Snapshot,
+        runtimes: &'static [EndpointRuntime],
+        model: &str,
+        route: Route,
+        excluded: &Excluded,
+        now: Instant,
+        scan: &mut Scan,
+    ) -> Option<Candidate> {
+        // Pass 1: the top tier, its size, total weight and whether its weights are equal.
+        let mut top: Option<i32> = None;
+        let (mut count, mut total, mut first_weight, mut equal) = (0_usize, 0.0_f64, 0.0_f64, true);
+        for i in 0..snapshot.endpoints.len() {
+            let Some(c) = eligible(snapshot, runtimes, i, model, route, excluded, now, scan) else {
+                continue;
+            };
+            if top.is_none_or(|p| c.priority > p) {
+                top = Some(c.priority);
+                (count, total, first_weight, equal) = (0, 0.0, c.weight, true);
+            }
+            if Some(c.priority) == top {
+                count += 1;
+                total += c.weight;
+                equal &= c.weight == first_weight;
+            }
+        }
+        let top = top?;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        // Pass 2: walk the tier to the chosen position.
+        let mut target_rank = turn % count;
+        let mut target_weight = golden_fraction(turn) * total;
+        let mut last = None;
+        let mut ignored = Scan::default();
+        for i in 0..snapshot.endpoints.len() {
+            let Some(c) = eligible(
+                snapshot,
+                runtimes,
+                i,
+                model,
+                route,
+                excluded,
+                now,
+                &mut ignored,
+            ) else {
+                continue;
+            };
+            if c.priority != top {
+                continue;
+            }
+            last = Some(c);
+            if equal {
+                if target_rank == 0 {
+                    return Some(c);
+                }
+                target_rank -= 1;
+            } else {
+                if target_weight < c.weight {
+                    return Some(c);
+                }
+                target_weight -= c.weight;
+            }
+        }
+        // Rounding at the very end of the cumulative weights lands on the last candidate.
+        last
+    }
+}
+
+/// What a scan learnt besides its pick: whether anything serves the model, and the soonest
+/// a serving endpoint is checked again (the 503's `Retry-After`).
+#[derive(Debug, Default)]
+struct Scan {
+    serving: bool,
+    retry_after: Option<Duration>,
+}
+
+/// Whether endpoint `i` may take this request, and as what candidate.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one private predicate, its inputs spelled out"
+)]
+fn eligible(
+    snapshot: &Snapshot,
+    runtimes: &'static [EndpointRuntime],
+    i: usize,
+    model: &str,
+    route: Route,
+    excluded: &Excluded,
+    now: Instant,
+    scan: &mut Scan,
+) -> Option<Candidate> {
+    let status: &EndpointStatus = snapshot.endpoints.get(i)?;
+    let endpoint = &status.endpoint;
+    if route.ollama_only() && !endpoint.kind.speaks_ollama() {
+        return None;
+    }
+    let rt = runtimes.get(i)?;
+    // The runtime must be this very endpoint (the store keeps one `Arc` per endpoint for its
+    // whole life); anything else means the endpoint set changed under the proxy.
+    if !Arc::ptr_eq(&rt.endpoint, endpoint) || !rt.usable() || !status.serves(model) {
+        return None;
+    }
+    scan.serving = true;
+    let interval = endpoint.check_interval;
+    scan.retry_after = Some(scan.retry_after.map_or(interval, |r| r.min(interval)));
+    if excluded.contains(i) || !status.health.is_routable(now) {
+        return None;
+    }
+    let state = status.health.state;
+    let exclusive = state == HealthState::Recovering;
+    let outstanding = rt.outstanding();
+    if (exclusive && outstanding > 0) || !rt.would_admit(now) {
+        return None;
+    }
+    let factor = if state == HealthState::Degraded {
+        DEGRADED_WEIGHT_FACTOR
+    } else {
+        1.0
+    };
+    Some(Candidate {
+        index: i,
+        priority: endpoint.priority,
+        weight: endpoint.weight * factor,
+        outstanding,
+        exclusive,
+    })
+}
+
+/// `frac(n · φ)`: a low-discrepancy sequence in [0, 1).
+fn golden_fraction(n: usize) -> f64 {
+    const PHI_FRAC: f64 = 0.618_033_988_749_894_8;
+    (n as f64 * PHI_FRAC).fract()
+}
+
+/// A number in `0..n` (0 when `n` is 0) from a per-thread xorshift generator.
+fn random_below(n: usize) -> usize {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    }
+    if n <= 1 {
+        return 0;
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % n as u64) as usize
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hale_core::{
+        BreakerConfig, CheckOutcome, CheckResult, EndpointConfig, EndpointKind, HealthConfig,
+        HealthStore, Now,
+    };
+    use std::collections::HashMap;
+
+    struct Fixture {
+        store: HealthStore,
+        runtimes: &'static [EndpointRuntime],
+    }
+
+    /// Endpoints as (name, kind, priority, weight, models); all start healthy.
+    fn fixture(eps: &[(&str, EndpointKind, i32, f64, &[&str])]) -> Fixture {
+        let endpoints = eps
+            .iter()
+            .map(|(name, kind, priority, weight, models)| {
+                let mut c = EndpointConfig::new(*name, "http://127.0.0.1:9", *kind);
+                c.priority = *priority;
+                c.weight = *weight;
+                c.models = models.iter().map(|m| (*m).to_owned()).collect();
+                c.resolve("e").unwrap()
+            })
+            .collect();
+        let health = HealthConfig {
+            unhealthy_threshold: 1,
+            healthy_threshold: 2,
+            jitter: 0.0,
+            ..Default::default()
+        };
+        let store = HealthStore::new("pod", endpoints, &health, Now::capture());
+        for (name, ..) in eps {
+            ok(&store, name, 1);
+        }
+        let runtimes: Vec<EndpointRuntime> = store
+            .snapshot()
+            .endpoints
+            .iter()
+            .map(|s| EndpointRuntime::new(s.endpoint.clone(), &BreakerConfig::default()))
+            .collect();
+        let runtimes = Box::leak(runtimes.into_boxed_slice());
+        Fixture { store, runtimes }
+    }
+
+    fn ok(store: &HealthStore, name: &str, latency_ms: u64) {
+        store.observe(
+            name,
+            &CheckOutcome::ok(Duration::from_millis(latency_ms)),
+            Now::capture(),
+        );
+    }
+
+    impl Fixture {
+        fn pick(&self, sel: &Selector, model: &str, route: Route) -> Selection {
+            sel.select(
+                &self.store.snapshot(),
+                self.runtimes,
+                model,
+                route,
+                &mut Excluded::default(),
+                Instant::now(),
+            )
+        }
+
+        fn name(&self, s: &Selection) -> &str {
+            match s {
+                Selection::Picked { index, .. } => self.runtimes[*index].name(),
+                other => panic!("nothing picked: {other:?}"),
+            }
+        }
+
+        /// Picks `n` times, each claim dropped at once, and counts picks per endpoint.
+        fn shares(&self, sel: &Selector, n: usize) -> HashMap<String, usize> {
+            let mut counts = HashMap::new();
+            for _ in 0..n {
+                let s = self.pick(sel, "m", Route::ChatCompletions);
+                *counts.entry(self.name(&s).to_owned()).or_default() += 1;
+            }
+            counts
+        }
+    }
+
+    use EndpointKind::{Ollama, Vllm};
+
+    #[test]
+    fn highest_priority_tier_first_then_the_next() {
+        let f = fixture(&[
+            ("low", Vllm, 10, 1.0, &["m"]),
+            ("high-a", Vllm, 100, 1.0, &["m"]),
+            ("high-b", Vllm, 100, 1.0, &["m"]),
+        ]);
+        for balancer in [Balancer::Priority, Balancer::RoundRobin] {
+            let sel = Selector::new(balancer);
+            let shares = f.shares(&sel, 200);
+            assert_eq!(shares.get("low"), None, "{balancer:?}: {shares:?}");
+            assert!(shares["high-a"] > 50 && shares["high-b"] > 50, "{shares:?}");
+        }
+        f.store
+            .passive_failure("high-a", &CheckResult::ConnectRefused, Now::capture());
+        f.store
+            .passive_failure("high-b", &CheckResult::ConnectRefused, Now::capture());
+        let sel = Selector::new(Balancer::Priority);
+        assert_eq!(f.name(&f.pick(&sel, "m", Route::ChatCompletions)), "low");
+    }
+
+    #[test]
+    fn least_outstanding_prefers_the_idle_endpoint_by_weight() {
+        let f = fixture(&[("a", Vllm, 100, 1.0, &["m"]), ("b", Vllm, 100, 2.0, &["m"])]);
+        let sel = Selector::new(Balancer::Priority);
+        // Holding every claim: b (weight 2) takes two for each one a takes.
+        let mut held = Vec::new();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..30 {
+            let s = f.pick(&sel, "m", Route::ChatCompletions);
+            *counts.entry(f.name(&s).to_owned()).or_default() += 1;
+            held.push(s);
+        }
+        assert_eq!((counts["a"], counts["b"]), (10, 20), "{counts:?}");
+        assert_eq!(f.runtimes[1].outstanding(), 20);
+        drop(held);
+        assert_eq!(f.runtimes[1].outstanding(), 0);
+    }
+
+    #[test]
+    fn idle_ties_are_spread() {
+        let f = fixture(&[
+            ("a", Vllm, 100, 1.0, &["m"]),
+            ("b", Vllm, 100, 1.0, &["m"]),
+            ("c", Vllm, 100, 1.0, &["m"]),
+        ]);
+        let shares = f.shares(&Selector::new(Balancer::Priority), 3000);
+        for name in ["a", "b", "c"] {
+            assert!((800..1200).contains(&shares[name]), "{shares:?}");
+        }
+    }
+
+    #[test]
+    fn round_robin_rotates_and_weights_smoothly() {
+        let f = fixture(&[("a", Vllm, 100, 1.0, &["m"]), ("b", Vllm, 100, 1.0, &["m"])]);
+        let sel = Selector::new(Balancer::RoundRobin);
+        let order: Vec<String> = (0..4)
+            .map(|_| {
+                f.name(&f.pick(&sel, "m", Route::ChatCompletions))
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(order, ["a", "b", "a", "b"]);
+
+        let f = fixture(&[("a", Vllm, 100, 1.0, &["m"]), ("b", Vllm, 100, 3.0, &["m"])]);
+        let shares = f.shares(&Selector::new(Balancer::RoundRobin), 4000);
+        assert!((950..1050).contains(&shares["a"]), "{shares:?}");
+        // Smooth: never a long burst of the heavy endpoint.
+        let sel = Selector::new(Balancer::RoundRobin);
+        let mut run = 0;
+        for _ in 0..400 {
+            if f.name(&f.pick(&sel, "m", Route::ChatCompletions)) == "b" {
+                run += 1;
+                assert!(run <= 4, "a run of {run} picks of b");
+            } else {
+                run = 0;
+            }
+        }
+    }
+
+    #[test]
+    fn degraded_endpoints_get_a_reduced_share() {
+        let f = fixture(&[
+            ("fast", Vllm, 100, 1.0, &["m"]),
+            ("slow", Vllm, 100, 1.0, &["m"]),
+        ]);
+        // A good check slower than degraded_latency (2 s) makes it degraded.
+        ok(&f.store, "slow", 2500);
+        assert_eq!(
+            f.store.snapshot().get("slow").unwrap().health.state,
+            HealthState::Degraded
+        );
+        let shares = f.shares(&Selector::new(Balancer::RoundRobin), 5000);
+        let slow = shares["slow"] as f64 / 5000.0;
+        assert!(
+            (slow - 0.2).abs() < 0.02,
+            "quarter weight is 1/5 of picks: {shares:?}"
+        );
+
+        // Least-outstanding: the degraded one takes a request only when the fast one
+        // carries four times its load.
+        let sel = Selector::new(Balancer::Priority);
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(f.pick(&sel, "m", Route::ChatCompletions));
+        }
+        assert_eq!(f.runtimes[0].outstanding(), 8);
+        assert_eq!(f.runtimes[1].outstanding(), 2);
+    }
+
+    #[test]
+    fn recovering_endpoints_take_one_request_at_a_time() {
+        let f = fixture(&[("a", Vllm, 100, 1.0, &["m"]), ("r", Vllm, 200, 1.0, &["m"])]);
+        f.store
+            .passive_failure("r", &CheckResult::ConnectRefused, Now::capture());
+        ok(&f.store, "r", 1);
+        assert_eq!(
+            f.store.snapshot().get("r").unwrap().health.state,
+            HealthState::Recovering
+        );
+        let sel = Selector::new(Balancer::Priority);
+        let first = f.pick(&sel, "m", Route::ChatCompletions);
+        assert_eq!(f.name(&first), "r", "the higher tier gets its trial");
+        // While the trial runs, everything else goes to the lower tier.
+        for _ in 0..5 {
+            let s = f.pick(&sel, "m", Route::ChatCompletions);
+            assert_eq!(f.name(&s), "a");
+        }
+        drop(first);
+        assert_eq!(f.name(&f.pick(&sel, "m", Route::ChatCompletions)), "r");
+        // Healthy again: no limit.
+        ok(&f.store, "r", 1);
+        let held: Vec<_> = (0..3)
+            .map(|_| f.pick(&sel, "m", Route::ChatCompletions))
+            .collect();
+        assert!(held.iter().all(|s| f.name(s) == "r"));
+    }
+
+    #[test]
+    fn open_breakers_and_tried_endpoints_are_skipped() {
+        let f = fixture(&[("a", Vllm, 100, 1.0, &["m"]), ("b", Vllm, 100, 1.0, &["m"])]);
+        for _ in 0..5 {
+            f.runtimes[0]
+                .try_claim(false, Instant::now())
+                .unwrap()
+                .failure(Instant::now());
+        }
+        let sel = Selector::new(Balancer::Priority);
+        for _ in 0..20 {
+            assert_eq!(f.name(&f.pick(&sel, "m", Route::ChatCompletions)), "b");
+        }
+        let mut excluded = Excluded::default();
+        excluded.insert(1);
+        let s = sel.select(
+            &f.store.snapshot(),
+            f.runtimes,
+            "m",
+            Route::ChatCompletions,
+            &mut excluded,
+            Instant::now(),
+        );
+        assert!(matches!(s, Selection::Unavailable { .. }), "{s:?}");
+    }
+
+    #[test]
+    fn not_served_versus_unavailable() {
+        let f = fixture(&[
+            ("o", Ollama, 100, 1.0, &["llama3:latest"]),
+            ("v", Vllm, 100, 1.0, &["m"]),
+        ]);
+        let sel = Selector::new(Balancer::Priority);
+        assert!(matches!(
+            f.pick(&sel, "nope", Route::ChatCompletions),
+            Selection::NotServed
+        ));
+        // Ollama-native routes never go to other types.
+        assert!(matches!(
+            f.pick(&sel, "m", Route::OllamaChat),
+            Selection::NotServed
+        ));
+        assert_eq!(f.name(&f.pick(&sel, "llama3", Route::OllamaChat)), "o");
+        assert_eq!(f.name(&f.pick(&sel, "llama3", Route::ChatCompletions)), "o");
+        f.store
+            .passive_failure("o", &CheckResult::ConnectRefused, Now::capture());
+        match f.pick(&sel, "llama3", Route::OllamaChat) {
+            Selection::Unavailable { retry_after } => {
+                assert_eq!(retry_after, Duration::from_secs(5), "the check interval");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn excluded_set_beyond_64() {
+        let mut e = Excluded::default();
+        for i in [0, 63, 64, 200, 200] {
+            e.insert(i);
+        }
+        assert!(e.contains(0) && e.contains(63) && e.contains(64) && e.contains(200));
+        assert!(!e.contains(1) && !e.contains(65));
+        assert_eq!(e.more.len(), 2);
+    }
+}

@@ -1,0 +1,207 @@
+//! The response body Hale hands to the client: read from the backend's connection as it
+//! arrives, decoded, and passed on without waiting for more.
+//!
+//! Every poll first hands on what the read buffer already holds — for a chunked body, all the
+//! complete chunks in it at once (see `upstream::chunked`) — and only reads from the socket
+//! when the buffer has nothing to give. So SSE events and NDJSON lines keep their timing (a
+//! chunk goes out as soon as it is read) while a burst that arrived in one read goes out in one
+//! write, and a non-streaming answer that came with its head is passed on in the same turn.
+//!
+//! When the body has been read to its end and the backend did not ask to close, the connection
+//! goes back into the endpoint's pool. The body holds the request's [`Claim`], so the endpoint
+//! counts the request as outstanding until the last byte, and records
+//! `hale_proxy_request_duration_seconds` when the body ends, fails or is dropped.
+//!
+//! A client that disconnects makes hyper drop this body, which closes the backend connection
+//! mid-answer; the backend sees its client gone and stops generating. A backend that breaks
+//! off mid-body (reset, closed before the declared length, malformed chunks) ends the body
+//! with an error, which makes hyper cut the client's connection too, so a truncated answer
+//! never looks complete.
+
+use crate::runtime::Claim;
+use crate::upstream::chunked::{ChunkedDecoder, Gathered};
+use crate::upstream::head::Framing;
+use crate::upstream::{Conn, Pool};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+/// A backend's body on its way to the client; see the module docs.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    /// The connection, until the body ends (then it is pooled or closed).
+    conn: Option<Conn>,
+    decoder: Decoder,
+    reusable: bool,
+    pool: &'static Pool,
+    open: Option<Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    claim: Claim,
+    started: Instant,
+}
+
+#[derive(Debug)]
+enum Decoder {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        conn: Conn,
+        framing: Framing,
+        reusable: bool,
+        pool: &'static Pool,
+        claim: Claim,
+        started: Instant,
+    ) -> Self {
+        let decoder = match framing {
+            Framing::Empty | Framing::Length(0) => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => Decoder::UntilClose,
+        };
+        let mut body = Self {
+            conn: Some(conn),
+            decoder,
+            reusable,
+            pool,
+            open: Some(Open { claim, started }),
+        };
+        if matches!(body.decoder, Decoder::Done) {
+            body.release();
+        }
+        body
+    }
+
+    /// The body has ended: the connection goes back to the pool if it can carry another
+    /// request (reusable, nothing unread in its buffer), and the bookkeeping ends.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            self.pool.put(conn, Instant::now());
+        }
+        self.finish();
+    }
+
+    /// Ends the bookkeeping once: the duration is recorded, the claim released.
+    fn finish(&mut self) {
+        if let Some(open) = self.open.take() {
+            open.claim
+                .runtime()
+                .duration
+                .record(open.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The body broke off: the connection is closed, the client's answer cut.
+    fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(open) = &self.open {
+            tracing::debug!(
+                endpoint = open.claim.runtime().name(),
+                error = %message,
+                "backend body broke off mid-answer"
+            );
+        }
+        self.conn = None;
+        self.decoder = Decoder::Done;
+        self.finish();
+        Poll::Ready(Some(Err(io::Error::other(message))))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                this.finish();
+                return Poll::Ready(None);
+            };
+            // Hand on what the buffer holds.
+            let mut out = Gathered::default();
+            let done = match &mut this.decoder {
+                Decoder::Length(left) => {
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.buf.len());
+                    if n > 0 {
+                        out.push(conn.buf.split_to(n).freeze());
+                        *left -= n as u64;
+                    }
+                    *left == 0
+                }
+                Decoder::Chunked(d) => {
+                    if let Err(e) = d.decode(&mut conn.buf, &mut out) {
+                        return this.fail(e.to_string());
+                    }
+                    d.is_done()
+                }
+                Decoder::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        out.push(conn.buf.split().freeze());
+                    }
+                    false
+                }
+                Decoder::Done => true,
+            };
+            if done {
+                this.decoder = Decoder::Done;
+                this.release();
+                return Poll::Ready(out.take().map(|d| Ok(Frame::data(d))));
+            }
+            if let Some(data) = out.take() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            // Nothing buffered: read more.
+            match std::task::ready!(conn.io.poll_read_into(cx, &mut conn.buf)) {
+                Ok(0) if matches!(this.decoder, Decoder::UntilClose) => {
+                    this.reusable = false;
+                    this.decoder = Decoder::Done;
+                }
+                Ok(0) => {
+                    return this.fail(
+                        "the backend closed the connection before the end of the body".into(),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(format!("reading the body: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.decoder, Decoder::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Chunked(_) | Decoder::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Dropped before its end (the client left): the connection closes with it.
+        self.finish();
+    }
+}

@@ -1,0 +1,386 @@
+//! HTTP/1.1 heads on the upstream side: the request head Hale writes, and the response head it
+//! reads back (RFC 9112), parsed with `httparse`.
+//!
+//! The request head is written in one go into one buffer: request line (method, the route's
+//! path on the endpoint's base path, the client's query string), `host` (the endpoint's own
+//! authority, never the client's), the client's cleaned headers, the endpoint's
+//! `authorization` when it has a key (replacing the client's), and `content-length` of the
+//! buffered body. Together with the body it leaves in a single `writev`.
+//!
+//! The response head is parsed from the connection's read buffer without copying: header
+//! values are slices of the received bytes. Interim `1xx` heads are skipped. The body framing
+//! follows RFC 9112 §6.3: no body for 204 and 304; `Transfer-Encoding` ending in `chunked`;
+//! otherwise `Content-Length` (conflicting values are an error); otherwise the body runs until
+//! the backend closes. A connection is reused only for HTTP/1.1 answers with a known length
+//! and no `Connection: close`. Heads over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] headers are
+//! refused as malformed, like anything `httparse` rejects.
+
+use bytes::{BufMut as _, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// The largest response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most response headers accepted.
+pub const MAX_HEADERS: usize = 128;
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection can carry another request once the body is read.
+    pub reusable: bool,
+}
+
+/// What a request head is written from.
+pub struct RequestHead<'a> {
+    /// `POST <path>`, without the query.
+    pub request_line: &'a [u8],
+    pub query: Option<&'a str>,
+    /// The `host` value: the endpoint's authority.
+    pub host: &'a [u8],
+    /// The client's headers, of which those `keep` accepts are written.
+    pub headers: &'a HeaderMap,
+    pub keep: &'a (dyn Fn(&HeaderName) -> bool + Sync),
+    /// Headers Hale adds (request id, pod, the endpoint's `authorization`).
+    pub added: &'a [(&'a HeaderName, &'a HeaderValue)],
+}
+
+impl std::fmt::Debug for RequestHead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("request_line", &String::from_utf8_lossy(self.request_line))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes a request head for a body of `body_len` bytes (see the module docs).
+pub fn encode_request(out: &mut BytesMut, head: &RequestHead<'_>, body_len: usize) {
+    out.reserve(256 + head.headers.len() * 48);
+    out.put_slice(head.request_line);
+    if let Some(q) = head.query.filter(|q| !q.is_empty()) {
+        out.put_u8(b'?');
+        out.put_slice(q.as_bytes());
+    }
+    out.put_slice(b" HTTP/1.1\r\nhost: ");
+    out.put_slice(head.host);
+    out.put_slice(b"\r\n");
+    for (name, value) in head.headers {
+        if (head.keep)(name) {
+            put_header(out, name, value);
+        }
+    }
+    for (name, value) in head.added {
+        put_header(out, name, value);
+    }
+    out.put_slice(b"content-length: ");
+    out.put_slice(decimal(body_len).as_bytes());
+    out.put_slice(b"\r\n\r\n");
+}
+
+fn put_header(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// A decimal rendering of a `usize` on the stack.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn decimal(mut n: usize) -> Digits {
+    let mut buf = [0_u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Digits { buf, start: i }
+}
+
+/// Why a response head was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed response head: {0}")]
+pub struct HeadError(pub String);
+
+/// Parses a response head from the front of `buf`, removing it (and any interim `1xx` heads)
+/// from the buffer; headers `keep` refuses are left out (their framing meaning is read
+/// first). `Ok(None)` when more bytes are needed.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    keep: impl Fn(&HeaderName) -> bool,
+) -> Result<Option<ResponseHead>, HeadError> {
+    loop {
+        // Where each header's name and value sit in the buffer, so the head can be split off
+        // and frozen once the parser (which borrows the buffer) is done with it.
+        let mut spans = [(0_usize, 0_usize, 0_usize, 0_usize); MAX_HEADERS];
+        let (len, code, http11, count) = {
+            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut storage);
+            let len = match parsed.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                    return Err(HeadError(format!("longer than {MAX_HEAD} bytes")));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(HeadError(e.to_string())),
+            };
+            let base = buf.as_ptr() as usize;
+            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                *span = (name, name + h.name.len(), value, value + h.value.len());
+            }
+            (
+                len,
+                parsed.code.unwrap_or(0),
+                parsed.version == Some(1),
+                parsed.headers.len(),
+            )
+        };
+        let status =
+            StatusCode::from_u16(code).map_err(|_| HeadError(format!("status code {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(HeadError("unexpected 101 Switching Protocols".into()));
+            }
+            // 100 Continue, 103 Early Hints: the real head follows.
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        let mut framing = FramingHeaders::default();
+        let mut connection_named = Vec::new();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in spans.iter().take(count) {
+            let raw_name = head.get(ns..ne).unwrap_or_default();
+            let name = HeaderName::from_bytes(raw_name).map_err(|_| {
+                HeadError(format!(
+                    "header name {:?}",
+                    String::from_utf8_lossy(raw_name)
+                ))
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| HeadError(format!("value of header {name}")))?;
+            if name == TRANSFER_ENCODING {
+                framing.transfer_encoding(&value);
+            } else if name == CONTENT_LENGTH {
+                framing.content_length(&value)?;
+            } else if name == CONNECTION {
+                framing.close |= has_token(&value, "close");
+                connection_named.extend(crate::hygiene::connection_named([&value]));
+            }
+            if keep(&name) {
+                headers.append(name, value);
+            }
+        }
+        for name in connection_named {
+            headers.remove(name);
+        }
+        let framing_kind = framing.framing(status);
+        let reusable = http11 && !framing.close && framing_kind != Framing::UntilClose;
+        return Ok(Some(ResponseHead {
+            status,
+            headers,
+            framing: framing_kind,
+            reusable,
+        }));
+    }
+}
+
+/// What the headers say about the body's framing, gathered while they are read.
+#[derive(Debug, Default)]
+struct FramingHeaders {
+    /// `Some(chunked last)` once a `Transfer-Encoding` was seen.
+    chunked_last: Option<bool>,
+    length: Option<u64>,
+    close: bool,
+}
+
+impl FramingHeaders {
+    fn transfer_encoding(&mut self, value: &HeaderValue) {
+        let last = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').map(str::trim).rfind(|t| !t.is_empty()));
+        match last {
+            Some(t) => self.chunked_last = Some(t.eq_ignore_ascii_case("chunked")),
+            None => self.chunked_last = Some(self.chunked_last.unwrap_or(false)),
+        }
+    }
+
+    fn content_length(&mut self, value: &HeaderValue) -> Result<(), HeadError> {
+        let text = value
+            .to_str()
+            .map_err(|_| HeadError("content-length is not text".into()))?;
+        for part in text.split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| HeadError(format!("content-length {text:?}")))?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err(HeadError("conflicting content-length values".into()));
+            }
+            self.length = Some(n);
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 §6.3.
+    fn framing(&self, status: StatusCode) -> Framing {
+        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Framing::Empty;
+        }
+        match (self.chunked_last, self.length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    }
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::AUTHORIZATION;
+
+    fn parse(text: &str) -> Result<Option<ResponseHead>, HeadError> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_response(&mut buf, |_| true)
+    }
+
+    #[test]
+    fn encodes_one_request_head() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        headers.insert("x-dropped", HeaderValue::from_static("1"));
+        let key = HeaderValue::from_static("Bearer sk-backend");
+        let id = HeaderValue::from_static("r1");
+        let x_request_id = HeaderName::from_static("x-request-id");
+        let keep = |n: &HeaderName| n != AUTHORIZATION && n != "x-dropped";
+        let mut out = BytesMut::new();
+        encode_request(
+            &mut out,
+            &RequestHead {
+                request_line: b"POST /base/v1/chat/completions",
+                query: Some("a=1"),
+                host: b"h:8000",
+                headers: &headers,
+                keep: &keep,
+                added: &[(&x_request_id, &id), (&AUTHORIZATION, &key)],
+            },
+            1234,
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "POST /base/v1/chat/completions?a=1 HTTP/1.1\r\nhost: h:8000\r\ncontent-type: application/json\r\nx-request-id: r1\r\nauthorization: Bearer sk-backend\r\ncontent-length: 1234\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn leaves_out_what_keep_refuses_but_reads_its_framing() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-private\r\nx-private: 1\r\ncontent-type: text/event-stream\r\n\r\n"[..],
+        );
+        let h = parse_response(&mut buf, crate::hygiene::forwards_downstream)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        let names: Vec<&str> = h.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
+    }
+
+    #[test]
+    fn framing_by_rfc_9112() {
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.status, h.framing, h.reusable),
+            (StatusCode::OK, Framing::Length(5), true)
+        );
+        let h = parse(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 9\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked, "transfer-encoding wins");
+        let h = parse("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
+        let h = parse("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = parse("HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
+        let h =
+            parse("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(!h.reusable);
+        let h = parse("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.reusable, "HTTP/1.0 closes");
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(
+            parse("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n").is_err()
+        );
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nx-a: b\r\n\r\nhi"[..]);
+        let h = parse_response(&mut buf, |_| true).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(&buf[..], b"hi", "the body stays in the buffer");
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
+        assert!(parse("HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+        assert!(parse("garbage\r\n\r\n").is_err());
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD + 1));
+        assert!(parse(&long).is_err());
+    }
+}

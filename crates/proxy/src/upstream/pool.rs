@@ -1,0 +1,178 @@
+//! The idle keep-alive connections of one endpoint.
+//!
+//! A connection goes back into the pool when a response has been read to its end on it and
+//! the backend did not ask to close it; the next request to that endpoint takes the most
+//! recently used one (its TCP window and the backend's worker are warm), and a request finding
+//! the pool empty opens a new connection. The pool never holds a connection for a request in
+//! flight, so its mutex is held for a push or a pop, never across I/O.
+//!
+//! Decisions:
+//! - Idle connections are used for at most [`IDLE_TIMEOUT`] (4 s), just under the 5 s
+//!   keep-alive timeout of uvicorn-based servers (vLLM, SGLang): Hale never sends a request on
+//!   a connection the backend may be closing at that very moment. Older ones are closed when
+//!   the pool is next touched.
+//! - A connection that has idled for [`CHECK_AFTER`] (1 s) or more is checked with a
+//!   non-blocking peek before it is used: if the backend has closed it (or sent something
+//!   unasked), it is dropped and the next is tried. One idle for less is used without the
+//!   extra syscall — servers close idle connections after seconds, not milliseconds — and in
+//!   the rare case it was closed anyway, the request is sent again on a new connection (see
+//!   `upstream`), so a stale connection never fails a request.
+//! - Up to [`MAX_IDLE`] idle connections are kept per endpoint, enough for any realistic
+//!   concurrency; more are closed as they come back.
+//! - A connection keeps its read buffer while idle, so a request on a pooled connection
+//!   usually allocates no buffer at all.
+
+use super::io::Io;
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long an idle connection may be reused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections older than this are checked with a peek before use.
+pub const CHECK_AFTER: Duration = Duration::from_secs(1);
+/// How many idle connections are kept per endpoint.
+pub const MAX_IDLE: usize = 512;
+
+/// An open connection and its read buffer (empty between responses).
+#[derive(Debug)]
+pub struct Conn {
+    pub io: Io,
+    pub buf: BytesMut,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// One endpoint's idle connections; see the module docs.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        // A push or a pop cannot leave the queue inconsistent, so a poisoned lock is usable.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used live connection, if any.
+    pub fn take(&self, now: Instant) -> Option<Conn> {
+        loop {
+            let idle = self.lock().pop_back()?;
+            let idled = now.saturating_duration_since(idle.since);
+            if idled >= IDLE_TIMEOUT {
+                // This was the newest; everything older has timed out too.
+                let expired: Vec<Idle> = self.lock().drain(..).collect();
+                drop(expired);
+                return None;
+            }
+            if idled < CHECK_AFTER || idle.conn.io.looks_alive() {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    /// Puts a connection whose response was read to the end back for reuse.
+    pub fn put(&self, conn: Conn, now: Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.lock();
+            while idle
+                .front()
+                .is_some_and(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT)
+            {
+                expired.extend(idle.pop_front());
+            }
+            if idle.len() < MAX_IDLE {
+                idle.push_back(Idle { conn, since: now });
+            }
+        }
+        // Closing sockets happens outside the lock.
+        drop(expired);
+    }
+
+    /// How many connections are idle now.
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (
+            Conn {
+                io: Io::Plain(client),
+                buf: BytesMut::new(),
+            },
+            server,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn newest_first_and_idle_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let (a, _sa) = pair(&listener).await;
+        let (b, _sb) = pair(&listener).await;
+        let a_port = match &a.io {
+            Io::Plain(s) => s.local_addr().unwrap().port(),
+            Io::Tls(_) => unreachable!(),
+        };
+        pool.put(a, Instant::now());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        pool.put(b, Instant::now());
+        assert_eq!(pool.idle_count(), 2);
+        // 2 s later `a` has idled 5 s: `b` is taken, `a` is closed on the next put.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let got = pool.take(Instant::now()).unwrap();
+        match &got.io {
+            Io::Plain(s) => assert_ne!(s.local_addr().unwrap().port(), a_port),
+            Io::Tls(_) => unreachable!(),
+        }
+        pool.put(got, Instant::now());
+        assert_eq!(pool.idle_count(), 1, "the expired one was dropped");
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        assert!(pool.take(Instant::now()).is_none());
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_the_backend_closed_are_skipped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let (dead, server) = pair(&listener).await;
+        let (live, _keep) = pair(&listener).await;
+        // Both idle long enough to be checked before use.
+        let earlier = Instant::now() - CHECK_AFTER;
+        pool.put(live, earlier);
+        pool.put(dead, earlier);
+        drop(server);
+        // Wait until the FIN is visible, then the dead one (newest) is skipped for the live one.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let seen = pool.lock().back().is_some_and(|i| !i.conn.io.looks_alive());
+            if seen {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the FIN was never seen");
+            tokio::task::yield_now().await;
+        }
+        assert!(pool.take(Instant::now()).is_some());
+        assert_eq!(pool.idle_count(), 0);
+    }
+}

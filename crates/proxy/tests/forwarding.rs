@@ -1,0 +1,735 @@
+//! The proxy over real loopback HTTP: a `Proxy` router served by axum, in front of small
+//! hyper servers that record what reaches them and answer as each test needs (JSON, a stream
+//! fed chunk by chunk from the test, a 5xx, a connection closed without an answer).
+//!
+//! These cover what needs a finger on the backend's side of the wire: the exact headers and
+//! body a backend receives, failover on each kind of connection failure and the passive
+//! marking in core, the breaker counting 5xx answers, chunks forwarded one by one, and a
+//! client's disconnect reaching the backend. The end-to-end suite (`tests/tests/proxy.rs`)
+//! runs the same paths through the real binary and mockllm.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on any error"
+)]
+
+use bytes::Bytes;
+use hale_core::{
+    BreakerState, EndpointConfig, EndpointKind, HealthConfig, HealthState, HealthStore, Now,
+    Reason, Secret, Source,
+};
+use hale_proxy::{Proxy, ProxyConfig, ServerSettings};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+// === a backend ===
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// How a backend answers.
+enum Reply {
+    Json(StatusCode, &'static str),
+    /// A streamed body; the test feeds it through the sender it got back.
+    Stream(mpsc::Receiver<Bytes>),
+    /// Close the connection without an answer.
+    Close,
+}
+
+type Answer = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    async fn start(answer: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answer: Answer = Arc::new(answer);
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (answer, log) = (answer.clone(), log.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (answer, log) = (answer.clone(), log.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let seen = Seen {
+                                path: parts.uri.path().to_owned(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            log.lock().unwrap().push(seen.clone());
+                            match answer(&seen) {
+                                Reply::Json(status, text) => Ok(Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .header("connection", "keep-alive")
+                                    .header("keep-alive", "timeout=5")
+                                    .body(Out::Full(Some(Bytes::from_static(text.as_bytes()))))
+                                    .unwrap()),
+                                Reply::Stream(rx) => Ok(Response::builder()
+                                    .header("content-type", "text/event-stream")
+                                    .body(Out::Channel(rx))
+                                    .unwrap()),
+                                Reply::Close => Err("close"),
+                            }
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A backend's response body: whole, or fed by the test.
+enum Out {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl http_body::Body for Out {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut *self {
+            Out::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Out::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+/// A port nothing listens on.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+// === Hale ===
+
+struct Hale {
+    addr: SocketAddr,
+    store: Arc<HealthStore>,
+    proxy: Proxy,
+}
+
+/// An endpoint: (name, url, kind, priority, models, api_key).
+type Ep<'a> = (&'a str, String, EndpointKind, i32, &'a [&'a str], &'a str);
+
+async fn hale(endpoints: &[Ep<'_>], server: ServerSettings) -> Hale {
+    let eps = endpoints
+        .iter()
+        .map(|(name, url, kind, priority, models, key)| {
+            let mut c = EndpointConfig::new(*name, url.clone(), *kind);
+            c.priority = *priority;
+            c.models = models.iter().map(|m| (*m).to_owned()).collect();
+            c.api_key = Secret::new(*key);
+            c.resolve("e").unwrap()
+        })
+        .collect();
+    // Background checks off: endpoints are trusted healthy until a request fails on them.
+    let health = HealthConfig {
+        background: false,
+        ..Default::default()
+    };
+    let store = Arc::new(HealthStore::new("pod-test", eps, &health, Now::capture()));
+    let config = ProxyConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let proxy = Proxy::new(store.clone(), &config, server);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = proxy.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Hale { addr, store, proxy }
+}
+
+impl Hale {
+    fn state(&self, name: &str) -> (HealthState, Option<Reason>, Source) {
+        let snap = self.store.snapshot();
+        let h = &snap.get(name).unwrap().health;
+        (h.state, h.reason.clone(), h.source)
+    }
+}
+
+/// A whole answer from Hale.
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: serde_json::Value,
+    text: String,
+}
+
+async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Got {
+    request("POST", addr, path, headers, body).await
+}
+
+async fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Got {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "hale.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    }
+}
+
+const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+const OK_BODY: &str = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+
+fn ok(_: &Seen) -> Reply {
+    Reply::Json(StatusCode::OK, OK_BODY)
+}
+
+// === tests ===
+
+#[tokio::test]
+async fn forwards_the_body_and_cleans_the_headers() {
+    let backend = Backend::start(|_| Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let h = hale(
+        &[(
+            "a",
+            backend.url(),
+            EndpointKind::Vllm,
+            100,
+            &["m"],
+            "sk-backend",
+        )],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(
+        h.addr,
+        "/v1/chat/completions?trace=1",
+        &[
+            ("authorization", "Bearer client-key"),
+            ("connection", "x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("x-custom", "kept"),
+            ("x-request-id", "client-id-1"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.text, OK_BODY);
+    assert_eq!(got.headers["x-hale-endpoint"], "a");
+    assert_eq!(got.headers["x-request-id"], "client-id-1");
+    assert!(
+        got.headers.get("keep-alive").is_none(),
+        "hop-by-hop from the backend"
+    );
+
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.path, "/v1/chat/completions");
+    assert_eq!(&s.body[..], CHAT.as_bytes(), "the body goes byte for byte");
+    assert_eq!(s.headers["authorization"], "Bearer sk-backend");
+    assert_eq!(s.headers["host"], backend.addr.to_string());
+    assert_eq!(s.headers["x-request-id"], "client-id-1");
+    assert_eq!(s.headers["x-hale-pod"], "pod-test");
+    assert_eq!(s.headers["x-custom"], "kept");
+    for gone in ["x-secret-hop", "proxy-authorization"] {
+        assert!(s.headers.get(gone).is_none(), "{gone} reached the backend");
+    }
+
+    // Without an id of its own the client gets a generated one, the backend the same.
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    let id = got.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(backend.seen()[1].headers["x-request-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn client_authorization_passes_only_when_nobody_else_owns_it() {
+    let backend = Backend::start(ok).await;
+    let open = hale(
+        &[("a", backend.url(), EndpointKind::Openai, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+    post(
+        open.addr,
+        "/v1/chat/completions",
+        &[("authorization", "Bearer user-key")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(
+        backend.seen()[0].headers["authorization"],
+        "Bearer user-key"
+    );
+
+    // With gateway keys, the client's header held Hale's key: it never reaches a backend.
+    let guarded = hale(
+        &[("a", backend.url(), EndpointKind::Openai, 100, &["m"], "")],
+        ServerSettings {
+            api_keys: vec![Secret::new("sk-hale")],
+            ..Default::default()
+        },
+    )
+    .await;
+    let got = post(
+        guarded.addr,
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-hale")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(backend.seen()[1].headers.get("authorization").is_none());
+    for auth in [None, Some("Bearer sk-wrong")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let got = post(guarded.addr, "/v1/chat/completions", &headers, CHAT).await;
+        assert_eq!(got.status, 401);
+        assert_eq!(got.headers["www-authenticate"], "Bearer");
+        assert_eq!(got.body["error"]["type"], "authentication_error");
+        let got = request("GET", guarded.addr, "/v1/models", &headers, "").await;
+        assert_eq!(got.status, 401, "the catalog is guarded too");
+    }
+    assert_eq!(backend.seen().len(), 2, "refused requests reach no backend");
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_over_and_marks_the_endpoint() {
+    let live = Backend::start(ok).await;
+    let h = hale(
+        &[
+            ("dead", dead_url(), EndpointKind::Vllm, 200, &["m"], ""),
+            ("live", live.url(), EndpointKind::Vllm, 100, &["m"], ""),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.headers["x-hale-endpoint"], "live");
+    assert_eq!(
+        h.state("dead"),
+        (
+            HealthState::Unhealthy,
+            Some(Reason::ConnectRefused),
+            Source::Passive
+        )
+    );
+    assert_eq!(h.state("live").0, HealthState::Healthy);
+    // Marked once: the next requests go straight to the live one.
+    for _ in 0..3 {
+        let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+        assert_eq!(got.headers["x-hale-endpoint"], "live");
+    }
+    assert_eq!(live.seen().len(), 4);
+    let events = h.store.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+}
+
+#[tokio::test]
+async fn closed_before_headers_fails_over_and_every_endpoint_is_tried_once() {
+    let closing = Backend::start(|_| Reply::Close).await;
+    let live = Backend::start(ok).await;
+    let h = hale(
+        &[
+            (
+                "closing",
+                closing.url(),
+                EndpointKind::Vllm,
+                200,
+                &["m"],
+                "",
+            ),
+            ("live", live.url(), EndpointKind::Vllm, 100, &["m"], ""),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.headers["x-hale-endpoint"], "live");
+    assert_eq!(
+        closing.seen().len(),
+        1,
+        "the closing backend was tried once"
+    );
+    let (state, reason, _) = h.state("closing");
+    assert_eq!(
+        (state, reason),
+        (HealthState::Unhealthy, Some(Reason::ConnectionReset))
+    );
+
+    // Every candidate down: 503 with Retry-After, each tried once.
+    let closing2 = Backend::start(|_| Reply::Close).await;
+    let h = hale(
+        &[
+            ("dead", dead_url(), EndpointKind::Vllm, 200, &["m"], ""),
+            (
+                "closing",
+                closing2.url(),
+                EndpointKind::Vllm,
+                100,
+                &["m"],
+                "",
+            ),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, 503, "{}", got.text);
+    assert_eq!(got.headers["retry-after"], "5");
+    assert_eq!(got.body["error"]["type"], "service_unavailable_error");
+    assert_eq!(got.body["error"]["code"], 503);
+    assert_eq!(closing2.seen().len(), 1);
+    assert_eq!(h.state("dead").0, HealthState::Unhealthy);
+    assert_eq!(h.state("closing").0, HealthState::Unhealthy);
+    // Down stays down: a 503 without touching the backends.
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(closing2.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn five_server_errors_pass_through_then_open_the_breaker() {
+    let failing =
+        Backend::start(|_| Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"boom"}"#))
+            .await;
+    let spare = Backend::start(ok).await;
+    let h = hale(
+        &[
+            (
+                "failing",
+                failing.url(),
+                EndpointKind::Vllm,
+                200,
+                &["m"],
+                "",
+            ),
+            ("spare", spare.url(), EndpointKind::Vllm, 100, &["m"], ""),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    for i in 0..5 {
+        let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+        assert_eq!(got.status, 500, "request {i}: the 5xx passes through");
+        assert_eq!(got.text, r#"{"error":"boom"}"#);
+        assert_eq!(got.headers["x-hale-endpoint"], "failing");
+    }
+    assert_eq!(h.proxy.breaker_state("failing"), BreakerState::Open);
+    assert_eq!(
+        h.state("failing").0,
+        HealthState::Healthy,
+        "5xx is not a passive failure"
+    );
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["x-hale-endpoint"], "spare");
+    assert_eq!(failing.seen().len(), 5);
+    assert_eq!(h.proxy.breaker_state("spare"), BreakerState::Closed);
+    assert_eq!(h.proxy.requests_total("m"), 6);
+}
+
+#[tokio::test]
+async fn streams_chunk_by_chunk_and_a_gone_client_cancels_upstream() {
+    let (senders_tx, mut senders_rx) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
+    let backend = Backend::start(move |_| {
+        let (tx, rx) = mpsc::channel(1);
+        senders_tx.send(tx).unwrap();
+        Reply::Stream(rx)
+    })
+    .await;
+    let h = hale(
+        &[("a", backend.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "hale.test")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","stream":true}"#,
+        )))
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(req).await });
+    let upstream = senders_rx.recv().await.unwrap();
+    upstream
+        .send(Bytes::from_static(b"data: one\n\n"))
+        .await
+        .unwrap();
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+
+    // Each chunk reaches the client before the backend sends the next one.
+    for chunk in ["data: one\n\n", "data: two\n\n", "data: three\n\n"] {
+        if chunk != "data: one\n\n" {
+            upstream.send(Bytes::from(chunk)).await.unwrap();
+        }
+        let frame = timeout(Duration::from_secs(2), body.frame())
+            .await
+            .expect("the chunk was held back")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), chunk);
+    }
+    assert_eq!(h.proxy.outstanding("a"), 1, "a stream counts while it runs");
+
+    // The client leaves mid-stream: the backend's body is dropped soon after.
+    drop(body);
+    conn.abort();
+    timeout(Duration::from_secs(2), upstream.closed())
+        .await
+        .expect("the backend never saw the client go");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while h.proxy.outstanding("a") != 0 {
+        assert!(Instant::now() < deadline, "the claim outlived the stream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_shaped_errors() {
+    let backend = Backend::start(ok).await;
+    let h = hale(
+        &[
+            ("v", backend.url(), EndpointKind::Vllm, 100, &["m"], ""),
+            (
+                "o",
+                dead_url(),
+                EndpointKind::Ollama,
+                100,
+                &["llama3:latest"],
+                "",
+            ),
+        ],
+        ServerSettings {
+            max_body: 256,
+            ..Default::default()
+        },
+    )
+    .await;
+    let cases: &[(&str, &str, StatusCode, &str)] = &[
+        (
+            "/v1/chat/completions",
+            "{not json",
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[]}"#,
+            StatusCode::BAD_REQUEST,
+            "has no `model`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"nope"}"#,
+            StatusCode::NOT_FOUND,
+            "model 'nope' is not served",
+        ),
+        (
+            "/api/chat",
+            r#"{"model":"m"}"#,
+            StatusCode::NOT_FOUND,
+            "on an ollama endpoint",
+        ),
+    ];
+    for (path, body, status, message) in cases {
+        let got = post(h.addr, path, &[], body).await;
+        assert_eq!(got.status, *status, "{path} {body}: {}", got.text);
+        let m = got.body["error"]["message"].as_str().unwrap();
+        assert!(m.contains(message), "{m}");
+        assert_eq!(got.body["error"]["code"], status.as_u16());
+        assert_eq!(got.headers["content-type"], "application/json");
+        assert_eq!(got.headers["x-request-id"].len(), 32);
+    }
+    let big = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(300));
+    let got = post(h.addr, "/v1/chat/completions", &[], &big).await;
+    assert_eq!(got.status, 413);
+    assert_eq!(got.body["error"]["type"], "invalid_request_error");
+
+    let got = request("GET", h.addr, "/v1/chat/completions", &[], "").await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.headers["allow"], "POST");
+    let got = request("GET", h.addr, "/v2/nothing", &[], "").await;
+    assert_eq!(got.status, 404);
+    assert_eq!(got.body["error"]["message"], "no route for GET /v2/nothing");
+    assert!(backend.seen().is_empty(), "none of these reached a backend");
+}
+
+#[tokio::test]
+async fn absolute_uris_and_host_headers_cannot_choose_the_backend() {
+    let configured = Backend::start(ok).await;
+    let elsewhere = Backend::start(ok).await;
+    let h = hale(
+        &[("a", configured.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let target = elsewhere.addr;
+    let raw = format!(
+        "POST http://{target}/v1/chat/completions HTTP/1.1\r\nhost: {target}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-hale-endpoint: a"), "{answer}");
+    assert_eq!(configured.seen().len(), 1);
+    assert!(elsewhere.seen().is_empty());
+    assert_eq!(
+        configured.seen()[0].headers["host"],
+        configured.addr.to_string()
+    );
+}
+
+#[tokio::test]
+async fn catalogs_list_routable_models_only() {
+    let h = hale(
+        &[
+            (
+                "v",
+                dead_url(),
+                EndpointKind::Vllm,
+                100,
+                &["m-v", "shared"],
+                "",
+            ),
+            (
+                "o1",
+                dead_url(),
+                EndpointKind::Ollama,
+                100,
+                &["llama3:latest", "shared"],
+                "",
+            ),
+            (
+                "o2",
+                dead_url(),
+                EndpointKind::Ollama,
+                100,
+                &["llama3", "qwen"],
+                "",
+            ),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = request("GET", h.addr, "/v1/models", &[], "").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body["object"], "list");
+    let ids: Vec<&str> = got.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["llama3:latest", "m-v", "qwen", "shared"]);
+    assert_eq!(got.body["data"][0]["object"], "model");
+
+    let got = request("GET", h.addr, "/api/tags", &[], "").await;
+    let names: Vec<&str> = got.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["llama3:latest", "qwen", "shared"],
+        "ollama endpoints only"
+    );
+
+    // An endpoint out of rotation takes its models out of the catalog.
+    h.store.passive_failure(
+        "o2",
+        &hale_core::CheckResult::ConnectRefused,
+        Now::capture(),
+    );
+    let got = request("GET", h.addr, "/api/tags", &[], "").await;
+    let names: Vec<&str> = got.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["llama3:latest", "shared"]);
+}

@@ -1,0 +1,939 @@
+//! `cargo xtask bench proxy [--seconds D] [--rounds R] [--quick]`: what the gateway adds to a
+//! request, next to a direct call and to two reference proxies.
+//!
+//! One mockllm (OpenAI flavour, release build, `--chunks 5 --chunk-delay-ms 0`) is the backend
+//! of every target; the streamed and the non-streamed chat both go to it, so every target
+//! sees the very same backend. The targets are the mock itself (`direct`), `hale serve` with
+//! that one endpoint, and HAProxy and nginx configured as plain keep-alive reverse proxies
+//! (see `refs.rs` for their settings and why). oha drives three scenarios:
+//!
+//! - `chat, closed loop`: a small non-streaming chat, 32 connections each sending its next
+//!   request as soon as the answer is in — throughput;
+//! - `chat at 100 req/s`: the same chat at a fixed rate with latency correction, on up to 8
+//!   connections — the latency a proxy adds when it is not saturated;
+//! - `streamed chat, closed loop`: the chat with `"stream": true`, 32 connections.
+//!
+//! Within a scenario the targets run interleaved — round after round of one run each, the
+//! order rotated every round — and the median of the rounds is reported, so that drift on
+//! the shared machine hits every target alike. Each target is warmed up first (connection
+//! pools filled). During a proxy's runs its CPU time (user + system, master and workers) is
+//! read from /proc and divided by the requests answered, and its resident memory is sampled;
+//! the peak (VmHWM) is read at the end. Everything — load generator, mock and proxy — shares
+//! the machine's cores, so only ratios within one run mean anything.
+//!
+//! The section written to docs/BENCHMARKS.md carries one table per scenario, the target
+//! checks from the issue with PASS/FAIL, the tool versions and the exact command. `--quick`
+//! (1 round of 2 s) is a sanity run: it prints the section but leaves the file alone. A target
+//! that cannot be measured (Hale without proxy routes, say) gets a row saying why and fails
+//! its checks, and the command then exits non-zero after writing the figures it has.
+#![expect(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "xtask has no tokio runtime: std Instant and thread::sleep pace the runs"
+)]
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use super::oha::{self, Load, Outcome};
+use super::process::{Server, TempDir, http_post};
+use super::procfs::{memory_mib, thread_cpu_seconds, with_children};
+use super::refs::{self, UPSTREAM_IDLE};
+use super::report::write_section;
+use crate::setup;
+use crate::steps::{cargo, first_line_of};
+
+const CHAT_PATH: &str = "/v1/chat/completions";
+const CHAT: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAMED_CHAT: &str =
+    r#"{"model":"bench-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+/// Chunks per answer (words in a non-streamed one); no delay between them.
+const CHUNKS: u32 = 5;
+/// Connections of the closed-loop scenarios.
+const CLOSED_CONNECTIONS: u32 = 32;
+/// The fixed rate of the latency scenario, and the connections it may use.
+const RATE: u32 = 100;
+const RATE_CONNECTIONS: u32 = 8;
+/// How long the gateway may take to route its first chat after start (first health sweep).
+const HALE_READY: Duration = Duration::from_secs(30);
+
+// Targets from the issue (#4): the gateway against HAProxy and against a direct call.
+const MIN_THROUGHPUT_VS_HAPROXY: f64 = 0.8;
+const MAX_ADDED_P50_MS: f64 = 0.1;
+const MAX_CPU_VS_HAPROXY: f64 = 2.0;
+const MAX_RSS_MIB: f64 = 32.0;
+
+struct Options {
+    seconds: f64,
+    rounds: usize,
+    warmup: f64,
+    quick: bool,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut quick = false;
+    let mut seconds = None;
+    let mut rounds = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
+        match flag.as_str() {
+            "--quick" => quick = true,
+            "--seconds" => seconds = Some(value()?.parse::<f64>().context("--seconds")?),
+            "--rounds" => rounds = Some(value()?.parse::<usize>().context("--rounds")?),
+            other => bail!("unknown option {other}; options: --seconds D, --rounds R, --quick"),
+        }
+    }
+    let o = Options {
+        seconds: seconds.unwrap_or(if quick { 2.0 } else { 10.0 }),
+        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
+        warmup: if quick { 0.5 } else { 2.0 },
+        quick,
+    };
+    if !(o.seconds >= 0.5 && o.seconds <= 600.0) || o.rounds == 0 || o.rounds > 100 {
+        bail!("--seconds must be within 0.5..=600 and --rounds within 1..=100");
+    }
+    Ok(o)
+}
+
+// === targets ===
+
+/// What a load goes to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Direct,
+    Hale,
+    HaProxy,
+    Nginx,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Direct, Kind::Hale, Kind::HaProxy, Kind::Nginx];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Hale => "Hale",
+            Kind::HaProxy => "HAProxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+}
+
+/// One target: where it listens, the process that serves it (none for `direct`: the mock is
+/// measured by every target alike) and, if it cannot be measured, why.
+struct Target {
+    kind: Kind,
+    addr: String,
+    server: Option<Server>,
+    unavailable: Option<String>,
+    /// Highest VmRSS seen while it was under load, in MiB.
+    sampled_rss_mib: f64,
+    /// VmHWM at the end of the run, in MiB (summed over nginx's processes).
+    peak_rss_mib: f64,
+}
+
+impl Target {
+    fn url(&self) -> String {
+        format!("http://{}{CHAT_PATH}", self.addr)
+    }
+
+    /// The processes whose CPU and memory count for this target.
+    fn pids(&self) -> Vec<u32> {
+        self.server
+            .as_ref()
+            .map_or_else(Vec::new, |s| with_children(s.pid()))
+    }
+
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.pids().into_iter().map(thread_cpu_seconds).sum()
+    }
+}
+
+/// Fails unless `addr` answers the chat and the streamed chat as mockllm does.
+fn verify(addr: &str) -> anyhow::Result<()> {
+    let (status, body) = http_post(addr, CHAT_PATH, CHAT)?;
+    if status != 200 || !body.contains("\"chat.completion\"") {
+        bail!("POST {CHAT_PATH} answered {status}: {}", snippet(&body));
+    }
+    let (status, body) = http_post(addr, CHAT_PATH, STREAMED_CHAT)?;
+    if status != 200 || !body.contains("[DONE]") {
+        bail!(
+            "streamed POST {CHAT_PATH} answered {status}: {}",
+            snippet(&body)
+        );
+    }
+    Ok(())
+}
+
+fn snippet(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    one_line.chars().take(160).collect()
+}
+
+/// Starts the gateway in front of `backend` and waits (bounded) until it routes a chat.
+/// Any failure is returned as the reason the Hale rows stay empty, not as an error: the
+/// reference figures are worth having while the gateway's proxy routes are being built.
+fn start_hale(bin: &Path, dir: &Path, backend: &str) -> (Option<Server>, String, Option<String>) {
+    let config = dir.join("hale.yaml");
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nendpoints:\n  - name: mock\n    \
+         url: \"http://{backend}\"\n    type: openai\n    check_interval: 5s\n"
+    );
+    if let Err(err) = std::fs::write(&config, yaml) {
+        return (
+            None,
+            String::new(),
+            Some(format!("writing its config: {err}")),
+        );
+    }
+    let mut command = Command::new(bin.join("hale"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("HALE_LOG", "warn");
+    let (mut server, addr) = match Server::spawn_announcing(
+        "hale",
+        command,
+        &dir.join("hale.log"),
+        "hale listening on ",
+    ) {
+        Ok(started) => started,
+        Err(err) => return (None, String::new(), Some(format!("{err:#}"))),
+    };
+    let deadline = Instant::now() + HALE_READY;
+    let reason = loop {
+        if let Err(err) = server.ensure_running() {
+            break Some(format!("{err:#}"));
+        }
+        match verify(&addr) {
+            Ok(()) => break None,
+            Err(err) if Instant::now() > deadline => {
+                break Some(format!(
+                    "no chat routed within {} s: {err:#}",
+                    HALE_READY.as_secs()
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    (Some(server), addr, reason)
+}
+
+// === scenarios and measurement ===
+
+struct Scenario {
+    title: &'static str,
+    load: Load,
+}
+
+fn scenarios(o: &Options) -> [Scenario; 3] {
+    [
+        Scenario {
+            title: "Non-streaming chat, closed loop (32 connections)",
+            load: Load {
+                connections: CLOSED_CONNECTIONS,
+                rate: None,
+                seconds: o.seconds,
+                body: CHAT.to_owned(),
+            },
+        },
+        Scenario {
+            title: "Non-streaming chat at 100 req/s (fixed rate, latency-corrected, up to 8 connections)",
+            load: Load {
+                connections: RATE_CONNECTIONS,
+                rate: Some(RATE),
+                seconds: o.seconds,
+                body: CHAT.to_owned(),
+            },
+        },
+        Scenario {
+            title: "Streamed chat, closed loop (32 connections, 5 chunks per answer)",
+            load: Load {
+                connections: CLOSED_CONNECTIONS,
+                rate: None,
+                seconds: o.seconds,
+                body: STREAMED_CHAT.to_owned(),
+            },
+        },
+    ]
+}
+
+/// One target's runs in one scenario.
+#[derive(Clone, Default)]
+struct Tally {
+    runs: Vec<Outcome>,
+    cpu_seconds: f64,
+}
+
+impl Tally {
+    fn ok(&self) -> u64 {
+        self.runs.iter().map(|r| r.ok).sum()
+    }
+
+    fn failed(&self) -> u64 {
+        self.runs.iter().map(|r| r.failed).sum()
+    }
+
+    fn median(&self, field: fn(&Outcome) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.runs.iter().map(field).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    fn rps(&self) -> f64 {
+        self.median(|r| r.rps)
+    }
+
+    fn p50(&self) -> f64 {
+        self.median(|r| r.p50_ms)
+    }
+
+    fn p99(&self) -> f64 {
+        self.median(|r| r.p99_ms)
+    }
+
+    /// CPU µs per answered request over all rounds.
+    fn cpu_us_per_request(&self) -> f64 {
+        let ok = self.ok();
+        if ok == 0 {
+            f64::NAN
+        } else {
+            self.cpu_seconds / ok as f64 * 1e6
+        }
+    }
+}
+
+/// Samples the summed VmRSS of `pids` every 50 ms until told to stop (or, as a bound, until
+/// `limit` has passed); returns the highest value in MiB.
+fn sample_rss(pids: Vec<u32>, stop: Arc<AtomicBool>, limit: Duration) -> JoinHandle<f64> {
+    std::thread::spawn(move || {
+        let until = Instant::now() + limit;
+        let mut max: f64 = 0.0;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            let rss: f64 = pids
+                .iter()
+                .filter_map(|&p| memory_mib(p).ok())
+                .map(|(rss, _)| rss)
+                .sum();
+            max = max.max(rss);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        max
+    })
+}
+
+/// One oha run against one target, with its CPU and memory measured around it.
+fn measure(target: &mut Target, load: &Load) -> anyhow::Result<(Outcome, f64)> {
+    let pids = target.pids();
+    let cpu_before = target.cpu_seconds()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(
+        pids,
+        Arc::clone(&stop),
+        Duration::from_secs_f64(load.seconds + 60.0),
+    );
+    let outcome = oha::run(&target.url(), load);
+    stop.store(true, Ordering::Relaxed);
+    let rss = sampler.join().unwrap_or(0.0);
+    target.sampled_rss_mib = target.sampled_rss_mib.max(rss);
+    if let Some(server) = target.server.as_mut() {
+        server
+            .ensure_running()
+            .with_context(|| format!("{} died under load", target.kind.name()))?;
+    }
+    let cpu = target.cpu_seconds()? - cpu_before;
+    Ok((outcome?, cpu))
+}
+
+/// Runs one scenario over every measurable target: a warm-up each, then `rounds` rounds.
+fn run_scenario(targets: &mut [Target], scenario: &Scenario, o: &Options) -> Vec<Tally> {
+    let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::default()).collect();
+    println!("--- {}", scenario.title);
+    let warmup = Load {
+        seconds: o.warmup,
+        ..scenario.load.clone()
+    };
+    for target in targets.iter_mut() {
+        if target.unavailable.is_none()
+            && let Err(err) = measure(target, &warmup)
+        {
+            target.unavailable = Some(format!("warm-up failed: {err:#}"));
+        }
+    }
+    for round in 0..o.rounds {
+        for i in 0..targets.len() {
+            // Rotate the order each round so no target always follows the same one.
+            let index = (i + round) % targets.len();
+            let target = &mut targets[index];
+            if target.unavailable.is_some() {
+                continue;
+            }
+            match measure(target, &scenario.load) {
+                Ok((outcome, cpu)) => {
+                    println!(
+                        "    round {}: {:<8} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  failed {}",
+                        round + 1,
+                        target.kind.name(),
+                        outcome.rps,
+                        outcome.p50_ms,
+                        outcome.p99_ms,
+                        outcome.failed
+                    );
+                    tallies[index].runs.push(outcome);
+                    tallies[index].cpu_seconds += cpu;
+                }
+                Err(err) => {
+                    println!(
+                        "    round {}: {} failed: {err:#}",
+                        round + 1,
+                        target.kind.name()
+                    );
+                    target.unavailable = Some(format!("{err:#}"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    tallies
+}
+
+// === the suite ===
+
+pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    setup::ensure_bench()?;
+    cargo(&["build", "--release", "-p", "mockllm"])?;
+    // A gateway that does not build is one that cannot be measured: the reference figures
+    // are still taken, and the run still fails at the end.
+    let hale_built = cargo(&["build", "--release", "-p", "hale"]);
+    let bin = root.join("target/release");
+    let dir = TempDir::new("hale-bench-proxy")?;
+    let versions = Versions::read()?;
+
+    let mut mock_command = Command::new(bin.join("mockllm"));
+    mock_command.args([
+        "--port",
+        "0",
+        "--flavor",
+        "openai",
+        "--models",
+        "bench-model",
+        "--chunks",
+        &CHUNKS.to_string(),
+        "--chunk-delay-ms",
+        "0",
+    ]);
+    let (mut mock, backend) = Server::spawn_announcing(
+        "mockllm",
+        mock_command,
+        &dir.path().join("mockllm.log"),
+        "mockllm listening on ",
+    )?;
+    verify(&backend).context("mockllm does not answer the chat")?;
+
+    let (hale, hale_addr, hale_unavailable) = match hale_built {
+        Ok(()) => start_hale(&bin, dir.path(), &backend),
+        Err(err) => (None, String::new(), Some(format!("{err:#}"))),
+    };
+    if let Some(reason) = &hale_unavailable {
+        println!("note: Hale cannot be measured: {reason}");
+    }
+    let (haproxy, haproxy_addr) = refs::start_haproxy(dir.path(), &backend)?;
+    let (nginx, nginx_addr) = refs::start_nginx(dir.path(), &backend)?;
+    for (name, addr) in [("HAProxy", &haproxy_addr), ("nginx", &nginx_addr)] {
+        verify(&addr.to_string())
+            .with_context(|| format!("{name} does not pass the chat through"))?;
+    }
+
+    let mut targets: Vec<Target> = Kind::ALL
+        .into_iter()
+        .map(|kind| Target {
+            kind,
+            addr: String::new(),
+            server: None,
+            unavailable: None,
+            sampled_rss_mib: 0.0,
+            peak_rss_mib: 0.0,
+        })
+        .collect();
+    targets[0].addr = backend.clone();
+    targets[1].addr = hale_addr;
+    targets[1].server = hale;
+    targets[1].unavailable = hale_unavailable;
+    targets[2].addr = haproxy_addr.to_string();
+    targets[2].server = Some(haproxy);
+    targets[3].addr = nginx_addr.to_string();
+    targets[3].server = Some(nginx);
+
+    let scenarios = scenarios(&o);
+    let load_before = load_average();
+    let mut results = Vec::new();
+    for scenario in &scenarios {
+        results.push(run_scenario(&mut targets, scenario, &o));
+        mock.ensure_running()
+            .context("the backend died under load")?;
+    }
+    let machine = Machine {
+        load_before,
+        load_after: load_average(),
+    };
+    for target in &mut targets {
+        target.peak_rss_mib = target
+            .pids()
+            .into_iter()
+            .filter_map(|p| memory_mib(p).ok())
+            .map(|(_, hwm)| hwm)
+            .sum();
+    }
+    for target in &targets {
+        if target.kind != Kind::Hale && target.unavailable.is_some() {
+            bail!(
+                "{} could not be measured: {}",
+                target.kind.name(),
+                target.unavailable.as_deref().unwrap_or_default()
+            );
+        }
+    }
+
+    let command = std::iter::once("cargo xtask bench proxy".to_owned())
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = render(
+        &command, &o, &versions, &machine, &targets, &scenarios, &results,
+    );
+    let hale_unmeasured = targets[1].unavailable.clone();
+    drop(targets);
+    drop(mock);
+    println!("{body}");
+    if o.quick {
+        println!("--quick: docs/BENCHMARKS.md left unchanged");
+    } else {
+        write_section(root, "proxy", &body)?;
+    }
+    // The figures of the other targets are out; a gateway that could not be measured still
+    // makes the run fail, so nobody mistakes it for a complete one.
+    if let Some(reason) = hale_unmeasured {
+        bail!("Hale could not be measured (fully): {reason}");
+    }
+    Ok(())
+}
+
+// === the report ===
+
+/// The tools' versions, for the report.
+struct Versions {
+    oha: String,
+    haproxy: String,
+    nginx: String,
+    hale: String,
+}
+
+impl Versions {
+    fn read() -> anyhow::Result<Self> {
+        let haproxy = first_line_of(Command::new("haproxy").arg("-v"))
+            .ok_or_else(|| anyhow!("haproxy -v failed"))?;
+        let nginx = first_line_of(Command::new("sh").args(["-c", "nginx -v 2>&1"]))
+            .ok_or_else(|| anyhow!("nginx -v failed"))?;
+        let commit = first_line_of(Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+            .unwrap_or_else(|| "unknown commit".to_owned());
+        let dirty = first_line_of(Command::new("git").args(["status", "--porcelain"]))
+            .is_some_and(|l| !l.is_empty());
+        Ok(Self {
+            oha: oha::version()?,
+            haproxy: haproxy
+                .split(" - ")
+                .next()
+                .unwrap_or(&haproxy)
+                .trim()
+                .to_owned(),
+            nginx: nginx
+                .trim_start_matches("nginx version: ")
+                .trim()
+                .to_owned(),
+            hale: format!(
+                "hale at {commit}{}",
+                if dirty { " with local changes" } else { "" }
+            ),
+        })
+    }
+}
+
+/// How busy the machine was around the measured runs.
+struct Machine {
+    load_before: String,
+    load_after: String,
+}
+
+/// The 1-minute load average from /proc/loadavg, as printed there.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "—".to_owned()
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "—".to_owned()
+    }
+}
+
+fn render(
+    command: &str,
+    o: &Options,
+    versions: &Versions,
+    machine: &Machine,
+    targets: &[Target],
+    scenarios: &[Scenario],
+    results: &[Vec<Tally>],
+) -> String {
+    let workers = refs::workers();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "## Proxy overhead\n\n\
+         `{command}` — oha against mockllm directly, through Hale, and through HAProxy and nginx \
+         as reference proxies; {rounds} interleaved round(s) of {secs} s per target and scenario \
+         (order rotated each round, after a {warm} s warm-up), medians reported. One mockllm \
+         (OpenAI flavour, release build, `--chunks {CHUNKS} --chunk-delay-ms 0`) is the backend \
+         of every target. Hale: `hale serve` with that one endpoint (`type: openai`, \
+         `check_interval: 5s`, log level warn), tokio's default of one worker thread per core. \
+         HAProxy: `mode http`, `option http-keep-alive`, `http-reuse safe` (its default; \
+         `always` makes 2.6 spin at low load, see xtask/src/bench/refs.rs), \
+         `nbthread {workers}`, `pool-max-conn {UPSTREAM_IDLE}`. nginx: `worker_processes {workers}`, upstream \
+         `keepalive {UPSTREAM_IDLE}`, `proxy_http_version 1.1`, `Connection \"\"`, \
+         `proxy_buffering off`, `keepalive_requests` lifted on both sides. Each proxy gets one \
+         thread or worker per core ({workers}), as Hale does. oha, the mock and the proxy share \
+         the machine's {workers} cores, so only ratios within this run mean anything. \
+         CPU µs/req: the proxy's CPU time (user + system, summed over its threads' \
+         schedstat, nanosecond resolution; nginx: master and workers) during its measured \
+         runs over the requests answered. Peak RSS: VmHWM at the end of the run \
+         (nginx: summed over its processes); for Hale also the highest VmRSS sampled under \
+         load. Latencies are of whole answers (a stream's last chunk); the 100 req/s scenario \
+         corrects for coordinated omission.\n\n\
+         Versions: {oha}, {haproxy}, {nginx}, {hale}. Load average (1 min) before the \
+         measured runs: {before}, after: {after} — other work on the machine shows here.\n",
+        rounds = o.rounds,
+        secs = o.seconds,
+        warm = o.warmup,
+        oha = versions.oha,
+        haproxy = versions.haproxy,
+        nginx = versions.nginx,
+        hale = versions.hale,
+        before = machine.load_before,
+        after = machine.load_after,
+    );
+
+    for (scenario, tallies) in scenarios.iter().zip(results) {
+        let direct = &tallies[0];
+        let haproxy = &tallies[2];
+        let _ = write!(
+            out,
+            "\n### {}\n\n\
+             | target | req/s | p50 ms | p99 ms | added p50 vs direct | ×direct | ×HAProxy | CPU µs/req | peak RSS | failed |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            scenario.title
+        );
+        for (target, tally) in targets.iter().zip(tallies) {
+            let name = target.kind.name();
+            if tally.runs.is_empty() {
+                let why = target.unavailable.as_deref().unwrap_or("no runs");
+                let _ = writeln!(
+                    out,
+                    "| {name} | not measured: {} | | | | | | | | |",
+                    snippet(&why.replace('|', "/"))
+                );
+                continue;
+            }
+            let added = if target.kind == Kind::Direct {
+                "—".to_owned()
+            } else {
+                format!("{:+.3} ms", tally.p50() - direct.p50())
+            };
+            let cpu = if target.kind == Kind::Direct {
+                "—".to_owned()
+            } else {
+                format!("{:.1}", tally.cpu_us_per_request())
+            };
+            let rss = match target.kind {
+                Kind::Direct => "—".to_owned(),
+                Kind::Hale => format!(
+                    "{:.1} MiB (sampled {:.1})",
+                    target.peak_rss_mib, target.sampled_rss_mib
+                ),
+                _ => format!("{:.1} MiB", target.peak_rss_mib),
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {} | {} | {added} | {} | {} | {cpu} | {rss} | {} |",
+                tally.rps(),
+                ms(tally.p50()),
+                ms(tally.p99()),
+                ratio(tally.rps(), direct.rps()),
+                ratio(tally.rps(), haproxy.rps()),
+                tally.failed(),
+            );
+        }
+    }
+
+    out.push_str("\n### Targets (issue #4)\n\n");
+    for check in checks(targets, results) {
+        let _ = writeln!(out, "- {check}");
+    }
+    out
+}
+
+/// The issue's targets for the gateway, each as one `PASS`/`FAIL` line with the figure.
+fn checks(targets: &[Target], results: &[Vec<Tally>]) -> Vec<String> {
+    let line = |pass: bool, text: String| format!("{} {text}", if pass { "PASS" } else { "FAIL" });
+    let hale = &targets[1];
+    let unmeasured = |tally: &Tally| -> Option<String> {
+        if tally.runs.is_empty() {
+            Some(format!(
+                "not measured ({})",
+                snippet(hale.unavailable.as_deref().unwrap_or("no runs"))
+            ))
+        } else if tally.failed() > 0 {
+            Some(format!("{} failed requests", tally.failed()))
+        } else {
+            None
+        }
+    };
+    let mut lines = Vec::new();
+    for (index, label) in [(0, "non-streaming chat"), (2, "streamed chat")] {
+        let tallies = &results[index];
+        let (hale_t, haproxy_t) = (&tallies[1], &tallies[2]);
+        let text = format!(
+            "Hale closed-loop throughput, {label}: ≥ {MIN_THROUGHPUT_VS_HAPROXY}× HAProxy's"
+        );
+        lines.push(match unmeasured(hale_t) {
+            Some(why) => line(false, format!("{text} — {why}")),
+            None => {
+                let r = hale_t.rps() / haproxy_t.rps();
+                line(
+                    r >= MIN_THROUGHPUT_VS_HAPROXY,
+                    format!(
+                        "{text} — {r:.2}× ({:.0} vs {:.0} req/s)",
+                        hale_t.rps(),
+                        haproxy_t.rps()
+                    ),
+                )
+            }
+        });
+    }
+    {
+        let tallies = &results[1];
+        let text = format!("Hale added p50 at {RATE} req/s: ≤ {MAX_ADDED_P50_MS} ms over direct");
+        lines.push(match unmeasured(&tallies[1]) {
+            Some(why) => line(false, format!("{text} — {why}")),
+            None => {
+                let added = tallies[1].p50() - tallies[0].p50();
+                line(
+                    added <= MAX_ADDED_P50_MS,
+                    format!(
+                        "{text} — {added:+.3} ms ({} vs {} ms)",
+                        ms(tallies[1].p50()),
+                        ms(tallies[0].p50())
+                    ),
+                )
+            }
+        });
+    }
+    for (index, label) in [(0, "non-streaming chat"), (2, "streamed chat")] {
+        let tallies = &results[index];
+        let (hale_t, haproxy_t) = (&tallies[1], &tallies[2]);
+        let text = format!("Hale CPU per request, {label}: ≤ {MAX_CPU_VS_HAPROXY}× HAProxy's");
+        lines.push(match unmeasured(hale_t) {
+            Some(why) => line(false, format!("{text} — {why}")),
+            None => {
+                let (h, p) = (hale_t.cpu_us_per_request(), haproxy_t.cpu_us_per_request());
+                let r = h / p;
+                line(
+                    r <= MAX_CPU_VS_HAPROXY,
+                    format!("{text} — {r:.2}× ({h:.1} vs {p:.1} µs)"),
+                )
+            }
+        });
+    }
+    {
+        let text = format!("Hale RSS during load: < {MAX_RSS_MIB} MiB");
+        let measured = results.iter().any(|t| !t[1].runs.is_empty());
+        lines.push(if measured {
+            let peak = hale.peak_rss_mib.max(hale.sampled_rss_mib);
+            line(
+                peak < MAX_RSS_MIB,
+                format!(
+                    "{text} — peak {:.1} MiB (VmHWM; highest sampled VmRSS {:.1} MiB)",
+                    hale.peak_rss_mib, hale.sampled_rss_mib
+                ),
+            )
+        } else {
+            line(
+                false,
+                format!(
+                    "{text} — not measured ({})",
+                    snippet(hale.unavailable.as_deref().unwrap_or("no runs"))
+                ),
+            )
+        });
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(kind: Kind, unavailable: Option<&str>) -> Target {
+        Target {
+            kind,
+            addr: String::new(),
+            server: None,
+            unavailable: unavailable.map(str::to_owned),
+            sampled_rss_mib: 10.0,
+            peak_rss_mib: 12.0,
+        }
+    }
+
+    fn tally(rps: f64, p50_ms: f64, cpu_seconds: f64) -> Tally {
+        let run = Outcome {
+            ok: 1000,
+            failed: 0,
+            rps,
+            p50_ms,
+            p99_ms: p50_ms * 3.0,
+        };
+        Tally {
+            runs: vec![run, run, run],
+            cpu_seconds,
+        }
+    }
+
+    fn options() -> Options {
+        Options {
+            seconds: 1.0,
+            rounds: 3,
+            warmup: 0.5,
+            quick: false,
+        }
+    }
+
+    fn versions() -> Versions {
+        Versions {
+            oha: "oha 1".to_owned(),
+            haproxy: "HAProxy 2".to_owned(),
+            nginx: "nginx/1".to_owned(),
+            hale: "hale".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_gateway_that_cannot_be_measured_fails_every_check_and_says_why() {
+        let targets = [
+            target(Kind::Direct, None),
+            target(Kind::Hale, Some("POST /v1/chat/completions answered 404")),
+            target(Kind::HaProxy, None),
+            target(Kind::Nginx, None),
+        ];
+        let scenario = || {
+            vec![
+                tally(1000.0, 0.1, 0.0),
+                Tally::default(),
+                tally(500.0, 0.2, 0.03),
+                tally(450.0, 0.2, 0.03),
+            ]
+        };
+        let results = vec![scenario(), scenario(), scenario()];
+        let lines = checks(&targets, &results);
+        assert_eq!(lines.len(), 6);
+        assert!(lines.iter().all(|l| l.starts_with("FAIL ")), "{lines:#?}");
+        assert!(
+            lines.iter().all(|l| l.contains("answered 404")),
+            "{lines:#?}"
+        );
+        let machine = Machine {
+            load_before: "1.0".to_owned(),
+            load_after: "1.0".to_owned(),
+        };
+        let scenarios = scenarios(&options());
+        let body = render(
+            "cargo xtask bench proxy",
+            &options(),
+            &versions(),
+            &machine,
+            &targets,
+            &scenarios,
+            &results,
+        );
+        assert_eq!(body.matches("| Hale | not measured: ").count(), 3, "{body}");
+    }
+
+    #[test]
+    fn checks_compare_the_gateway_with_haproxy_and_direct() {
+        let targets = [
+            target(Kind::Direct, None),
+            target(Kind::Hale, None),
+            target(Kind::HaProxy, None),
+            target(Kind::Nginx, None),
+        ];
+        // Throughput 0.9× HAProxy's, CPU 1.5× (0.015 s vs 0.01 s over 3000 requests), added
+        // p50 0.05 ms; RSS 12 MiB.
+        let scenario = || {
+            vec![
+                tally(1000.0, 0.10, 0.0),
+                tally(450.0, 0.15, 0.015),
+                tally(500.0, 0.14, 0.01),
+                tally(480.0, 0.14, 0.01),
+            ]
+        };
+        let results = vec![scenario(), scenario(), scenario()];
+        let lines = checks(&targets, &results);
+        assert!(lines.iter().all(|l| l.starts_with("PASS ")), "{lines:#?}");
+        assert!(lines[0].contains("0.90×"), "{}", lines[0]);
+        assert!(lines[3].contains("1.50×"), "{}", lines[3]);
+
+        let mut slow = results.clone();
+        slow[0][1] = tally(350.0, 0.15, 0.05);
+        let lines = checks(&targets, &slow);
+        assert!(lines[0].starts_with("FAIL ") && lines[3].starts_with("FAIL "));
+    }
+
+    #[test]
+    fn options_default_quick_and_explicit() {
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.seconds, o.rounds, o.quick), (10.0, 3, false));
+        let o = parse(&["--quick".to_owned()]).unwrap();
+        assert_eq!((o.seconds, o.rounds, o.quick), (2.0, 1, true));
+        let args: Vec<String> = ["--seconds", "5", "--quick", "--rounds", "2"]
+            .map(str::to_owned)
+            .into();
+        let o = parse(&args).unwrap();
+        assert_eq!((o.seconds, o.rounds, o.quick), (5.0, 2, true));
+        assert!(parse(&["--rounds".to_owned(), "0".to_owned()]).is_err());
+        assert!(parse(&["--fast".to_owned()]).is_err());
+    }
+}

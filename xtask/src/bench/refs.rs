@@ -1,0 +1,138 @@
+//! The reference proxies the gateway is measured against: HAProxy and nginx, each configured
+//! as a plain HTTP/1.1 reverse proxy in front of one backend, with keep-alive on both sides,
+//! nothing else in the request path (no logging, no buffering of streams), and run in the
+//! foreground from a config file in the run's temporary directory.
+//!
+//! Fairness on the 2-core machines: Hale's tokio runtime starts one worker thread per core,
+//! so each reference proxy is given the same — `nbthread` threads for HAProxy, that many
+//! `worker_processes` for nginx — which is also what each does by default (`auto`). Connection
+//! reuse to the backend is on for all three: HAProxy with an idle pool of [`UPSTREAM_IDLE`]
+//! connections, nginx `keepalive` with the same number; nginx's per-connection request cap
+//! (1000 by default, both sides) is lifted so it does not reconnect mid-run where the others
+//! would not.
+//!
+//! HAProxy runs with `http-reuse safe` (its default: a client connection's first request gets
+//! a server connection of its own, later ones reuse idle ones), not `always`. With `always`
+//! and two threads, HAProxy 2.6.12 intermittently spins at low load — measured here at
+//! 100 req/s: p50 1.2–3.2 ms and about a fifth of a core, against 0.16 ms and 1 % with `safe`
+//! or `never`, while closed-loop throughput is the same either way — which would make it a
+//! strawman in the latency scenario.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use super::process::{Server, free_port};
+
+/// Idle keep-alive connections each reference proxy keeps to the backend.
+pub(crate) const UPSTREAM_IDLE: u32 = 64;
+
+/// Threads (HAProxy) or worker processes (nginx): one per core, as Hale's runtime has.
+pub(crate) fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// Starts HAProxy in front of `backend`; returns it and the address it listens on.
+pub(crate) fn start_haproxy(dir: &Path, backend: &str) -> anyhow::Result<(Server, SocketAddr)> {
+    let listen = free_port()?;
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(&config, haproxy_config(listen, backend, workers()))
+        .with_context(|| format!("writing {}", config.display()))?;
+    let mut command = Command::new("haproxy");
+    // -db: stay in the foreground, no daemon and no master process, so the pid we hold is
+    // the one process that serves.
+    command.arg("-db").arg("-f").arg(&config);
+    let mut server = Server::spawn("haproxy", command, &dir.join("haproxy.log"))?;
+    server.wait_for_port(listen)?;
+    Ok((server, listen))
+}
+
+/// Starts nginx (master and workers) in front of `backend`; returns it and its address.
+pub(crate) fn start_nginx(dir: &Path, backend: &str) -> anyhow::Result<(Server, SocketAddr)> {
+    let listen = free_port()?;
+    let config = dir.join("nginx.conf");
+    std::fs::write(&config, nginx_config(dir, listen, backend, workers()))
+        .with_context(|| format!("writing {}", config.display()))?;
+    let error_log = dir.join("nginx-error.log");
+    let mut command = Command::new("nginx");
+    // -p/-e keep every path nginx opens before reading its config (prefix, error log) inside
+    // our directory instead of /var/log/nginx.
+    command
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(&error_log)
+        .arg("-c")
+        .arg(&config);
+    let mut server = Server::spawn("nginx", command, &dir.join("nginx.log"))?;
+    server.wait_for_port(listen)?;
+    Ok((server, listen))
+}
+
+fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize) -> String {
+    format!(
+        "global\n\
+         \x20   nbthread {threads}\n\
+         \x20   maxconn 4096\n\
+         \n\
+         defaults\n\
+         \x20   mode http\n\
+         \x20   option http-keep-alive\n\
+         \x20   http-reuse safe\n\
+         \x20   timeout connect 2s\n\
+         \x20   timeout client 60s\n\
+         \x20   timeout server 60s\n\
+         \x20   timeout http-keep-alive 60s\n\
+         \n\
+         frontend bench\n\
+         \x20   bind {listen}\n\
+         \x20   default_backend mock\n\
+         \n\
+         backend mock\n\
+         \x20   server mock {backend} pool-max-conn {UPSTREAM_IDLE}\n"
+    )
+}
+
+fn nginx_config(dir: &Path, listen: SocketAddr, backend: &str, workers: usize) -> String {
+    let dir = dir.display();
+    format!(
+        "daemon off;\n\
+         master_process on;\n\
+         worker_processes {workers};\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/nginx-error.log warn;\n\
+         \n\
+         events {{\n\
+         \x20   worker_connections 4096;\n\
+         }}\n\
+         \n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {dir}/client_body;\n\
+         \x20   proxy_temp_path {dir}/proxy;\n\
+         \x20   fastcgi_temp_path {dir}/fastcgi;\n\
+         \x20   uwsgi_temp_path {dir}/uwsgi;\n\
+         \x20   scgi_temp_path {dir}/scgi;\n\
+         \x20   keepalive_requests 1000000;\n\
+         \x20   keepalive_timeout 60s;\n\
+         \n\
+         \x20   upstream mock {{\n\
+         \x20       server {backend};\n\
+         \x20       keepalive {UPSTREAM_IDLE};\n\
+         \x20       keepalive_requests 1000000;\n\
+         \x20   }}\n\
+         \n\
+         \x20   server {{\n\
+         \x20       listen {listen};\n\
+         \x20       location / {{\n\
+         \x20           proxy_pass http://mock;\n\
+         \x20           proxy_http_version 1.1;\n\
+         \x20           proxy_set_header Connection \"\";\n\
+         \x20           proxy_buffering off;\n\
+         \x20       }}\n\
+         \x20   }}\n\
+         }}\n"
+    )
+}
