@@ -6,17 +6,18 @@
 //! Fairness on the 2-core machines: Hale's tokio runtime starts one worker thread per core,
 //! so each reference proxy is given the same — `nbthread` threads for HAProxy, that many
 //! `worker_processes` for nginx — which is also what each does by default (`auto`). Connection
-//! reuse to the backend is on for all three: HAProxy with an idle pool of [`UPSTREAM_IDLE`]
-//! connections, nginx `keepalive` with the same number; nginx's per-connection request cap
-//! (1000 by default, both sides) is lifted so it does not reconnect mid-run where the others
-//! would not.
+//! reuse to the backend is on for all three: HAProxy `http-reuse always` with an idle pool of
+//! [`UPSTREAM_IDLE`] connections, nginx `keepalive` with the same number; nginx's
+//! per-connection request cap (1000 by default, both sides) is lifted so it does not reconnect
+//! mid-run where the others would not.
 //!
-//! HAProxy runs with `http-reuse safe` (its default: a client connection's first request gets
-//! a server connection of its own, later ones reuse idle ones), not `always`. With `always`
-//! and two threads, HAProxy 2.6.12 intermittently spins at low load — measured here at
-//! 100 req/s: p50 1.2–3.2 ms and about a fifth of a core, against 0.16 ms and 1 % with `safe`
-//! or `never`, while closed-loop throughput is the same either way — which would make it a
-//! strawman in the latency scenario.
+//! HAProxy shares its idle server connections between threads by default; here each thread
+//! keeps its own (`tune.idle-pool.shared off`). With the shared pool and two threads, HAProxy
+//! 2.6.12 burns CPU at low load once a busy phase has filled and then purged the pool —
+//! measured here at 100 req/s after a closed-loop phase: 7–8 % of a core and p99 4–6 ms,
+//! against under 1 % and p99 under 1 ms with per-thread pools, with `http-reuse always`
+//! even p50 1.2–3.2 ms from a fresh start; closed-loop throughput is the same either way.
+//! Left shared, it would be a strawman in the latency scenario.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -76,11 +77,12 @@ fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize) -> String {
         "global\n\
          \x20   nbthread {threads}\n\
          \x20   maxconn 4096\n\
+         \x20   tune.idle-pool.shared off\n\
          \n\
          defaults\n\
          \x20   mode http\n\
          \x20   option http-keep-alive\n\
-         \x20   http-reuse safe\n\
+         \x20   http-reuse always\n\
          \x20   timeout connect 2s\n\
          \x20   timeout client 60s\n\
          \x20   timeout server 60s\n\
