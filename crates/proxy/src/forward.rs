@@ -81,6 +81,12 @@ pub async fn forward(
     let mut excluded = Excluded::default();
     let mut failed: Option<usize> = None;
     loop {
+        // The first attempt starts when the request arrived; later ones read the clock again.
+        let now = if failed.is_none() {
+            started
+        } else {
+            Instant::now()
+        };
         let snapshot = shared.store.snapshot();
         let selection = shared.selector.select(
             &snapshot,
@@ -88,7 +94,7 @@ pub async fn forward(
             model,
             route,
             &mut excluded,
-            Instant::now(),
+            now,
         );
         let (index, mut claim) = match selection {
             Selection::Picked { index, claim } => (index, claim),
@@ -138,7 +144,7 @@ pub async fn forward(
             added,
             body: &bytes,
         };
-        match shared.upstream.send(&rt.dest, &outgoing).await {
+        match shared.upstream.send(&rt.dest, &outgoing, now).await {
             Ok((head, conn)) => {
                 let status = head.status;
                 if status.is_server_error() {
@@ -168,6 +174,8 @@ pub async fn forward(
                 return Ok(response);
             }
             Err(result) => {
+                // Its other idle connections are most likely as dead as this one.
+                rt.dest.pool.clear();
                 let opened = claim.failure(Instant::now());
                 let name = rt.endpoint.name.clone();
                 drop(claim);

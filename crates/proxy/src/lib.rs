@@ -15,10 +15,22 @@
 //! One module per concept: `route` (the proxied routes), `body` (buffering and reading
 //! `model`), `auth` (`server.api_keys`), `select` (candidate selection and balancing),
 //! `runtime` (per-endpoint live state: outstanding requests, breaker), `upstream` (the
-//! HTTP/1.1 client to the backends and its connection pools), `forward` (the failover loop), `stream` (the pass-through response
-//! body), `hygiene` (headers and request ids), `catalog` (model lists), `error` (Hale's own
+//! HTTP/1.1 client to the backends, driven in the request's own task, and its connection
+//! pools), `forward` (the failover loop), `stream` (the pass-through response body),
+//! `hygiene` (headers and request ids), `catalog` (model lists), `error` (Hale's own
 //! answers), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry)
 //! and `router` (the axum routes). Each module's top comment records its decisions.
+//!
+//! Decisions that span modules:
+//! - The upstream side is a small HTTP/1.1 client of our own rather than hyper's pooled
+//!   client: measured under `cargo xtask bench proxy`, hyper's client cost a task hand-off
+//!   and a client-side `writev` per streamed chunk (see `upstream` for the figures).
+//! - A failure on a reused keep-alive connection before any answer is retried once on a new
+//!   connection to the same endpoint and is not held against it; only failures on a fresh
+//!   connection (or after the backend started answering) mark the endpoint.
+//! - The shared state lives for the process (leaked once) so the request path borrows it
+//!   without reference counting; per-endpoint counters that every request writes sit on
+//!   cache lines of their own.
 
 mod auth;
 mod body;

@@ -32,6 +32,7 @@ use http::HeaderValue;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -87,6 +88,30 @@ pub(crate) struct Shared {
     /// The start time for the catalogs, as Unix seconds and RFC 3339.
     pub started_unix: u64,
     pub started_rfc3339: String,
+    /// Whether the task closing expired idle connections runs (started by the first request,
+    /// since building the proxy needs no runtime).
+    sweeping: AtomicBool,
+}
+
+impl Shared {
+    /// Starts, once, the task that closes idle upstream connections past their timeout, so an
+    /// endpoint that stops getting traffic does not keep sockets open.
+    pub fn ensure_sweeper(&'static self) {
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::upstream::pool::IDLE_TIMEOUT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                for rt in self.runtimes.iter() {
+                    rt.dest.pool.close_expired(now);
+                }
+            }
+        });
+    }
 }
 
 impl Proxy {
@@ -124,11 +149,12 @@ impl Proxy {
             upstream: Upstream::new(config.connect_timeout),
             keys: ApiKeys::new(&server.api_keys),
             max_body: server.max_body,
-            ids: RequestIds::default(),
+            ids: RequestIds,
             pod,
             stats: RequestStats::new(names),
             started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             started_rfc3339: humantime::format_rfc3339_seconds(now).to_string(),
+            sweeping: AtomicBool::new(false),
             store,
         };
         Self {
@@ -136,8 +162,10 @@ impl Proxy {
         }
     }
 
-    /// The proxy routes (see [`crate::router`]), with a JSON 404 fallback for every other
-    /// path; merge it with the api router, which sets no fallback of its own.
+    /// The proxy routes — `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+    /// `/api/chat`, `/api/generate`, `/api/embed`, `GET /v1/models`, `/api/tags` — with JSON
+    /// 405s for wrong methods and a JSON 404 fallback for every other path; merge it with the
+    /// api router, which sets no fallback of its own.
     pub fn router(&self) -> Router {
         crate::router::router(self.shared)
     }

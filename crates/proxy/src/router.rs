@@ -85,6 +85,7 @@ pub(crate) fn router(shared: Shd) -> Router {
 /// A generation route: forward, or answer with Hale's own error.
 async fn generate(shared: Shd, route: Route, request: Request) -> Response {
     let started = Instant::now();
+    shared.ensure_sweeper();
     let request_id = shared.ids.for_request(request.headers());
     match forward(shared, route, request, &request_id, started).await {
         Ok(response) => response,

@@ -42,7 +42,9 @@ pub struct EndpointRuntime {
     pub auth: Option<HeaderValue>,
     /// Where requests go: target, prepared request lines, idle connections.
     pub dest: Destination,
-    outstanding: AtomicUsize,
+    /// Written by every request: on a cache line of its own, so reading the fields around it
+    /// (and the breaker mirror below) does not miss every time another core counted.
+    outstanding: Padded<AtomicUsize>,
     breaker: Mutex<Breaker>,
     dirty: AtomicBool,
     /// `hale_proxy_request_duration_seconds{endpoint}`.
@@ -64,7 +66,7 @@ impl EndpointRuntime {
             dest: Destination::new(&endpoint),
             endpoint,
             name_header,
-            outstanding: AtomicUsize::new(0),
+            outstanding: Padded(AtomicUsize::new(0)),
             breaker: Mutex::new(Breaker::new(breaker.clone())),
             dirty: AtomicBool::new(false),
             duration,
@@ -77,7 +79,7 @@ impl EndpointRuntime {
 
     /// Requests sent to this endpoint whose response has not ended yet.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
+        self.outstanding.0.load(Ordering::Relaxed)
     }
 
     /// Whether requests can be sent to it at all (its URL names an http(s) host).
@@ -109,10 +111,11 @@ impl EndpointRuntime {
     pub fn try_claim(&'static self, exclusive: bool, now: Instant) -> Option<Claim> {
         if exclusive {
             self.outstanding
+                .0
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
                 .ok()?;
         } else {
-            self.outstanding.fetch_add(1, Ordering::AcqRel);
+            self.outstanding.0.fetch_add(1, Ordering::AcqRel);
         }
         // From here on the claim exists, so its Drop undoes the count if the breaker says no.
         let mut claim = Claim {
@@ -133,6 +136,11 @@ impl EndpointRuntime {
         Some(claim)
     }
 }
+
+/// A value alone on its cache line (two lines, against adjacent-line prefetching).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
 
 /// One request's hold on an endpoint; see the module docs.
 #[derive(Debug)]
@@ -177,7 +185,7 @@ impl Drop for Claim {
         if self.trial && !self.reported {
             self.rt.lock().on_abandoned();
         }
-        self.rt.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.rt.outstanding.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -85,22 +85,27 @@ impl UpstreamBody {
     /// The body has ended: the connection goes back to the pool if it can carry another
     /// request (reusable, nothing unread in its buffer), and the bookkeeping ends.
     fn release(&mut self) {
+        let now = Instant::now();
         if let Some(conn) = self.conn.take()
             && self.reusable
             && conn.buf.is_empty()
         {
-            self.pool.put(conn, Instant::now());
+            self.pool.put(conn, now);
         }
-        self.finish();
+        self.finish_at(now);
     }
 
     /// Ends the bookkeeping once: the duration is recorded, the claim released.
     fn finish(&mut self) {
+        if self.open.is_some() {
+            self.finish_at(Instant::now());
+        }
+    }
+
+    fn finish_at(&mut self, now: Instant) {
         if let Some(open) = self.open.take() {
-            open.claim
-                .runtime()
-                .duration
-                .record(open.started.elapsed().as_secs_f64());
+            let took = now.saturating_duration_since(open.started);
+            open.claim.runtime().duration.record(took.as_secs_f64());
         }
     }
 

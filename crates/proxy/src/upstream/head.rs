@@ -18,11 +18,12 @@
 use bytes::{BufMut as _, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::mem::MaybeUninit;
 
-/// The largest response head accepted.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// The largest response head accepted (offsets into it fit in a `u16`).
+pub const MAX_HEAD: usize = 60 * 1024;
 /// The most response headers accepted.
-pub const MAX_HEADERS: usize = 128;
+pub const MAX_HEADERS: usize = 96;
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,31 +142,43 @@ pub fn parse_response(
     loop {
         // Where each header's name and value sit in the buffer, so the head can be split off
         // and frozen once the parser (which borrows the buffer) is done with it.
-        let mut spans = [(0_usize, 0_usize, 0_usize, 0_usize); MAX_HEADERS];
-        let (len, code, http11, count) = {
-            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut storage);
-            let len = match parsed.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                    return Err(HeadError(format!("longer than {MAX_HEAD} bytes")));
+        let mut spans = [[0_u16; 4]; MAX_HEADERS];
+        let (len, code, http11, count) =
+            {
+                let mut storage =
+                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+                let mut parsed = httparse::Response::new(&mut []);
+                let looked = &buf[..buf.len().min(MAX_HEAD + 1)];
+                let len = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut parsed, looked, &mut storage)
+                {
+                    Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+                    Ok(_) if buf.len() > MAX_HEAD => {
+                        return Err(HeadError(format!("longer than {MAX_HEAD} bytes")));
+                    }
+                    Ok(_) => return Ok(None),
+                    Err(e) => return Err(HeadError(e.to_string())),
+                };
+                let base = looked.as_ptr() as usize;
+                let offset = |p: *const u8| u16::try_from(p as usize - base).unwrap_or(u16::MAX);
+                for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+                    let name = offset(h.name.as_ptr());
+                    let value = offset(h.value.as_ptr());
+                    // Both lie within the head, which is at most MAX_HEAD (< u16::MAX) long.
+                    *span = [
+                        name,
+                        name.saturating_add(h.name.len() as u16),
+                        value,
+                        value.saturating_add(h.value.len() as u16),
+                    ];
                 }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(HeadError(e.to_string())),
+                (
+                    len,
+                    parsed.code.unwrap_or(0),
+                    parsed.version == Some(1),
+                    parsed.headers.len(),
+                )
             };
-            let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                *span = (name, name + h.name.len(), value, value + h.value.len());
-            }
-            (
-                len,
-                parsed.code.unwrap_or(0),
-                parsed.version == Some(1),
-                parsed.headers.len(),
-            )
-        };
         let status =
             StatusCode::from_u16(code).map_err(|_| HeadError(format!("status code {code}")))?;
         if status.is_informational() {
@@ -179,8 +192,10 @@ pub fn parse_response(
         let head = buf.split_to(len).freeze();
         let mut framing = FramingHeaders::default();
         let mut connection_named = Vec::new();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(ns, ne, vs, ve) in spans.iter().take(count) {
+        // Room for the headers Hale adds (`x-hale-endpoint`, `x-request-id`): no regrowth.
+        let mut headers = HeaderMap::with_capacity(count + 2);
+        for &[ns, ne, vs, ve] in spans.iter().take(count) {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let raw_name = head.get(ns..ne).unwrap_or_default();
             let name = HeaderName::from_bytes(raw_name).map_err(|_| {
                 HeadError(format!(
@@ -188,6 +203,9 @@ pub fn parse_response(
                     String::from_utf8_lossy(raw_name)
                 ))
             })?;
+            if vs > ve || ve > head.len() {
+                return Err(HeadError(format!("value of header {name}")));
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| HeadError(format!("value of header {name}")))?;
             if name == TRANSFER_ENCODING {

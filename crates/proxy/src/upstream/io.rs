@@ -150,6 +150,20 @@ impl Io {
         self.tcp().poll_peek(&mut cx, &mut buf).is_pending()
     }
 
+    /// Forgets that the socket was readable, without a syscall. Called when a connection goes
+    /// back to the pool after its response was read to the end: tokio keeps a socket marked
+    /// readable until a read hits `WouldBlock`, so without this the next request's first read
+    /// would be a wasted `recv` returning `EAGAIN`. Nothing can be lost: the backend has
+    /// nothing more to send, and if it closes the connection now, the next request's write
+    /// brings a reset (a fresh event) and is sent again on a new connection.
+    pub fn forget_readable(&self) {
+        if let Io::Plain(tcp) = self {
+            let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+            });
+        }
+    }
+
     /// Reads what is available into `buf` (growing it); `Ready(Ok(0))` is the end of input.
     pub fn poll_read_into(
         &mut self,

@@ -49,6 +49,8 @@ use tokio_rustls::TlsConnector;
 
 /// The read buffer a new connection starts with.
 const INITIAL_BUFFER: usize = 8 * 1024;
+/// The request-head buffer a new connection starts with.
+const INITIAL_WRITE_BUFFER: usize = 1024;
 
 /// What the client keeps per endpoint: where it is, the prepared request lines, its pool.
 #[derive(Debug)]
@@ -128,36 +130,30 @@ impl Upstream {
 
     /// Sends the request to `dest` and reads the response head. On success the connection
     /// (with any body bytes already read) goes with the head, for the body to finish reading.
+    /// `now` is when the attempt starts (it decides which idle connections are too old).
     pub async fn send(
         &self,
         dest: &Destination,
         req: &Outgoing<'_>,
+        now: Instant,
     ) -> Result<(ResponseHead, Conn), CheckResult> {
         let Some(target) = &dest.target else {
             return Err(CheckResult::Other {
                 message: "the endpoint URL names no http(s) host".into(),
             });
         };
-        let line = dest
-            .request_lines
-            .get(req.route.index())
-            .map_or(&b"POST /"[..], |l| &l[..]);
-        let mut head = BytesMut::new();
-        encode_request(
-            &mut head,
-            &RequestHead {
-                request_line: line,
-                query: req.query,
-                host: &dest.host,
-                headers: req.headers,
-                keep: req.keep,
-                added: req.added,
-            },
-            req.body.len(),
-        );
-        let head = head.freeze();
-
-        if let Some(conn) = dest.pool.take(Instant::now()) {
+        let head = RequestHead {
+            request_line: dest
+                .request_lines
+                .get(req.route.index())
+                .map_or(&b"POST /"[..], |l| &l[..]),
+            query: req.query,
+            host: &dest.host,
+            headers: req.headers,
+            keep: req.keep,
+            added: req.added,
+        };
+        if let Some(conn) = dest.pool.take(now) {
             match exchange(conn, &head, req.body).await {
                 Ok(done) => return Ok(done),
                 Err(Attempt::Failed(result)) => return Err(result),
@@ -169,6 +165,7 @@ impl Upstream {
         let conn = Conn {
             io,
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
+            wbuf: BytesMut::with_capacity(INITIAL_WRITE_BUFFER),
         };
         match exchange(conn, &head, req.body).await {
             Ok(done) => Ok(done),
@@ -189,13 +186,17 @@ enum Attempt {
 /// Writes the request and reads the response head on `conn`.
 async fn exchange(
     mut conn: Conn,
-    head: &Bytes,
+    head: &RequestHead<'_>,
     body: &Bytes,
 ) -> Result<(ResponseHead, Conn), Attempt> {
-    let mut out = head.clone().chain(body.clone());
+    conn.wbuf.clear();
+    encode_request(&mut conn.wbuf, head, body.len());
     let written = async {
-        conn.io.write_all_buf(&mut out).await?;
-        conn.io.flush().await
+        let Conn { io, wbuf, .. } = &mut conn;
+        // Head and body leave together, in one writev.
+        let mut out = (&wbuf[..]).chain(&body[..]);
+        io.write_all_buf(&mut out).await?;
+        io.flush().await
     };
     if let Err(e) = written.await {
         return Err(Attempt::Unanswered(format!("sending the request: {e}")));
