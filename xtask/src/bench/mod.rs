@@ -10,6 +10,7 @@
 //! a direct call, HAProxy and nginx), `shared` (health-check requests and Redis commands per
 //! interval for 1, 3 and 5 replicas, with and without shared health state).
 
+mod child;
 mod health;
 mod oha;
 mod process;
