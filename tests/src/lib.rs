@@ -7,7 +7,30 @@
 //! The suites need the workspace binaries built (`cargo build --workspace --bins`) and
 //! `redis-server` on `PATH`; `cargo xtask it` and `cargo xtask test` take care of both.
 
+use hale_testkit::{Gateway, eventually};
+use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Waits until `/internal/status/endpoints` shows `name` with `status`, polling every 50 ms,
+/// for at most `within`; returns the endpoint's status object.
+pub async fn wait_status(
+    gw: &Gateway,
+    name: &str,
+    status: &str,
+    within: Duration,
+) -> anyhow::Result<Value> {
+    eventually(within, Duration::from_millis(50), || async {
+        let e = gw.endpoint(name).await?;
+        anyhow::ensure!(
+            e["status"] == status,
+            "{name} is {} ({})",
+            e["status"],
+            e["reason"]
+        );
+        Ok(e)
+    })
+    .await
+}
 
 /// Seconds since the Unix epoch of an RFC 3339 timestamp as Hale prints it.
 pub fn rfc3339_secs(v: &serde_json::Value) -> anyhow::Result<f64> {

@@ -15,7 +15,7 @@
 //!   time by design — covered by the selection unit tests).
 
 use hale_testkit::{Gateway, MockLlm, PooledClient, eventually, rss_bytes};
-use hale_tests::{hit_times, rfc3339_secs};
+use hale_tests::{hit_times, rfc3339_secs, wait_status};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const POLL: Duration = Duration::from_millis(50);
 const KEY: &str = "sk-hale-e2e";
 const BEARER: &str = "Bearer sk-hale-e2e";
 
@@ -39,25 +38,6 @@ fn config(server: &str, health: &str, proxy: &str, endpoints: &[String]) -> Stri
         "server:\n  listen: 127.0.0.1:0\n{server}health:\n  jitter: 0\n{health}proxy:\n  connect_timeout: 500ms\n{proxy}endpoints:\n{}",
         endpoints.concat()
     )
-}
-
-async fn wait_status(
-    gw: &Gateway,
-    name: &str,
-    status: &str,
-    within: Duration,
-) -> anyhow::Result<Value> {
-    eventually(within, POLL, || async {
-        let e = gw.endpoint(name).await?;
-        anyhow::ensure!(
-            e["status"] == status,
-            "{name} is {} ({})",
-            e["status"],
-            e["reason"]
-        );
-        Ok(e)
-    })
-    .await
 }
 
 /// The workspace's virtualenv Python; a missing venv fails the test with the fix.

@@ -6,5 +6,6 @@
 pub mod config;
 pub mod pod;
 pub mod probe_cmd;
+pub mod reload;
 pub mod serve;
 pub mod telemetry;

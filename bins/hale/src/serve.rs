@@ -9,11 +9,15 @@
 //! printed on stdout as `hale listening on <addr>` so scripts and tests can find a port chosen
 //! with `:0`. Logs go to stderr.
 //!
+//! SIGHUP (and `POST /internal/reload`) re-reads the config file and applies its endpoints
+//! without a restart; see [`crate::reload`].
+//!
 //! On SIGTERM or SIGINT the gateway starts draining: `/readyz` answers 503 at once, the
 //! listener stops taking new connections, open requests get up to `server.shutdown_grace` to
 //! finish, then the checks stop and the process exits 0.
 
 use crate::config::LoadedConfig;
+use crate::reload::Reloader;
 use anyhow::Context as _;
 use hale_api::{ApiState, install_metrics};
 use hale_core::{HealthStore, Now};
@@ -27,7 +31,9 @@ use tokio::net::TcpListener;
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let started = Now::capture();
     let LoadedConfig {
-        config, endpoints, ..
+        config,
+        endpoints,
+        file,
     } = loaded;
     let pod_id = crate::pod::resolve(&config.pod_id);
     tracing::info!(
@@ -75,17 +81,28 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let probes = ProbeClient::new().with_pod_id(&pod_id);
     let scheduler = Scheduler::new(store.clone(), probes, config.health.background);
-    let scheduler = match &coordinator {
-        Some(c) => scheduler.with_coordination(Arc::new(c.clone())),
-        None => scheduler,
-    }
-    .spawn();
+    let scheduler = Arc::new(
+        match &coordinator {
+            Some(c) => scheduler.with_coordination(Arc::new(c.clone())),
+            None => scheduler,
+        }
+        .spawn(),
+    );
+    let reloader = Arc::new(Reloader::new(
+        file,
+        config.clone(),
+        store.clone(),
+        proxy,
+        scheduler.clone(),
+    ));
+    let _reloads = tokio::spawn(reload_on_hangup(reloader.clone()));
 
     let grace = config.server.shutdown_grace;
     let state = ApiState::new(store, config.server, env!("CARGO_PKG_VERSION"), metrics)
         .with_started(started)
         .with_breakers(Arc::new(proxy))
-        .with_model_stats(Arc::new(proxy));
+        .with_model_stats(Arc::new(proxy))
+        .with_admin(reloader);
     let state = match &coordinator {
         Some(c) => state.with_shared(Arc::new(c.clone())),
         None => state,
@@ -128,6 +145,30 @@ fn announce(addr: std::net::SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "hale listening on {addr}");
     let _ = out.flush();
+}
+
+/// Re-reads the config on every SIGHUP, for as long as the gateway runs.
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /internal/reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            // The outcome is logged by the reload itself.
+            let _ = reloader.apply_file("SIGHUP").await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

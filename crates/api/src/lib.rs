@@ -3,7 +3,8 @@
 //! Liveness and readiness for Kubernetes (`/livez`, `/readyz` and aliases), status and stats
 //! JSON (`/internal/status`, `/internal/status/endpoints`, `/internal/stats/models`), the event
 //! log of transitions (`/internal/events`), the shared coordination status
-//! (`/health/shared-status`) and Prometheus metrics (`/metrics`). `server.admin_token` guards
+//! (`/health/shared-status`), Prometheus metrics (`/metrics`) and the operator's actions
+//! (`POST /internal/reload`, `/internal/endpoints/{name}/drain|enable|check`). `server.admin_token` guards
 //! `/internal/*` except `/internal/health`, compared in constant time.
 //!
 //! The binary builds an [`ApiState`] from the health store, the `server:` config, the version
@@ -27,6 +28,7 @@
 //!   gauges through it at scrape time, and tests use detached recorders that cannot disturb
 //!   one another.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 mod coord_views;
@@ -49,6 +51,6 @@ mod testing;
 pub use config::ServerConfig;
 pub use error::ApiError;
 pub use metrics::{Metrics, MetricsError, install_metrics};
-pub use providers::{BreakerView, ModelStatsView, SharedStatusView};
+pub use providers::{AdminActions, BreakerView, ModelStatsView, ReloadReport, SharedStatusView};
 pub use router::router;
 pub use state::ApiState;

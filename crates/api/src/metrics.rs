@@ -33,6 +33,7 @@ use tokio::time::Instant;
 pub const ENDPOINT_UP: &str = "hale_endpoint_up";
 pub const ENDPOINT_STATE: &str = "hale_endpoint_state";
 pub const BREAKER_OPEN: &str = "hale_breaker_open";
+pub const ENDPOINT_DRAINED: &str = "hale_endpoint_drained";
 pub const HEALTH_CHECKS_TOTAL: &str = "hale_health_checks_total";
 pub const HEALTH_CHECK_DURATION_SECONDS: &str = "hale_health_check_duration_seconds";
 pub const STATE_TRANSITIONS_TOTAL: &str = "hale_state_transitions_total";
@@ -147,6 +148,11 @@ impl Metrics {
                 gauge!(ENDPOINT_STATE, "endpoint" => name.to_string())
                     .set(f64::from(e.health.state.code()));
                 gauge!(BREAKER_OPEN, "endpoint" => name.to_string()).set(open);
+                gauge!(ENDPOINT_DRAINED, "endpoint" => name.to_string()).set(if e.health.drained {
+                    1.0
+                } else {
+                    0.0
+                });
             }
         });
     }
@@ -160,11 +166,15 @@ impl Metrics {
 fn describe_all() {
     describe_gauge!(
         ENDPOINT_UP,
-        "1 if the endpoint may receive traffic now (health state and rate limit), else 0."
+        "1 if the endpoint may receive traffic now (health state, rate limit, not drained), else 0."
     );
     describe_gauge!(
         ENDPOINT_STATE,
         "Health state of the endpoint: 0 unknown, 1 healthy, 2 degraded, 3 recovering, 4 unhealthy."
+    );
+    describe_gauge!(
+        ENDPOINT_DRAINED,
+        "1 while an operator has drained the endpoint (no new requests), else 0."
     );
     describe_gauge!(
         BREAKER_OPEN,

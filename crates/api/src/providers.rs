@@ -1,4 +1,4 @@
-//! What the api crate needs to know from the layers it does not own, as three small traits.
+//! What the api crate needs from the layers it does not own, as small traits.
 //!
 //! The health snapshot comes from core directly; the circuit breakers live in the proxy, the
 //! shared coordination status in coord and request counts wherever the proxy keeps them. Each
@@ -6,7 +6,11 @@
 //! the routes work the same with or without the later layers wired in, and tests can plug in a
 //! two-line fake.
 
-use hale_core::BreakerState;
+use hale_core::coordination::BoxFuture;
+use hale_core::{BreakerState, Reconciled};
+use hale_probe::{CheckNowError, ManualCheck};
+use serde::Serialize;
+use std::sync::Arc;
 
 /// The request-path circuit breakers, read for `breaker` in `/internal/status/endpoints` and
 /// for `hale_breaker_open`. Absent means every breaker reads closed.
@@ -41,4 +45,48 @@ pub trait SharedStatusView: Send + Sync + 'static {
 pub trait ModelStatsView: Send + Sync + 'static {
     /// Requests routed for `model` since the process started.
     fn requests_total(&self, model: &str) -> u64;
+}
+
+/// The operator's actions that need more than the store: re-reading the config (the binary
+/// owns the file and its loader) and checking an endpoint now (the scheduler runs checks).
+/// Absent means `/internal/reload` and `/internal/endpoints/{name}/check` answer 503.
+pub trait AdminActions: Send + Sync + 'static {
+    /// Re-reads the config file and applies it, or says why it was refused (the running
+    /// config then stays in force).
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>>;
+
+    /// Checks `endpoint` now and returns what the check found.
+    fn check<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<ManualCheck, CheckNowError>>;
+
+    /// Requests in flight to `endpoint` now.
+    fn in_flight(&self, endpoint: &str) -> usize;
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    pub added: Vec<Arc<str>>,
+    pub removed: Vec<Arc<str>>,
+    /// Same backend, new settings: health kept.
+    pub updated: Vec<Arc<str>>,
+    /// A different backend under a known name: health starts over.
+    pub replaced: Vec<Arc<str>>,
+    pub unchanged: usize,
+    /// Keys that changed in the file but only take effect at the next start; their running
+    /// values stay.
+    pub restart_required: Vec<String>,
+}
+
+impl ReloadReport {
+    /// The report of a store reconciliation plus the keys that need a restart.
+    pub fn new(change: Reconciled, restart_required: Vec<String>) -> Self {
+        Self {
+            added: change.added,
+            removed: change.removed,
+            updated: change.updated,
+            replaced: change.replaced,
+            unchanged: change.unchanged,
+            restart_required,
+        }
+    }
 }

@@ -10,12 +10,12 @@
 //! with the proxy's router, and axum allows only one fallback in a merge.
 
 use crate::error::ApiError;
-use crate::{ApiState, auth, events, health_routes, metrics, shared_status, stats, status};
+use crate::{ApiState, admin, auth, events, health_routes, metrics, shared_status, stats, status};
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::{Method, Uri};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{MethodRouter, any, get};
+use axum::routing::{MethodRouter, any, get, post};
 
 /// All of the crate's routes; see the module docs for which need the admin token.
 pub fn router(state: ApiState) -> Router {
@@ -24,6 +24,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/internal/status/endpoints", get_only(status::endpoints))
         .route("/internal/stats/models", get_only(stats::models))
         .route("/internal/events", get_only(events::list))
+        .route("/internal/reload", post_only(admin::reload))
+        .route("/internal/endpoints/{name}/drain", post_only(admin::drain))
+        .route(
+            "/internal/endpoints/{name}/enable",
+            post_only(admin::enable),
+        )
+        .route("/internal/endpoints/{name}/check", post_only(admin::check))
         .route("/internal/{*rest}", any(not_found))
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin_token));
     Router::new()
@@ -46,6 +53,14 @@ where
     T: 'static,
 {
     get(handler).fallback(method_not_allowed)
+}
+
+fn post_only<H, T>(handler: H) -> MethodRouter<ApiState>
+where
+    H: Handler<T, ApiState>,
+    T: 'static,
+{
+    post(handler).fallback(method_not_allowed)
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -8,7 +8,7 @@
 
 use crate::ServerConfig;
 use crate::metrics::Metrics;
-use crate::providers::{BreakerView, ModelStatsView, SharedStatusView};
+use crate::providers::{AdminActions, BreakerView, ModelStatsView, SharedStatusView};
 use hale_core::{BreakerState, HealthStore, Now};
 use std::fmt;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ pub struct ApiState {
     breakers: Option<Arc<dyn BreakerView>>,
     shared: Option<Arc<dyn SharedStatusView>>,
     model_stats: Option<Arc<dyn ModelStatsView>>,
+    admin: Option<Arc<dyn AdminActions>>,
 }
 
 impl fmt::Debug for ApiState {
@@ -40,6 +41,7 @@ impl fmt::Debug for ApiState {
             .field("breakers", &self.breakers.is_some())
             .field("shared", &self.shared.is_some())
             .field("model_stats", &self.model_stats.is_some())
+            .field("admin", &self.admin.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +65,7 @@ impl ApiState {
             breakers: None,
             shared: None,
             model_stats: None,
+            admin: None,
         }
     }
 
@@ -90,6 +93,16 @@ impl ApiState {
     /// Turns `/readyz` to 503 at once, for every clone of this state. Called on SIGTERM so the
     /// load balancer stops sending new work while in-flight requests finish. There is no way
     /// back: a draining process is on its way out.
+    pub fn with_admin(mut self, admin: Arc<dyn AdminActions>) -> Self {
+        self.admin = Some(admin);
+        self
+    }
+
+    /// The operator's actions, when wired.
+    pub fn admin(&self) -> Option<&Arc<dyn AdminActions>> {
+        self.admin.as_ref()
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }

@@ -4,7 +4,7 @@
 //! Per endpoint the fields are DESIGN §5's — `name, url, type, status, reason, priority,
 //! last_check, last_latency_ms, consecutive_failures, consecutive_successes,
 //! uptime_percentage, error, next_check_at, breaker, models, checked_by, source` — plus
-//! `weight, phase, since, checks_total`. Times are RFC 3339 with milliseconds or null;
+//! `weight, phase, since, checks_total, drained`. Times are RFC 3339 with milliseconds or null;
 //! `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
 //! two decimals. Nothing secret is rendered: the endpoint's `api_key` is not a field at all,
 //! and credentials written into the URL (`http://user:pass@host`) are stripped from `url`.
@@ -93,6 +93,7 @@ struct EndpointView<'a> {
     models: Vec<Arc<str>>,
     checked_by: Option<&'a str>,
     source: Source,
+    drained: bool,
 }
 
 impl<'a> EndpointView<'a> {
@@ -120,6 +121,7 @@ impl<'a> EndpointView<'a> {
             models: e.models(),
             checked_by: h.checked_by.as_deref(),
             source: h.source,
+            drained: h.drained,
         }
     }
 }
@@ -156,7 +158,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::time::Duration;
 
-    const FIELDS: [&str; 21] = [
+    const FIELDS: [&str; 22] = [
         "name",
         "url",
         "type",
@@ -178,6 +180,7 @@ mod tests {
         "phase",
         "since",
         "checks_total",
+        "drained",
     ];
 
     fn is_rfc3339_ms(v: &Value) -> bool {

@@ -14,11 +14,11 @@ use crate::config::{CoordMode, SharedConfig, masked_url};
 use crate::pool::RedisFailure;
 use crate::rounds;
 use hale_core::coordination::BoxFuture;
-use hale_core::{Coordination, Decision, FenceToken, HealthStore, LocalResult};
+use hale_core::{Coordination, Decision, Endpoint, FenceToken, HealthStore, LocalResult};
 use metrics::{Counter, Gauge};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -69,6 +69,43 @@ pub(crate) struct RoundState {
     pub anchor_at: Option<Instant>,
 }
 
+/// The endpoints coordinated: their round bookkeeping by name, and the names in
+/// configuration order. Replaced whole when the config is reloaded.
+#[derive(Debug, Default)]
+pub(crate) struct Roster {
+    pub rounds: HashMap<Arc<str>, Arc<Rounds>>,
+    pub order: Vec<Arc<str>>,
+}
+
+impl Roster {
+    /// The roster for `endpoints`, keeping the bookkeeping (known due time, a lease held) of
+    /// every endpoint in `previous` whose cadence did not change.
+    fn build(endpoints: &[Arc<Endpoint>], lock_ttl: Duration, previous: Option<&Roster>) -> Self {
+        let mut roster = Roster::default();
+        for e in endpoints {
+            let fresh = Rounds {
+                name: e.name.clone(),
+                interval: e.check_interval,
+                spread: rounds::spread(e),
+                lease_ttl: rounds::lease_ttl(e, lock_ttl),
+                state: Mutex::new(RoundState::default()),
+            };
+            let kept = previous
+                .and_then(|p| p.rounds.get(&e.name))
+                .filter(|r| {
+                    (r.interval, r.spread, r.lease_ttl)
+                        == (fresh.interval, fresh.spread, fresh.lease_ttl)
+                })
+                .cloned();
+            roster.order.push(e.name.clone());
+            roster
+                .rounds
+                .insert(e.name.clone(), kept.unwrap_or_else(|| Arc::new(fresh)));
+        }
+        roster
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -83,9 +120,8 @@ pub(crate) struct Inner {
     pub url_shown: String,
     pub cache: ResultCache,
     pub store: Weak<HealthStore>,
-    pub rounds: HashMap<Arc<str>, Rounds>,
-    /// Endpoint names in configuration order.
-    pub order: Vec<Arc<str>>,
+    /// The endpoints coordinated, replaced on a config reload.
+    pub roster: RwLock<Arc<Roster>>,
     /// Redis answers (as far as this replica knows).
     pub available: AtomicBool,
     /// The outage has been logged (reset when Redis is back): "logs it once".
@@ -118,23 +154,13 @@ impl Coordinator {
         store: &Arc<HealthStore>,
     ) -> Result<Self, CoordError> {
         let cache = ResultCache::new(config, pod_id).map_err(CoordError::Url)?;
-        let snapshot = store.snapshot();
-        let mut rounds = HashMap::new();
-        let mut order = Vec::new();
-        for status in &snapshot.endpoints {
-            let e = &status.endpoint;
-            order.push(e.name.clone());
-            rounds.insert(
-                e.name.clone(),
-                Rounds {
-                    name: e.name.clone(),
-                    interval: e.check_interval,
-                    spread: rounds::spread(e),
-                    lease_ttl: rounds::lease_ttl(e, config.lock_ttl),
-                    state: Mutex::new(RoundState::default()),
-                },
-            );
-        }
+        let endpoints: Vec<Arc<Endpoint>> = store
+            .snapshot()
+            .endpoints
+            .iter()
+            .map(|s| s.endpoint.clone())
+            .collect();
+        let roster = Roster::build(&endpoints, config.lock_ttl, None);
         let (writes, write_rx) = mpsc::unbounded_channel();
         let redis_up = metrics::gauge!(REDIS_UP);
         redis_up.set(0.0);
@@ -147,8 +173,7 @@ impl Coordinator {
             url_shown: masked_url(&config.redis_url),
             cache,
             store: Arc::downgrade(store),
-            rounds,
-            order,
+            roster: RwLock::new(Arc::new(roster)),
             available: AtomicBool::new(false),
             down_logged: AtomicBool::new(false),
             outages: watch::Sender::new(0),
@@ -242,7 +267,7 @@ impl Inner {
         }
         if was_up {
             self.redis_up.set(0.0);
-            for r in self.rounds.values() {
+            for r in self.roster().rounds.values() {
                 *lock(&r.state) = RoundState::default();
             }
             if self.holder.swap(false, Ordering::AcqRel) {
@@ -306,7 +331,7 @@ impl Inner {
         const LOCAL: Decision = Decision::Check {
             fence: FenceToken::LOCAL,
         };
-        let Some(r) = self.rounds.get(name) else {
+        let Some(r) = self.rounds_of(name) else {
             return LOCAL;
         };
         if !self.is_available() && !*self.contacted.borrow() {
@@ -322,7 +347,7 @@ impl Inner {
         {
             let st = lock(&r.state);
             if let Some(due) = st.known_due {
-                let at = due + self.offset(r, st.round);
+                let at = due + self.offset(&r, st.round);
                 if now < at {
                     tracing::debug!(endpoint = name, "Using cached health check results");
                     return Decision::Skip { retry_in: at - now };
@@ -348,7 +373,7 @@ impl Inner {
                 st.round = due_at;
                 tracing::debug!(endpoint = name, "Using cached health check results");
                 Decision::Skip {
-                    retry_in: (due + self.offset(r, due_at)).saturating_duration_since(now),
+                    retry_in: (due + self.offset(&r, due_at)).saturating_duration_since(now),
                 }
             }
             // Another replica is checking this round; if it dies, its lease runs out.
@@ -388,8 +413,17 @@ impl Coordination for Coordinator {
         let _ = self.inner.writes.send(result);
     }
 
+    fn endpoints_changed(&self, endpoints: &[Arc<Endpoint>]) {
+        let mut roster = self
+            .inner
+            .roster
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *roster = Arc::new(Roster::build(endpoints, self.inner.lock_ttl, Some(&roster)));
+    }
+
     fn next_wait(&self, endpoint: &str, planned: Duration) -> Duration {
-        let Some(r) = self.inner.rounds.get(endpoint) else {
+        let Some(r) = self.inner.rounds_of(endpoint) else {
             return planned;
         };
         if !self.inner.is_available() {
@@ -398,7 +432,7 @@ impl Coordination for Coordinator {
         let st = lock(&r.state);
         match st.known_due {
             Some(due) => {
-                (due + self.inner.offset(r, st.round)).saturating_duration_since(Instant::now())
+                (due + self.inner.offset(&r, st.round)).saturating_duration_since(Instant::now())
             }
             None => planned,
         }
@@ -406,6 +440,19 @@ impl Coordination for Coordinator {
 }
 
 impl Inner {
+    /// The endpoints coordinated now.
+    pub(crate) fn roster(&self) -> Arc<Roster> {
+        self.roster
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The round bookkeeping of `name`, if it is coordinated.
+    pub(crate) fn rounds_of(&self, name: &str) -> Option<Arc<Rounds>> {
+        self.roster().rounds.get(name).cloned()
+    }
+
     /// A check made under a round lease plans the next round (`anchor + planned`, as the
     /// write script will): note it now, so the scheduler's next wait lines up with it
     /// without waiting for the write. The write's answer corrects it.
@@ -413,7 +460,7 @@ impl Inner {
         if local.result.fence.is_local() {
             return;
         }
-        let Some(r) = self.rounds.get(&local.endpoint) else {
+        let Some(r) = self.rounds_of(&local.endpoint) else {
             return;
         };
         let mut st = lock(&r.state);

@@ -81,6 +81,7 @@ pub(crate) async fn release_all(inner: &Inner) {
         }
     }
     let held: Vec<Arc<str>> = inner
+        .roster()
         .rounds
         .values()
         .filter(|r| lock(&r.state).lease.take().is_some())

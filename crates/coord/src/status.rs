@@ -44,7 +44,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     loop {
         inner.status.demand.notified().await;
         if inner.is_available() {
-            match inner.cache.status(&inner.order).await {
+            let roster = inner.roster();
+            match inner.cache.status(&roster.order).await {
                 Ok(s) => *lock(&inner.status.remote) = Some((Instant::now(), s)),
                 Err(e) => inner.failed("reading the shared status", &e),
             }
@@ -83,6 +84,7 @@ impl Coordinator {
             CoordMode::Global => lock(&inner.global_owner).clone().filter(|_| available),
             CoordMode::Sharded => {
                 let own = inner
+                    .roster()
                     .rounds
                     .values()
                     .any(|r| lock(&r.state).lease.is_some());

@@ -127,13 +127,14 @@ impl Inner {
 
     /// Re-reads the result of every configured endpoint and applies it.
     async fn resync(&self) -> Result<(), RedisFailure> {
-        let stored = self.cache.read_all(&self.order).await?;
+        let roster = self.roster();
+        let stored = self.cache.read_all(&roster.order).await?;
         let found = stored.len();
         let adopted = stored.into_iter().filter(|s| self.apply(s.clone())).count();
         tracing::debug!(
             found,
             adopted,
-            endpoints = self.order.len(),
+            endpoints = roster.order.len(),
             "re-read shared results"
         );
         Ok(())
@@ -157,7 +158,7 @@ impl Inner {
 
     /// Applies a result read or received; returns whether the store adopted it.
     fn apply(&self, stored: StoredResult) -> bool {
-        let Some(r) = self.rounds.get(&stored.endpoint) else {
+        let Some(r) = self.rounds_of(&stored.endpoint) else {
             return false;
         };
         if stored.due_at > 0 {

@@ -40,7 +40,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Local
 
 impl Inner {
     async fn write(&self, local: LocalResult) {
-        let Some(r) = self.rounds.get(&local.endpoint) else {
+        let Some(r) = self.rounds_of(&local.endpoint) else {
             return;
         };
         let passive = local.result.kind == ResultKind::Passive;

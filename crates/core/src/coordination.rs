@@ -13,6 +13,7 @@
 //! a result carries the token it was produced under, and replicas adopt only results whose
 //! token is larger than the one they hold. Local results (no lease) carry [`FenceToken::LOCAL`].
 
+use crate::endpoint::Endpoint;
 use crate::machine::Phase;
 use crate::state::{HealthState, Reason};
 use std::fmt;
@@ -120,6 +121,12 @@ pub trait Coordination: Send + Sync + fmt::Debug + 'static {
     fn next_wait(&self, endpoint: &str, planned: Duration) -> Duration {
         let _ = endpoint;
         planned
+    }
+
+    /// Told, after a config reload, the endpoints now configured (in order), so per-endpoint
+    /// bookkeeping can follow. The default keeps none.
+    fn endpoints_changed(&self, endpoints: &[Arc<Endpoint>]) {
+        let _ = endpoints;
     }
 }
 

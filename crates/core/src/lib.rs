@@ -34,4 +34,4 @@ pub use machine::{HealthMachine, Phase};
 pub use outcome::{CheckOutcome, CheckResult};
 pub use secret::Secret;
 pub use state::{HealthState, Reason, Transition};
-pub use store::{Adoption, EndpointHealth, Event, HealthStore, Now, Snapshot, Source};
+pub use store::{Adoption, EndpointHealth, Event, HealthStore, Now, Reconciled, Snapshot, Source};

@@ -117,6 +117,14 @@ impl HealthMachine {
         m
     }
 
+    /// Takes the endpoint's new cadence and startup settings (a reloaded config for the same
+    /// backend); the state and counters stay.
+    pub fn reconfigure(&mut self, endpoint: &Endpoint) {
+        self.interval = endpoint.check_interval;
+        self.check_timeout = endpoint.check_timeout;
+        self.startup = endpoint.startup.clone();
+    }
+
     // === reading ===
 
     pub fn state(&self) -> HealthState {

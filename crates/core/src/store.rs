@@ -94,12 +94,21 @@ pub struct EndpointHealth {
     /// Fencing token of the shared result this came from (0 for local results).
     pub fence: u64,
     pub rate_limited_until: Option<Instant>,
+    /// An operator drained it (`POST /internal/endpoints/{name}/drain`): it is still checked
+    /// but gets no new requests until enabled again.
+    pub drained: bool,
 }
 
 impl EndpointHealth {
-    /// Whether traffic may go to the endpoint at `now` (state and rate limit).
-    pub fn is_routable(&self, now: Instant) -> bool {
+    /// Whether the backend can take requests at `now` by its health alone (state and rate
+    /// limit), whether or not it is drained.
+    pub fn is_up(&self, now: Instant) -> bool {
         self.state.is_routable() && self.rate_limited_until.is_none_or(|until| now >= until)
+    }
+
+    /// Whether traffic may go to the endpoint at `now`: up and not drained.
+    pub fn is_routable(&self, now: Instant) -> bool {
+        !self.drained && self.is_up(now)
     }
 
     /// Share of good checks, in percent (100 before any check).
@@ -201,6 +210,7 @@ struct Slot {
     /// When this replica last recorded a result of its own made without a lease; cleared by
     /// any fenced result.
     unfenced_at: Option<SystemTime>,
+    drained: bool,
 }
 
 impl Slot {
@@ -250,12 +260,74 @@ impl Slot {
                 source: self.source,
                 fence: self.fence,
                 rate_limited_until: m.rate_limited_until(),
+                drained: self.drained,
             },
         })
+    }
+
+    /// A new endpoint's slot: `unknown` in its startup phase (or trusted `healthy` when
+    /// background checks are off).
+    fn fresh(endpoint: Arc<Endpoint>, health: &HealthConfig, now: Now) -> Self {
+        let machine = if health.background {
+            HealthMachine::new(&endpoint, health)
+        } else {
+            HealthMachine::trusted(&endpoint, health)
+        };
+        Slot {
+            endpoint,
+            machine,
+            since: now.wall,
+            last_check: None,
+            next_check_at: None,
+            checked_by: None,
+            source: Source::None,
+            fence: 0,
+            unfenced_at: None,
+            drained: false,
+        }
+    }
+}
+
+/// Whether `a` and `b` are the same backend, probed the same way: the health a check of one
+/// found holds for the other. Everything else (priority, weight, cadence, timeouts, the
+/// static model list, the startup settings) can change without resetting health.
+fn same_backend(a: &Endpoint, b: &Endpoint) -> bool {
+    a.url == b.url
+        && a.kind == b.kind
+        && a.health_url == b.health_url
+        && a.model_url == b.model_url
+        && a.api_key == b.api_key
+}
+
+/// What [`HealthStore::reconcile`] did with a new list of endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Names that were not configured before: they start `unknown`.
+    pub added: Vec<Arc<str>>,
+    /// Names no longer configured: gone from the snapshot.
+    pub removed: Vec<Arc<str>>,
+    /// The same backend with new settings: health, counters and drain kept.
+    pub updated: Vec<Arc<str>>,
+    /// A different backend under a known name (URL, type, health or model URL, or key
+    /// changed): it starts over as `unknown`; a drain is kept.
+    pub replaced: Vec<Arc<str>>,
+    /// How many endpoints were left exactly as they were.
+    pub unchanged: usize,
+}
+
+impl Reconciled {
+    /// Whether the endpoint set changed at all.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.updated.is_empty()
+            && self.replaced.is_empty()
     }
 }
 
 struct Writer {
+    /// `health:` as loaded at start (it is not reloaded), for endpoints added later.
+    health: HealthConfig,
     slots: Vec<Slot>,
     index: Arc<HashMap<Arc<str>, usize>>,
     version: u64,
@@ -311,33 +383,11 @@ impl HealthStore {
     ) -> Self {
         let slots: Vec<Slot> = endpoints
             .into_iter()
-            .map(|e| {
-                let machine = if health.background {
-                    HealthMachine::new(&e, health)
-                } else {
-                    HealthMachine::trusted(&e, health)
-                };
-                Slot {
-                    endpoint: Arc::new(e),
-                    machine,
-                    since: now.wall,
-                    last_check: None,
-                    next_check_at: None,
-                    checked_by: None,
-                    source: Source::None,
-                    fence: 0,
-                    unfenced_at: None,
-                }
-            })
+            .map(|e| Slot::fresh(Arc::new(e), health, now))
             .collect();
-        let index: Arc<HashMap<Arc<str>, usize>> = Arc::new(
-            slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.endpoint.name.clone(), i))
-                .collect(),
-        );
+        let index = index_of(&slots);
         let writer = Writer {
+            health: health.clone(),
             index: index.clone(),
             version: 0,
             ready: !health.background || slots.is_empty(),
@@ -552,6 +602,88 @@ impl HealthStore {
         }
     }
 
+    /// Sets whether `name` is drained (no new requests; checks go on). Returns whether it was
+    /// drained before, or `None` if there is no such endpoint.
+    pub fn set_drained(&self, name: &str, drained: bool) -> Option<bool> {
+        let mut w = self.lock();
+        let i = *w.index.get(name)?;
+        let slot = w.slots.get_mut(i)?;
+        let before = std::mem::replace(&mut slot.drained, drained);
+        if before != drained {
+            let status = slot.status();
+            self.publish_one(&mut w, i, status);
+        }
+        Some(before)
+    }
+
+    /// Replaces the configured endpoints with `endpoints` (a reloaded config), in their new
+    /// order, keeping what is known of the ones that stay: an unchanged endpoint keeps its
+    /// very entry (same `Arc`s), one with new settings for the same backend keeps its health,
+    /// a different backend under an old name starts over, new names start `unknown`, and
+    /// removed names leave the snapshot. The attached coordination is told the new set. The
+    /// event log keeps its history; readiness, once reached, stays.
+    pub fn reconcile(&self, endpoints: Vec<Endpoint>, now: Now) -> Reconciled {
+        let mut report = Reconciled::default();
+        let current: Vec<Arc<Endpoint>> = {
+            let mut w = self.lock();
+            let mut old: HashMap<Arc<str>, Slot> = w
+                .slots
+                .drain(..)
+                .map(|s| (s.endpoint.name.clone(), s))
+                .collect();
+            let shown = self.snapshot.load_full();
+            let mut slots = Vec::with_capacity(endpoints.len());
+            let mut statuses = Vec::with_capacity(endpoints.len());
+            for e in endpoints {
+                let slot = match old.remove(&e.name) {
+                    Some(slot) if *slot.endpoint == e => {
+                        report.unchanged += 1;
+                        // Its snapshot entry is shared too, as after any write.
+                        statuses.push(shown.get(&e.name).cloned());
+                        slots.push(slot);
+                        continue;
+                    }
+                    Some(mut slot) if same_backend(&slot.endpoint, &e) => {
+                        report.updated.push(e.name.clone());
+                        slot.machine.reconfigure(&e);
+                        slot.endpoint = Arc::new(e);
+                        slot
+                    }
+                    Some(slot) => {
+                        report.replaced.push(e.name.clone());
+                        let mut fresh = Slot::fresh(Arc::new(e), &w.health, now);
+                        fresh.drained = slot.drained;
+                        fresh
+                    }
+                    None => {
+                        report.added.push(e.name.clone());
+                        Slot::fresh(Arc::new(e), &w.health, now)
+                    }
+                };
+                statuses.push(None);
+                slots.push(slot);
+            }
+            report.removed = old.into_keys().collect();
+            report.removed.sort();
+            w.index = index_of(&slots);
+            if slots.is_empty() {
+                w.ready = true;
+            }
+            let endpoints = slots
+                .iter()
+                .zip(statuses)
+                .map(|(slot, shown)| shown.unwrap_or_else(|| slot.status()))
+                .collect();
+            w.slots = slots;
+            self.publish_endpoints(&mut w, endpoints);
+            w.slots.iter().map(|s| s.endpoint.clone()).collect()
+        };
+        if let Some(c) = self.coordination.get() {
+            c.endpoints_changed(&current);
+        }
+        report
+    }
+
     fn lock(&self) -> MutexGuard<'_, Writer> {
         // A panic under this lock cannot leave a slot half-written in a way that matters more
         // than losing health checking altogether, so poisoning is ignored.
@@ -612,6 +744,16 @@ impl HealthStore {
         if let Some(e) = endpoints.get_mut(i) {
             *e = status;
         }
+        self.publish_endpoints(w, endpoints);
+    }
+
+    fn publish(&self, w: &mut Writer) {
+        let endpoints = w.slots.iter().map(Slot::status).collect();
+        self.publish_endpoints(w, endpoints);
+    }
+
+    /// Publishes `endpoints` (the entries of `w.slots`, in order) as the next snapshot.
+    fn publish_endpoints(&self, w: &mut Writer, endpoints: Vec<Arc<EndpointStatus>>) {
         w.version += 1;
         self.snapshot.store(Arc::new(Snapshot {
             version: w.version,
@@ -621,17 +763,17 @@ impl HealthStore {
         }));
         self.changes.send_replace(w.version);
     }
+}
 
-    fn publish(&self, w: &mut Writer) {
-        w.version += 1;
-        self.snapshot.store(Arc::new(Snapshot {
-            version: w.version,
-            endpoints: w.slots.iter().map(Slot::status).collect(),
-            index: w.index.clone(),
-            ready: w.ready,
-        }));
-        self.changes.send_replace(w.version);
-    }
+/// Position of every endpoint by name.
+fn index_of(slots: &[Slot]) -> Arc<HashMap<Arc<str>, usize>> {
+    Arc::new(
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.endpoint.name.clone(), i))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -1001,5 +1143,134 @@ mod tests {
             s.passive_failure("a", &CheckResult::ConnectRefused, Now::capture());
         }
         assert_eq!(s.events().len(), EVENT_LOG_CAPACITY);
+    }
+
+    fn endpoint(name: &str, url: &str, weight: f64) -> Endpoint {
+        let mut c = EndpointConfig::new(name, url, EndpointKind::Vllm);
+        c.models = vec!["m1".into()];
+        c.weight = weight;
+        c.resolve("e").unwrap()
+    }
+
+    #[derive(Debug, Default)]
+    struct Told(Mutex<Vec<Vec<Arc<str>>>>);
+    impl Coordination for Told {
+        fn may_check<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> crate::coordination::BoxFuture<'a, crate::Decision> {
+            Box::pin(std::future::ready(crate::Decision::Check {
+                fence: FenceToken::LOCAL,
+            }))
+        }
+        fn publish(&self, _: LocalResult) {}
+        fn endpoints_changed(&self, endpoints: &[Arc<Endpoint>]) {
+            let names = endpoints.iter().map(|e| e.name.clone()).collect();
+            self.0.lock().unwrap().push(names);
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_keeps_what_stays_and_resets_what_changed() {
+        let s = store();
+        let told = Arc::new(Told::default());
+        s.attach(told.clone());
+        let ok = CheckOutcome::ok(Duration::from_millis(2));
+        for name in ["a", "b"] {
+            s.observe(name, &ok, Now::capture());
+        }
+        s.set_drained("b", true);
+        s.mark_ready();
+        let before = s.snapshot();
+        let a_before = before.get("a").unwrap().clone();
+
+        // a unchanged; b gets a new weight (same backend); c is new; then a second round
+        // where b moves to another URL and a is removed.
+        let report = s.reconcile(
+            vec![
+                endpoint("c", "http://127.0.0.1:11", 1.0),
+                endpoint("a", "http://127.0.0.1:9", 1.0),
+                endpoint("b", "http://127.0.0.1:9", 3.0),
+            ],
+            Now::capture(),
+        );
+        assert_eq!(report.added, vec![Arc::<str>::from("c")]);
+        assert_eq!(report.updated, vec![Arc::<str>::from("b")]);
+        assert!(report.removed.is_empty() && report.replaced.is_empty());
+        assert_eq!(report.unchanged, 1);
+        let snap = s.snapshot();
+        let names: Vec<&str> = snap.endpoints.iter().map(|e| &*e.endpoint.name).collect();
+        assert_eq!(names, ["c", "a", "b"], "the new order");
+        assert!(
+            Arc::ptr_eq(snap.get("a").unwrap(), &a_before),
+            "an unchanged endpoint keeps its very entry"
+        );
+        let b = snap.get("b").unwrap();
+        assert_eq!(b.endpoint.weight, 3.0);
+        assert_eq!(
+            b.health.state,
+            HealthState::Healthy,
+            "same backend: health kept"
+        );
+        assert!(b.health.drained, "a drain survives a reload");
+        assert_eq!(snap.get("c").unwrap().health.state, HealthState::Unknown);
+        assert!(snap.ready, "readiness, once reached, stays");
+        assert_eq!(s.plan("c").unwrap().endpoint.name.as_ref(), "c");
+
+        let report = s.reconcile(
+            vec![
+                endpoint("c", "http://127.0.0.1:11", 1.0),
+                endpoint("b", "http://127.0.0.1:10", 3.0),
+            ],
+            Now::capture(),
+        );
+        assert_eq!(report.removed, vec![Arc::<str>::from("a")]);
+        assert_eq!(report.replaced, vec![Arc::<str>::from("b")]);
+        assert_eq!(report.unchanged, 1);
+        let snap = s.snapshot();
+        assert!(snap.get("a").is_none());
+        let b = snap.get("b").unwrap();
+        assert_eq!(
+            b.health.state,
+            HealthState::Unknown,
+            "another backend: starts over"
+        );
+        assert!(b.health.drained);
+        assert!(s.observe("a", &ok, Now::capture()).is_none(), "a is gone");
+        assert_eq!(
+            s.observe("b", &ok, Now::capture()).unwrap().to,
+            HealthState::Healthy
+        );
+        {
+            let told = told.0.lock().unwrap();
+            assert_eq!(told.len(), 2, "the coordination hears of every reload");
+            assert_eq!(told[1], vec![Arc::<str>::from("c"), Arc::from("b")]);
+        }
+
+        let same = s.reconcile(
+            vec![
+                endpoint("c", "http://127.0.0.1:11", 1.0),
+                endpoint("b", "http://127.0.0.1:10", 3.0),
+            ],
+            Now::capture(),
+        );
+        assert!(same.is_empty());
+        assert_eq!(same.unchanged, 2);
+    }
+
+    #[test]
+    fn drained_endpoints_are_up_but_not_routable() {
+        let s = store();
+        s.observe("a", &CheckOutcome::ok(Duration::ZERO), Now::capture());
+        let now = Instant::now();
+        assert_eq!(s.set_drained("a", true), Some(false));
+        let a = s.snapshot().get("a").unwrap().clone();
+        assert!(a.health.is_up(now) && !a.health.is_routable(now));
+        let v = s.snapshot().version;
+        assert_eq!(s.set_drained("a", true), Some(true));
+        assert_eq!(s.snapshot().version, v, "no change, nothing published");
+        assert_eq!(s.set_drained("a", false), Some(true));
+        assert!(s.snapshot().get("a").unwrap().health.is_routable(now));
+        assert_eq!(s.set_drained("nope", true), None);
     }
 }

@@ -16,4 +16,4 @@ pub mod scheduler;
 pub use check::run_check;
 pub use client::{ProbeClient, ProbeResponse};
 pub use kinds::{Probe, probe_for};
-pub use scheduler::{Scheduler, SchedulerHandle};
+pub use scheduler::{CheckNowError, ManualCheck, Scheduler, SchedulerHandle};

@@ -25,18 +25,30 @@
 //! covers this round, and the task asks again when told. The
 //! local default ([`LocalOnly`]) always says `Check`, so the cadence above is unchanged.
 //! Readiness counts an endpoint once it has a result, its own or one adopted from the fleet.
+//!
+//! Live reload: [`SchedulerHandle::apply`] follows a [`Reconciled`] endpoint set — tasks of
+//! removed endpoints stop, added ones start, and endpoints with new settings or a new backend
+//! get a fresh task (so a shorter interval or a new URL takes effect at once, not after the
+//! old wait). Tasks of unchanged endpoints are left alone. [`SchedulerHandle::check_now`] asks
+//! an endpoint's task to check at once (the admin `/check`): the check runs on the task, so it
+//! never overlaps a scheduled one, is folded in like any other, and the schedule restarts
+//! from it. It runs locally whatever the coordination says (an operator asked for it), under
+//! no lease, so in shared mode its result stays on this replica.
 
 use crate::check::run_check;
 use crate::client::ProbeClient;
-use crate::kinds::probe_for;
-use hale_core::{CheckOutcome, Coordination, Decision, HealthStore, LocalOnly, Now, Reason};
+use crate::kinds::{Probe, probe_for};
+use hale_core::store::EndpointStatus;
+use hale_core::{
+    CheckOutcome, Coordination, Decision, Event, FenceToken, HealthStore, LocalOnly, Now, Reason,
+    Reconciled,
+};
 use metrics::{Counter, Histogram};
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
 /// How many first checks may run at once at start-up.
@@ -55,16 +67,137 @@ pub struct Scheduler {
     coordination: Arc<dyn Coordination>,
 }
 
+/// What a check asked for with [`SchedulerHandle::check_now`] found.
+#[derive(Debug, Clone)]
+pub struct ManualCheck {
+    pub outcome: CheckOutcome,
+    /// The transition it caused, if any.
+    pub event: Option<Event>,
+    /// The endpoint as the store shows it after the check.
+    pub status: Option<Arc<EndpointStatus>>,
+}
+
+/// Why [`SchedulerHandle::check_now`] has no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CheckNowError {
+    #[error("no endpoint of that name is configured")]
+    UnknownEndpoint,
+    #[error("the endpoint's checks are stopping")]
+    Stopped,
+}
+
+enum Command {
+    CheckNow(oneshot::Sender<ManualCheck>),
+}
+
+/// One running endpoint task.
+struct Running {
+    join: JoinHandle<()>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// What every endpoint task shares.
+struct Common {
+    store: Arc<HealthStore>,
+    client: ProbeClient,
+    background: bool,
+    coordination: Arc<dyn Coordination>,
+    sweep: Semaphore,
+    /// Endpoints whose first result readiness still waits for (empty once ready).
+    pending: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Common {
+    /// `name` has its first result, or no longer counts: once none is pending, the first
+    /// sweep is complete.
+    fn first_result_in(&self, name: &str) {
+        let mut pending = lock(&self.pending);
+        if pending.remove(name) && pending.is_empty() {
+            drop(pending);
+            self.store.mark_ready();
+            tracing::info!("first health-check sweep complete");
+        }
+    }
+}
+
 /// The running checks; dropping it (or calling `shutdown`) stops them.
-#[derive(Debug)]
 pub struct SchedulerHandle {
-    tasks: JoinSet<()>,
+    common: Arc<Common>,
+    tasks: Mutex<HashMap<Arc<str>, Running>>,
+}
+
+impl std::fmt::Debug for SchedulerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerHandle")
+            .field("tasks", &lock(&self.tasks).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        for (_, task) in lock(&self.tasks).drain() {
+            task.join.abort();
+        }
+    }
 }
 
 impl SchedulerHandle {
-    pub async fn shutdown(mut self) {
-        self.tasks.shutdown().await;
+    /// Stops every check and waits for the tasks to end.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<Running> = lock(&self.tasks).drain().map(|(_, t)| t).collect();
+        for task in &tasks {
+            task.join.abort();
+        }
+        for task in tasks {
+            let _ = task.join.await;
+        }
     }
+
+    /// Follows a reloaded endpoint set (see the module docs); call it right after
+    /// [`HealthStore::reconcile`] returned `change`.
+    pub fn apply(&self, change: &Reconciled) {
+        let mut tasks = lock(&self.tasks);
+        let gone = change
+            .removed
+            .iter()
+            .chain(&change.updated)
+            .chain(&change.replaced);
+        for name in gone {
+            if let Some(task) = tasks.remove(name) {
+                task.join.abort();
+            }
+        }
+        for name in &change.removed {
+            self.common.first_result_in(name);
+        }
+        let start = change
+            .added
+            .iter()
+            .chain(&change.updated)
+            .chain(&change.replaced);
+        for name in start {
+            tasks.insert(name.clone(), spawn_task(&self.common, name.clone(), false));
+        }
+    }
+
+    /// Checks `name` now and returns what the check found; see the module docs.
+    pub async fn check_now(&self, name: &str) -> Result<ManualCheck, CheckNowError> {
+        let commands = lock(&self.tasks)
+            .get(name)
+            .map(|t| t.commands.clone())
+            .ok_or(CheckNowError::UnknownEndpoint)?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::CheckNow(reply))
+            .await
+            .map_err(|_| CheckNowError::Stopped)?;
+        answer.await.map_err(|_| CheckNowError::Stopped)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Scheduler {
@@ -88,52 +221,77 @@ impl Scheduler {
     /// Starts one task per endpoint.
     pub fn spawn(self) -> SchedulerHandle {
         let names = self.store.endpoint_names();
-        let sweep = Arc::new(Semaphore::new(FIRST_SWEEP_CONCURRENCY));
-        let pending_first = names
+        let pending: HashSet<Arc<str>> = names
             .iter()
             .filter(|n| self.store.first_delay(n).is_some_and(|d| d.is_zero()))
-            .count();
-        let pending = Arc::new(AtomicUsize::new(pending_first));
-        if pending_first == 0 {
+            .cloned()
+            .collect();
+        if pending.is_empty() {
             self.store.mark_ready();
         }
-        let mut tasks = JoinSet::new();
-        for name in names {
-            let task = EndpointTask {
-                name,
-                store: self.store.clone(),
-                client: self.client.clone(),
-                background: self.background,
-                coordination: self.coordination.clone(),
-                sweep: sweep.clone(),
-                pending: pending.clone(),
-                counters: HashMap::new(),
-            };
-            tasks.spawn(task.run());
+        let common = Arc::new(Common {
+            store: self.store,
+            client: self.client,
+            background: self.background,
+            coordination: self.coordination,
+            sweep: Semaphore::new(FIRST_SWEEP_CONCURRENCY),
+            pending: Mutex::new(pending),
+        });
+        let tasks = names
+            .into_iter()
+            .map(|name| (name.clone(), spawn_task(&common, name, true)))
+            .collect();
+        SchedulerHandle {
+            common,
+            tasks: Mutex::new(tasks),
         }
-        SchedulerHandle { tasks }
+    }
+}
+
+/// Starts the task of `name`; `first_sweep` for the tasks started with the scheduler.
+fn spawn_task(common: &Arc<Common>, name: Arc<str>, first_sweep: bool) -> Running {
+    let (commands, rx) = mpsc::channel(4);
+    let task = EndpointTask {
+        name,
+        common: common.clone(),
+        first_sweep,
+        commands: rx,
+        counters: HashMap::new(),
+        last_logged: None,
+        last_discovery: None,
+    };
+    Running {
+        join: tokio::spawn(task.run()),
+        commands,
     }
 }
 
 struct EndpointTask {
     name: Arc<str>,
-    store: Arc<HealthStore>,
-    client: ProbeClient,
-    background: bool,
-    coordination: Arc<dyn Coordination>,
-    sweep: Arc<Semaphore>,
-    pending: Arc<AtomicUsize>,
+    common: Arc<Common>,
+    first_sweep: bool,
+    commands: mpsc::Receiver<Command>,
     counters: HashMap<String, Counter>,
+    last_logged: Option<Reason>,
+    last_discovery: Option<Instant>,
+}
+
+/// What ended a wait.
+enum Woken {
+    Due,
+    Command(Command),
+    /// The handle is gone: the task ends.
+    Stop,
 }
 
 impl EndpointTask {
     async fn run(mut self) {
-        let Some(first) = self.store.first_delay(&self.name) else {
+        let store = self.common.store.clone();
+        let Some(first) = store.first_delay(&self.name) else {
             return;
         };
-        let counts_for_ready = first.is_zero();
-        sleep(first).await;
-        let Some(plan) = self.store.plan(&self.name) else {
+        let mut awaiting_first_result = self.first_sweep && first.is_zero();
+        let Some(plan) = store.plan(&self.name) else {
             return;
         };
         let probe = probe_for(plan.endpoint.kind);
@@ -142,81 +300,74 @@ impl EndpointTask {
             "endpoint" => self.name.to_string()
         );
         let mut first_check = true;
-        let mut awaiting_first_result = counts_for_ready;
-        let mut last_logged: Option<Reason> = None;
-        let mut last_discovery: Option<Instant> = None;
-        let mut changes = self.store.subscribe();
+        let mut changes = store.subscribe();
+        let mut wait = first;
 
         loop {
-            if !self.background && !first_check {
-                // Trusted mode: wait until the request path marks this endpoint down.
-                while self.is_routable() {
-                    if changes.changed().await.is_err() {
-                        return;
+            // Wait until due, answering manual checks meanwhile.
+            loop {
+                match self.wait(wait).await {
+                    Woken::Due => break,
+                    Woken::Stop => return,
+                    Woken::Command(Command::CheckNow(reply)) => {
+                        let Some(delay) = self
+                            .manual(probe.as_ref(), &duration, reply, first_check)
+                            .await
+                        else {
+                            return;
+                        };
+                        first_check = false;
+                        wait = delay;
                     }
                 }
             }
-            let wait = match self.coordination.may_check(&self.name).await {
+            if !self.common.background && !first_check {
+                // Trusted mode: wait until the request path marks this endpoint down.
+                while self.is_up() {
+                    tokio::select! {
+                        changed = changes.changed() => if changed.is_err() { return },
+                        command = self.commands.recv() => match command {
+                            Some(Command::CheckNow(reply)) => {
+                                if self.manual(probe.as_ref(), &duration, reply, false).await.is_none() {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        },
+                    }
+                }
+            }
+            wait = match self.common.coordination.may_check(&self.name).await {
                 Decision::Skip { retry_in } => {
-                    self.store
-                        .note_next_check(&self.name, SystemTime::now() + retry_in);
+                    store.note_next_check(&self.name, SystemTime::now() + retry_in);
                     retry_in
                 }
                 Decision::Check { fence } => {
-                    let Some(mut plan) = self.store.plan(&self.name) else {
+                    let Some(mut plan) = store.plan(&self.name) else {
                         return;
                     };
-                    if last_discovery.is_none_or(|t| t.elapsed() >= MODEL_REFRESH) {
+                    if self
+                        .last_discovery
+                        .is_none_or(|t| t.elapsed() >= MODEL_REFRESH)
+                    {
                         plan.discover = true;
                     }
                     let outcome = if first_check {
-                        let _permit = self.sweep.acquire().await;
-                        run_check(&self.client, probe.as_ref(), &plan).await
+                        let _permit = self.common.sweep.acquire().await;
+                        run_check(&self.common.client, probe.as_ref(), &plan).await
                     } else {
-                        run_check(&self.client, probe.as_ref(), &plan).await
+                        run_check(&self.common.client, probe.as_ref(), &plan).await
                     };
                     first_check = false;
-                    if matches!(
-                        &outcome.result,
-                        hale_core::CheckResult::Ok { models: Some(_) }
-                    ) {
-                        last_discovery = Some(Instant::now());
-                    }
-
-                    duration.record(outcome.latency.as_secs_f64());
-                    self.count(&outcome);
+                    self.fold(&outcome, &duration, fence);
                     let now = Now::capture();
-                    match self.store.observe_fenced(&self.name, &outcome, now, fence) {
-                        Some(event) => {
-                            metrics::counter!(
-                                "hale_state_transitions_total",
-                                "endpoint" => self.name.to_string(),
-                                "from" => event.from.as_str(),
-                                "to" => event.to.as_str()
-                            )
-                            .increment(1);
-                            tracing::info!(
-                                endpoint = %self.name,
-                                from = %event.from,
-                                to = %event.to,
-                                reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
-                                error = event.error.as_deref().unwrap_or(""),
-                                "endpoint state changed"
-                            );
-                            last_logged = event.reason.clone();
-                        }
-                        None => self.log_check(&outcome, &mut last_logged),
-                    }
-                    let now = Now::capture();
-                    let Some(delay) =
-                        self.store
-                            .schedule_next(&self.name, now, rand::random::<f64>())
+                    let Some(delay) = store.schedule_next(&self.name, now, rand::random::<f64>())
                     else {
                         return;
                     };
-                    let wait = self.coordination.next_wait(&self.name, delay);
+                    let wait = self.common.coordination.next_wait(&self.name, delay);
                     if wait != delay {
-                        self.store.note_next_check(&self.name, now.wall + wait);
+                        store.note_next_check(&self.name, now.wall + wait);
                     }
                     wait
                 }
@@ -224,28 +375,109 @@ impl EndpointTask {
 
             if awaiting_first_result && self.has_result() {
                 awaiting_first_result = false;
-                if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.store.mark_ready();
-                    tracing::info!("first health-check sweep complete");
-                }
+                self.common.first_result_in(&self.name);
             }
-            sleep(wait).await;
         }
+    }
+
+    /// Sleeps `wait`, unless a command comes first.
+    async fn wait(&mut self, wait: Duration) -> Woken {
+        tokio::select! {
+            () = sleep(wait) => Woken::Due,
+            command = self.commands.recv() => command.map_or(Woken::Stop, Woken::Command),
+        }
+    }
+
+    /// Runs a check an operator asked for, folds it in, answers `reply` and returns the wait
+    /// until the next scheduled check (`None`: the endpoint is gone).
+    async fn manual(
+        &mut self,
+        probe: &dyn Probe,
+        duration: &Histogram,
+        reply: oneshot::Sender<ManualCheck>,
+        first_check: bool,
+    ) -> Option<Duration> {
+        let store = self.common.store.clone();
+        let mut plan = store.plan(&self.name)?;
+        plan.discover = true;
+        let outcome = if first_check {
+            let _permit = self.common.sweep.acquire().await;
+            run_check(&self.common.client, probe, &plan).await
+        } else {
+            run_check(&self.common.client, probe, &plan).await
+        };
+        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "check run on request");
+        let event = self.fold(&outcome, duration, FenceToken::LOCAL);
+        let delay = store.schedule_next(&self.name, Now::capture(), rand::random::<f64>())?;
+        let status = store.snapshot().get(&self.name).cloned();
+        let _ = reply.send(ManualCheck {
+            outcome,
+            event,
+            status,
+        });
+        Some(delay)
+    }
+
+    /// Records a check's metrics, folds it into the store under `fence` and logs it.
+    fn fold(
+        &mut self,
+        outcome: &CheckOutcome,
+        duration: &Histogram,
+        fence: FenceToken,
+    ) -> Option<Event> {
+        if matches!(
+            &outcome.result,
+            hale_core::CheckResult::Ok { models: Some(_) }
+        ) {
+            self.last_discovery = Some(Instant::now());
+        }
+        duration.record(outcome.latency.as_secs_f64());
+        self.count(outcome);
+        let event = self
+            .common
+            .store
+            .observe_fenced(&self.name, outcome, Now::capture(), fence);
+        match &event {
+            Some(event) => {
+                metrics::counter!(
+                    "hale_state_transitions_total",
+                    "endpoint" => self.name.to_string(),
+                    "from" => event.from.as_str(),
+                    "to" => event.to.as_str()
+                )
+                .increment(1);
+                tracing::info!(
+                    endpoint = %self.name,
+                    from = %event.from,
+                    to = %event.to,
+                    reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
+                    error = event.error.as_deref().unwrap_or(""),
+                    "endpoint state changed"
+                );
+                self.last_logged = event.reason.clone();
+            }
+            None => self.log_check(outcome),
+        }
+        event
     }
 
     /// Whether the endpoint has a result yet: a check of ours or one adopted from the fleet.
     fn has_result(&self) -> bool {
-        self.store
+        self.common
+            .store
             .snapshot()
             .get(&self.name)
             .is_some_and(|e| e.health.last_check.is_some())
     }
 
-    fn is_routable(&self) -> bool {
-        self.store
+    /// Whether the endpoint is up by its health (a drain does not count: it is checked as
+    /// usual).
+    fn is_up(&self) -> bool {
+        self.common
+            .store
             .snapshot()
             .get(&self.name)
-            .is_some_and(|e| e.health.is_routable(Instant::now()))
+            .is_some_and(|e| e.health.is_up(Instant::now()))
     }
 
     fn count(&mut self, outcome: &CheckOutcome) {
@@ -268,7 +500,8 @@ impl EndpointTask {
 
     /// Logs a check that did not change the state: a new failure reason at WARN, a repeat of
     /// the last one at DEBUG, a success after failures at DEBUG.
-    fn log_check(&self, outcome: &CheckOutcome, last_logged: &mut Option<Reason>) {
+    fn log_check(&mut self, outcome: &CheckOutcome) {
+        let last_logged = &mut self.last_logged;
         let reason = outcome.result.reason();
         match &reason {
             None => {

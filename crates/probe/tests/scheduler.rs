@@ -203,3 +203,76 @@ async fn a_result_from_the_fleet_makes_the_replica_ready() {
     assert!(hits.lock().unwrap().is_empty(), "never checked here");
     handle.shutdown().await;
 }
+
+/// Polls `f` every 10 ms until it holds, failing after `limit`.
+async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn endpoint(name: &str, url: &str) -> hale_core::Endpoint {
+    let mut c = EndpointConfig::new(name, url, EndpointKind::Vllm);
+    c.check_interval = Duration::from_secs(30);
+    c.startup.period = Duration::from_secs(30);
+    c.resolve("e").unwrap()
+}
+
+#[tokio::test]
+async fn checks_on_request_and_follows_a_reloaded_endpoint_set() {
+    let (url_a, hits_a) = backend().await;
+    let (url_b, hits_b) = backend().await;
+    let store = Arc::new(HealthStore::new(
+        "pod-9",
+        vec![endpoint("a", &url_a)],
+        &HealthConfig::default(),
+        Now::capture(),
+    ));
+    let handle = Scheduler::new(store.clone(), ProbeClient::new(), true).spawn();
+    until(Duration::from_secs(5), "first sweep", || {
+        store.snapshot().ready
+    })
+    .await;
+    assert_eq!(hits_a.lock().unwrap().len(), 1);
+
+    // A check on request runs at once (the interval is 30 s) and reports what it found.
+    let manual = handle.check_now("a").await.unwrap();
+    assert!(manual.outcome.result.reason().is_none(), "{manual:?}");
+    assert_eq!(hits_a.lock().unwrap().len(), 2);
+    let status = manual.status.unwrap();
+    assert_eq!(status.health.checks_total, 2);
+    assert_eq!(
+        handle.check_now("nope").await.unwrap_err(),
+        hale_probe::CheckNowError::UnknownEndpoint
+    );
+
+    // Reload: b added, a kept. b is checked at once; a's schedule is untouched.
+    let change = store.reconcile(
+        vec![endpoint("a", &url_a), endpoint("b", &url_b)],
+        Now::capture(),
+    );
+    handle.apply(&change);
+    until(Duration::from_secs(5), "b checked", || {
+        store
+            .snapshot()
+            .get("b")
+            .is_some_and(|b| b.health.state == HealthState::Healthy)
+    })
+    .await;
+    assert_eq!(hits_b.lock().unwrap().len(), 1);
+    assert_eq!(hits_a.lock().unwrap().len(), 2, "a was left alone");
+
+    // Reload: a removed. Its task is gone.
+    let change = store.reconcile(vec![endpoint("b", &url_b)], Now::capture());
+    assert_eq!(change.removed, vec![Arc::<str>::from("a")]);
+    handle.apply(&change);
+    assert_eq!(
+        handle.check_now("a").await.unwrap_err(),
+        hale_probe::CheckNowError::UnknownEndpoint
+    );
+    handle.check_now("b").await.unwrap();
+    assert_eq!(hits_b.lock().unwrap().len(), 2);
+    handle.shutdown().await;
+}

@@ -26,6 +26,7 @@ use crate::error::ProxyError;
 use crate::hygiene::{self, UpstreamFilter, X_HALE_POD, X_REQUEST_ID};
 use crate::proxy::Shared;
 use crate::route::Route;
+use crate::runtime::EndpointRuntime;
 use crate::select::{Excluded, Selection};
 use crate::stream::UpstreamBody;
 use crate::upstream::Outgoing;
@@ -79,7 +80,7 @@ pub async fn forward(
     let query = parts.uri.query();
 
     let mut excluded = Excluded::default();
-    let mut failed: Option<usize> = None;
+    let mut failed: Option<&'static EndpointRuntime> = None;
     loop {
         // The first attempt starts when the request arrived; later ones read the clock again.
         let now = if failed.is_none() {
@@ -88,16 +89,14 @@ pub async fn forward(
             Instant::now()
         };
         let snapshot = shared.store.snapshot();
-        let selection = shared.selector.select(
-            &snapshot,
-            &shared.runtimes,
-            model,
-            route,
-            &mut excluded,
-            now,
-        );
-        let (index, mut claim) = match selection {
-            Selection::Picked { index, claim } => (index, claim),
+        let table = shared.table.load();
+        let selection =
+            shared
+                .selector
+                .select(&snapshot, &table.runtimes, model, route, &mut excluded, now);
+        drop(table);
+        let mut claim = match selection {
+            Selection::Picked { claim } => claim,
             Selection::NotServed if failed.is_none() => {
                 let on = if route.ollama_only() {
                     " on an ollama endpoint"
@@ -117,14 +116,12 @@ pub async fn forward(
             }
         };
         if let Some(previous) = failed.take() {
-            shared.stats.retried(previous);
+            shared.stats.retried(previous.id);
         }
-        excluded.insert(index);
-        // The claim holds the same runtime; borrowing it from `shared` leaves the claim free
-        // to record its outcome below.
-        let Some(rt) = shared.runtimes.get(index) else {
-            continue;
-        };
+        // The claim holds the runtime for as long as the process lives; borrowing it
+        // separately leaves the claim free to record its outcome below.
+        let rt = claim.runtime();
+        excluded.insert(rt.id);
         let endpoint_has_key = rt.auth.is_some();
         let keep = |name: &HeaderName| filter.forwards(name, endpoint_has_key);
         let ids = [(&X_REQUEST_ID, request_id), (&X_HALE_POD, &shared.pod)];
@@ -157,7 +154,7 @@ pub async fn forward(
                     }
                     claim.success();
                 }
-                shared.stats.answered(model, index, status);
+                shared.stats.answered(model, rt.id, status);
                 let mut headers = head.headers;
                 hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
                 let body = UpstreamBody::new(
@@ -183,8 +180,8 @@ pub async fn forward(
                 if opened {
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
-                mark_unhealthy(shared, index, &name, &result);
-                failed = Some(index);
+                mark_unhealthy(shared, &name, &result);
+                failed = Some(rt);
             }
         }
     }
@@ -192,12 +189,11 @@ pub async fn forward(
 
 /// A passive failure: the endpoint turns unhealthy at once, unless the snapshot already shows
 /// it out of rotation (then there is nothing to change and the store lock is not taken).
-fn mark_unhealthy(shared: &Shared, index: usize, name: &str, result: &CheckResult) {
+fn mark_unhealthy(shared: &Shared, name: &str, result: &CheckResult) {
     let routable = shared
         .store
         .snapshot()
-        .endpoints
-        .get(index)
+        .get(name)
         .is_some_and(|s| s.health.state.is_routable());
     if !routable {
         return;

@@ -38,7 +38,8 @@ const MAX_MODELS: usize = 4096;
 /// Per-model counters; see the module docs.
 #[derive(Debug)]
 pub struct RequestStats {
-    endpoints: Vec<Arc<str>>,
+    /// Endpoint names by runtime id (ids are never reused, so a name never changes).
+    endpoints: ArcSwap<Vec<Arc<str>>>,
     models: ArcSwap<HashMap<Box<str>, ModelCells>>,
     grow: Mutex<()>,
 }
@@ -47,21 +48,27 @@ pub struct RequestStats {
 struct ModelCells {
     label: Arc<str>,
     forwarded: Arc<Sharded>,
-    /// The status-200 counter of each endpoint, by configuration index.
+    /// The status-200 counter of each endpoint, by runtime id.
     ok: Arc<[Counter]>,
 }
 
 impl RequestStats {
-    /// Counters for the endpoints named, in configuration order.
+    /// Counters for the endpoints named, by runtime id.
     pub fn new(endpoints: Vec<Arc<str>>) -> Self {
         Self {
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
             models: ArcSwap::from_pointee(HashMap::new()),
             grow: Mutex::new(()),
         }
     }
 
-    /// A backend (`endpoint`, by configuration index) answered a request for `model`.
+    /// The endpoint names by runtime id after a reload added some (ids only grow; models
+    /// seen before count the new ones through the slow path).
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<str>>) {
+        self.endpoints.store(Arc::new(endpoints));
+    }
+
+    /// A backend (`endpoint`, by runtime id) answered a request for `model`.
     pub fn answered(&self, model: &str, endpoint: usize, status: StatusCode) {
         let recorded = {
             let map = self.models.load();
@@ -118,6 +125,7 @@ impl RequestStats {
 
     fn endpoint_name(&self, i: usize) -> Arc<str> {
         self.endpoints
+            .load()
             .get(i)
             .cloned()
             .unwrap_or_else(|| Arc::from(""))
@@ -146,6 +154,7 @@ impl RequestStats {
         let label: Arc<str> = Arc::from(model);
         let ok: Arc<[Counter]> = self
             .endpoints
+            .load()
             .iter()
             .map(|e| {
                 metrics::counter!(

@@ -3,18 +3,26 @@
 //! the axum [`Router`] of the proxy routes plus read accessors for the status pages (breaker
 //! state per endpoint, requests per model).
 //!
-//! Everything a request needs is in one `Shared`, built up front: the per-endpoint runtimes in
-//! configuration order (the same order as the store's snapshot, so a snapshot index is a
-//! runtime index), the selector, the pooled upstream client, the API keys, the request-id
-//! source and this replica's `x-hale-pod` value. A gateway builds its proxy once and keeps it
-//! for the life of the process, so `Shared` is leaked at construction and every request
-//! borrows it (and its runtimes) as `&'static`: no reference count shared by all cores is
-//! touched per request. `Proxy` is a `Copy` handle to it. (A test that builds many proxies
-//! leaks a few kilobytes each, which is harmless.)
+//! Everything a request needs is in one `Shared`, built up front: the table of per-endpoint
+//! runtimes (in the order of the store's snapshot, so a snapshot index is a table index), the
+//! selector, the pooled upstream client, the API keys, the request-id source and this
+//! replica's `x-hale-pod` value. A gateway builds its proxy once and keeps it for the life of
+//! the process, so `Shared` is leaked at construction and every request borrows it (and its
+//! runtimes) as `&'static`: no reference count shared by all cores is touched per request.
+//! `Proxy` is a `Copy` handle to it. (A test that builds many proxies leaks a few kilobytes
+//! each, which is harmless.)
 //!
-//! The proxy serves the endpoints the store held when it was built; the store never adds or
-//! removes endpoints during its life, and selection double-checks each runtime against the
-//! snapshot entry (same `Arc<Endpoint>`) before using it.
+//! Live reload: after the store took a new endpoint set ([`HealthStore::reconcile`]),
+//! [`Proxy::reload`] builds a new table and swaps it in (`ArcSwap`, one load per request).
+//! An endpoint whose entry did not change (same `Arc<Endpoint>`) keeps its runtime — breaker,
+//! outstanding count, idle connections; a new or changed one gets a new runtime. Requests in
+//! flight keep the runtime they claimed and finish on it. Runtimes are leaked like `Shared`
+//! (a few hundred bytes per endpoint added or changed by a reload, an operator action) and
+//! each has an id that is never reused, which the per-request exclusion set and the metrics
+//! cells key on; a retired runtime's idle connections are closed at once, and any that
+//! finishes later is closed by the sweeper. Between the store's swap and the proxy's, selection
+//! finds runtimes by identity (it double-checks each against the snapshot entry, same
+//! `Arc<Endpoint>`), so a request never reaches an endpoint through a stale runtime.
 //!
 //! Build it after the metrics recorder is installed: the per-endpoint duration histograms bind
 //! to the recorder in place when they are made.
@@ -26,13 +34,14 @@ use crate::metrics::RequestStats;
 use crate::runtime::EndpointRuntime;
 use crate::select::Selector;
 use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
 use axum::Router;
-use hale_core::{BreakerState, HealthStore, Secret};
+use hale_core::{BreakerState, Endpoint, HealthStore, Secret};
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -65,7 +74,7 @@ pub struct Proxy {
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proxy")
-            .field("endpoints", &self.shared.runtimes.len())
+            .field("endpoints", &self.shared.table.load().runtimes.len())
             .field("balancer", &self.shared.selector)
             .field("api_keys", &self.shared.keys)
             .field("max_body", &self.shared.max_body)
@@ -73,11 +82,33 @@ impl fmt::Debug for Proxy {
     }
 }
 
+/// The runtimes of the endpoints configured now, in the store's snapshot order.
+pub(crate) struct Table {
+    pub runtimes: Box<[&'static EndpointRuntime]>,
+    pub by_name: HashMap<Arc<str>, &'static EndpointRuntime>,
+}
+
+impl Table {
+    fn new(runtimes: Vec<&'static EndpointRuntime>) -> Self {
+        let by_name = runtimes
+            .iter()
+            .map(|rt| (rt.endpoint.name.clone(), *rt))
+            .collect();
+        Self {
+            runtimes: runtimes.into_boxed_slice(),
+            by_name,
+        }
+    }
+}
+
 /// Everything the request path reads, built once.
 pub(crate) struct Shared {
     pub store: Arc<HealthStore>,
-    pub runtimes: Box<[EndpointRuntime]>,
-    pub by_name: HashMap<Arc<str>, usize>,
+    pub table: ArcSwap<Table>,
+    /// Every runtime ever made, by id (retired ones too, for the idle-connection sweeper and
+    /// the metric labels); held while a reload builds the next table.
+    all: Mutex<Vec<&'static EndpointRuntime>>,
+    breaker: hale_core::BreakerConfig,
     pub selector: Selector,
     pub upstream: Upstream,
     pub keys: ApiKeys,
@@ -106,7 +137,12 @@ impl Shared {
             loop {
                 tick.tick().await;
                 let now = Instant::now();
-                for rt in self.runtimes.iter() {
+                let all = self
+                    .all
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                for rt in all {
                     rt.dest.pool.close_expired(now);
                 }
             }
@@ -118,24 +154,12 @@ impl Proxy {
     /// Builds the proxy for the endpoints in `store`. Needs no runtime; the first request
     /// opens the first upstream connection.
     pub fn new(store: Arc<HealthStore>, config: &ProxyConfig, server: ServerSettings) -> Self {
-        let snapshot = store.snapshot();
-        let runtimes: Box<[EndpointRuntime]> = snapshot
+        let runtimes: Vec<&'static EndpointRuntime> = store
+            .snapshot()
             .endpoints
             .iter()
-            .map(|s| EndpointRuntime::new(s.endpoint.clone(), &config.breaker))
-            .collect();
-        for rt in runtimes.iter() {
-            if !rt.usable() {
-                tracing::warn!(
-                    endpoint = rt.name(),
-                    "the endpoint URL names no http(s) host; it gets no traffic"
-                );
-            }
-        }
-        let by_name = runtimes
-            .iter()
             .enumerate()
-            .map(|(i, rt)| (rt.endpoint.name.clone(), i))
+            .map(|(id, s)| new_runtime(id, &s.endpoint, &config.breaker))
             .collect();
         let names = runtimes.iter().map(|rt| rt.endpoint.name.clone()).collect();
         // A pod id is printable text; the fallback only keeps this total.
@@ -143,8 +167,9 @@ impl Proxy {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let now = SystemTime::now();
         let shared = Shared {
-            runtimes,
-            by_name,
+            all: Mutex::new(runtimes.clone()),
+            table: ArcSwap::from_pointee(Table::new(runtimes)),
+            breaker: config.breaker.clone(),
             selector: Selector::new(config.balancer),
             upstream: Upstream::new(config.connect_timeout),
             keys: ApiKeys::new(&server.api_keys),
@@ -160,6 +185,51 @@ impl Proxy {
         Self {
             shared: Box::leak(Box::new(shared)),
         }
+    }
+
+    /// Follows the store's current endpoint set after a config reload; see the module docs.
+    /// Returns how many runtimes were made anew.
+    pub fn reload(&self) -> usize {
+        let shared = self.shared;
+        let mut all = shared.all.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = shared.table.load_full();
+        let mut made = 0;
+        let runtimes: Vec<&'static EndpointRuntime> = shared
+            .store
+            .snapshot()
+            .endpoints
+            .iter()
+            .map(|s| {
+                match old
+                    .by_name
+                    .get(&s.endpoint.name)
+                    .filter(|rt| Arc::ptr_eq(&rt.endpoint, &s.endpoint))
+                {
+                    Some(rt) => *rt,
+                    None => {
+                        made += 1;
+                        let rt = new_runtime(all.len(), &s.endpoint, &shared.breaker);
+                        all.push(rt);
+                        rt
+                    }
+                }
+            })
+            .collect();
+        let table = Table::new(runtimes);
+        for rt in old.runtimes.iter() {
+            let kept = table
+                .by_name
+                .get(&rt.endpoint.name)
+                .is_some_and(|new| std::ptr::eq(*new, *rt));
+            if !kept {
+                rt.dest.pool.clear();
+            }
+        }
+        shared
+            .stats
+            .set_endpoints(all.iter().map(|rt| rt.endpoint.name.clone()).collect());
+        shared.table.store(Arc::new(table));
+        made
     }
 
     /// The proxy routes — `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
@@ -187,9 +257,22 @@ impl Proxy {
     }
 
     fn runtime(&self, endpoint: &str) -> Option<&'static EndpointRuntime> {
-        self.shared
-            .by_name
-            .get(endpoint)
-            .and_then(|&i| self.shared.runtimes.get(i))
+        self.shared.table.load().by_name.get(endpoint).copied()
     }
+}
+
+/// A runtime for `endpoint`, leaked (see the module docs).
+fn new_runtime(
+    id: usize,
+    endpoint: &Arc<Endpoint>,
+    breaker: &hale_core::BreakerConfig,
+) -> &'static EndpointRuntime {
+    let rt = EndpointRuntime::new(id, endpoint.clone(), breaker);
+    if !rt.usable() {
+        tracing::warn!(
+            endpoint = rt.name(),
+            "the endpoint URL names no http(s) host; it gets no traffic"
+        );
+    }
+    Box::leak(Box::new(rt))
 }

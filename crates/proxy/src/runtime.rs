@@ -19,9 +19,10 @@
 //!   so a request racing with a change behaves as if it had come just before it.
 //! - A `recovering` endpoint gets at most one request in flight: the claim takes its
 //!   outstanding count from 0 to 1 with one compare-and-swap, or does not take it.
-//! - Runtimes live as long as the process (the proxy's shared state is leaked once), so a
-//!   claim borrows its runtime as `&'static` instead of bumping a shared reference count on
-//!   every request.
+//! - Runtimes live as long as the process (they are leaked, as the proxy's shared state is),
+//!   so a claim borrows its runtime as `&'static` instead of bumping a shared reference
+//!   count on every request; a runtime retired by a reload stays valid for the claims that
+//!   still hold it.
 
 use crate::upstream::Destination;
 use hale_core::{Admission, Breaker, BreakerConfig, BreakerState, Endpoint};
@@ -34,6 +35,8 @@ use tokio::time::Instant;
 /// One endpoint's live state; see the module docs.
 #[derive(Debug)]
 pub struct EndpointRuntime {
+    /// Unique for the life of the process (never reused after a reload).
+    pub id: usize,
     /// The endpoint as the store holds it; its `Arc` identifies the snapshot entry.
     pub endpoint: Arc<Endpoint>,
     /// The `x-hale-endpoint` value.
@@ -52,7 +55,7 @@ pub struct EndpointRuntime {
 }
 
 impl EndpointRuntime {
-    pub fn new(endpoint: Arc<Endpoint>, breaker: &BreakerConfig) -> Self {
+    pub fn new(id: usize, endpoint: Arc<Endpoint>, breaker: &BreakerConfig) -> Self {
         // Names are validated (no whitespace or control characters), so this always works;
         // the fallback only keeps the constructor total.
         let name_header = HeaderValue::from_bytes(endpoint.name.as_bytes())
@@ -62,6 +65,7 @@ impl EndpointRuntime {
             "endpoint" => endpoint.name.clone()
         );
         Self {
+            id,
             auth: crate::hygiene::bearer(endpoint.api_key.expose()),
             dest: Destination::new(&endpoint),
             endpoint,
@@ -200,6 +204,7 @@ mod tests {
         c.api_key = hale_core::Secret::new("sk-a");
         let e = Arc::new(c.resolve("e").unwrap());
         Box::leak(Box::new(EndpointRuntime::new(
+            0,
             e,
             &BreakerConfig {
                 failure_threshold: 2,

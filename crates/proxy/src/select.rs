@@ -47,7 +47,7 @@ pub const DEGRADED_WEIGHT_FACTOR: f64 = 0.25;
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The endpoints one request must not be sent to (already tried, or just refused a claim),
-/// by configuration index. No allocation for the first 64 endpoints.
+/// by runtime id (stable across a reload mid-request). No allocation for the first 64.
 #[derive(Debug, Default, Clone)]
 pub struct Excluded {
     low: u64,
@@ -75,8 +75,8 @@ impl Excluded {
 /// The outcome of one selection.
 #[derive(Debug)]
 pub enum Selection {
-    /// Send the request to the endpoint at `index`, holding `claim` until the answer ends.
-    Picked { index: usize, claim: Claim },
+    /// Send the request to the claimed endpoint, holding `claim` until the answer ends.
+    Picked { claim: Claim },
     /// No configured endpoint serves the model on this route: 404.
     NotServed,
     /// Endpoints serve it, but none can take the request now: 503.
@@ -84,9 +84,9 @@ pub enum Selection {
 }
 
 /// One eligible endpoint, as the balancer sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 struct Candidate {
-    index: usize,
+    rt: &'static EndpointRuntime,
     priority: i32,
     weight: f64,
     outstanding: usize,
@@ -113,7 +113,7 @@ impl Selector {
     pub fn select(
         &self,
         snapshot: &Snapshot,
-        runtimes: &'static [EndpointRuntime],
+        runtimes: &[&'static EndpointRuntime],
         model: &str,
         route: Route,
         excluded: &mut Excluded,
@@ -141,19 +141,11 @@ impl Selector {
                     Selection::NotServed
                 };
             };
-            let claimed = runtimes
-                .get(c.index)
-                .and_then(|rt| rt.try_claim(c.exclusive, now));
-            match claimed {
-                Some(claim) => {
-                    return Selection::Picked {
-                        index: c.index,
-                        claim,
-                    };
-                }
+            match c.rt.try_claim(c.exclusive, now) {
+                Some(claim) => return Selection::Picked { claim },
                 // Lost a race for a recovering endpoint's one slot or a breaker's trial:
                 // try the others.
-                None => excluded.insert(c.index),
+                None => excluded.insert(c.rt.id),
             }
         }
     }
@@ -165,7 +157,7 @@ impl Selector {
     fn least_outstanding(
         &self,
         snapshot: &Snapshot,
-        runtimes: &'static [EndpointRuntime],
+        runtimes: &[&'static EndpointRuntime],
         model: &str,
         route: Route,
         excluded: &Excluded,
@@ -200,7 +192,7 @@ impl Selector {
     fn round_robin(
         &self,
         snapshot: &Snapshot,
-        runtimes: &'static [EndpointRuntime],
+        runtimes: &[&'static EndpointRuntime],
         model: &str,
         route: Route,
         excluded: &Excluded,
@@ -280,7 +272,7 @@ struct Scan {
 )]
 fn eligible(
     snapshot: &Snapshot,
-    runtimes: &'static [EndpointRuntime],
+    runtimes: &[&'static EndpointRuntime],
     i: usize,
     model: &str,
     route: Route,
@@ -293,16 +285,21 @@ fn eligible(
     if route.ollama_only() && !endpoint.kind.speaks_ollama() {
         return None;
     }
-    let rt = runtimes.get(i)?;
-    // The runtime must be this very endpoint (the store keeps one `Arc` per endpoint for its
-    // whole life); anything else means the endpoint set changed under the proxy.
-    if !Arc::ptr_eq(&rt.endpoint, endpoint) || !rt.usable() || !status.serves(model) {
+    // The runtime must be this very endpoint (same `Arc`). Positions match except in the
+    // instant between a reload's new snapshot and the proxy's new table: then search.
+    let rt = match runtimes.get(i) {
+        Some(rt) if Arc::ptr_eq(&rt.endpoint, endpoint) => *rt,
+        _ => *runtimes
+            .iter()
+            .find(|rt| Arc::ptr_eq(&rt.endpoint, endpoint))?,
+    };
+    if !rt.usable() || !status.serves(model) {
         return None;
     }
     scan.serving = true;
     let interval = endpoint.check_interval;
     scan.retry_after = Some(scan.retry_after.map_or(interval, |r| r.min(interval)));
-    if excluded.contains(i) || !status.health.is_routable(now) {
+    if excluded.contains(rt.id) || !status.health.is_routable(now) {
         return None;
     }
     let state = status.health.state;
@@ -317,7 +314,7 @@ fn eligible(
         1.0
     };
     Some(Candidate {
-        index: i,
+        rt,
         priority: endpoint.priority,
         weight: endpoint.weight * factor,
         outstanding,
@@ -360,7 +357,7 @@ mod tests {
 
     struct Fixture {
         store: HealthStore,
-        runtimes: &'static [EndpointRuntime],
+        runtimes: Vec<&'static EndpointRuntime>,
     }
 
     /// Endpoints as (name, kind, priority, weight, models); all start healthy.
@@ -385,13 +382,16 @@ mod tests {
         for (name, ..) in eps {
             ok(&store, name, 1);
         }
-        let runtimes: Vec<EndpointRuntime> = store
+        let runtimes = store
             .snapshot()
             .endpoints
             .iter()
-            .map(|s| EndpointRuntime::new(s.endpoint.clone(), &BreakerConfig::default()))
+            .enumerate()
+            .map(|(id, s)| {
+                let rt = EndpointRuntime::new(id, s.endpoint.clone(), &BreakerConfig::default());
+                &*Box::leak(Box::new(rt))
+            })
             .collect();
-        let runtimes = Box::leak(runtimes.into_boxed_slice());
         Fixture { store, runtimes }
     }
 
@@ -407,7 +407,7 @@ mod tests {
         fn pick(&self, sel: &Selector, model: &str, route: Route) -> Selection {
             sel.select(
                 &self.store.snapshot(),
-                self.runtimes,
+                &self.runtimes,
                 model,
                 route,
                 &mut Excluded::default(),
@@ -417,7 +417,7 @@ mod tests {
 
         fn name(&self, s: &Selection) -> &str {
             match s {
-                Selection::Picked { index, .. } => self.runtimes[*index].name(),
+                Selection::Picked { claim } => claim.runtime().name(),
                 other => panic!("nothing picked: {other:?}"),
             }
         }
@@ -590,7 +590,7 @@ mod tests {
         excluded.insert(1);
         let s = sel.select(
             &f.store.snapshot(),
-            f.runtimes,
+            &f.runtimes,
             "m",
             Route::ChatCompletions,
             &mut excluded,

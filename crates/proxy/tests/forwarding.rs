@@ -733,3 +733,81 @@ async fn catalogs_list_routable_models_only() {
         .collect();
     assert_eq!(names, ["llama3:latest", "shared"]);
 }
+
+fn resolved(name: &str, url: &str, priority: i32) -> hale_core::Endpoint {
+    let mut c = EndpointConfig::new(name, url, EndpointKind::Vllm);
+    c.priority = priority;
+    c.models = vec!["m".to_owned()];
+    c.resolve("e").unwrap()
+}
+
+fn served_by(got: &Got) -> String {
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    got.headers["x-hale-endpoint"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_reload_adds_changes_and_removes_endpoints_and_drains_hold() {
+    let one = Backend::start(ok).await;
+    let two = Backend::start(ok).await;
+    let h = hale(
+        &[("a", one.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+    assert_eq!(
+        served_by(&post(h.addr, "/v1/chat/completions", &[], CHAT).await),
+        "a"
+    );
+
+    // b added at a higher priority: it takes the traffic at once (trusted, no checks here).
+    let change = h.store.reconcile(
+        vec![
+            resolved("a", &one.url(), 100),
+            resolved("b", &two.url(), 200),
+        ],
+        Now::capture(),
+    );
+    assert_eq!(change.added.len(), 1);
+    assert_eq!(h.proxy.reload(), 1, "only b needs a new runtime");
+    assert_eq!(
+        served_by(&post(h.addr, "/v1/chat/completions", &[], CHAT).await),
+        "b"
+    );
+
+    // Drained, b gets nothing new; the model stays listed through a.
+    h.store.set_drained("b", true);
+    for _ in 0..5 {
+        assert_eq!(
+            served_by(&post(h.addr, "/v1/chat/completions", &[], CHAT).await),
+            "a"
+        );
+    }
+    h.store.set_drained("b", false);
+    assert_eq!(
+        served_by(&post(h.addr, "/v1/chat/completions", &[], CHAT).await),
+        "b"
+    );
+
+    // a removed: gone from the table; b keeps its runtime.
+    h.store
+        .reconcile(vec![resolved("b", &two.url(), 200)], Now::capture());
+    assert_eq!(h.proxy.reload(), 0);
+    assert_eq!(h.proxy.outstanding("a"), 0);
+    let before = one.seen().len();
+    // b moves to the other backend: a new runtime, and requests follow it there.
+    h.store
+        .reconcile(vec![resolved("b", &one.url(), 200)], Now::capture());
+    assert_eq!(h.proxy.reload(), 1);
+    assert_eq!(
+        served_by(&post(h.addr, "/v1/chat/completions", &[], CHAT).await),
+        "b"
+    );
+    assert_eq!(one.seen().len(), before + 1, "served by the new URL");
+
+    // Removing every endpoint leaves a 404 for the model, not a panic.
+    h.store.reconcile(Vec::new(), Now::capture());
+    h.proxy.reload();
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text);
+}
