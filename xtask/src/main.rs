@@ -3,11 +3,14 @@
 //!
 //! Commands: `setup` installs or checks the tools the tests need, `tidy` checks conventions
 //! the compiler cannot, `test` is the whole gate (setup, tidy, fmt, clippy, build, all
-//! tests), `it` runs only the end-to-end suites. `bench` runs a measurement suite into docs/BENCHMARKS.md; `dist` is a placeholder.
+//! tests), `it` runs only the end-to-end suites, `k8s` validates what `deploy/` ships
+//! (kustomize base, dashboard, alerts) offline. `bench` runs a measurement suite into
+//! docs/BENCHMARKS.md; `dist` is a placeholder.
 //! Each step prints `==> step` and the first failing step stops the run with a non-zero exit
 //! code; a missing tool is always an error, never a silently skipped step.
 
 mod bench;
+mod k8s;
 mod setup;
 mod steps;
 mod tidy;
@@ -26,7 +29,12 @@ commands:
   setup             install (as root) or check the tools the tests need (redis-server, ...)
   setup bench       the same for the benchmark tools (oha, haproxy, nginx)
   tidy              check that every .rs file opens with a `//!` doc comment
-  test              setup, tidy, fmt, clippy, build the binaries, run every test
+  test              setup, tidy, fmt, clippy, build the binaries, check deploy/ (as k8s
+                    does), run every test
+  k8s [--against-kubectl]
+                    render deploy/k8s and validate it against the Kubernetes schemas
+                    offline, check its config, the Grafana dashboard and the alert rules;
+                    --against-kubectl also compares the rendering with kubectl kustomize
   it [ARGS...]      setup, build the binaries, run the end-to-end suites (-p hale-tests);
                     ARGS go to the test runner (e.g. a test name filter)
   bench SUITE       measure and write docs/BENCHMARKS.md (suites: health, proxy)
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         "tidy" => steps.run("tidy", || tidy::run(&root)),
         "test" => test(&mut steps, &root),
         "it" => it(&mut steps, &rest),
+        "k8s" => k8s::run(&mut steps, &root, &rest),
         "bench" => steps.run("bench", || bench::run(&root, &rest)),
         "dist" => {
             eprintln!("not implemented yet: {command}");
@@ -86,6 +95,7 @@ fn test(steps: &mut Steps, root: &Path) -> anyhow::Result<()> {
         ])
     })?;
     build_bins(steps)?;
+    k8s::checks(steps, root)?;
     if nextest_available() {
         steps.run("nextest", || {
             cargo(&[

@@ -1,8 +1,8 @@
 //! `cargo xtask setup`: makes sure the tools the test suites need are present, installing
 //! them when it can (as root, through apt, rustup, `cargo install`, or pip into the
-//! workspace's `.venv` for the Python SDK tests) and otherwise failing
-//! with one line that says what to install. Each tool is a [`Requirement`] in
-//! [`REQUIREMENTS`]; adding a tool is adding an entry.
+//! workspace's `.venv` for the Python SDK tests and the Kubernetes schema validator) and
+//! otherwise failing with one line that says what to install. Each tool is a
+//! [`Requirement`] in [`REQUIREMENTS`]; adding a tool is adding an entry.
 //!
 //! The benchmarks need more (a load generator, reference proxies) that the tests never use;
 //! those are a separate set, [`BENCH_REQUIREMENTS`], installed by `cargo xtask setup bench`
@@ -13,6 +13,17 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 use crate::steps::{Steps, cargo_program, first_line_of, run_command};
+
+/// The pinned kubernetes-validate release; a macro so that `concat!` can use it.
+macro_rules! kubernetes_validate_version {
+    () => {
+        "1.37.0"
+    };
+}
+
+/// The pinned kubernetes-validate release, which is also the newest Kubernetes version whose
+/// schemas it ships.
+pub(crate) const KUBERNETES_VALIDATE_VERSION: &str = kubernetes_validate_version!();
 
 /// A tool the tests need, how to tell it is there, and how to get it.
 struct Requirement {
@@ -76,6 +87,31 @@ const REQUIREMENTS: &[Requirement] = &[
         source: Source::PythonVenv {
             dir: ".venv",
             packages: &["openai"],
+        },
+    },
+    // `cargo xtask k8s` validates the manifests against the Kubernetes JSON schemas that ship
+    // inside this package (k8s/schema.rs), offline. Pinned: which Kubernetes versions it
+    // knows comes with the release, and the validation names the newest of them.
+    Requirement {
+        name: "kubernetes-validate (in .venv)",
+        check: &[
+            ".venv/bin/python",
+            "-c",
+            concat!(
+                "import importlib.metadata as m; v = m.version('kubernetes-validate'); ",
+                "assert v == '",
+                kubernetes_validate_version!(),
+                "', f'kubernetes-validate {v} is not the pinned ",
+                kubernetes_validate_version!(),
+                "'; print('kubernetes-validate', v)"
+            ),
+        ],
+        source: Source::PythonVenv {
+            dir: ".venv",
+            packages: &[concat!(
+                "kubernetes-validate==",
+                kubernetes_validate_version!()
+            )],
         },
     },
 ];
