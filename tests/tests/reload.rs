@@ -38,20 +38,6 @@ fn config(endpoints: &[String]) -> String {
     )
 }
 
-/// Sends `signal` (a `kill` name such as `HUP`) to the gateway.
-async fn signal(gw: &Gateway, signal: &str) -> anyhow::Result<()> {
-    let pid = gw
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("the gateway is not running"))?;
-    let status = tokio::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
-    Ok(())
-}
-
 /// `POST path` on the gateway with the admin token.
 async fn admin_post(gw: &Gateway, path: &str) -> anyhow::Result<hale_testkit::HttpReply> {
     let auth = format!("Bearer {TOKEN}");
@@ -143,7 +129,7 @@ async fn sighup_adds_an_endpoint_under_load_and_an_invalid_edit_changes_nothing(
     // The fourth endpoint, by SIGHUP.
     gw.config().write(&config(&entries))?;
     let hup = Instant::now();
-    signal(&gw, "HUP").await?;
+    gw.hangup().await?;
     wait_status(&gw, "d", "healthy", Duration::from_secs(5)).await?;
     let healthy_after = hup.elapsed();
     eventually(Duration::from_secs(5), POLL, || async {
@@ -160,7 +146,7 @@ async fn sighup_adds_an_endpoint_under_load_and_an_invalid_edit_changes_nothing(
         "    check_timeout: 500ms\n    chek_interval: 2s\n",
     );
     gw.config().write(&broken)?;
-    signal(&gw, "HUP").await?;
+    gw.hangup().await?;
     eventually(Duration::from_secs(5), POLL, || async {
         let logs = gw.logs();
         anyhow::ensure!(

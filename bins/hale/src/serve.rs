@@ -12,14 +12,27 @@
 //! SIGHUP (and `POST /internal/reload`) re-reads the config file and applies its endpoints
 //! without a restart; see [`crate::reload`].
 //!
-//! On SIGTERM or SIGINT the gateway starts draining: `/readyz` answers 503 at once, the
-//! listener stops taking new connections, open requests get up to `server.shutdown_grace` to
-//! finish, then the checks stop and the process exits 0.
+//! The listener is [`hale_api::Server`]: it enforces `server.header_timeout`,
+//! `server.idle_timeout` and the request head size limits (see [`hale_api::server`]).
+//!
+//! On SIGTERM or SIGINT, in this order:
+//! 1. `/readyz` (and `/health/readiness`) answers 503 `draining` at once, and one INFO line
+//!    `shutdown signal: draining` gives the number of requests in flight.
+//! 2. The listener stays open and keeps answering (DESIGN §6: the load balancer may still
+//!    send work until it has seen the 503), but every HTTP/1 response from now on carries
+//!    `Connection: close`, idle keep-alive connections are closed, and HTTP/2 connections get
+//!    GOAWAY, so clients move to other replicas.
+//! 3. The process waits until no request has been in flight for 100 ms (a request counts from
+//!    its head until its response body has ended, so streams finish), or until
+//!    `server.shutdown_grace` is over, whichever comes first; one INFO line `drained` (or a
+//!    WARN line with the requests cut) says which. A second signal ends the wait at once.
+//! 4. The listener and every connection are closed, the checks stop, coord gives back its
+//!    leases in Redis, `stopped` is logged and the process exits 0.
 
 use crate::config::LoadedConfig;
 use crate::reload::Reloader;
 use anyhow::Context as _;
-use hale_api::{ApiState, install_metrics};
+use hale_api::{ApiState, Limits, Server, install_metrics};
 use hale_core::{HealthStore, Now};
 use hale_probe::{ProbeClient, Scheduler};
 use std::io::Write as _;
@@ -30,6 +43,8 @@ use tokio::net::TcpListener;
 /// Runs the gateway until a shutdown signal; returns when it has drained.
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let started = Now::capture();
+    let mut signals = ShutdownSignals::install()?;
+    let hangups = Hangups::install()?;
     let LoadedConfig {
         config,
         endpoints,
@@ -95,9 +110,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         proxy,
         scheduler.clone(),
     ));
-    let _reloads = tokio::spawn(reload_on_hangup(reloader.clone()));
+    let _reloads = tokio::spawn(reload_on_hangup(reloader.clone(), hangups));
 
     let grace = config.server.shutdown_grace;
+    let limits = Limits::from_config(&config.server);
     let state = ApiState::new(store, config.server, env!("CARGO_PKG_VERSION"), metrics)
         .with_started(started)
         .with_breakers(Arc::new(proxy))
@@ -108,30 +124,34 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         None => state,
     };
     let app = hale_api::router(state.clone()).merge(proxy.router());
+    let server = Server::new(listener, app, limits).spawn();
 
-    let draining = state.clone();
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown_signal().await;
-        draining.start_draining();
-        tracing::info!(grace = %humantime::format_duration(grace), "shutdown signal: draining");
-        let _ = drained_tx.send(());
-    };
-    // TCP_NODELAY on client connections: streamed chunks must not wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let server = tokio::spawn(async move { server.await });
-
-    // Once draining starts, in-flight requests get `shutdown_grace` to finish.
-    let _ = drained_rx.await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("drained"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("shutdown grace period over with requests still open"),
+    signals.recv().await;
+    state.start_draining();
+    let in_flight = server.start_draining();
+    tracing::info!(
+        in_flight,
+        grace = %humantime::format_duration(grace),
+        "shutdown signal: draining"
+    );
+    let draining_since = tokio::time::Instant::now();
+    tokio::select! {
+        drained = tokio::time::timeout(grace, server.drained()) => match drained {
+            Ok(()) => tracing::info!(
+                after_ms = draining_since.elapsed().as_millis(),
+                "drained: no request in flight"
+            ),
+            Err(_) => tracing::warn!(
+                in_flight = server.in_flight(),
+                "shutdown grace period over with requests still in flight; closing them"
+            ),
+        },
+        () = signals.recv() => tracing::warn!(
+            in_flight = server.in_flight(),
+            "second shutdown signal: closing without waiting for the drain"
+        ),
     }
+    server.stop().await;
     scheduler.shutdown().await;
     if let Some(c) = &coordinator {
         c.shutdown().await;
@@ -147,48 +167,88 @@ fn announce(addr: std::net::SocketAddr) {
     let _ = out.flush();
 }
 
-/// Re-reads the config on every SIGHUP, for as long as the gateway runs.
-async fn reload_on_hangup(reloader: Arc<Reloader>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /internal/reload");
-                return;
-            }
-        };
-        while hangups.recv().await.is_some() {
-            // The outcome is logged by the reload itself.
-            let _ = reloader.apply_file("SIGHUP").await;
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reloader;
-        std::future::pending::<()>().await;
+/// Re-reads the config on every SIGHUP, for as long as the gateway runs. The handler is
+/// installed at start-up (see [`Hangups`]), so a SIGHUP never takes its default action (an
+/// exit).
+async fn reload_on_hangup(reloader: Arc<Reloader>, mut hangups: Hangups) {
+    while hangups.recv().await {
+        // The outcome is logged by the reload itself.
+        let _ = reloader.apply_file("SIGHUP").await;
     }
 }
 
-async fn shutdown_signal() {
+/// SIGHUP, listened for from start-up on.
+struct Hangups {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGHUP; false once no more can come.
+    async fn recv(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            self.hup.recv().await.is_some()
+        }
+        #[cfg(not(unix))]
+        {
+            std::future::pending::<bool>().await
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, listened for from start-up on: installed before the listening line is
+/// printed, so a signal at any moment after it drains instead of taking the default action
+/// (an abrupt exit).
+struct ShutdownSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -11,7 +11,9 @@
 //! and the [`Metrics`] recorder from [`install_metrics`], adds the views of the later layers
 //! ([`BreakerView`], [`SharedStatusView`], [`ModelStatsView`]) when it has them, and merges
 //! [`router`] with the proxy's router. Every route reads one lock-free snapshot of the store,
-//! so a status page never slows the request path down.
+//! so a status page never slows the request path down. [`Server`] is the listener that serves
+//! the merged router: its own accept loop over hyper with the `server:` limits (header and
+//! idle timeouts, head size) and the drain on SIGTERM; see the [`server`] module.
 //!
 //! Decisions where DESIGN is silent:
 //! - `/internal/health` always answers 200; its `status` field carries the verdict. It is a
@@ -41,6 +43,7 @@ pub mod metrics;
 pub mod providers;
 mod proxy_views;
 mod router;
+pub mod server;
 mod shared_status;
 pub mod state;
 mod stats;
@@ -53,4 +56,5 @@ pub use error::ApiError;
 pub use metrics::{Metrics, MetricsError, install_metrics};
 pub use providers::{AdminActions, BreakerView, ModelStatsView, ReloadReport, SharedStatusView};
 pub use router::router;
+pub use server::{Limits, Server, ServerHandle};
 pub use state::ApiState;

@@ -1,5 +1,6 @@
 //! A running `hale serve` process for end-to-end tests: written config, captured output,
-//! the address it announced, JSON helpers for its status routes, and kill-on-drop.
+//! the address it announced, JSON helpers for its status routes, signals (`signal`,
+//! `terminate`, `hangup`) and `wait_exit` for shutdown and reload tests, and kill-on-drop.
 //!
 //! Tests write the config with `server.listen: 127.0.0.1:0`; the gateway prints
 //! `hale listening on <addr>` on stdout once its listener is bound, which is how the test
@@ -183,6 +184,39 @@ impl Gateway {
             .as_array()
             .cloned()
             .ok_or_else(|| anyhow!("no events array in {}", reply.text))
+    }
+
+    /// Sends the signal `name` (as `kill -s` spells it: `TERM`, `INT`, `HUP`, …) to the
+    /// gateway. Returns once the signal has been sent; it is handled asynchronously.
+    pub async fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("the gateway is not running"))?;
+        let output = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(pid.to_string())
+            .output()
+            .await
+            .context("running kill")?;
+        if !output.status.success() {
+            bail!(
+                "kill -s {name} {pid}: {} {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: what Kubernetes sends to stop a pod.
+    pub async fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM").await
+    }
+
+    /// SIGHUP: reload the config.
+    pub async fn hangup(&self) -> anyhow::Result<()> {
+        self.signal("HUP").await
     }
 
     /// Kills the gateway with SIGKILL and waits for it.

@@ -27,7 +27,7 @@ pub use eventually::{Attempt, eventually};
 pub use gateway::Gateway;
 pub use http::{HttpReply, http_get_json, http_post_json, http_request};
 pub use mockllm::{MockLlm, MockLlmBuilder};
-pub use pooled::{PooledClient, StreamedReply, TimedChunk};
+pub use pooled::{OpenStream, PooledClient, StreamedReply, TimedChunk};
 pub use port::{free_port, try_free_port};
 pub use proc_status::rss_bytes;
 pub use redis_server::RedisServer;

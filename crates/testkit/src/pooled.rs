@@ -5,8 +5,11 @@
 //! [`PooledClient::post`] returns the whole answer like [`http_request`](crate::http_request);
 //! [`PooledClient::post_streamed`] returns the body as the chunks it arrived in, each stamped
 //! with the time since the request was sent, so a test can tell a stream passed through chunk
-//! by chunk from one that was buffered, and read the time to the first chunk. Every call has a
-//! deadline, so a hanging server fails the test instead of hanging it.
+//! by chunk from one that was buffered, and read the time to the first chunk.
+//! [`PooledClient::post_streaming`] returns as soon as the response head is in, with the body
+//! still arriving ([`OpenStream`]), for tests that act in the middle of a stream (a signal to
+//! the gateway, a backend killed). Every call has a deadline, so a hanging server fails the
+//! test instead of hanging it.
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use anyhow::{Context as _, anyhow};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -144,23 +148,10 @@ impl PooledClient {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> anyhow::Result<StreamedReply> {
-        let request = Self::request(url, headers, body.into())?;
         let exchange = async {
-            let sent = Instant::now();
-            let response = self.client.request(request).await?;
-            let head_at = sent.elapsed();
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let mut body = response.into_body();
-            let mut chunks = Vec::new();
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame?.into_data() {
-                    chunks.push(TimedChunk {
-                        at: sent.elapsed(),
-                        data,
-                    });
-                }
-            }
+            let open = self.post_streaming(url, headers, body).await?;
+            let (status, headers, head_at) = (open.status, open.headers.clone(), open.head_at);
+            let chunks = open.rest().await?;
             anyhow::Ok(StreamedReply {
                 status,
                 headers,
@@ -172,5 +163,69 @@ impl PooledClient {
             .await
             .map_err(|_| anyhow!("no complete response within {}s", REQUEST_TIMEOUT.as_secs()))?
             .with_context(|| format!("POST {url} (streamed)"))
+    }
+
+    /// `POST url` and return once the response head is in; the body is read from the
+    /// [`OpenStream`] as it arrives.
+    pub async fn post_streaming(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<OpenStream> {
+        let request = Self::request(url, headers, body.into())?;
+        let sent = Instant::now();
+        let response = timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| anyhow!("no response head within {}s", REQUEST_TIMEOUT.as_secs()))?
+            .with_context(|| format!("POST {url} (streaming)"))?;
+        Ok(OpenStream {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            head_at: sent.elapsed(),
+            sent,
+            body: response.into_body(),
+        })
+    }
+}
+
+/// A response whose body is still arriving; see [`PooledClient::post_streaming`].
+#[derive(Debug)]
+pub struct OpenStream {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// Time from sending the request to having the response head.
+    pub head_at: Duration,
+    sent: Instant,
+    body: Incoming,
+}
+
+impl OpenStream {
+    /// The next data chunk, time-stamped from when the request was sent; `None` at the end
+    /// of the body. An error if the body fails or nothing arrives for 30 s.
+    pub async fn next_chunk(&mut self) -> anyhow::Result<Option<TimedChunk>> {
+        loop {
+            let frame = timeout(REQUEST_TIMEOUT, self.body.frame())
+                .await
+                .map_err(|_| anyhow!("no chunk within {}s", REQUEST_TIMEOUT.as_secs()))?;
+            let Some(frame) = frame else {
+                return Ok(None);
+            };
+            if let Ok(data) = frame.context("reading the streamed body")?.into_data() {
+                return Ok(Some(TimedChunk {
+                    at: self.sent.elapsed(),
+                    data,
+                }));
+            }
+        }
+    }
+
+    /// Every remaining chunk, to the end of the body.
+    pub async fn rest(mut self) -> anyhow::Result<Vec<TimedChunk>> {
+        let mut chunks = Vec::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            chunks.push(chunk);
+        }
+        Ok(chunks)
     }
 }

@@ -1,0 +1,442 @@
+//! One accepted connection: which protocol it speaks, the clocks that cut slow and idle
+//! clients, and what the drain does to it.
+//!
+//! The protocol is read off the first bytes (the HTTP/2 preface or not) under the header
+//! clock, then hyper's HTTP/1 or HTTP/2 connection serves it. The bytes read to decide are
+//! handed back to hyper first by [`WatchedIo`], which also tells [`ConnState`] when bytes
+//! arrive on an HTTP/1 connection that was idle: that is the first byte of the next request
+//! head, and it starts the header clock. [`ConnState`] learns the rest from the requests
+//! themselves ([`tracked`](super::tracked)): a request started (its head is complete), a
+//! response body ended. The task serving the connection sleeps until the earliest deadline
+//! that applies:
+//! - no request yet: `header_timeout` after accept, then the connection is dropped;
+//! - HTTP/1 between requests, bytes of the next head seen: `header_timeout` after the first
+//!   of them, then dropped;
+//! - nothing in flight: `idle_timeout` after the last response ended, then a graceful
+//!   shutdown (HTTP/1: closed; HTTP/2: GOAWAY), and `header_timeout` more to finish it;
+//! - a request in flight: no deadline (the proxy bounds its upstream; the drain bounds the
+//!   rest).
+//!
+//! Bytes of a pipelined head that arrived while the previous request was still in flight are
+//! already read when it ends, so an incomplete pipelined head runs on the idle clock, not the
+//! header clock: still bounded, only later.
+//!
+//! On drain, a connection that has served a request is shut down gracefully at once (HTTP/1:
+//! closed if idle, `Connection: close` on the response in progress; HTTP/2: GOAWAY). One that
+//! has not is left to send its request, which is answered with `Connection: close`: a
+//! graceful shutdown before the first request would drop a request that is on its way.
+
+use super::tracked::ConnService;
+use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, Limits, Shared};
+use axum::Router;
+use axum::http::Version;
+use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+
+/// The first bytes an HTTP/2 client with prior knowledge sends.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A deadline far enough away to mean "none".
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Everything a connection task needs, shared by all of them.
+pub(super) struct Ctx {
+    app: Router,
+    limits: Limits,
+    shared: Arc<Shared>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Ctx {
+    pub(super) fn new(app: Router, limits: Limits, shared: Arc<Shared>) -> Self {
+        let mut h1 = http1::Builder::new();
+        // Hale keeps the header clock itself (see the module docs); hyper's would also close
+        // keep-alive connections after `header_timeout` of idleness.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Self {
+            app,
+            limits,
+            shared,
+            http1: h1,
+            http2: h2,
+        }
+    }
+}
+
+/// Serves one connection until it closes, is cut, or the task is aborted (server stop).
+pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
+    let accepted = Instant::now();
+    let sniffed = tokio::select! {
+        sniffed = sniff(&mut tcp) => sniffed,
+        () = sleep_until(accepted + ctx.limits.header_timeout) => {
+            tracing::debug!(%peer, "no request within server.header_timeout: connection closed");
+            return;
+        }
+    };
+    let (protocol, prefix) = match sniffed {
+        Ok(Some(sniffed)) => sniffed,
+        Ok(None) => {
+            tracing::debug!(%peer, "connection closed before a request");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "reading from the connection failed");
+            return;
+        }
+    };
+    let state = Arc::new(ConnState::new(accepted));
+    let io = TokioIo::new(WatchedIo {
+        tcp,
+        prefix,
+        state: state.clone(),
+    });
+    let service = ConnService::new(ctx.app.clone(), state.clone(), ctx.shared.clone());
+    match protocol {
+        Protocol::Http1 => {
+            let conn = ctx.http1.serve_connection(io, service);
+            drive(conn, &state, &ctx, peer).await;
+        }
+        Protocol::Http2 => {
+            let conn = ctx.http2.serve_connection(io, service);
+            drive(conn, &state, &ctx, peer).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Reads until the bytes either leave the HTTP/2 preface (HTTP/1) or complete it (HTTP/2);
+/// returns them to be replayed. `None` when the peer closes first.
+async fn sniff(tcp: &mut TcpStream) -> io::Result<Option<(Protocol, Bytes)>> {
+    let mut buf = [0_u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        let n = tcp.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        filled += n;
+        let seen = &buf[..filled];
+        if seen != &H2_PREFACE[..filled] {
+            return Ok(Some((Protocol::Http1, Bytes::copy_from_slice(seen))));
+        }
+        if filled == H2_PREFACE.len() {
+            return Ok(Some((Protocol::Http2, Bytes::copy_from_slice(seen))));
+        }
+    }
+}
+
+// === driving a connection ===
+
+/// hyper's HTTP/1 and HTTP/2 connections, as far as [`drive`] needs them.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+type Io = TokioIo<WatchedIo>;
+
+impl Graceful for http1::Connection<Io, ConnService> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
+}
+
+impl Graceful for http2::Connection<Io, ConnService, TokioExecutor> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Polls `conn` to the end while enforcing the deadlines and the drain (module docs).
+async fn drive<C: Graceful>(conn: C, state: &ConnState, ctx: &Ctx, peer: SocketAddr) {
+    let mut conn = pin!(conn);
+    let mut drain_signal = ctx.shared.drain_signal();
+    let mut drain_heard = false;
+    let mut shut_down = false;
+    // Set once the idle deadline has shut the connection down: it must be gone by then.
+    let mut closing_until: Option<Instant> = None;
+    let timer = sleep_until(Instant::now() + NEVER);
+    let mut timer = pin!(timer);
+    let mut armed: Option<(Instant, Expiry)> = None;
+    loop {
+        if !shut_down && ctx.shared.is_draining() && state.has_served() {
+            conn.as_mut().graceful_shutdown();
+            shut_down = true;
+        }
+        let next = match closing_until {
+            Some(at) => Some((at, Expiry::Closing)),
+            None => state.deadline(&ctx.limits),
+        };
+        if next != armed {
+            timer
+                .as_mut()
+                .reset(next.map_or_else(|| Instant::now() + NEVER, |(at, _)| at));
+            armed = next;
+        }
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = state.changed.notified() => {}
+            changed = drain_signal.changed(), if !drain_heard => {
+                // Heard (or the sender is gone): either way the flag is read above from now on.
+                drain_heard = true;
+                let _ = changed;
+            }
+            () = timer.as_mut() => {
+                // Read the state again: a request may have started in the same turn.
+                let due = match closing_until {
+                    Some(at) => Some((at, Expiry::Closing)),
+                    None => state.deadline(&ctx.limits),
+                };
+                match due {
+                    Some((at, Expiry::Head)) if at <= Instant::now() => {
+                        tracing::debug!(
+                            %peer,
+                            "request head not complete within server.header_timeout: connection closed"
+                        );
+                        return;
+                    }
+                    Some((at, Expiry::Idle)) if at <= Instant::now() => {
+                        tracing::debug!(%peer, "idle for server.idle_timeout: closing the connection");
+                        if !shut_down {
+                            conn.as_mut().graceful_shutdown();
+                            shut_down = true;
+                        }
+                        closing_until = Some(Instant::now() + ctx.limits.header_timeout);
+                    }
+                    Some((at, Expiry::Closing)) if at <= Instant::now() => {
+                        tracing::debug!(%peer, "connection did not close in time after shutdown: dropped");
+                        return;
+                    }
+                    _ => {}
+                }
+                // Re-armed on the next turn, whatever the deadline is now.
+                armed = None;
+                timer.as_mut().reset(Instant::now() + NEVER);
+            }
+        }
+    }
+}
+
+/// What happens when the armed deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head did not arrive in time: drop the connection.
+    Head,
+    /// Idle too long: shut down gracefully.
+    Idle,
+    /// A graceful shutdown did not finish in time: drop the connection.
+    Closing,
+}
+
+// === impl ConnState ===
+
+/// A connection's request bookkeeping, updated by its requests and its reads, read by the
+/// task that drives it.
+#[derive(Debug)]
+pub(super) struct ConnState {
+    times: Mutex<Times>,
+    /// Set while an HTTP/1 connection waits between requests, so that a read can start the
+    /// header clock. Checked on every read, hence an atomic outside the lock.
+    awaiting_head: AtomicBool,
+    /// Wakes the driving task when the deadlines may have changed.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct Times {
+    /// Requests in flight on this connection (more than one only on HTTP/2).
+    active: usize,
+    /// Requests started on this connection so far.
+    served: u64,
+    http2: bool,
+    wait: Wait,
+}
+
+/// What the connection is waiting for while nothing is in flight, and since when.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    Head(Instant),
+    Idle(Instant),
+    Busy,
+}
+
+impl ConnState {
+    fn new(accepted: Instant) -> Self {
+        Self {
+            times: Mutex::new(Times {
+                active: 0,
+                served: 0,
+                http2: false,
+                wait: Wait::Head(accepted),
+            }),
+            awaiting_head: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn times(&self) -> MutexGuard<'_, Times> {
+        self.times.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request head was read and handed to the app. The driving task is woken only during
+    /// a drain (to shut the connection down gracefully): otherwise the deadline it sleeps on
+    /// is simply found obsolete when it passes.
+    pub(super) fn request_started(&self, version: Version, draining: bool) {
+        {
+            let mut t = self.times();
+            t.active += 1;
+            t.served += 1;
+            t.http2 = version == Version::HTTP_2;
+            t.wait = Wait::Busy;
+        }
+        self.awaiting_head.store(false, Ordering::Relaxed);
+        if draining {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A response body ended or was dropped (or the request was abandoned before it had one).
+    /// The last one to end arms the idle deadline.
+    pub(super) fn request_ended(&self) {
+        let idle = {
+            let mut t = self.times();
+            t.active = t.active.saturating_sub(1);
+            if t.active == 0 {
+                t.wait = Wait::Idle(Instant::now());
+                if !t.http2 {
+                    self.awaiting_head.store(true, Ordering::Relaxed);
+                }
+            }
+            t.active == 0
+        };
+        if idle {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Bytes were read from the socket: on an idle HTTP/1 connection, the next head begins.
+    fn bytes_arrived(&self) {
+        if !self.awaiting_head.load(Ordering::Relaxed)
+            || !self.awaiting_head.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        {
+            let mut t = self.times();
+            if t.active == 0 && matches!(t.wait, Wait::Idle(_)) {
+                t.wait = Wait::Head(Instant::now());
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    fn has_served(&self) -> bool {
+        self.times().served > 0
+    }
+
+    /// The next deadline and what it means, if any applies now.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
+        let t = self.times();
+        if t.active > 0 {
+            return None;
+        }
+        match t.wait {
+            Wait::Head(since) => Some((since + limits.header_timeout, Expiry::Head)),
+            Wait::Idle(since) => Some((since + limits.idle_timeout, Expiry::Idle)),
+            Wait::Busy => None,
+        }
+    }
+}
+
+// === impl WatchedIo ===
+
+/// The TCP stream as hyper reads it: first the bytes [`sniff`] took, then the socket, telling
+/// [`ConnState`] whenever bytes arrive.
+#[derive(Debug)]
+pub(super) struct WatchedIo {
+    tcp: TcpStream,
+    prefix: Bytes,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,590 @@
+//! Tests of the listener over real loopback sockets: raw TCP clients for the clocks and the
+//! head limits (so the test sees exactly what reaches the wire and when the server closes),
+//! hyper clients for HTTP/1 and h2c, and a route that streams slowly for the drain.
+//!
+//! Timing bounds leave room for a busy 2-core machine; each test prints what it measured.
+
+use super::{Limits, MAX_HEADER_BYTES, SETTLE, Server, ServerHandle};
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use bytes::Bytes;
+use hale_testkit::eventually;
+use http_body::Frame;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep, timeout};
+
+/// Chunks of `/stream` and the pause before each.
+const TICKS: u32 = 5;
+const TICK: Duration = Duration::from_millis(100);
+
+/// A body of `left` chunks `tick\n`, one every `every`.
+struct Ticks {
+    left: u32,
+    every: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Ticks {
+    fn new(left: u32, every: Duration) -> Self {
+        Self {
+            left,
+            every,
+            sleep: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+}
+
+impl http_body::Body for Ticks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        ready!(self.sleep.as_mut().poll(cx));
+        self.left -= 1;
+        let next = Instant::now() + self.every;
+        self.sleep.as_mut().reset(next);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"tick\n")))))
+    }
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/fast", get(|| async { "ok" }))
+        .route(
+            "/empty",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .route(
+            "/stream",
+            get(|| async { Body::new(Ticks::new(TICKS, TICK)) }),
+        )
+}
+
+fn limits(header_ms: u64, idle_ms: u64) -> Limits {
+    Limits {
+        header_timeout: Duration::from_millis(header_ms),
+        idle_timeout: Duration::from_millis(idle_ms),
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_headers: super::MAX_HEADERS,
+    }
+}
+
+async fn start(limits: Limits) -> (SocketAddr, ServerHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (addr, Server::new(listener, app(), limits).spawn())
+}
+
+/// Reads until the server closes the connection (EOF or reset), at most `limit`; returns what
+/// arrived and when the close came.
+async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, Instant) {
+    let mut got = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let closed = timeout(limit, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the connection");
+    (got, closed)
+}
+
+/// One HTTP/1.1 GET on an open connection, read to the end of a `Content-Length` body;
+/// returns the head (lowercased) and the body.
+async fn get_on(tcp: &mut TcpStream, path: &str) -> (String, String) {
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return (head, text[end + 4..end + 4 + length].to_owned());
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+// === protocols ===
+
+#[tokio::test]
+async fn serves_http1_and_h2c_on_one_port() {
+    let (addr, _server) = start(limits(2_000, 5_000)).await;
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (head, body) = get_on(&mut tcp, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "ok");
+    let (head, _) = get_on(&mut tcp, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "keep-alive: {head}");
+
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{addr}/fast"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
+
+// === clocks ===
+
+#[tokio::test]
+async fn a_head_trickled_a_byte_at_a_time_is_cut_at_the_header_timeout() {
+    let (addr, _server) = start(limits(400, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = b"GET /fast HTTP/1.1\r\nhost: t\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let (mut reader, mut writer) = tcp.split();
+    let (first, (got, closed)) = tokio::join!(
+        trickle_half(&mut writer, head, Duration::from_millis(50)),
+        read_half_until_closed(&mut reader, Duration::from_secs(5)),
+    );
+    let cut = closed - first;
+    eprintln!("trickled head cut {} ms after its first byte", millis(cut));
+    assert!(got.is_empty(), "no answer to a cut head: {got:?}");
+    assert!(
+        cut >= Duration::from_millis(350) && cut < Duration::from_millis(800),
+        "cut after {cut:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trickled_http2_preface_is_cut_at_the_header_timeout_too() {
+    let (addr, _server) = start(limits(400, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = tcp.split();
+    let (first, (_, closed)) = tokio::join!(
+        trickle_half(
+            &mut writer,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            Duration::from_millis(50)
+        ),
+        read_half_until_closed(&mut reader, Duration::from_secs(5)),
+    );
+    let cut = closed - first;
+    eprintln!(
+        "trickled preface cut {} ms after its first byte",
+        millis(cut)
+    );
+    assert!(cut < Duration::from_millis(800), "cut after {cut:?}");
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_at_the_header_timeout() {
+    let (addr, _server) = start(limits(400, 5_000)).await;
+    let connected = Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (got, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let cut = closed - connected;
+    eprintln!("silent connection cut after {} ms", millis(cut));
+    assert!(got.is_empty());
+    assert!(
+        cut >= Duration::from_millis(350) && cut < Duration::from_millis(800),
+        "cut after {cut:?}"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_idles_past_the_header_timeout_and_the_next_head_has_its_own_clock() {
+    let (addr, _server) = start(limits(300, 3_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (head, _) = get_on(&mut tcp, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // Idle for twice the header timeout: hyper's own header timer would have closed it.
+    let mut probe = [0_u8; 1];
+    let idle = timeout(Duration::from_millis(600), tcp.read(&mut probe)).await;
+    assert!(idle.is_err(), "closed while idle: {idle:?}");
+    let (head, body) = get_on(&mut tcp, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "ok");
+
+    // Idle again, then a trickled head: cut a header timeout after its first byte.
+    let idle = timeout(Duration::from_millis(600), tcp.read(&mut probe)).await;
+    assert!(idle.is_err(), "closed while idle: {idle:?}");
+    let (mut reader, mut writer) = tcp.split();
+    let (first, (got, closed)) = tokio::join!(
+        trickle_half(
+            &mut writer,
+            b"GET /fast HTTP/1.1\r\nhost: t\r\nx-slow: aaaaaaaaaaaaaaaa\r\n\r\n",
+            Duration::from_millis(50)
+        ),
+        read_half_until_closed(&mut reader, Duration::from_secs(5)),
+    );
+    let cut = closed - first;
+    eprintln!("second head cut {} ms after its first byte", millis(cut));
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        cut >= Duration::from_millis(250) && cut < Duration::from_millis(700),
+        "cut after {cut:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (addr, _server) = start(limits(300, 800)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (head, _) = get_on(&mut tcp, "/fast").await;
+    let answered = Instant::now();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (got, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let idle = closed - answered;
+    eprintln!(
+        "idle keep-alive connection closed after {} ms",
+        millis(idle)
+    );
+    assert!(got.is_empty());
+    assert!(
+        idle >= Duration::from_millis(700) && idle < Duration::from_millis(1_300),
+        "closed after {idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_gets_goaway_after_the_idle_timeout() {
+    let (addr, _server) = start(limits(300, 800)).await;
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{addr}/fast"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    let answered = Instant::now();
+    let ended = timeout(Duration::from_secs(5), conn).await;
+    let idle = answered.elapsed();
+    eprintln!("idle h2 connection ended after {} ms", millis(idle));
+    assert!(ended.is_ok(), "the h2 connection did not end");
+    assert!(
+        idle >= Duration::from_millis(700) && idle < Duration::from_millis(1_500),
+        "ended after {idle:?}"
+    );
+}
+
+// === head size ===
+
+/// A GET whose head carries `extra` header lines.
+fn head_with(extra: &str) -> Vec<u8> {
+    format!("GET /fast HTTP/1.1\r\nhost: t\r\n{extra}\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn heads_over_64_kib_or_100_fields_get_431_and_the_server_goes_on() {
+    let (addr, _server) = start(limits(2_000, 5_000)).await;
+
+    // Just under the limit is served.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let under = format!("x-big: {}\r\n", "a".repeat(MAX_HEADER_BYTES - 200));
+    tcp.write_all(&head_with(&under)).await.unwrap();
+    let mut buf = [0_u8; 64];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let over = format!("x-big: {}\r\n", "a".repeat(MAX_HEADER_BYTES + 10));
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (what, extra) in [("64 KiB + 10", over), ("150 fields", many)] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&head_with(&extra)).await.unwrap();
+        let (got, _) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got);
+        eprintln!("{what}: {:?}", text.lines().next());
+        assert!(
+            text.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+            "{what}: {text}"
+        );
+    }
+
+    // HTTP/2: a header list over the advertised limit gets 431 too.
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{addr}/fast"))
+        .header("x-big", "a".repeat(MAX_HEADER_BYTES + 10))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    eprintln!("h2 64 KiB + 10: {}", resp.status());
+    assert_eq!(resp.status(), 431);
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (head, body) = get_on(&mut tcp, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "ok");
+}
+
+// === drain ===
+
+/// An HTTP/1 client on its own connection.
+async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn get_req(addr: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .header("host", "t")
+        .body(Empty::<Bytes>::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn drain_waits_for_the_stream_and_closes_connections_as_they_finish() {
+    let (addr, server) = start(limits(2_000, 5_000)).await;
+
+    // A keep-alive connection that is idle when the drain starts.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    get_on(&mut idle, "/fast").await;
+
+    let mut streaming = h1_client(addr).await;
+    let resp = streaming
+        .send_request(get_req(addr, "/stream"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(server.in_flight(), 1);
+    let mut body = resp.into_body();
+
+    let in_flight = server.start_draining();
+    let drain_started = Instant::now();
+    assert_eq!(in_flight, 1);
+
+    // The idle keep-alive connection is closed at once.
+    let (got, closed) = read_until_closed(&mut idle, Duration::from_secs(2)).await;
+    assert!(got.is_empty());
+    eprintln!(
+        "idle keep-alive connection closed {} ms into the drain",
+        millis(closed - drain_started)
+    );
+
+    // New connections are still served, told to close, and closed.
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    let (head, body_text) = get_on(&mut fresh, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body_text, "ok");
+    let (rest, _) = read_until_closed(&mut fresh, Duration::from_secs(2)).await;
+    assert!(rest.is_empty());
+
+    // The drain is not over while the stream runs, and is over shortly after it ends.
+    let drained = tokio::spawn(async move {
+        server.drained().await;
+        (Instant::now(), server)
+    });
+    let mut chunks = 0;
+    while let Some(frame) = body.frame().await {
+        if frame.unwrap().is_data() {
+            chunks += 1;
+        }
+    }
+    let stream_end = Instant::now();
+    assert_eq!(chunks, TICKS);
+    let (drained_at, server) = timeout(Duration::from_secs(2), drained)
+        .await
+        .expect("drained() did not resolve")
+        .unwrap();
+    let after = drained_at - stream_end;
+    eprintln!("drained {} ms after the stream ended", millis(after));
+    assert!(drained_at >= stream_end, "drained before the stream ended");
+    assert!(after < SETTLE + Duration::from_millis(300), "{after:?}");
+    assert_eq!(server.in_flight(), 0);
+
+    // The streaming connection is closed once its response is done.
+    eventually(Duration::from_secs(2), Duration::from_millis(20), || {
+        let closed = streaming.is_closed();
+        async move { closed.then_some(()) }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn h2_drain_sends_goaway_and_the_open_stream_finishes() {
+    let (addr, server) = start(limits(2_000, 5_000)).await;
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = h2.send_request(get_req(addr, "/stream")).await.unwrap();
+    server.start_draining();
+
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), "tick\n".len() * TICKS as usize);
+    // GOAWAY: the connection ends once its stream is done; no new stream is taken.
+    timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("the h2 connection did not end after GOAWAY")
+        .unwrap()
+        .unwrap();
+    assert!(h2.send_request(get_req(addr, "/fast")).await.is_err());
+    timeout(Duration::from_secs(1), server.drained())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn drain_with_nothing_in_flight_settles_at_once() {
+    let (addr, server) = start(limits(2_000, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    get_on(&mut tcp, "/fast").await;
+    assert_eq!(server.start_draining(), 0);
+    let started = Instant::now();
+    server.drained().await;
+    let took = started.elapsed();
+    eprintln!("idle drain took {} ms", millis(took));
+    assert!(took >= SETTLE && took < SETTLE + Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_leaves_the_count() {
+    let (addr, server) = start(limits(2_000, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0_u8; 256];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(server.in_flight(), 1);
+    drop(tcp);
+    eventually(Duration::from_secs(2), Duration::from_millis(10), || {
+        let n = server.in_flight();
+        async move { (n == 0).then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn responses_without_a_body_leave_the_count_at_once() {
+    let (addr, server) = start(limits(2_000, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (head, _) = get_on(&mut tcp, "/empty").await;
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    tcp.write_all(b"HEAD /fast HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0_u8; 512];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = h2.send_request(get_req(addr, "/empty")).await.unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // The connections stay open; only the requests must be gone from the count.
+    server.start_draining();
+    timeout(SETTLE + Duration::from_millis(500), server.drained())
+        .await
+        .expect("a bodiless response is still counted in flight");
+}
+
+#[tokio::test]
+async fn stop_closes_the_listener_and_every_connection() {
+    let (addr, server) = start(limits(2_000, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    get_on(&mut tcp, "/fast").await;
+    server.stop().await;
+    let (got, _) = read_until_closed(&mut tcp, Duration::from_secs(2)).await;
+    assert!(got.is_empty());
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+// === split-stream helpers ===
+
+async fn trickle_half(
+    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+    head: &[u8],
+    every: Duration,
+) -> Instant {
+    let mut first = None;
+    let mut ticks = tokio::time::interval(every);
+    for byte in head {
+        ticks.tick().await;
+        first.get_or_insert_with(Instant::now);
+        if writer.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+    }
+    first.unwrap()
+}
+
+async fn read_half_until_closed(
+    reader: &mut tokio::net::tcp::ReadHalf<'_>,
+    limit: Duration,
+) -> (Vec<u8>, Instant) {
+    let mut got = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let closed = timeout(limit, async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the connection");
+    (got, closed)
+}
