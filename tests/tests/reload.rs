@@ -9,7 +9,8 @@
 //!   and its checks.
 //! - Drain: a stream in flight on a drained endpoint completes with every chunk while new
 //!   requests go elsewhere; `/enable` brings it back.
-//! - Check: `POST /internal/endpoints/{name}/check` checks at once and reports what it found.
+//! - Check: `POST /internal/endpoints/{name}/check` checks at once and reports what it found;
+//!   neither the admin token nor the endpoint's `api_key` shows in status or logs.
 
 use hale_testkit::{Gateway, MockLlm, PooledClient, eventually, http_request};
 use hale_tests::wait_status;
@@ -324,7 +325,7 @@ async fn a_drained_endpoint_finishes_its_stream_and_gets_nothing_new() -> anyhow
 #[tokio::test]
 async fn check_on_request_reports_what_it_found() -> anyhow::Result<()> {
     let a = MockLlm::start("vllm", &["m"]).await?;
-    let mut entry = endpoint("a", &a.url(), "");
+    let mut entry = endpoint("a", &a.url(), "    api_key: sk-upstream-e2e-secret\n");
     // A long interval: any check seen within the test is one we asked for.
     entry = entry.replace("check_interval: 1s", "check_interval: 60s");
     let gw = Gateway::start(&config(&[entry]))
@@ -359,5 +360,13 @@ async fn check_on_request_reports_what_it_found() -> anyhow::Result<()> {
     .await?;
     assert_eq!(unauth.status, 401);
     assert_eq!(a.hits("/health").await?, hits);
+
+    // Neither secret shows in the status pages or in anything the gateway logged.
+    let status = gw.get("/internal/status/endpoints").await?.text;
+    let logs = gw.logs();
+    for secret in ["sk-upstream-e2e-secret", TOKEN] {
+        assert!(!status.contains(secret), "status shows {secret}");
+        assert!(!logs.contains(secret), "the logs show {secret}");
+    }
     Ok(())
 }

@@ -83,6 +83,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         hale_proxy::ServerSettings {
             api_keys: config.server.api_keys.clone(),
             max_body: usize::try_from(config.server.max_body.as_u64()).unwrap_or(usize::MAX),
+            body_timeout: config.server.header_timeout,
         },
     );
 

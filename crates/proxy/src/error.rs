@@ -5,7 +5,8 @@
 //! crate, which sits above it), so a client sees one error format on every path of the
 //! listener: `code` repeats the HTTP status as a number, `type` is the machine-readable class.
 //! The statuses follow DESIGN §5/§6: unknown model 404, every candidate down 503 with
-//! `Retry-After`, body too large 413, malformed JSON or a missing `model` 400, a missing or
+//! `Retry-After`, body too large 413, a body slower than `server.header_timeout` 408 (so a
+//! client trickling its body cannot hold a request open), malformed JSON or a missing `model` 400, a missing or
 //! wrong API key 401 with `WWW-Authenticate: Bearer`, a wrong method 405 with `Allow`.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -31,6 +32,8 @@ pub enum ProxyError {
     Unauthorized,
     #[error("request body larger than {limit} bytes (server.max_body)")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {}s of its head (server.header_timeout)", .0.as_secs_f64())]
+    BodyTimeout(Duration),
     #[error("{0}")]
     BadRequest(Cow<'static, str>),
     #[error("{0}")]
@@ -55,6 +58,7 @@ impl ProxyError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,9 +70,10 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unauthorized => AUTHENTICATION_ERROR,
-            Self::BodyTooLarge { .. } | Self::BadRequest(_) | Self::MethodNotAllowed { .. } => {
-                INVALID_REQUEST_ERROR
-            }
+            Self::BodyTooLarge { .. }
+            | Self::BodyTimeout(_)
+            | Self::BadRequest(_)
+            | Self::MethodNotAllowed { .. } => INVALID_REQUEST_ERROR,
             Self::ModelNotFound(_) | Self::NoRoute { .. } => NOT_FOUND_ERROR,
             Self::Unavailable { .. } => SERVICE_UNAVAILABLE_ERROR,
         }

@@ -67,7 +67,10 @@ pub async fn forward(
         return Err(ProxyError::Unauthorized.into());
     }
     let (parts, request_body) = request.into_parts();
-    let bytes = body::read_limited(&parts.headers, request_body, shared.max_body).await?;
+    let read = body::read_limited(&parts.headers, request_body, shared.max_body);
+    let bytes = tokio::time::timeout_at(started + shared.body_timeout, read)
+        .await
+        .map_err(|_| ProxyError::BodyTimeout(shared.body_timeout))??;
     let fields = body::parse(&bytes)?;
     let model: &str = &fields.model;
     tracing::trace!(

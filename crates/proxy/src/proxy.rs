@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 /// The parts of `server:` the proxy enforces. (`ServerConfig` itself lives in hale-api, which
@@ -53,14 +53,18 @@ pub struct ServerSettings {
     pub api_keys: Vec<Secret>,
     /// `server.max_body` in bytes: the largest request body accepted.
     pub max_body: usize,
+    /// `server.header_timeout`: the whole request body must also arrive within this time of
+    /// the request's head, or the request is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerSettings {
-    /// No API keys, 10 MiB bodies: the defaults of `server:`.
+    /// No API keys, 10 MiB bodies within 10 s: the defaults of `server:`.
     fn default() -> Self {
         Self {
             api_keys: Vec::new(),
             max_body: 10 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -113,6 +117,7 @@ pub(crate) struct Shared {
     pub upstream: Upstream,
     pub keys: ApiKeys,
     pub max_body: usize,
+    pub body_timeout: Duration,
     pub ids: RequestIds,
     pub pod: HeaderValue,
     pub stats: RequestStats,
@@ -174,6 +179,7 @@ impl Proxy {
             upstream: Upstream::new(config.connect_timeout),
             keys: ApiKeys::new(&server.api_keys),
             max_body: server.max_body,
+            body_timeout: server.body_timeout,
             ids: RequestIds,
             pod,
             stats: RequestStats::new(names),

@@ -811,3 +811,46 @@ async fn a_reload_adds_changes_and_removes_endpoints_and_drains_hold() {
     let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
     assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text);
 }
+
+#[tokio::test]
+async fn a_body_slower_than_the_limit_gets_408_and_never_reaches_a_backend() {
+    let backend = Backend::start(ok).await;
+    let h = hale(
+        &[("a", backend.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings {
+            body_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    let sent = Instant::now();
+    tcp.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 5 s");
+    let waited = sent.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(2),
+        "answered after {waited:?}"
+    );
+    assert!(backend.seen().is_empty());
+    // A normal request on a new connection is unaffected.
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+}
