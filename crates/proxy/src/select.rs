@@ -286,12 +286,21 @@ fn eligible(
         return None;
     }
     // The runtime must be this very endpoint (same `Arc`). Positions match except in the
-    // instant between a reload's new snapshot and the proxy's new table: then search.
+    // instant between a reload's new snapshot and the proxy's new table: then search, and
+    // accept the runtime of the same name and destination (an endpoint whose settings
+    // changed), so that instant costs no request a 404 or a 503.
     let rt = match runtimes.get(i) {
         Some(rt) if Arc::ptr_eq(&rt.endpoint, endpoint) => *rt,
         _ => *runtimes
             .iter()
-            .find(|rt| Arc::ptr_eq(&rt.endpoint, endpoint))?,
+            .find(|rt| Arc::ptr_eq(&rt.endpoint, endpoint))
+            .or_else(|| {
+                runtimes.iter().find(|rt| {
+                    rt.endpoint.name == endpoint.name
+                        && rt.endpoint.url == endpoint.url
+                        && rt.endpoint.api_key == endpoint.api_key
+                })
+            })?,
     };
     if !rt.usable() || !status.serves(model) {
         return None;
@@ -597,6 +606,32 @@ mod tests {
             Instant::now(),
         );
         assert!(matches!(s, Selection::Unavailable { .. }), "{s:?}");
+    }
+
+    #[test]
+    fn between_a_reload_and_the_new_table_a_changed_endpoint_still_serves() {
+        let f = fixture(&[("a", Vllm, 100, 1.0, &["m"])]);
+        // The store took a new weight for a (same backend); the proxy's table is the old one.
+        let mut c = EndpointConfig::new("a", "http://127.0.0.1:9", Vllm);
+        c.weight = 3.0;
+        c.models = vec!["m".to_owned()];
+        let change = f
+            .store
+            .reconcile(vec![c.resolve("e").unwrap()], Now::capture());
+        assert_eq!(change.updated.len(), 1);
+        let sel = Selector::new(Balancer::Priority);
+        assert_eq!(f.name(&f.pick(&sel, "m", Route::ChatCompletions)), "a");
+        // Another destination under the same name is not served through the old runtime.
+        let moved = EndpointConfig::new("a", "http://127.0.0.1:10", Vllm);
+        let mut moved = moved;
+        moved.models = vec!["m".to_owned()];
+        f.store
+            .reconcile(vec![moved.resolve("e").unwrap()], Now::capture());
+        ok(&f.store, "a", 1);
+        assert!(matches!(
+            f.pick(&sel, "m", Route::ChatCompletions),
+            Selection::NotServed
+        ));
     }
 
     #[test]
