@@ -621,14 +621,15 @@ fn render(
          (order rotated each round, after a {warm} s warm-up), medians reported. One mockllm \
          (OpenAI flavour, release build, `--chunks {CHUNKS} --chunk-delay-ms 0`) is the backend \
          of every target. Hale: `hale serve` with that one endpoint (`type: openai`, \
-         `check_interval: 5s`, log level warn), tokio's default of one worker thread per core. \
-         HAProxy: `mode http`, `option http-keep-alive`, `http-reuse always`, \
+         `check_interval: 5s`, log level warn), which runs on one thread (tokio's \
+         current-thread runtime). HAProxy: `mode http`, `option http-keep-alive`, \
+         `http-reuse always`, \
          `nbthread {workers}`, `pool-max-conn {UPSTREAM_IDLE}`, `tune.idle-pool.shared off` \
          (with shared pools 2.6 burns CPU at low load; see xtask/src/bench/refs.rs). nginx: `worker_processes {workers}`, upstream \
          `keepalive {UPSTREAM_IDLE}`, `proxy_http_version 1.1`, `Connection \"\"`, \
-         `proxy_buffering off`, `keepalive_requests` lifted on both sides. Each proxy gets one \
-         thread or worker per core ({workers}), as Hale does. oha, the mock and the proxy share \
-         the machine's {workers} cores, so only ratios within this run mean anything. \
+         `proxy_buffering off`, `keepalive_requests` lifted on both sides. Each reference proxy \
+         gets one thread or worker per core ({workers}), its own default. oha, the mock and the \
+         proxy share the machine's {workers} cores, so only ratios within this run mean anything. \
          CPU µs/req: the proxy's CPU time (user + system, summed over its threads' \
          schedstat, nanosecond resolution; nginx: master and workers) during its measured \
          runs over the requests answered. Peak RSS: VmHWM at the end of the run \

@@ -3,9 +3,10 @@
 //! nothing else in the request path (no logging, no buffering of streams), and run in the
 //! foreground from a config file in the run's temporary directory.
 //!
-//! Fairness on the 2-core machines: Hale's tokio runtime starts one worker thread per core,
-//! so each reference proxy is given the same — `nbthread` threads for HAProxy, that many
-//! `worker_processes` for nginx — which is also what each does by default (`auto`). Connection
+//! Threads on the 2-core machines: each reference proxy gets one thread or worker per core —
+//! `nbthread` threads for HAProxy, that many `worker_processes` for nginx — which is what each
+//! does by default (`auto`). Hale runs on one thread (see `bins/hale/src/main.rs` for why);
+//! the references keep their defaults, which favours them if anything. Connection
 //! reuse to the backend is on for all three: HAProxy `http-reuse always` with an idle pool of
 //! [`UPSTREAM_IDLE`] connections, nginx `keepalive` with the same number; nginx's
 //! per-connection request cap (1000 by default, both sides) is lifted so it does not reconnect
@@ -30,7 +31,7 @@ use super::process::{Server, free_port};
 /// Idle keep-alive connections each reference proxy keeps to the backend.
 pub(crate) const UPSTREAM_IDLE: u32 = 64;
 
-/// Threads (HAProxy) or worker processes (nginx): one per core, as Hale's runtime has.
+/// Threads (HAProxy) or worker processes (nginx): one per core, their default.
 pub(crate) fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
