@@ -12,10 +12,8 @@
 use crate::ApiState;
 use crate::error::ApiError;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use subtle::{Choice, ConstantTimeEq};
 
 const REFUSAL: &str = "missing or invalid admin token";
 
@@ -39,38 +37,19 @@ pub(crate) async fn require_admin_token(
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header, if there is one.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
+pub use hale_proxy::auth::bearer_token;
 
-/// Whether `provided` equals `expected`, in time that depends only on `expected.len()`.
+/// Whether `provided` equals `expected`, in time that depends only on `expected.len()`: the
+/// proxy's comparison (one implementation for API keys and the admin token).
 pub fn token_matches(provided: &[u8], expected: &[u8]) -> bool {
-    let same_len = provided.len().ct_eq(&expected.len());
-    let same_bytes = expected
-        .iter()
-        .enumerate()
-        .fold(Choice::from(1), |acc, (i, e)| {
-            // Past the end of `provided` the byte is taken as 0; the length check above has
-            // already made the result false, and the loop length stays that of `expected`.
-            let p = provided.get(i).copied().unwrap_or(0);
-            acc & p.ct_eq(e)
-        });
-    bool::from(same_len & same_bytes)
+    bool::from(hale_proxy::auth::token_matches(provided, expected))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::Fixture;
-    use axum::http::{HeaderValue, StatusCode};
+    use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 
     #[test]
     fn compares_whole_tokens() {

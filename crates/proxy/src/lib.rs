@@ -32,7 +32,7 @@
 //!   without reference counting; per-endpoint counters that every request writes sit on
 //!   cache lines of their own.
 
-mod auth;
+pub mod auth;
 mod body;
 mod catalog;
 pub mod config;
