@@ -1,16 +1,14 @@
 //! The one error type of Hale's HTTP surface: [`ApiError`] renders itself as OpenAI-shaped
 //! JSON, `{"error":{"message":"…","type":"…","code":401}}`, with the matching status code.
 //!
-//! Every route that can refuse a request answers through this type, so clients and scripts see
-//! one shape whether the refusal came from auth, an unknown path, a bad query string or (later)
-//! the proxy. `code` repeats the HTTP status as a number, which is what OpenAI-compatible
+//! Every route that can refuse a request answers through this type, and the JSON itself is
+//! rendered by `hale_proxy::json_error`, so clients and scripts see one shape whether the
+//! refusal came from auth, an unknown path, a bad query string or the proxy. `code` repeats the HTTP status as a number, which is what OpenAI-compatible
 //! clients print; `type` is the machine-readable class. A 401 also carries
 //! `WWW-Authenticate: Bearer` as RFC 9110 requires, and a 405 carries `Allow`.
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use std::borrow::Cow;
 
 /// The `type` of an authentication failure.
@@ -81,32 +79,13 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    code: u16,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Envelope {
-            error: Body {
-                message: &self.message,
-                kind: &self.kind,
-                code: self.status.as_u16(),
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        let headers = response.headers_mut();
+        let mut response = hale_proxy::json_error(self.status, &self.kind, &self.message);
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -93,26 +93,31 @@ struct Body<'a> {
     code: u16,
 }
 
+/// `{"error":{"message","type","code"}}` with `status` and `Content-Type: application/json`:
+/// the one error shape of the listener, rendered here for the proxy and for hale-api.
+pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::to_vec(&Envelope {
+        error: Body {
+            message,
+            kind,
+            code: status.as_u16(),
+        },
+    })
+    // Serialising three plain fields cannot fail; an empty body would still carry the
+    // status, which is what matters most.
+    .unwrap_or_default();
+    let mut response = (status, Bytes::from(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = self.to_string();
-        let body = serde_json::to_vec(&Envelope {
-            error: Body {
-                message: &message,
-                kind: self.kind(),
-                code: status.as_u16(),
-            },
-        })
-        // Serialising three plain fields cannot fail; an empty body would still carry the
-        // status, which is what matters most.
-        .unwrap_or_default();
-        let mut response = (status, Bytes::from(body)).into_response();
+        let mut response = json_error(self.status(), self.kind(), &self.to_string());
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         match &self {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

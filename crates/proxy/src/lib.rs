@@ -49,7 +49,7 @@ mod stream;
 mod upstream;
 
 pub use config::{Balancer, ProxyConfig};
-pub use error::ProxyError;
+pub use error::{ProxyError, json_error};
 pub use hygiene::{X_HALE_ENDPOINT, X_REQUEST_ID};
 pub use proxy::{Proxy, ServerSettings};
 pub use route::Route;
