@@ -1,9 +1,8 @@
 //! [`ProxyError`]: every answer Hale gives itself on a proxy route instead of a backend's,
 //! rendered as OpenAI-shaped JSON, `{"error":{"message":"…","type":"…","code":404}}`.
 //!
-//! The shape is the one hale-api's `ApiError` renders (the proxy cannot depend on the api
-//! crate, which sits above it), so a client sees one error format on every path of the
-//! listener: `code` repeats the HTTP status as a number, `type` is the machine-readable class.
+//! [`json_error`] renders the shape, here and for hale-api's `ApiError` (the api crate sits
+//! above this one), so a client sees one error format on every path of the listener: `code` repeats the HTTP status as a number, `type` is the machine-readable class.
 //! The statuses follow DESIGN §5/§6: unknown model 404, every candidate down 503 with
 //! `Retry-After`, body too large 413, a body slower than `server.header_timeout` 408 (so a
 //! client trickling its body cannot hold a request open), malformed JSON or a missing `model` 400, a missing or
