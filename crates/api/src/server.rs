@@ -2,6 +2,15 @@
 //! clients, and the drain on shutdown. The binary builds the axum `Router` (the routes of this
 //! crate merged with the proxy's), binds the listener, and hands both to [`Server::spawn`].
 //!
+//! Threads: one accept loop, on the runtime that spawned the server, hands each accepted
+//! connection to one of the serving threads given with [`Server::with_workers`] (each a
+//! single-threaded tokio runtime; the spawning runtime is one of them): the one serving the
+//! fewest open connections, the lowest-numbered on a tie. The connection is served on that
+//! thread's runtime for its whole life. Accepting on one socket and handing over keeps the
+//! spread even whatever the clients' addresses (a `SO_REUSEPORT` group spreads by a hash of
+//! them, so 32 connections can land 20 and 12) and keeps one listener to drain and close; a
+//! hand-over costs two `epoll_ctl` calls per connection, not per request.
+//!
 //! Protocols: HTTP/1.1 (and 1.0) and cleartext HTTP/2 with prior knowledge (h2c), told apart
 //! by the first bytes of the connection (the HTTP/2 preface). TCP_NODELAY is set on every
 //! accepted socket so streamed chunks never wait for Nagle.
@@ -58,7 +67,8 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -110,30 +120,49 @@ pub struct Server {
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    workers: Vec<Handle>,
 }
 
 impl Server {
+    /// A server whose connections are all served on the runtime that spawns it.
     pub fn new(listener: TcpListener, app: Router, limits: Limits) -> Self {
         Self {
             listener,
             app,
             limits,
+            workers: Vec::new(),
         }
+    }
+
+    /// Also serves connections on these runtimes, besides the one that spawns the server
+    /// (see the module docs). Each should be a current-thread runtime on a thread of its own
+    /// that lives until [`ServerHandle::stop`] has returned.
+    #[must_use]
+    pub fn with_workers(mut self, workers: Vec<Handle>) -> Self {
+        self.workers = workers;
+        self
     }
 
     /// Starts the accept loop on its own task. Dropping the handle stops the server.
     pub fn spawn(self) -> ServerHandle {
         let (drain_signal, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
+            requests: (0..=self.workers.len())
+                .map(|_| Requests::default())
+                .collect(),
+            connections: (0..=self.workers.len())
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
             draining: AtomicBool::new(false),
             drain_signal,
             quiet: Notify::new(),
         });
         let (stop, stopped) = oneshot::channel();
         let ctx = Arc::new(connection::Ctx::new(self.app, self.limits, shared.clone()));
-        let task = tokio::spawn(accept_loop(self.listener, ctx, stopped));
+        let threads = Threads {
+            others: self.workers,
+        };
+        let task = tokio::spawn(accept_loop(self.listener, ctx, threads, stopped));
         ServerHandle {
             shared,
             stop: Some(stop),
@@ -165,7 +194,7 @@ impl ServerHandle {
 
     /// Requests whose head has been read and whose response body has not yet ended.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
+        self.shared.in_flight()
     }
 
     /// Resolves once the drain has started and no request has been in flight for [`SETTLE`].
@@ -187,9 +216,9 @@ impl ServerHandle {
                 }
                 quiet.await;
             }
-            let started = self.shared.started.load(Ordering::SeqCst);
+            let started = self.shared.started();
             tokio::time::sleep(SETTLE).await;
-            if self.in_flight() == 0 && self.shared.started.load(Ordering::SeqCst) == started {
+            if self.in_flight() == 0 && self.shared.started() == started {
                 return;
             }
         }
@@ -210,14 +239,26 @@ impl ServerHandle {
 /// What the accept loop, the connections and the handle share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    in_flight: AtomicUsize,
-    /// Requests started since the server started; the settle window watches it.
-    started: AtomicU64,
+    /// The request counts, one per serving thread (see [`Requests`]).
+    requests: Box<[Requests]>,
+    /// Open connections per serving thread, for the accept loop's choice.
+    connections: Box<[AtomicUsize]>,
     /// The drain flag, read on every response; `drain_signal` wakes the connection tasks.
     draining: AtomicBool,
     drain_signal: watch::Sender<bool>,
-    /// Woken when the in-flight count drops to zero during a drain.
+    /// Woken when a thread's in-flight count drops to zero during a drain.
     quiet: Notify,
+}
+
+/// One serving thread's request counts, written by every request of that thread only: on
+/// cache lines of their own, so the threads never bounce a line between cores per request.
+/// The handle reads the sums, rarely.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Requests {
+    in_flight: AtomicUsize,
+    /// Requests started since the server started; the settle window watches the sum.
+    started: AtomicU64,
 }
 
 impl Shared {
@@ -225,15 +266,36 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    fn request_started(&self) {
-        self.started.fetch_add(1, Ordering::SeqCst);
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    fn in_flight(&self) -> usize {
+        self.requests
+            .iter()
+            .map(|r| r.in_flight.load(Ordering::SeqCst))
+            .sum()
     }
 
-    fn request_ended(&self) {
-        // SeqCst on both sides pairs with `start_draining` then `drained` reading the count:
-        // either the drain sees this decrement, or this sees the drain flag and wakes it.
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+    fn started(&self) -> u64 {
+        self.requests
+            .iter()
+            .map(|r| r.started.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// A request started on serving thread `thread`.
+    fn request_started(&self, thread: usize) {
+        if let Some(r) = self.requests.get(thread) {
+            r.started.fetch_add(1, Ordering::SeqCst);
+            r.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A request of serving thread `thread` ended.
+    fn request_ended(&self, thread: usize) {
+        // SeqCst on both sides pairs with `start_draining` then `drained` reading the counts:
+        // either the drain sees this decrement, or this sees the drain flag and wakes it. The
+        // last request to end overall takes its own thread's count to zero, so it is among
+        // those that wake the drain, which then sums the counts again.
+        if let Some(r) = self.requests.get(thread)
+            && r.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && self.draining.load(Ordering::SeqCst)
         {
             self.quiet.notify_waiters();
@@ -245,10 +307,87 @@ impl Shared {
     }
 }
 
+/// The serving threads the accept loop hands connections to; see the module docs.
+#[derive(Debug)]
+struct Threads {
+    /// The other runtimes: thread 0 is the accept loop's own, `others[i]` is thread `i + 1`.
+    others: Vec<Handle>,
+}
+
+impl Threads {
+    /// Spawns `serve` for `tcp` on the thread with the fewest open connections.
+    fn spawn(
+        &self,
+        connections: &mut JoinSet<()>,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+        ctx: Arc<connection::Ctx>,
+    ) {
+        let shared = ctx.shared();
+        let thread = shared
+            .connections
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, n)| (n.load(Ordering::Relaxed), *i))
+            .map_or(0, |(i, _)| i);
+        let open = Open::count(shared.clone(), thread);
+        let Some(handle) = thread.checked_sub(1).and_then(|i| self.others.get(i)) else {
+            connections.spawn(async move {
+                let _open = open;
+                connection::serve(tcp, peer, ctx, 0).await;
+            });
+            return;
+        };
+        // The socket is registered with this runtime's event loop: take it out, and register it
+        // with the serving thread's when its task starts there.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "handing a connection over failed");
+                return;
+            }
+        };
+        connections.spawn_on(
+            async move {
+                let _open = open;
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => connection::serve(tcp, peer, ctx, thread).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "taking a connection over failed"),
+                }
+            },
+            handle,
+        );
+    }
+}
+
+/// One open connection, counted against its serving thread until dropped.
+struct Open {
+    shared: Arc<Shared>,
+    thread: usize,
+}
+
+impl Open {
+    fn count(shared: Arc<Shared>, thread: usize) -> Self {
+        if let Some(n) = shared.connections.get(thread) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        Self { shared, thread }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(n) = self.shared.connections.get(self.thread) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Accepts until `stop` fires (or its sender is dropped), then closes every connection.
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<connection::Ctx>,
+    threads: Threads,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut connections = JoinSet::new();
@@ -260,7 +399,7 @@ async fn accept_loop(
                 Ok((tcp, peer)) => {
                     // TCP_NODELAY: streamed chunks must not wait for Nagle.
                     let _ = tcp.set_nodelay(true);
-                    connections.spawn(connection::serve(tcp, peer, ctx.clone()));
+                    threads.spawn(&mut connections, tcp, peer, ctx.clone());
                 }
                 Err(e) => errors.pause(e).await,
             },

@@ -62,6 +62,10 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub(super) fn new(app: Router, limits: Limits, shared: Arc<Shared>) -> Self {
         let mut h1 = http1::Builder::new();
         // Hale keeps the header clock itself (see the module docs); hyper's would also close
@@ -85,8 +89,9 @@ impl Ctx {
     }
 }
 
-/// Serves one connection until it closes, is cut, or the task is aborted (server stop).
-pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
+/// Serves one connection, on serving thread `thread`, until it closes, is cut, or the task is
+/// aborted (server stop).
+pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, thread: usize) {
     let accepted = Instant::now();
     let sniffed = tokio::select! {
         sniffed = sniff(&mut tcp) => sniffed,
@@ -106,13 +111,18 @@ pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let state = Arc::new(ConnState::new(accepted));
+    let state = Arc::new(ConnState::new(
+        accepted,
+        ctx.shared.clone(),
+        thread,
+        ctx.limits,
+    ));
     let io = TokioIo::new(WatchedIo {
         tcp,
         prefix,
         state: state.clone(),
     });
-    let service = ConnService::new(ctx.app.clone(), state.clone(), ctx.shared.clone());
+    let service = ConnService::new(ctx.app.clone(), state.clone());
     match protocol {
         Protocol::Http1 => {
             let conn = ctx.http1.serve_connection(io, service);
@@ -174,75 +184,76 @@ impl Graceful for http2::Connection<Io, ConnService, TokioExecutor> {
 }
 
 /// Polls `conn` to the end while enforcing the deadlines and the drain (module docs).
+///
+/// The timer is armed lazily: it is moved only to an earlier deadline, never to a later one,
+/// and when it fires the deadline is read again and the timer re-armed if it is not due yet.
+/// Requests move the deadline later on every request (the idle clock restarts when a response
+/// ends, the header clock when the next head begins), so resetting the timer each time would
+/// cost two timer-wheel updates and two wake-ups of this task per request; this way a busy
+/// keep-alive connection costs one timer turn per `header_timeout`. [`ConnState`] wakes the
+/// task only when a deadline comes earlier than the one armed.
 async fn drive<C: Graceful>(conn: C, state: &ConnState, ctx: &Ctx, peer: SocketAddr) {
     let mut conn = pin!(conn);
     let mut drain_signal = ctx.shared.drain_signal();
+    let drain = drain_signal.wait_for(|d| *d);
+    let mut drain = pin!(drain);
     let mut drain_heard = false;
+    let changed = state.changed.notified();
+    let mut changed = pin!(changed);
     let mut shut_down = false;
     // Set once the idle deadline has shut the connection down: it must be gone by then.
     let mut closing_until: Option<Instant> = None;
     let timer = sleep_until(Instant::now() + NEVER);
     let mut timer = pin!(timer);
-    let mut armed: Option<(Instant, Expiry)> = None;
     loop {
         if !shut_down && ctx.shared.is_draining() && state.has_served() {
             conn.as_mut().graceful_shutdown();
             shut_down = true;
         }
-        let next = match closing_until {
-            Some(at) => Some((at, Expiry::Closing)),
-            None => state.deadline(&ctx.limits),
-        };
-        if next != armed {
-            timer
-                .as_mut()
-                .reset(next.map_or_else(|| Instant::now() + NEVER, |(at, _)| at));
-            armed = next;
+        if let Some(at) = state.arm(closing_until) {
+            timer.as_mut().reset(at);
         }
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = state.changed.notified() => {}
-            changed = drain_signal.changed(), if !drain_heard => {
+            () = changed.as_mut() => changed.set(state.changed.notified()),
+            heard = drain.as_mut(), if !drain_heard => {
                 // Heard (or the sender is gone): either way the flag is read above from now on.
                 drain_heard = true;
-                let _ = changed;
+                let _ = heard;
             }
             () = timer.as_mut() => {
-                // Read the state again: a request may have started in the same turn.
-                let due = match closing_until {
-                    Some(at) => Some((at, Expiry::Closing)),
-                    None => state.deadline(&ctx.limits),
-                };
-                match due {
-                    Some((at, Expiry::Head)) if at <= Instant::now() => {
+                let now = Instant::now();
+                // Read the state again: the deadline may have moved since the timer was armed.
+                match state.fired(closing_until) {
+                    Some((at, Expiry::Head)) if at <= now => {
                         tracing::debug!(
                             %peer,
                             "request head not complete within server.header_timeout: connection closed"
                         );
                         return;
                     }
-                    Some((at, Expiry::Idle)) if at <= Instant::now() => {
+                    Some((at, Expiry::Idle)) if at <= now => {
                         tracing::debug!(%peer, "idle for server.idle_timeout: closing the connection");
                         if !shut_down {
                             conn.as_mut().graceful_shutdown();
                             shut_down = true;
                         }
-                        closing_until = Some(Instant::now() + ctx.limits.header_timeout);
+                        closing_until = Some(now + ctx.limits.header_timeout);
                     }
-                    Some((at, Expiry::Closing)) if at <= Instant::now() => {
+                    Some((at, Expiry::Closing)) if at <= now => {
                         tracing::debug!(%peer, "connection did not close in time after shutdown: dropped");
                         return;
                     }
                     _ => {}
                 }
-                // Re-armed on the next turn, whatever the deadline is now.
-                armed = None;
-                timer.as_mut().reset(Instant::now() + NEVER);
+                // A fired timer would fire again at once: park it until the next turn arms it.
+                timer.as_mut().reset(now + NEVER);
             }
         }
     }
@@ -262,15 +273,21 @@ enum Expiry {
 // === impl ConnState ===
 
 /// A connection's request bookkeeping, updated by its requests and its reads, read by the
-/// task that drives it.
+/// task that drives it. It also holds the connection's place in the server's request counts
+/// (its serving thread's).
 #[derive(Debug)]
 pub(super) struct ConnState {
     times: Mutex<Times>,
     /// Set while an HTTP/1 connection waits between requests, so that a read can start the
     /// header clock. Checked on every read, hence an atomic outside the lock.
     awaiting_head: AtomicBool,
-    /// Wakes the driving task when the deadlines may have changed.
+    /// Wakes the driving task when a deadline came earlier than the one its timer is set to,
+    /// or a request started during a drain.
     changed: Notify,
+    shared: Arc<Shared>,
+    /// The serving thread the connection lives on.
+    thread: usize,
+    limits: Limits,
 }
 
 #[derive(Debug)]
@@ -281,6 +298,8 @@ struct Times {
     served: u64,
     http2: bool,
     wait: Wait,
+    /// The deadline the driving task's timer is set to, if any.
+    armed: Option<Instant>,
 }
 
 /// What the connection is waiting for while nothing is in flight, and since when.
@@ -291,17 +310,44 @@ enum Wait {
     Busy,
 }
 
+impl Times {
+    /// The next deadline and what it means, if any applies now.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
+        if self.active > 0 {
+            return None;
+        }
+        match self.wait {
+            Wait::Head(since) => Some((since + limits.header_timeout, Expiry::Head)),
+            Wait::Idle(since) => Some((since + limits.idle_timeout, Expiry::Idle)),
+            Wait::Busy => None,
+        }
+    }
+
+    /// Whether the driving task must be woken to arm its timer for the deadline now.
+    fn needs_arming(&self, limits: &Limits) -> bool {
+        match (self.deadline(limits), self.armed) {
+            (Some((at, _)), Some(armed)) => at < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
 impl ConnState {
-    fn new(accepted: Instant) -> Self {
+    fn new(accepted: Instant, shared: Arc<Shared>, thread: usize, limits: Limits) -> Self {
         Self {
             times: Mutex::new(Times {
                 active: 0,
                 served: 0,
                 http2: false,
                 wait: Wait::Head(accepted),
+                armed: None,
             }),
             awaiting_head: AtomicBool::new(false),
             changed: Notify::new(),
+            shared,
+            thread,
+            limits,
         }
     }
 
@@ -309,10 +355,15 @@ impl ConnState {
         self.times.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub(super) fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
     /// A request head was read and handed to the app. The driving task is woken only during
     /// a drain (to shut the connection down gracefully): otherwise the deadline it sleeps on
     /// is simply found obsolete when it passes.
-    pub(super) fn request_started(&self, version: Version, draining: bool) {
+    pub(super) fn request_started(&self, version: Version) {
+        self.shared.request_started(self.thread);
         {
             let mut t = self.times();
             t.active += 1;
@@ -321,15 +372,15 @@ impl ConnState {
             t.wait = Wait::Busy;
         }
         self.awaiting_head.store(false, Ordering::Relaxed);
-        if draining {
+        if self.shared.is_draining() {
             self.changed.notify_one();
         }
     }
 
     /// A response body ended or was dropped (or the request was abandoned before it had one).
-    /// The last one to end arms the idle deadline.
+    /// The last one to end starts the idle clock.
     pub(super) fn request_ended(&self) {
-        let idle = {
+        let wake = {
             let mut t = self.times();
             t.active = t.active.saturating_sub(1);
             if t.active == 0 {
@@ -338,9 +389,10 @@ impl ConnState {
                     self.awaiting_head.store(true, Ordering::Relaxed);
                 }
             }
-            t.active == 0
+            t.needs_arming(&self.limits)
         };
-        if idle {
+        self.shared.request_ended(self.thread);
+        if wake {
             self.changed.notify_one();
         }
     }
@@ -352,29 +404,44 @@ impl ConnState {
         {
             return;
         }
-        {
+        let wake = {
             let mut t = self.times();
             if t.active == 0 && matches!(t.wait, Wait::Idle(_)) {
                 t.wait = Wait::Head(Instant::now());
             }
+            t.needs_arming(&self.limits)
+        };
+        if wake {
+            self.changed.notify_one();
         }
-        self.changed.notify_one();
     }
 
     fn has_served(&self) -> bool {
         self.times().served > 0
     }
 
-    /// The next deadline and what it means, if any applies now.
-    fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
-        let t = self.times();
-        if t.active > 0 {
+    /// The deadline to move the timer to, if it must move: the deadline now (or
+    /// `closing_until`) when it is earlier than the armed one or none is armed. Recorded as
+    /// armed under the same lock the requests update the clocks under, so a request that moves
+    /// a deadline earlier afterwards sees it and wakes the task.
+    fn arm(&self, closing_until: Option<Instant>) -> Option<Instant> {
+        let mut t = self.times();
+        let next = closing_until.or_else(|| t.deadline(&self.limits).map(|(at, _)| at))?;
+        if t.armed.is_some_and(|armed| armed <= next) {
             return None;
         }
-        match t.wait {
-            Wait::Head(since) => Some((since + limits.header_timeout, Expiry::Head)),
-            Wait::Idle(since) => Some((since + limits.idle_timeout, Expiry::Idle)),
-            Wait::Busy => None,
+        t.armed = Some(next);
+        Some(next)
+    }
+
+    /// The timer fired: nothing is armed any more. Returns the deadline that applies now (or
+    /// `closing_until`), for the task to act on if it is due.
+    fn fired(&self, closing_until: Option<Instant>) -> Option<(Instant, Expiry)> {
+        let mut t = self.times();
+        t.armed = None;
+        match closing_until {
+            Some(at) => Some((at, Expiry::Closing)),
+            None => t.deadline(&self.limits),
         }
     }
 }

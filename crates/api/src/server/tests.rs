@@ -376,6 +376,19 @@ async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<
     send
 }
 
+/// `GET /stream` on a new HTTP/1 connection, up to its response head.
+async fn start_stream(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    hyper::Response<hyper::body::Incoming>,
+) {
+    let mut client = h1_client(addr).await;
+    let resp = client.send_request(get_req(addr, "/stream")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    (client, resp)
+}
+
 fn get_req(addr: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
     Request::get(format!("http://{addr}{path}"))
         .header("host", "t")
@@ -391,12 +404,7 @@ async fn drain_waits_for_the_stream_and_closes_connections_as_they_finish() {
     let mut idle = TcpStream::connect(addr).await.unwrap();
     get_on(&mut idle, "/fast").await;
 
-    let mut streaming = h1_client(addr).await;
-    let resp = streaming
-        .send_request(get_req(addr, "/stream"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (streaming, resp) = start_stream(addr).await;
     assert_eq!(server.in_flight(), 1);
     let mut body = resp.into_body();
 
@@ -587,4 +595,116 @@ async fn read_half_until_closed(
     .await
     .expect("the server did not close the connection");
     (got, closed)
+}
+
+// === serving threads ===
+
+/// A current-thread runtime on a thread of its own, as the binary's serving threads are.
+struct TestWorker {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestWorker {
+    fn start(name: &str) -> Self {
+        let (ready, handle) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                ready.send(rt.handle().clone()).unwrap();
+                let _ = rt.block_on(stopped);
+            })
+            .unwrap();
+        Self {
+            handle: handle.recv_timeout(Duration::from_secs(10)).unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(std::thread::JoinHandle::join);
+    }
+}
+
+#[tokio::test]
+async fn connections_are_spread_over_the_serving_threads_and_the_drain_counts_them_all() {
+    let workers = [
+        TestWorker::start("serving-1"),
+        TestWorker::start("serving-2"),
+    ];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app().route(
+        "/thread",
+        get(|| async { std::thread::current().name().unwrap_or("?").to_owned() }),
+    );
+    let server = Server::new(listener, app, limits(2_000, 5_000))
+        .with_workers(workers.iter().map(|w| w.handle.clone()).collect())
+        .spawn();
+
+    // Each new connection goes to the thread with the fewest open ones, the lowest first on a
+    // tie: this thread (0), then serving-1, then serving-2, then this thread again.
+    let here = std::thread::current().name().unwrap_or("?").to_owned();
+    let mut conns = Vec::new();
+    let mut served_on = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let (head, thread) = get_on(&mut tcp, "/thread").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        served_on.push(thread);
+        conns.push(tcp);
+    }
+    eprintln!("4 connections served on {served_on:?}");
+    assert_eq!(
+        served_on,
+        [here.as_str(), "serving-1", "serving-2", here.as_str()]
+    );
+
+    // A connection that closes frees its place: once the server has seen it go, the next one
+    // goes where it was.
+    drop(conns.remove(1));
+    eventually(Duration::from_secs(2), Duration::from_millis(10), || {
+        let open: Vec<usize> = server
+            .shared
+            .connections
+            .iter()
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        async move { (open == [2, 0, 1]).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(get_on(&mut tcp, "/thread").await.1, "serving-1");
+    conns.push(tcp);
+
+    // A stream on another thread counts in flight, and the drain waits for it.
+    let (_streaming, resp) = start_stream(addr).await;
+    assert_eq!(server.in_flight(), 1);
+    assert_eq!(server.start_draining(), 1);
+    let drained = tokio::spawn(async move {
+        server.drained().await;
+        (Instant::now(), server)
+    });
+    let chunks = resp.into_body().collect().await.unwrap().to_bytes();
+    let stream_end = Instant::now();
+    assert_eq!(chunks.len(), 5 * TICKS as usize);
+    let (drained_at, server) = timeout(Duration::from_secs(2), drained)
+        .await
+        .expect("drained() did not resolve")
+        .unwrap();
+    assert!(drained_at >= stream_end, "drained before the stream ended");
+    assert_eq!(server.in_flight(), 0);
+    server.stop().await;
+    drop(workers);
 }

@@ -7,7 +7,6 @@
 //! client went away), or with the handler's future if the request is abandoned before it has
 //! a response. So a stream counts until its final chunk, and no path can leak a count.
 
-use super::Shared;
 use super::connection::ConnState;
 use axum::Router;
 use axum::body::Body;
@@ -29,12 +28,11 @@ use tower::Service as _;
 pub(super) struct ConnService {
     app: Router,
     conn: Arc<ConnState>,
-    shared: Arc<Shared>,
 }
 
 impl ConnService {
-    pub(super) fn new(app: Router, conn: Arc<ConnState>, shared: Arc<Shared>) -> Self {
-        Self { app, conn, shared }
+    pub(super) fn new(app: Router, conn: Arc<ConnState>) -> Self {
+        Self { app, conn }
     }
 }
 
@@ -45,7 +43,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> TrackedFuture {
         let version = req.version();
-        let guard = RequestGuard::enter(&self.conn, &self.shared, version);
+        let guard = RequestGuard::enter(&self.conn, version);
         // A Router clone is one reference count; its `poll_ready` is always ready.
         let mut app = self.app.clone();
         TrackedFuture {
@@ -77,7 +75,7 @@ impl Future for TrackedFuture {
         let (mut parts, body) = response.into_parts();
         // Decided when the head is written, not when the request came: a response that
         // starts after the drain began tells the client to go elsewhere next time.
-        if this.http1 && guard.as_ref().is_some_and(|g| g.shared.is_draining()) {
+        if this.http1 && guard.as_ref().is_some_and(|g| g.conn.is_draining()) {
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -126,27 +124,23 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// One request's place in the server's and its connection's in-flight counts.
+/// One request's place in the server's and its connection's in-flight counts. It holds only
+/// the connection's state (which lives on the request's own thread): the server's counts are
+/// reached through it, so a request touches no reference count shared between threads.
 #[derive(Debug)]
 struct RequestGuard {
     conn: Arc<ConnState>,
-    shared: Arc<Shared>,
 }
 
 impl RequestGuard {
-    fn enter(conn: &Arc<ConnState>, shared: &Arc<Shared>, version: Version) -> Self {
-        shared.request_started();
-        conn.request_started(version, shared.is_draining());
-        Self {
-            conn: conn.clone(),
-            shared: shared.clone(),
-        }
+    fn enter(conn: &Arc<ConnState>, version: Version) -> Self {
+        conn.request_started(version);
+        Self { conn: conn.clone() }
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.conn.request_ended();
-        self.shared.request_ended();
     }
 }
