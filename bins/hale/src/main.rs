@@ -78,7 +78,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             hale::telemetry::init();
-            match runtime().and_then(|rt| rt.block_on(hale::serve::run(loaded))) {
+            let served = hale::workers::from_env().and_then(|threads| {
+                runtime().and_then(|rt| rt.block_on(hale::serve::run(loaded, threads)))
+            });
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -99,41 +102,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tokio runtime the gateway runs on: one thread, like one worker of nginx or HAProxy.
-///
-/// A proxy spends its time in the kernel's socket calls and in wake-ups, not in computation,
-/// and one core forwards tens of thousands of requests a second — far more than the inference
-/// servers behind it can answer. tokio's multi-threaded scheduler costs more than it brings
-/// here: a worker that wakes with work wakes another one to share it (a futex call and a
-/// context switch, twice a request at low load), the threads hand the event queue back and
-/// forth, and tasks bounce between cores. Measured in `cargo xtask bench proxy` on
-/// the 2-core machines, one thread used about 15 % less CPU per request than one worker per
-/// core, with equal or higher throughput, and it is what lets a request wait for a fast answer
-/// by polling instead of sleeping (see `hale_proxy::upstream`), which cuts the added latency at
-/// 100 requests/s by 30–40 µs. The price: a CPU-heavy step (a TLS handshake, a multi-megabyte
-/// request body to scan) holds up the other requests for as long as it takes.
-///
-/// `HALE_WORKER_THREADS=N` with N above 1 runs tokio's multi-threaded runtime with N workers
-/// instead, for a replica that must use more than one core (the polling for fast answers then
-/// stays off). An environment variable, not a config key: DESIGN §5 lists no such key, and the
-/// runtime is built before the config is read.
+/// The tokio runtime of the main thread: a current-thread one. `serve` adds a serving thread
+/// per CPU beside it (see `hale::workers` for why threads with a runtime each rather than
+/// tokio's multi-threaded runtime).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("HALE_WORKER_THREADS")
-        .ok()
-        .map(|v| v.trim().parse::<usize>())
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("HALE_WORKER_THREADS: {e}"))?
-        .unwrap_or(1);
-    if workers > 1 {
-        return Ok(tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .thread_name("hale")
-            .build()?);
-    }
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("hale")
         .build()?)
 }
 

@@ -13,7 +13,8 @@
 //! without a restart; see [`crate::reload`].
 //!
 //! The listener is [`hale_api::Server`]: it enforces `server.header_timeout`,
-//! `server.idle_timeout` and the request head size limits (see [`hale_api::server`]).
+//! `server.idle_timeout` and the request head size limits (see [`hale_api::server`]), and
+//! hands each connection to one of the serving threads ([`crate::workers`]).
 //!
 //! On SIGTERM or SIGINT, in this order:
 //! 1. `/readyz` (and `/health/readiness`) answers 503 `draining` at once, and one INFO line
@@ -31,6 +32,7 @@
 
 use crate::config::LoadedConfig;
 use crate::reload::Reloader;
+use crate::workers::Workers;
 use anyhow::Context as _;
 use hale_api::{ApiState, Limits, Server, install_metrics};
 use hale_core::{HealthStore, Now};
@@ -40,8 +42,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Runs the gateway until a shutdown signal; returns when it has drained.
-pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+/// Runs the gateway, serving connections on `threads` threads (the caller's, on a
+/// current-thread runtime, and `threads - 1` more; see [`crate::workers`]), until a shutdown
+/// signal; returns when it has drained.
+pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
     let started = Now::capture();
     let mut signals = ShutdownSignals::install()?;
     let hangups = Hangups::install()?;
@@ -55,8 +59,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         pod_id = %pod_id,
         endpoints = endpoints.len(),
+        threads,
         "starting hale"
     );
+    let workers = Workers::start(threads)?;
 
     let metrics = install_metrics().context("installing the metrics recorder")?;
     let _upkeep = metrics.spawn_upkeep(Duration::from_secs(10));
@@ -84,6 +90,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             api_keys: config.server.api_keys.clone(),
             max_body: usize::try_from(config.server.max_body.as_u64()).unwrap_or(usize::MAX),
             body_timeout: config.server.header_timeout,
+            workers: threads,
         },
     );
 
@@ -125,7 +132,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         None => state,
     };
     let app = hale_api::router(state.clone()).merge(proxy.router());
-    let server = Server::new(listener, app, limits).spawn();
+    let server = Server::new(listener, app, limits)
+        .with_workers(workers.handles())
+        .spawn();
 
     signals.recv().await;
     state.start_draining();
@@ -153,6 +162,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         ),
     }
     server.stop().await;
+    workers.stop();
     scheduler.shutdown().await;
     if let Some(c) = &coordinator {
         c.shutdown().await;

@@ -18,8 +18,8 @@
 //! HTTP/1.1 client to the backends, driven in the request's own task, and its connection
 //! pools), `forward` (the failover loop), `stream` (the pass-through response body),
 //! `hygiene` (headers and request ids), `catalog` (model lists), `error` (Hale's own
-//! answers), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry)
-//! and `router` (the axum routes). Each module's top comment records its decisions.
+//! answers), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry),
+//! `router` (the axum routes) and `worker` (which serving thread the code runs on). Each module's top comment records its decisions.
 //!
 //! Decisions that span modules:
 //! - The upstream side is a small HTTP/1.1 client of our own rather than hyper's pooled
@@ -31,6 +31,9 @@
 //! - The shared state lives for the process (leaked once) so the request path borrows it
 //!   without reference counting; per-endpoint counters that every request writes sit on
 //!   cache lines of their own.
+//! - The binary serves connections on several threads, each with its own current-thread
+//!   runtime; what belongs to one thread's event loop (idle upstream connections, the count of
+//!   requests waiting for an answer) is kept per thread ([`worker`]).
 
 pub mod auth;
 mod body;
@@ -47,6 +50,7 @@ mod runtime;
 mod select;
 mod stream;
 mod upstream;
+pub mod worker;
 
 pub use config::{Balancer, ProxyConfig};
 pub use error::{ProxyError, json_error};

@@ -56,15 +56,19 @@ pub struct ServerSettings {
     /// `server.header_timeout`: the whole request body must also arrive within this time of
     /// the request's head, or the request is answered 408.
     pub body_timeout: Duration,
+    /// How many threads serve client connections (see [`crate::worker`]): the per-thread
+    /// state is sized for them.
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
-    /// No API keys, 10 MiB bodies within 10 s: the defaults of `server:`.
+    /// No API keys, 10 MiB bodies within 10 s: the defaults of `server:`; one serving thread.
     fn default() -> Self {
         Self {
             api_keys: Vec::new(),
             max_body: 10 * 1024 * 1024,
             body_timeout: Duration::from_secs(10),
+            workers: 1,
         }
     }
 }
@@ -113,6 +117,8 @@ pub(crate) struct Shared {
     /// the metric labels); held while a reload builds the next table.
     all: Mutex<Vec<&'static EndpointRuntime>>,
     breaker: hale_core::BreakerConfig,
+    /// Serving threads, for the per-thread state of new runtimes.
+    workers: usize,
     pub selector: Selector,
     pub upstream: Upstream,
     pub keys: ApiKeys,
@@ -164,7 +170,7 @@ impl Proxy {
             .endpoints
             .iter()
             .enumerate()
-            .map(|(id, s)| new_runtime(id, &s.endpoint, &config.breaker))
+            .map(|(id, s)| new_runtime(id, &s.endpoint, &config.breaker, server.workers))
             .collect();
         let names = runtimes.iter().map(|rt| rt.endpoint.name.clone()).collect();
         // A pod id is printable text; the fallback only keeps this total.
@@ -175,8 +181,9 @@ impl Proxy {
             all: Mutex::new(runtimes.clone()),
             table: ArcSwap::from_pointee(Table::new(runtimes)),
             breaker: config.breaker.clone(),
+            workers: server.workers,
             selector: Selector::new(config.balancer),
-            upstream: Upstream::new(config.connect_timeout),
+            upstream: Upstream::new(config.connect_timeout, server.workers),
             keys: ApiKeys::new(&server.api_keys),
             max_body: server.max_body,
             body_timeout: server.body_timeout,
@@ -214,7 +221,8 @@ impl Proxy {
                     Some(rt) => *rt,
                     None => {
                         made += 1;
-                        let rt = new_runtime(all.len(), &s.endpoint, &shared.breaker);
+                        let rt =
+                            new_runtime(all.len(), &s.endpoint, &shared.breaker, shared.workers);
                         all.push(rt);
                         rt
                     }
@@ -272,8 +280,9 @@ fn new_runtime(
     id: usize,
     endpoint: &Arc<Endpoint>,
     breaker: &hale_core::BreakerConfig,
+    workers: usize,
 ) -> &'static EndpointRuntime {
-    let rt = EndpointRuntime::new(id, endpoint.clone(), breaker);
+    let rt = EndpointRuntime::new(id, endpoint.clone(), breaker, workers);
     if !rt.usable() {
         tracing::warn!(
             endpoint = rt.name(),

@@ -55,7 +55,13 @@ pub struct EndpointRuntime {
 }
 
 impl EndpointRuntime {
-    pub fn new(id: usize, endpoint: Arc<Endpoint>, breaker: &BreakerConfig) -> Self {
+    /// The state of `endpoint`, with connection pools for `workers` serving threads.
+    pub fn new(
+        id: usize,
+        endpoint: Arc<Endpoint>,
+        breaker: &BreakerConfig,
+        workers: usize,
+    ) -> Self {
         // Names are validated (no whitespace or control characters), so this always works;
         // the fallback only keeps the constructor total.
         let name_header = HeaderValue::from_bytes(endpoint.name.as_bytes())
@@ -67,7 +73,7 @@ impl EndpointRuntime {
         Self {
             id,
             auth: crate::hygiene::bearer(endpoint.api_key.expose()),
-            dest: Destination::new(&endpoint),
+            dest: Destination::new(&endpoint, workers),
             endpoint,
             name_header,
             outstanding: Padded(AtomicUsize::new(0)),
@@ -210,6 +216,7 @@ mod tests {
                 failure_threshold: 2,
                 open_for: Duration::from_secs(30),
             },
+            1,
         )))
     }
 

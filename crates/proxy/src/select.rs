@@ -397,7 +397,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(id, s)| {
-                let rt = EndpointRuntime::new(id, s.endpoint.clone(), &BreakerConfig::default());
+                let rt = EndpointRuntime::new(id, s.endpoint.clone(), &BreakerConfig::default(), 1);
                 &*Box::leak(Box::new(rt))
             })
             .collect();

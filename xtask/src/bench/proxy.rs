@@ -199,7 +199,10 @@ fn start_hale(bin: &Path, dir: &Path, backend: &str) -> (Option<Server>, String,
         .arg("serve")
         .arg("--config")
         .arg(&config)
-        .env("HALE_LOG", "warn");
+        .env("HALE_LOG", "warn")
+        // Its default, said explicitly so the run is what the report says whatever the
+        // caller's environment: one serving thread per core, as the reference proxies get.
+        .env("HALE_WORKER_THREADS", refs::workers().to_string());
     let (mut server, addr) = match Server::spawn_announcing(
         "hale",
         command,
@@ -621,8 +624,8 @@ fn render(
          (order rotated each round, after a {warm} s warm-up), medians reported. One mockllm \
          (OpenAI flavour, release build, `--chunks {CHUNKS} --chunk-delay-ms 0`) is the backend \
          of every target. Hale: `hale serve` with that one endpoint (`type: openai`, \
-         `check_interval: 5s`, log level warn), which runs on one thread (tokio's \
-         current-thread runtime). HAProxy: `mode http`, `option http-keep-alive`, \
+         `check_interval: 5s`, log level warn), which serves on one thread per core ({workers}), \
+         each with a tokio current-thread runtime. HAProxy: `mode http`, `option http-keep-alive`, \
          `http-reuse always`, \
          `nbthread {workers}`, `pool-max-conn {UPSTREAM_IDLE}`, `tune.idle-pool.shared off` \
          (with shared pools 2.6 burns CPU at low load; see xtask/src/bench/refs.rs). nginx: `worker_processes {workers}`, upstream \

@@ -29,19 +29,20 @@
 //! - There is no timeout on waiting for the response head: a non-streaming generation can
 //!   take minutes before its first byte.
 //!
-//! Waiting for the answer: when the request is the only one in the process waiting for a
-//! response head, the task does not go to sleep on the socket at once but keeps yielding to
+//! Waiting for the answer: when the request is the only one of its serving thread waiting for
+//! a response head, the task does not go to sleep on the socket at once but keeps yielding to
 //! the runtime for up to [`ANSWER_SPIN`] (100 µs), trying its read again after each of the
 //! runtime's looks at the event queue (a zero-timeout `epoll_wait` when nothing else is ready
 //! to run). A backend on the same host or in the same rack answers a small request within
 //! that time, and on a virtual machine a thread that sleeps, even that briefly, lets its vCPU
 //! halt and pays tens of microseconds to be woken again: polling took 30–40 µs off the median
 //! of every request at 100 requests/s in `cargo xtask bench proxy`. It costs at most those
-//! 100 µs of CPU per request and only when nothing else waits for a backend (under load some
-//! other request nearly always does), and it holds up no other task, since each round is a
-//! yield. It needs a runtime that looks at its event queue whenever a task yields, which
-//! tokio's current-thread runtime (the one the gateway runs on) does; on a multi-threaded one
-//! the event queue may be another worker's, asleep, and the client does not poll there.
+//! 100 µs of CPU per request and only when nothing else on its thread waits for a backend
+//! (under load some other request nearly always does), and it holds up no other task, since
+//! each round is a yield. It needs a runtime that looks at its event queue whenever a task
+//! yields, which tokio's current-thread runtime (each of the gateway's serving threads runs
+//! one) does; on a multi-threaded one the event queue may be another worker's, asleep, and
+//! the client does not poll there.
 
 pub mod chunked;
 pub mod head;
@@ -87,7 +88,8 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn new(endpoint: &Endpoint) -> Self {
+    /// The destination of `endpoint`, with a pool for `workers` serving threads.
+    pub fn new(endpoint: &Endpoint, workers: usize) -> Self {
         let url = &endpoint.url;
         let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
         let base = url.path().trim_end_matches('/');
@@ -98,7 +100,7 @@ impl Destination {
                 .iter()
                 .map(|r| Bytes::from(format!("POST {base}{}", r.path())))
                 .collect(),
-            pool: Pool::default(),
+            pool: Pool::new(workers),
         }
     }
 
@@ -133,8 +135,8 @@ impl std::fmt::Debug for Outgoing<'_> {
 pub struct Upstream {
     tls: TlsConnector,
     connect_timeout: Duration,
-    /// Requests between sending and their response head (or failure), process-wide.
-    waiting: Padded<AtomicUsize>,
+    /// Requests between sending and their response head (or failure), per serving thread.
+    waiting: Box<[Padded<AtomicUsize>]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -146,11 +148,12 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// A client for `workers` serving threads (see [`crate::worker`]).
+    pub fn new(connect_timeout: Duration, workers: usize) -> Self {
         Self {
             tls: TlsConnector::from(Arc::new(tls_config())),
             connect_timeout,
-            waiting: Padded(AtomicUsize::new(0)),
+            waiting: (0..workers.max(1)).map(|_| Padded::default()).collect(),
         }
     }
 
@@ -179,7 +182,7 @@ impl Upstream {
             keep: req.keep,
             added: req.added,
         };
-        let waiting = Waiting::enter(&self.waiting.0);
+        let waiting = Waiting::enter(&crate::worker::slot(&self.waiting).0);
         let spin = waiting.alone && polls_on_yield();
         if let Some(conn) = dest.pool.take(now) {
             match exchange(conn, &head, req.body, spin).await {

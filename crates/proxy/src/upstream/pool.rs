@@ -21,6 +21,11 @@
 //!   concurrency; more are closed as they come back.
 //! - A connection keeps its read and write buffers while idle, so a request on a pooled
 //!   connection usually allocates no buffer at all.
+//! - The idle connections are kept per serving thread ([`crate::worker`]): a request takes
+//!   and returns connections of its own thread only, because a socket is registered with the
+//!   event loop of the thread that opened it. Each thread's list has its own mutex on its own
+//!   cache line, so the threads never contend for it; only the sweeper and [`Pool::clear`]
+//!   visit all of them.
 
 use super::io::Io;
 use crate::runtime::Padded;
@@ -53,16 +58,31 @@ struct Idle {
 }
 
 /// One endpoint's idle connections; see the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
-    /// Taken by every request: on a cache line of its own.
-    idle: Padded<Mutex<VecDeque<Idle>>>,
+    /// One list per serving thread, each taken by every request of its thread: on cache lines
+    /// of their own.
+    idle: Box<[Padded<Mutex<VecDeque<Idle>>>]>,
+}
+
+impl Default for Pool {
+    /// A pool for one serving thread.
+    fn default() -> Self {
+        Self::new(1)
+    }
 }
 
 impl Pool {
+    /// A pool for `workers` serving threads (at least one).
+    pub fn new(workers: usize) -> Self {
+        Self {
+            idle: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    /// The calling thread's idle connections.
     fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        // A push or a pop cannot leave the queue inconsistent, so a poisoned lock is usable.
-        self.idle.0.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(crate::worker::slot(&self.idle))
     }
 
     /// The most recently used live connection, if any.
@@ -100,15 +120,20 @@ impl Pool {
     /// Closes the connections that have idled past [`IDLE_TIMEOUT`], so an endpoint that no
     /// longer gets traffic does not keep sockets open (run periodically by the proxy).
     pub fn close_expired(&self, now: Instant) {
-        let mut expired = Vec::new();
-        Self::take_expired(&mut self.lock(), now, &mut expired);
-        drop(expired);
+        for idle in &self.idle {
+            let mut expired = Vec::new();
+            Self::take_expired(&mut lock(idle), now, &mut expired);
+            drop(expired);
+        }
     }
 
-    /// Closes every idle connection (the endpoint just failed: they are of no further use).
+    /// Closes every idle connection of every thread (the endpoint just failed, or was removed:
+    /// they are of no further use).
     pub fn clear(&self) {
-        let all: Vec<Idle> = self.lock().drain(..).collect();
-        drop(all);
+        for idle in &self.idle {
+            let all: Vec<Idle> = lock(idle).drain(..).collect();
+            drop(all);
+        }
     }
 
     fn take_expired(idle: &mut VecDeque<Idle>, now: Instant, into: &mut Vec<Idle>) {
@@ -120,11 +145,16 @@ impl Pool {
         }
     }
 
-    /// How many connections are idle now.
+    /// How many connections are idle now, on every thread.
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.idle.iter().map(|i| lock(i).len()).sum()
     }
+}
+
+fn lock(idle: &Padded<Mutex<VecDeque<Idle>>>) -> MutexGuard<'_, VecDeque<Idle>> {
+    // A push or a pop cannot leave the queue inconsistent, so a poisoned lock is usable.
+    idle.0.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -210,5 +240,27 @@ mod tests {
         }
         assert!(pool.take(Instant::now()).is_some());
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_serving_thread_reuses_only_its_own_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::new(2);
+        let (a, _sa) = pair(&listener).await;
+        crate::worker::set_index(1);
+        pool.put(a, Instant::now());
+        crate::worker::set_index(0);
+        assert!(
+            pool.take(Instant::now()).is_none(),
+            "thread 0 does not take thread 1's connection"
+        );
+        assert_eq!(pool.idle_count(), 1);
+        crate::worker::set_index(1);
+        assert!(pool.take(Instant::now()).is_some());
+        let (b, _sb) = pair(&listener).await;
+        pool.put(b, Instant::now());
+        crate::worker::set_index(0);
+        pool.clear();
+        assert_eq!(pool.idle_count(), 0, "clear empties every thread's list");
     }
 }
