@@ -104,11 +104,11 @@ pub fn compat_settings(env: &EnvMap) -> Result<Vec<EnvSetting>, LoadError> {
     // The port is checked whenever it is set, even when REDIS_URL wins over it, so a typo
     // in a manifest is caught before the day REDIS_URL is removed.
     let port = match get("REDIS_PORT") {
-        Some(raw) => Some(raw.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+        Some(raw) => Some(redis_port(raw).ok_or_else(|| {
             compat_error(
                 "REDIS_PORT",
                 "shared.redis_url",
-                format!("expected a port number (1-65535), got {raw:?}"),
+                format!("expected a port number (1-65535) or tcp://<host>:<port>, got {raw:?}"),
             )
         })?),
         None => None,
@@ -134,6 +134,18 @@ pub fn compat_settings(env: &EnvMap) -> Result<Vec<EnvSetting>, LoadError> {
         settings.push(setting("REDIS_PASSWORD", "shared.redis_password", value));
     }
     Ok(settings)
+}
+
+/// `REDIS_PORT` as a port number, or in the form Kubernetes' service links (and Docker's
+/// links) give it, `tcp://<ip>:<port>`, for a Service named `redis` in the pod's namespace:
+/// its port is taken (the host still comes from `REDIS_HOST`), so such a pod starts instead
+/// of failing on a variable it did not set.
+fn redis_port(raw: &str) -> Option<u16> {
+    let port = match raw.strip_prefix("tcp://") {
+        Some(addr) => addr.rsplit_once(':')?.1,
+        None => raw,
+    };
+    port.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
 fn compat_error(var: &str, path: &str, message: String) -> LoadError {
@@ -318,12 +330,25 @@ mod tests {
     }
 
     #[test]
+    fn a_kubernetes_service_link_in_redis_port_gives_its_port() {
+        let settings = compat_settings(&env(&[
+            ("REDIS_HOST", "redis.svc"),
+            ("REDIS_PORT", "tcp://10.0.0.7:6380"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.len(), 1);
+        assert_eq!(settings[0].value.as_str(), Some("redis://redis.svc:6380"));
+    }
+
+    #[test]
     fn bad_compat_values_name_the_variable() {
         for (var, value) in [
             ("USE_SHARED_HEALTH_CHECK", "maybe"),
             ("DEFAULT_SHARED_HEALTH_CHECK_TTL", "2m"),
             ("DEFAULT_SHARED_HEALTH_CHECK_LOCK_TTL", "-1"),
             ("REDIS_PORT", "redis"),
+            ("REDIS_PORT", "tcp://10.0.0.7"),
+            ("REDIS_PORT", "udp://10.0.0.7:6379"),
         ] {
             let err = compat_settings(&env(&[(var, value)])).unwrap_err();
             assert_eq!(err.origin, Origin::Env(var.to_owned()));
