@@ -94,7 +94,10 @@ async fn start(limits: Limits) -> (SocketAddr, ServerHandle) {
 
 /// Reads until the server closes the connection (EOF or reset), at most `limit`; returns what
 /// arrived and when the close came.
-async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, Instant) {
+async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    tcp: &mut R,
+    limit: Duration,
+) -> (Vec<u8>, Instant) {
     let mut got = Vec::new();
     let mut buf = [0_u8; 4096];
     let closed = timeout(limit, async {
@@ -180,12 +183,7 @@ async fn a_head_trickled_a_byte_at_a_time_is_cut_at_the_header_timeout() {
     let (addr, _server) = start(limits(400, 5_000)).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let head = b"GET /fast HTTP/1.1\r\nhost: t\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let (mut reader, mut writer) = tcp.split();
-    let (first, (got, closed)) = tokio::join!(
-        trickle_half(&mut writer, head, Duration::from_millis(50)),
-        read_half_until_closed(&mut reader, Duration::from_secs(5)),
-    );
-    let cut = closed - first;
+    let (got, cut) = trickle_until_cut(&mut tcp, head).await;
     eprintln!("trickled head cut {} ms after its first byte", millis(cut));
     assert!(got.is_empty(), "no answer to a cut head: {got:?}");
     assert!(
@@ -198,16 +196,7 @@ async fn a_head_trickled_a_byte_at_a_time_is_cut_at_the_header_timeout() {
 async fn a_trickled_http2_preface_is_cut_at_the_header_timeout_too() {
     let (addr, _server) = start(limits(400, 5_000)).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut reader, mut writer) = tcp.split();
-    let (first, (_, closed)) = tokio::join!(
-        trickle_half(
-            &mut writer,
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            Duration::from_millis(50)
-        ),
-        read_half_until_closed(&mut reader, Duration::from_secs(5)),
-    );
-    let cut = closed - first;
+    let (_, cut) = trickle_until_cut(&mut tcp, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     eprintln!(
         "trickled preface cut {} ms after its first byte",
         millis(cut)
@@ -248,16 +237,8 @@ async fn keep_alive_idles_past_the_header_timeout_and_the_next_head_has_its_own_
     // Idle again, then a trickled head: cut a header timeout after its first byte.
     let idle = timeout(Duration::from_millis(600), tcp.read(&mut probe)).await;
     assert!(idle.is_err(), "closed while idle: {idle:?}");
-    let (mut reader, mut writer) = tcp.split();
-    let (first, (got, closed)) = tokio::join!(
-        trickle_half(
-            &mut writer,
-            b"GET /fast HTTP/1.1\r\nhost: t\r\nx-slow: aaaaaaaaaaaaaaaa\r\n\r\n",
-            Duration::from_millis(50)
-        ),
-        read_half_until_closed(&mut reader, Duration::from_secs(5)),
-    );
-    let cut = closed - first;
+    let head = b"GET /fast HTTP/1.1\r\nhost: t\r\nx-slow: aaaaaaaaaaaaaaaa\r\n\r\n";
+    let (got, cut) = trickle_until_cut(&mut tcp, head).await;
     eprintln!("second head cut {} ms after its first byte", millis(cut));
     assert!(got.is_empty(), "{got:?}");
     assert!(
@@ -561,6 +542,17 @@ async fn stop_closes_the_listener_and_every_connection() {
 
 // === split-stream helpers ===
 
+/// Sends `head` a byte every 50 ms while reading until the server closes (at most 5 s);
+/// returns what arrived and how long after the first byte the close came.
+async fn trickle_until_cut(tcp: &mut TcpStream, head: &[u8]) -> (Vec<u8>, Duration) {
+    let (mut reader, mut writer) = tcp.split();
+    let (first, (got, closed)) = tokio::join!(
+        trickle_half(&mut writer, head, Duration::from_millis(50)),
+        read_until_closed(&mut reader, Duration::from_secs(5)),
+    );
+    (got, closed - first)
+}
+
 async fn trickle_half(
     writer: &mut tokio::net::tcp::WriteHalf<'_>,
     head: &[u8],
@@ -576,25 +568,6 @@ async fn trickle_half(
         }
     }
     first.unwrap()
-}
-
-async fn read_half_until_closed(
-    reader: &mut tokio::net::tcp::ReadHalf<'_>,
-    limit: Duration,
-) -> (Vec<u8>, Instant) {
-    let mut got = Vec::new();
-    let mut buf = [0_u8; 4096];
-    let closed = timeout(limit, async {
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server did not close the connection");
-    (got, closed)
 }
 
 // === serving threads ===
