@@ -7,7 +7,7 @@
 //! slow the others, a killed process, and the admin token on the status routes.
 
 use hale_testkit::{Gateway, MockLlm, eventually};
-use hale_tests::{gaps, hit_times, rfc3339_secs, wall_secs};
+use hale_tests::{gaps, hit_times, rfc3339_secs, wait_status, wall_secs};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,29 +42,6 @@ impl Backends {
             ep("llamacpp", self.llamacpp.url(), "llamacpp"),
         )
     }
-}
-
-async fn status_of(gw: &Gateway, name: &str) -> anyhow::Result<Value> {
-    gw.endpoint(name).await
-}
-
-async fn wait_status(
-    gw: &Gateway,
-    name: &str,
-    status: &str,
-    within: Duration,
-) -> anyhow::Result<Value> {
-    eventually(within, POLL, || async {
-        let e = status_of(gw, name).await?;
-        anyhow::ensure!(
-            e["status"] == status,
-            "{name} is {} ({})",
-            e["status"],
-            e["reason"]
-        );
-        Ok(e)
-    })
-    .await
 }
 
 /// The events of one endpoint, as (from, to, at) in order.
@@ -179,7 +156,7 @@ async fn loading_then_healthy_and_a_hang_does_not_slow_the_others() -> anyhow::R
     let gw = Gateway::start(&b.config("")).await?;
 
     let e = eventually(Duration::from_secs(3), POLL, || async {
-        let e = status_of(&gw, "llamacpp").await?;
+        let e = gw.endpoint("llamacpp").await?;
         anyhow::ensure!(e["reason"] == "loading", "{e}");
         Ok(e)
     })
@@ -194,7 +171,7 @@ async fn loading_then_healthy_and_a_hang_does_not_slow_the_others() -> anyhow::R
     b.vllm.set_mode(json!({"mode": "hang"})).await?;
     let hang_from = wall_secs();
     eventually(Duration::from_secs(3), POLL, || async {
-        let e = status_of(&gw, "vllm").await?;
+        let e = gw.endpoint("vllm").await?;
         anyhow::ensure!(e["reason"] == "timeout", "{e}");
         Ok(())
     })
@@ -228,7 +205,7 @@ async fn killed_backend_is_connect_refused_and_counted() -> anyhow::Result<()> {
     wait_status(&gw, "ollama", "healthy", Duration::from_secs(3)).await?;
     b.ollama.kill().await?;
     eventually(Duration::from_secs(3), POLL, || async {
-        let e = status_of(&gw, "ollama").await?;
+        let e = gw.endpoint("ollama").await?;
         anyhow::ensure!(e["reason"] == "connect_refused", "{e}");
         Ok(())
     })
@@ -248,7 +225,7 @@ async fn killed_backend_is_connect_refused_and_counted() -> anyhow::Result<()> {
             .contains(r#"hale_endpoint_up{endpoint="vllm"} 1"#)
     );
     // Discovered models are listed per endpoint.
-    let e = status_of(&gw, "vllm").await?;
+    let e = gw.endpoint("vllm").await?;
     assert_eq!(e["models"], json!(["m-vllm"]));
     Ok(())
 }
