@@ -396,6 +396,10 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 }
 
 #[cfg(test)]
+#[path = "differential.rs"]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use http::header::AUTHORIZATION;
