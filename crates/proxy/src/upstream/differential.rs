@@ -651,6 +651,11 @@ fn check(
             prop_assert_eq!(end_to_end(headers), end_to_end(h_headers));
             if *complete {
                 prop_assert_eq!(body, h_body);
+                // A length goes on exactly when hyper framed the body by one.
+                let by_length = h_headers.get(http::header::TRANSFER_ENCODING).is_none()
+                    && !matches!(h_status.as_u16(), 204 | 304)
+                    && h_headers.contains_key(http::header::CONTENT_LENGTH);
+                prop_assert_eq!(!lengths(headers).is_empty(), by_length);
             }
         }
         (hale, hyper) => prop_assert!(
