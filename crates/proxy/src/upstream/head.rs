@@ -265,7 +265,9 @@ pub fn parse_response(
             headers.remove(name);
         }
         let framing_kind = framing.framing(status, http11)?;
-        if let Framing::Length(n) = framing_kind {
+        if let Framing::Length(n) = framing_kind
+            && keep(&CONTENT_LENGTH)
+        {
             headers.insert(CONTENT_LENGTH, framing.length_value(n));
         }
         let reusable = http11 && !framing.close && framing_kind != Framing::UntilClose;
