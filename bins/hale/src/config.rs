@@ -109,10 +109,20 @@ impl HaleConfig {
 
     /// This config as `check-config` shows it: each endpoint's `health_check_url` and
     /// `model_url` filled in with the per-type default when not set (`""` where the type has
-    /// no model list). Secrets and the Redis password are masked by their own serializers.
+    /// no model list). Secrets and the Redis password are masked by their own serializers;
+    /// credentials written into an endpoint's URLs (`http://user:pass@host`) are shown as
+    /// `<redacted>`.
     pub fn effective(&self) -> Self {
         let mut shown = self.clone();
         for endpoint in &mut shown.endpoints {
+            use hale_core::secret::redact_userinfo;
+            endpoint.url = redact_userinfo(&endpoint.url);
+            for url in [&mut endpoint.health_check_url, &mut endpoint.model_url]
+                .into_iter()
+                .flatten()
+            {
+                *url = redact_userinfo(url);
+            }
             endpoint
                 .health_check_url
                 .get_or_insert_with(|| endpoint.kind.default_health_path().to_owned());
@@ -145,6 +155,9 @@ pub struct LoadedConfig {
     pub endpoints: Vec<Endpoint>,
     /// The file it was read from; `None` for built-in defaults (plus environment).
     pub file: Option<PathBuf>,
+    /// The file was read but holds no settings: no bytes, only blank lines and comments, or
+    /// an empty document. Loads as the defaults; a live reload refuses it (a truncated write).
+    pub file_is_empty: bool,
 }
 
 impl LoadedConfig {
@@ -186,6 +199,7 @@ pub fn load(file: Option<&Path>, env: &EnvMap) -> Result<LoadedConfig, LoadError
         Some(source) => source.parse()?,
         None => Dict::new(),
     };
+    let file_is_empty = source.is_some() && tree.is_empty();
 
     let mut blame = Blame {
         file: source.as_ref(),
@@ -216,6 +230,7 @@ pub fn load(file: Option<&Path>, env: &EnvMap) -> Result<LoadedConfig, LoadError
         config,
         endpoints,
         file: file.map(Path::to_owned),
+        file_is_empty,
     })
 }
 
