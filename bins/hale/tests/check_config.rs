@@ -217,6 +217,18 @@ fn durations_and_sizes_beyond_their_bound_are_refused_naming_the_key() {
         assert!(line.contains(&expected), "{size}: {line}");
     }
 
+    // A number too large for a duration at all is named as well.
+    let text = example_with(
+        "  idle_timeout: 75s",
+        "  idle_timeout: 99999999999999999999999s",
+    );
+    let (_file, run) = check_text(&text, &[]);
+    let line = run.error_line();
+    assert!(
+        line.contains("server.idle_timeout: invalid duration"),
+        "{line}"
+    );
+
     // Just inside and just outside the bound, here and from the environment.
     let text = example_with("    check_interval: 30s", "    check_interval: 1day");
     check_text(&text, &[]).1.ok();
@@ -234,6 +246,16 @@ fn durations_and_sizes_beyond_their_bound_are_refused_naming_the_key() {
         ),
         "{run:?}"
     );
+}
+
+#[test]
+fn an_empty_file_is_the_defaults() {
+    // Starting on an empty file is allowed (only a live reload of one is refused).
+    for text in ["", "# nothing yet\n"] {
+        let (_file, run) = check_text(text, &[]);
+        let out = run.ok();
+        assert!(out.contains("endpoints: []"), "{out}");
+    }
 }
 
 #[test]

@@ -86,9 +86,13 @@ pub fn require_size(path: &str, key: &str, bytes: u64) -> Result<(), ConfigError
         ));
     }
     if bytes > MAX_SIZE {
+        let got = match bytes {
+            u64::MAX => "16EiB or more".to_owned(),
+            _ => format!("{bytes} bytes"),
+        };
         return Err(ConfigError::new(
             format!("{path}.{key}"),
-            format!("must be at most 1GiB ({MAX_SIZE} bytes), got {bytes} bytes"),
+            format!("must be at most 1GiB ({MAX_SIZE} bytes), got {got}"),
         ));
     }
     Ok(())
@@ -340,6 +344,9 @@ mod tests {
         }
         let err = require_size("server", "max_body", u64::MAX).unwrap_err();
         assert!(err.message.contains("at most 1GiB"), "{err}");
+        assert!(err.message.ends_with("got 16EiB or more"), "{err}");
+        let err = require_size("server", "max_body", (1 << 30) + 1).unwrap_err();
+        assert!(err.message.ends_with("got 1073741825 bytes"), "{err}");
     }
 
     #[test]
