@@ -16,7 +16,9 @@
 //! `admin_token:`) means "the default", not null.
 //!
 //! Every failure is one [`LoadError`]: the file and line (or the environment variable) and the
-//! key path. figment and serde know key paths but not lines, so lines come from serde_yaml for
+//! key path. Every duration and size is bounded by the sections' `validate` (durations at most
+//! a day, sizes at most 1 GiB: see [`hale_core::config`]), so what loads is what `serve` can
+//! run; credentials written into a URL never show in an error or in [`HaleConfig::effective`]. figment and serde know key paths but not lines, so lines come from serde_yaml for
 //! syntax errors and from a small scanner of the file (`yaml_lines`) for everything else.
 
 mod env_layer;
@@ -571,6 +573,24 @@ endpoints:
                 .contains("`chek_interval` (did you mean `check_interval`?)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bounds_apply_to_compatibility_names_too() {
+        let err = load_text(
+            TWO,
+            &[("DEFAULT_SHARED_HEALTH_CHECK_TTL", "18446744073709551615")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.origin,
+            Origin::Env("DEFAULT_SHARED_HEALTH_CHECK_TTL".into())
+        );
+        assert_eq!(err.path.as_ref().unwrap().to_string(), "shared.cache_ttl");
+        assert!(err.message.starts_with("must be at most 1day"), "{err}");
+        // Exactly a day is accepted.
+        let loaded = load_text(TWO, &[("DEFAULT_SHARED_HEALTH_CHECK_TTL", "86400")]).unwrap();
+        assert_eq!(loaded.config.shared.cache_ttl.as_secs(), 86_400);
     }
 
     #[test]
