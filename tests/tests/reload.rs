@@ -9,6 +9,12 @@
 //!   and its checks.
 //! - Drain: a stream in flight on a drained endpoint completes with every chunk while new
 //!   requests go elsewhere; `/enable` brings it back.
+//! - Refused reloads, under load: values `serve` cannot run (durations of u64::MAX seconds,
+//!   a 100EiB body limit), an empty file and a file without endpoints are each refused by
+//!   SIGHUP with a WARN naming the key or the reason (and 422 from `POST /internal/reload`);
+//!   every endpoint keeps being checked and serving, and not one request fails.
+//! - Credentials in an endpoint URL never show in the logs (at DEBUG: checks passing and
+//!   failing, refused and applied reloads, requests) or the status page.
 //! - Check: `POST /internal/endpoints/{name}/check` checks at once and reports what it found;
 //!   neither the admin token nor the endpoint's `api_key` shows in status or logs.
 
@@ -51,13 +57,81 @@ async fn admin_post(gw: &Gateway, path: &str) -> anyhow::Result<hale_testkit::Ht
     .await
 }
 
-#[derive(Default)]
 struct Load {
+    started: Instant,
     ok: AtomicU64,
     failed: AtomicU64,
-    /// Requests served per endpoint a, b, c, d.
+    /// Requests served per endpoint, in the order of the names given to [`start_load`].
     served: [AtomicU64; 4],
     failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    /// Waits until the clients have had `n` good answers.
+    async fn running(&self, n: u64) -> anyhow::Result<()> {
+        eventually(Duration::from_secs(5), POLL, || async {
+            let ok = self.ok.load(Ordering::Relaxed);
+            anyhow::ensure!(ok > n, "load not running yet ({ok} answers)");
+            Ok(())
+        })
+        .await
+    }
+
+    /// The first failures (at most 20), with when they came.
+    fn failures(&self) -> Vec<String> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// 16 closed-loop clients posting chat requests to `gw` for `length`, counting good answers,
+/// failures and which of `names` (at most 4) served each request.
+fn start_load(
+    gw: &Gateway,
+    names: &'static [&'static str],
+    length: Duration,
+) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
+    let load = Arc::new(Load {
+        started: Instant::now(),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        served: Default::default(),
+        failures: std::sync::Mutex::default(),
+    });
+    let client = PooledClient::new();
+    let url = format!("{}{CHAT}", gw.url());
+    let workers = (0..16)
+        .map(|_| {
+            let (client, url, load) = (client.clone(), url.clone(), load.clone());
+            tokio::spawn(async move {
+                while load.started.elapsed() < length {
+                    match client.post(&url, &[], BODY).await {
+                        Ok(r) if r.status == 200 => {
+                            load.ok.fetch_add(1, Ordering::Relaxed);
+                            let by = r.header("x-hale-endpoint").unwrap_or("");
+                            if let Some(i) = names.iter().position(|n| *n == by) {
+                                load.served[i].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        other => {
+                            load.failed.fetch_add(1, Ordering::Relaxed);
+                            let what = match other {
+                                Ok(r) => format!("{} {}", r.status, r.text),
+                                Err(e) => format!("{e:#}"),
+                            };
+                            let mut f = load.failures.lock().unwrap_or_else(|p| p.into_inner());
+                            if f.len() < 20 {
+                                f.push(format!("at {:?}: {what}", load.started.elapsed()));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (load, workers)
 }
 
 #[tokio::test]
@@ -85,47 +159,9 @@ async fn sighup_adds_an_endpoint_under_load_and_an_invalid_edit_changes_nothing(
     let events_before = gw.events().await?.len();
 
     // 16 closed-loop clients for LOAD: every reload below happens under load.
-    let load = Arc::new(Load::default());
-    let client = PooledClient::new();
-    let url = format!("{}{CHAT}", gw.url());
-    let started = Instant::now();
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let (client, url, load) = (client.clone(), url.clone(), load.clone());
-            tokio::spawn(async move {
-                while started.elapsed() < LOAD {
-                    match client.post(&url, &[], BODY).await {
-                        Ok(r) if r.status == 200 => {
-                            load.ok.fetch_add(1, Ordering::Relaxed);
-                            let by = r.header("x-hale-endpoint").unwrap_or("");
-                            if let Some(i) = NAMES.iter().position(|n| *n == by) {
-                                load.served[i].fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        other => {
-                            load.failed.fetch_add(1, Ordering::Relaxed);
-                            let what = match other {
-                                Ok(r) => format!("{} {}", r.status, r.text),
-                                Err(e) => format!("{e:#}"),
-                            };
-                            let mut f = load.failures.lock().unwrap_or_else(|p| p.into_inner());
-                            if f.len() < 20 {
-                                f.push(format!("at {:?}: {what}", started.elapsed()));
-                            }
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    eventually(Duration::from_secs(5), POLL, || async {
-        anyhow::ensure!(
-            load.ok.load(Ordering::Relaxed) > 200,
-            "load not running yet"
-        );
-        Ok(())
-    })
-    .await?;
+    let (load, workers) = start_load(&gw, &NAMES, LOAD);
+    let started = load.started;
+    load.running(200).await?;
 
     // The fourth endpoint, by SIGHUP.
     gw.config().write(&config(&entries))?;
@@ -233,13 +269,226 @@ async fn sighup_adds_an_endpoint_under_load_and_an_invalid_edit_changes_nothing(
         "reload under load: {ok} ok, {failed} failed over {:?}; served a/b/c/d {served:?}; d healthy {healthy_after:?} after SIGHUP, 100 requests on d after {routed_after:?}",
         started.elapsed()
     );
-    let failures = load
-        .failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    assert_eq!(failed, 0, "failed requests: {failures:#?}");
+    assert_eq!(failed, 0, "failed requests: {:#?}", load.failures());
 
+    Ok(())
+}
+
+/// The log lines that refuse a reload and contain `needle`.
+fn refusals(gw: &Gateway, needle: &str) -> usize {
+    gw.logs()
+        .lines()
+        .filter(|l| l.contains("config reload refused") && l.contains(needle))
+        .count()
+}
+
+/// Sends SIGHUP and waits for one more refusal line containing `needle`; returns the line.
+async fn hangup_refused(gw: &Gateway, needle: &str) -> anyhow::Result<String> {
+    let before = refusals(gw, needle);
+    gw.hangup().await?;
+    eventually(Duration::from_secs(5), POLL, || async {
+        anyhow::ensure!(
+            refusals(gw, needle) > before,
+            "no refusal naming {needle:?} logged yet"
+        );
+        Ok(())
+    })
+    .await?;
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .rfind(|l| l.contains("config reload refused") && l.contains(needle))
+        .unwrap_or_default();
+    Ok(line.to_owned())
+}
+
+/// Waits until every backend has had `more` health checks beyond the counts in `since`.
+async fn checks_go_on(backends: &[MockLlm], since: &[u64], more: u64) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(6), POLL, || async {
+        for (i, (b, before)) in backends.iter().zip(since).enumerate() {
+            let now = b.hits("/health").await?;
+            anyhow::ensure!(
+                now >= before + more,
+                "backend {i} checked {} times since",
+                now - before
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn health_hits(backends: &[MockLlm]) -> anyhow::Result<Vec<u64>> {
+    let mut hits = Vec::new();
+    for b in backends {
+        hits.push(b.hits("/health").await?);
+    }
+    Ok(hits)
+}
+
+/// `u64::MAX` seconds: a duration humantime reads and no clock can be advanced by.
+const HUGE: &str = "18446744073709551615s";
+
+#[tokio::test]
+async fn reloads_that_cannot_run_or_would_empty_the_gateway_are_refused_under_load()
+-> anyhow::Result<()> {
+    const NAMES: [&str; 2] = ["a", "b"];
+    let backends = [
+        MockLlm::start("vllm", &["m"]).await?,
+        MockLlm::start("vllm", &["m"]).await?,
+    ];
+    let entries: Vec<String> = NAMES
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| endpoint(n, &b.url(), ""))
+        .collect();
+    let good = config(&entries);
+    let gw = Gateway::start(&good).await?.with_admin_token(TOKEN);
+    for name in NAMES {
+        wait_status(&gw, name, "healthy", Duration::from_secs(5)).await?;
+    }
+    let (load, workers) = start_load(&gw, &NAMES, Duration::from_secs(12));
+    load.running(200).await?;
+
+    // Values check-config refuses, one at a time, each by SIGHUP: refused with the key named.
+    let huge = [
+        (
+            "  admin_token:",
+            format!("  header_timeout: {HUGE}\n  admin_token:"),
+            "server.header_timeout",
+        ),
+        (
+            "  admin_token:",
+            format!("  idle_timeout: {HUGE}\n  admin_token:"),
+            "server.idle_timeout",
+        ),
+        (
+            "  admin_token:",
+            "  max_body: 100EiB\n  admin_token:".to_owned(),
+            "server.max_body",
+        ),
+        (
+            "    check_interval: 1s\n",
+            format!("    check_interval: {HUGE}\n"),
+            "endpoints[0].check_interval",
+        ),
+        (
+            "    startup: { period: 1s, timeout: 500ms }\n",
+            format!("    startup: {{ period: 1s, timeout: 500ms, initial_delay: {HUGE} }}\n"),
+            "endpoints[0].startup.initial_delay",
+        ),
+    ];
+    let hits = health_hits(&backends).await?;
+    for (from, to, key) in &huge {
+        gw.config().write(&good.replacen(from, to, 1))?;
+        let line = hangup_refused(&gw, key).await?;
+        assert!(line.contains("must be at most 1"), "{line}");
+    }
+    // Every endpoint is still checked at its cadence, and serves.
+    checks_go_on(&backends, &hits, 2).await?;
+
+    // A truncated write: the file is empty.
+    gw.config().write("")?;
+    let hits = health_hits(&backends).await?;
+    let served = load.ok.load(Ordering::Relaxed);
+    let line = hangup_refused(&gw, "the file is empty").await?;
+    assert!(line.contains("WARN"), "{line}");
+    let refused = admin_post(&gw, "/internal/reload").await?;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert_eq!(refused.body["error"]["type"], "invalid_config_error");
+    assert!(
+        refused.text.contains("the file is empty"),
+        "{}",
+        refused.text
+    );
+
+    // A config that would remove every endpoint while they serve.
+    gw.config()
+        .write(&config(&[]).replace("endpoints:\n", "endpoints: []\n"))?;
+    let refused = admin_post(&gw, "/internal/reload").await?;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert!(refused.text.contains("no endpoints"), "{}", refused.text);
+    hangup_refused(&gw, "no endpoints").await?;
+
+    checks_go_on(&backends, &hits, 2).await?;
+    eventually(Duration::from_secs(3), POLL, || async {
+        let now = load.ok.load(Ordering::Relaxed);
+        anyhow::ensure!(now > served + 200, "traffic stopped after the refusals");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(gw.endpoints().await?.len(), 2);
+
+    // The good file applies again.
+    gw.config().write(&good)?;
+    let reply = admin_post(&gw, "/internal/reload").await?;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["changes"]["unchanged"], 2, "{}", reply.text);
+
+    for w in workers {
+        w.await?;
+    }
+    let (ok, failed) = (
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "refused reloads under load: {ok} ok, {failed} failed over {:?}",
+        load.started.elapsed()
+    );
+    assert_eq!(failed, 0, "failed requests: {:#?}", load.failures());
+    Ok(())
+}
+
+#[tokio::test]
+async fn url_credentials_never_show_in_logs_or_status() -> anyhow::Result<()> {
+    let a = MockLlm::start("vllm", &["m"]).await?;
+    let with_creds = a.url().replace("http://", "http://user:S3CRET@");
+    let good = config(&[endpoint("a", &with_creds, "")]);
+    let gw = Gateway::start_with_env(&good, &[("HALE_LOG", "debug")])
+        .await?
+        .with_admin_token(TOKEN);
+    wait_status(&gw, "a", "healthy", Duration::from_secs(5)).await?;
+    let r = PooledClient::new()
+        .post(&format!("{}{CHAT}", gw.url()), &[], BODY)
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Refused reloads log their reason: an invalid URL carrying the credentials, and
+    // another key invalid next to them.
+    gw.config()
+        .write(&good.replace(&a.url()[7..], "127.0.0.1:99999"))?;
+    hangup_refused(&gw, "endpoints[0].url").await?;
+    gw.config()
+        .write(&good.replace("  jitter: 0\n", "  jitter: 7\n"))?;
+    hangup_refused(&gw, "health.jitter").await?;
+    // An applied one logs what changed.
+    gw.config()
+        .write(&good.replace("check_interval: 1s", "check_interval: 2s"))?;
+    let reply = admin_post(&gw, "/internal/reload").await?;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    // Failing checks: a WARN for the first, DEBUG lines while the failure repeats.
+    a.set_mode(serde_json::json!({"status": 503})).await?;
+    wait_status(&gw, "a", "unhealthy", Duration::from_secs(8)).await?;
+    // A connection that closes before a request is logged at DEBUG.
+    drop(tokio::net::TcpStream::connect(gw.addr()).await?);
+    eventually(Duration::from_secs(3), POLL, || async {
+        anyhow::ensure!(gw.logs().contains(" DEBUG "), "nothing logged at DEBUG");
+        Ok(())
+    })
+    .await?;
+
+    let status = gw.get("/internal/status/endpoints").await?.text;
+    let logs = gw.logs();
+    assert!(
+        !status.contains("S3CRET"),
+        "status shows the password: {status}"
+    );
+    assert!(
+        !logs.contains("S3CRET"),
+        "the logs show the password: {logs}"
+    );
     Ok(())
 }
 

@@ -16,7 +16,9 @@
 //! `admin_token:`) means "the default", not null.
 //!
 //! Every failure is one [`LoadError`]: the file and line (or the environment variable) and the
-//! key path. figment and serde know key paths but not lines, so lines come from serde_yaml for
+//! key path. Every duration and size is bounded by the sections' `validate` (durations at most
+//! a day, sizes at most 1 GiB: see [`hale_core::config`]), so what loads is what `serve` can
+//! run; credentials written into a URL never show in an error or in [`HaleConfig::effective`]. figment and serde know key paths but not lines, so lines come from serde_yaml for
 //! syntax errors and from a small scanner of the file (`yaml_lines`) for everything else.
 
 mod env_layer;
@@ -109,10 +111,20 @@ impl HaleConfig {
 
     /// This config as `check-config` shows it: each endpoint's `health_check_url` and
     /// `model_url` filled in with the per-type default when not set (`""` where the type has
-    /// no model list). Secrets and the Redis password are masked by their own serializers.
+    /// no model list). Secrets and the Redis password are masked by their own serializers;
+    /// credentials written into an endpoint's URLs (`http://user:pass@host`) are shown as
+    /// `<redacted>`.
     pub fn effective(&self) -> Self {
         let mut shown = self.clone();
         for endpoint in &mut shown.endpoints {
+            use hale_core::secret::redact_userinfo;
+            endpoint.url = redact_userinfo(&endpoint.url);
+            for url in [&mut endpoint.health_check_url, &mut endpoint.model_url]
+                .into_iter()
+                .flatten()
+            {
+                *url = redact_userinfo(url);
+            }
             endpoint
                 .health_check_url
                 .get_or_insert_with(|| endpoint.kind.default_health_path().to_owned());
@@ -145,6 +157,9 @@ pub struct LoadedConfig {
     pub endpoints: Vec<Endpoint>,
     /// The file it was read from; `None` for built-in defaults (plus environment).
     pub file: Option<PathBuf>,
+    /// The file was read but holds no settings: no bytes, only blank lines and comments, or
+    /// an empty document. Loads as the defaults; a live reload refuses it (a truncated write).
+    pub file_is_empty: bool,
 }
 
 impl LoadedConfig {
@@ -186,6 +201,7 @@ pub fn load(file: Option<&Path>, env: &EnvMap) -> Result<LoadedConfig, LoadError
         Some(source) => source.parse()?,
         None => Dict::new(),
     };
+    let file_is_empty = source.is_some() && tree.is_empty();
 
     let mut blame = Blame {
         file: source.as_ref(),
@@ -216,6 +232,7 @@ pub fn load(file: Option<&Path>, env: &EnvMap) -> Result<LoadedConfig, LoadError
         config,
         endpoints,
         file: file.map(Path::to_owned),
+        file_is_empty,
     })
 }
 
@@ -556,6 +573,24 @@ endpoints:
                 .contains("`chek_interval` (did you mean `check_interval`?)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bounds_apply_to_compatibility_names_too() {
+        let err = load_text(
+            TWO,
+            &[("DEFAULT_SHARED_HEALTH_CHECK_TTL", "18446744073709551615")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.origin,
+            Origin::Env("DEFAULT_SHARED_HEALTH_CHECK_TTL".into())
+        );
+        assert_eq!(err.path.as_ref().unwrap().to_string(), "shared.cache_ttl");
+        assert!(err.message.starts_with("must be at most 1day"), "{err}");
+        // Exactly a day is accepted.
+        let loaded = load_text(TWO, &[("DEFAULT_SHARED_HEALTH_CHECK_TTL", "86400")]).unwrap();
+        assert_eq!(loaded.config.shared.cache_ttl.as_secs(), 86_400);
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! set. A file that does not load or validate is refused with one WARN line that names the key
 //! and line, and the running config stays in force.
 //!
+//! Two files that load are refused the same way, because applying them would empty the
+//! gateway (every request a 404 until the next reload): an empty file (no bytes, or only
+//! comments — what a reader sees in the middle of a non-atomic write), and a config without
+//! endpoints while the running one has some. Starting with either is still allowed (the
+//! gateway serves its own routes with no backends); only the reload is refused.
+//!
 //! Only `endpoints:` is applied live. The other sections (`server`, `pod_id`, `health`,
 //! `proxy`, `shared`) are read at start: a reload that changes them applies the endpoints,
 //! keeps their running values, and says which keys need a restart — in a WARN line and in the
@@ -76,6 +82,14 @@ impl Reloader {
                 return Err(e.to_string());
             }
         };
+        if let Some(why) = emptying(&running, &loaded) {
+            tracing::warn!(
+                trigger,
+                error = %why,
+                "config reload refused; the running config stays in force"
+            );
+            return Err(why);
+        }
         let restart_required = restart_required(&running, &loaded.config);
         let change = self.store.reconcile(loaded.endpoints, Now::capture());
         let made = self.proxy.reload();
@@ -99,6 +113,30 @@ impl Reloader {
         }
         Ok(ReloadReport::new(change, restart_required))
     }
+}
+
+/// Why applying `loaded` over `running` would empty the gateway, if it would.
+fn emptying(running: &HaleConfig, loaded: &config::LoadedConfig) -> Option<String> {
+    let file = || {
+        loaded
+            .file
+            .as_ref()
+            .map_or_else(|| "the config".to_owned(), |f| f.display().to_string())
+    };
+    if loaded.file_is_empty {
+        return Some(format!(
+            "{}: the file is empty (a write still in progress?); applying it would remove every endpoint",
+            file()
+        ));
+    }
+    if loaded.endpoints.is_empty() && !running.endpoints.is_empty() {
+        return Some(format!(
+            "{}: endpoints: the new config has no endpoints; applying it would remove all {} running ones",
+            file(),
+            running.endpoints.len()
+        ));
+    }
+    None
 }
 
 fn names(list: &[Arc<str>]) -> Vec<&str> {
@@ -159,6 +197,39 @@ impl AdminActions for Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loaded(text: &str) -> config::LoadedConfig {
+        let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        config::load(Some(file.path()), &config::EnvMap::new()).unwrap()
+    }
+
+    #[test]
+    fn a_reload_that_would_empty_the_gateway_is_refused() {
+        let one = "endpoints:\n  - name: a\n    url: http://127.0.0.1:1\n";
+        let running = loaded(one).config;
+        for empty in [
+            "",
+            "\n  \n",
+            "# all commented out\n# endpoints:\n",
+            "{}\n",
+            "~\n",
+        ] {
+            let why = emptying(&running, &loaded(empty)).unwrap();
+            assert!(why.contains("the file is empty"), "{empty:?}: {why}");
+            // Even with nothing running: an empty file is never a config someone meant.
+            assert!(emptying(&HaleConfig::default(), &loaded(empty)).is_some());
+        }
+        let none = loaded("endpoints: []\nhealth:\n  jitter: 0\n");
+        let why = emptying(&running, &none).unwrap();
+        assert!(
+            why.contains("no endpoints") && why.contains("all 1 running"),
+            "{why}"
+        );
+        // Nothing running: a config without endpoints changes nothing that serves.
+        assert!(emptying(&HaleConfig::default(), &none).is_none());
+        assert!(emptying(&running, &loaded(one)).is_none());
+    }
 
     #[test]
     fn names_the_keys_that_need_a_restart() {

@@ -53,6 +53,7 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
         config,
         endpoints,
         file,
+        ..
     } = loaded;
     let pod_id = crate::pod::resolve(&config.pod_id);
     tracing::info!(

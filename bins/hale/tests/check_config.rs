@@ -1,8 +1,9 @@
 //! `hale check-config` through the real binary: the shipped example passes and shows no
 //! secret, and each kind of bad input — a misspelt key, impossible timings, duplicate names,
-//! bad durations, types and URLs, bad environment values, missing variables, unreadable files
-//! and broken YAML — exits 2 with one line naming the key path and, where it is in the file,
-//! the line.
+//! bad durations, types and URLs, durations and sizes beyond their bound, bad environment
+//! values, missing variables, unreadable files and broken YAML — exits 2 with one line naming
+//! the key path and, where it is in the file, the line. Credentials in endpoint URLs never
+//! show, on success or on error.
 //!
 //! Every run clears the environment and starts in an empty directory, so neither the
 //! developer's shell nor a stray `hale.yaml` can change what is tested.
@@ -165,6 +166,144 @@ fn a_timeout_not_below_the_interval_is_refused() {
         line_of(&text, "check_timeout: 30s")
     );
     assert!(line.contains(&expected), "{line}");
+}
+
+/// `u64::MAX` seconds: humantime parses it, and any clock it is added to overflows.
+const HUGE: &str = "18446744073709551615s";
+
+#[test]
+fn durations_and_sizes_beyond_their_bound_are_refused_naming_the_key() {
+    let cases = [
+        ("  header_timeout: 10s", "server.header_timeout"),
+        ("  idle_timeout: 75s", "server.idle_timeout"),
+        ("    check_interval: 30s", "endpoints[3].check_interval"),
+        (
+            "      initial_delay: 30s",
+            "endpoints[1].startup.initial_delay",
+        ),
+        ("  max_backoff: 60s", "health.max_backoff"),
+        ("    open_for: 30s", "proxy.breaker.open_for"),
+        ("  lock_ttl: 60s", "shared.lock_ttl"),
+    ];
+    for (from, key) in cases {
+        let (name, _) = from.trim().split_once(": ").unwrap();
+        let written = format!(
+            "{}{name}: {HUGE}",
+            &from[..from.len() - from.trim_start().len()]
+        );
+        let text = example_with(from, &written);
+        let (_file, run) = check_text(&text, &[]);
+        let line = run.error_line();
+        let expected = format!(
+            "line {}: {key}: must be at most 1day (1 day), got ",
+            line_of(&text, &written)
+        );
+        assert!(line.contains(&expected), "{key}: {line}");
+    }
+
+    // 100EiB does not fit in 64 bits: the parser saturates, and the bound names the key.
+    for (size, ok) in [("100EiB", false), ("1025MiB", false), ("1GiB", true)] {
+        let text = example_with("  max_body: 10MiB", &format!("  max_body: {size}"));
+        let (_file, run) = check_text(&text, &[]);
+        if ok {
+            run.ok();
+            continue;
+        }
+        let line = run.error_line();
+        let expected = format!(
+            "line {}: server.max_body: must be at most 1GiB",
+            line_of(&text, "max_body:")
+        );
+        assert!(line.contains(&expected), "{size}: {line}");
+    }
+
+    // A number too large for a duration at all is named as well.
+    let text = example_with(
+        "  idle_timeout: 75s",
+        "  idle_timeout: 99999999999999999999999s",
+    );
+    let (_file, run) = check_text(&text, &[]);
+    let line = run.error_line();
+    assert!(
+        line.contains("server.idle_timeout: invalid duration"),
+        "{line}"
+    );
+
+    // Just inside and just outside the bound, here and from the environment.
+    let text = example_with("    check_interval: 30s", "    check_interval: 1day");
+    check_text(&text, &[]).1.ok();
+    let text = example_with("    check_interval: 30s", "    check_interval: 1day 1s");
+    let (_file, run) = check_text(&text, &[]);
+    assert!(
+        run.error_line()
+            .contains("endpoints[3].check_interval: must be at most 1day (1 day), got 1day 1s"),
+        "{run:?}"
+    );
+    let run = check_file(&example_path(), &[("HALE_SERVER__HEADER_TIMEOUT", HUGE)]);
+    assert!(
+        run.error_line().starts_with(
+            "error: env HALE_SERVER__HEADER_TIMEOUT: server.header_timeout: must be at most"
+        ),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn an_empty_file_is_the_defaults() {
+    // Starting on an empty file is allowed (only a live reload of one is refused).
+    for text in ["", "# nothing yet\n"] {
+        let (_file, run) = check_text(text, &[]);
+        let out = run.ok();
+        assert!(out.contains("endpoints: []"), "{out}");
+    }
+}
+
+#[test]
+fn credentials_in_endpoint_urls_are_never_printed() {
+    const CREDS: &str = "user:S3CRET@";
+    let with_creds = example_with(
+        "url: http://127.0.0.1:8000",
+        &format!("url: http://{CREDS}127.0.0.1:8000"),
+    )
+    .replace(
+        "health_check_url: /health",
+        &format!("health_check_url: http://{CREDS}127.0.0.1:8000/health"),
+    );
+    let (_file, run) = check_text(&with_creds, &[]);
+    let out = run.ok();
+    assert!(!out.contains("S3CRET"), "{out}");
+    assert!(
+        out.contains("url: http://<redacted>@127.0.0.1:8000")
+            && out.contains("health_check_url: http://<redacted>@127.0.0.1:8000/health"),
+        "{out}"
+    );
+
+    // Error paths: another key invalid, the URL itself invalid, a bad health path.
+    let errors = [
+        with_creds.replace("  jitter: 0.1", "  jitter: 7"),
+        with_creds.replace("127.0.0.1:8000\n", "127.0.0.1:99999\n"),
+        with_creds.replace(
+            &format!("health_check_url: http://{CREDS}127.0.0.1:8000/health"),
+            &format!("health_check_url: {CREDS}127.0.0.1:8000/health"),
+        ),
+        with_creds.replace("    type: vllm", "    type: vllm\n    url2: x"),
+    ];
+    for text in errors {
+        assert_ne!(text, with_creds);
+        let (_file, run) = check_text(&text, &[]);
+        let line = run.error_line();
+        assert!(!line.contains("S3CRET"), "{line}");
+    }
+    // From the environment too.
+    let run = check_file(
+        &example_path(),
+        &[("HALE_ENDPOINTS__1__URL", "http://u:S3CRET@127.0.0.1:99999")],
+    );
+    let line = run.error_line();
+    assert!(
+        !line.contains("S3CRET") && line.contains("<redacted>@"),
+        "{line}"
+    );
 }
 
 #[test]

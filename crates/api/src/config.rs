@@ -65,12 +65,7 @@ impl ServerConfig {
                 "must not be empty",
             ));
         }
-        if self.max_body.as_u64() == 0 {
-            return Err(ConfigError::new(
-                format!("{path}.max_body"),
-                "must be greater than 0",
-            ));
-        }
+        hale_core::config::require_size(path, "max_body", self.max_body.as_u64())?;
         hale_core::config::require_nonzero(path, "header_timeout", self.header_timeout)?;
         hale_core::config::require_nonzero(path, "idle_timeout", self.idle_timeout)?;
         hale_core::config::require_nonzero(path, "shutdown_grace", self.shutdown_grace)?;

@@ -32,7 +32,9 @@ pub fn spread(endpoint: &Endpoint) -> Duration {
 /// [`LEASE_MARGIN`], but never more than `lock_ttl`. A replica that dies mid-check blocks the
 /// round for at most this long.
 pub fn lease_ttl(endpoint: &Endpoint, lock_ttl: Duration) -> Duration {
-    (endpoint.check_timeout.max(endpoint.startup.timeout) + LEASE_MARGIN).min(lock_ttl)
+    (endpoint.check_timeout.max(endpoint.startup.timeout))
+        .saturating_add(LEASE_MARGIN)
+        .min(lock_ttl)
 }
 
 /// A uniform sample in [0, 1) from (pod, endpoint, round): FNV-1a over the three, finished
@@ -141,5 +143,12 @@ mod tests {
         );
         c.check_interval = Duration::from_secs(60);
         assert_eq!(spread(&c.resolve("e").unwrap()), MAX_SPREAD);
+        // An unvalidated timeout too long to add a margin to: the lease is lock_ttl.
+        let mut e = e;
+        e.check_timeout = Duration::MAX;
+        assert_eq!(
+            lease_ttl(&e, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
     }
 }

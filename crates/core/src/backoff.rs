@@ -73,7 +73,10 @@ impl Backoff {
         } else {
             0.5
         };
-        d.mul_f64(1.0 + self.jitter * (2.0 * u - 1.0))
+        // As `Duration::mul_f64`, but a product too large for a Duration saturates instead
+        // of panicking (an interval that did not come through config validation).
+        let factor = 1.0 + self.jitter * (2.0 * u - 1.0);
+        Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
     }
 }
 

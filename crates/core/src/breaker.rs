@@ -103,7 +103,7 @@ impl Breaker {
                 let failures = failures + 1;
                 if failures >= self.config.failure_threshold {
                     self.inner = Inner::Open {
-                        until: now + self.config.open_for,
+                        until: now + crate::config::clock_safe(self.config.open_for),
                     };
                     true
                 } else {
@@ -113,7 +113,7 @@ impl Breaker {
             }
             Inner::HalfOpen { .. } => {
                 self.inner = Inner::Open {
-                    until: now + self.config.open_for,
+                    until: now + crate::config::clock_safe(self.config.open_for),
                 };
                 true
             }

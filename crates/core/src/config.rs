@@ -5,6 +5,12 @@
 //! an omitted one takes the default of DESIGN §5. Durations are humantime strings (`"2s"`).
 //! `validate()` checks what serde cannot (ranges, relations between keys) and reports the
 //! failing key by its full path, so `hale check-config` can name it and its line.
+//!
+//! Every duration and size in the config is bounded (DESIGN §6), by the shared helpers here
+//! so that every key that uses them gets the bound: durations at most [`MAX_DURATION`] (1 day,
+//! [`require_nonzero`] and [`require_duration`]), sizes at most [`MAX_SIZE`] (1 GiB,
+//! [`require_size`]). A value `check-config` accepts is then one the gateway can add to a
+//! clock without overflowing; the runtime still adds them with saturating forms.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -27,12 +33,66 @@ impl ConfigError {
     }
 }
 
-/// Refuses a zero duration at `{path}.{key}`.
+/// The longest duration any config key accepts: 1 day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest size any config key accepts: 1 GiB.
+pub const MAX_SIZE: u64 = 1 << 30;
+
+/// The longest span the runtime ever adds to a clock reading: 365 days. Far beyond any value
+/// validation lets through ([`MAX_DURATION`]), it only matters for a duration that did not
+/// come through validation (a config built in code, a backend's Retry-After, a peer's
+/// result), which [`clock_safe`] cuts to it so `Instant + d` cannot overflow and panic.
+pub const CLOCK_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `d`, cut to [`CLOCK_HORIZON`]: safe to add to an `Instant` or `SystemTime` of today.
+pub fn clock_safe(d: Duration) -> Duration {
+    d.min(CLOCK_HORIZON)
+}
+
+/// Refuses a duration at `{path}.{key}` that is zero or above [`MAX_DURATION`].
 pub fn require_nonzero(path: &str, key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::new(
             format!("{path}.{key}"),
             "must be greater than 0",
+        ));
+    }
+    require_duration(path, key, value)
+}
+
+/// Refuses a duration at `{path}.{key}` above [`MAX_DURATION`] (zero is accepted).
+pub fn require_duration(path: &str, key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        return Err(ConfigError::new(
+            format!("{path}.{key}"),
+            format!(
+                "must be at most {} (1 day), got {}",
+                humantime::format_duration(MAX_DURATION),
+                humantime::format_duration(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a size at `{path}.{key}` (in bytes) that is zero or above [`MAX_SIZE`]. A size
+/// too large for the parser (`100EiB`) arrives saturated at `u64::MAX` and is refused here.
+pub fn require_size(path: &str, key: &str, bytes: u64) -> Result<(), ConfigError> {
+    if bytes == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.{key}"),
+            "must be greater than 0",
+        ));
+    }
+    if bytes > MAX_SIZE {
+        let got = match bytes {
+            u64::MAX => "16EiB or more".to_owned(),
+            _ => format!("{bytes} bytes"),
+        };
+        return Err(ConfigError::new(
+            format!("{path}.{key}"),
+            format!("must be at most 1GiB ({MAX_SIZE} bytes), got {got}"),
         ));
     }
     Ok(())
@@ -133,6 +193,7 @@ impl Default for StartupConfig {
 
 impl StartupConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        require_duration(path, "initial_delay", self.initial_delay)?;
         require_nonzero(path, "period", self.period)?;
         require_nonzero(path, "timeout", self.timeout)?;
         if self.timeout > self.period {
@@ -208,6 +269,84 @@ mod tests {
             s.validate("endpoints[0].startup").unwrap_err().path,
             "endpoints[0].startup.timeout"
         );
+    }
+
+    #[test]
+    fn durations_are_bounded_at_one_day() {
+        let day = Duration::from_secs(86_400);
+        let above = day + Duration::from_nanos(1);
+        assert!(require_nonzero("h", "k", day).is_ok());
+        assert!(require_duration("h", "k", day).is_ok());
+        assert!(require_duration("h", "k", Duration::ZERO).is_ok());
+        for huge in [above, Duration::from_secs(u64::MAX), Duration::MAX] {
+            for err in [
+                require_nonzero("server", "idle_timeout", huge).unwrap_err(),
+                require_duration("server", "idle_timeout", huge).unwrap_err(),
+            ] {
+                assert_eq!(err.path, "server.idle_timeout");
+                assert!(err.message.starts_with("must be at most 1day"), "{err}");
+            }
+        }
+        assert_eq!(
+            require_nonzero("h", "k", Duration::ZERO)
+                .unwrap_err()
+                .message,
+            "must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn every_duration_key_of_these_sections_is_bounded() {
+        let huge = Duration::from_secs(u64::MAX);
+        let h = HealthConfig {
+            degraded_latency: huge,
+            ..Default::default()
+        };
+        assert_eq!(
+            h.validate("health").unwrap_err().path,
+            "health.degraded_latency"
+        );
+        let h = HealthConfig {
+            max_backoff: huge,
+            ..Default::default()
+        };
+        assert_eq!(h.validate("health").unwrap_err().path, "health.max_backoff");
+        let s = StartupConfig {
+            initial_delay: huge,
+            ..Default::default()
+        };
+        assert_eq!(s.validate("s").unwrap_err().path, "s.initial_delay");
+        let s = StartupConfig {
+            initial_delay: MAX_DURATION,
+            ..Default::default()
+        };
+        assert!(s.validate("s").is_ok());
+        let s = StartupConfig {
+            period: huge,
+            timeout: huge,
+            ..Default::default()
+        };
+        assert_eq!(s.validate("s").unwrap_err().path, "s.period");
+        let b = BreakerConfig {
+            open_for: huge,
+            ..Default::default()
+        };
+        assert_eq!(b.validate("b").unwrap_err().path, "b.open_for");
+    }
+
+    #[test]
+    fn sizes_are_bounded_at_one_gib() {
+        assert!(require_size("server", "max_body", 1 << 30).is_ok());
+        assert!(require_size("server", "max_body", 1).is_ok());
+        for bad in [0, (1 << 30) + 1, u64::MAX] {
+            let err = require_size("server", "max_body", bad).unwrap_err();
+            assert_eq!(err.path, "server.max_body");
+        }
+        let err = require_size("server", "max_body", u64::MAX).unwrap_err();
+        assert!(err.message.contains("at most 1GiB"), "{err}");
+        assert!(err.message.ends_with("got 16EiB or more"), "{err}");
+        let err = require_size("server", "max_body", (1 << 30) + 1).unwrap_err();
+        assert!(err.message.ends_with("got 1073741825 bytes"), "{err}");
     }
 
     #[test]

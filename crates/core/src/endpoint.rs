@@ -254,13 +254,7 @@ impl EndpointConfig {
 
 fn parse_http_url(raw: &str) -> Result<Url, String> {
     // Credentials in a URL are secrets: error messages show the URL without them.
-    let shown = match raw.split_once("://") {
-        Some((scheme, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => {
-            let after = rest.split_once('@').map_or(rest, |(_, r)| r);
-            format!("{scheme}://<redacted>@{after}")
-        }
-        _ => raw.to_owned(),
-    };
+    let shown = crate::secret::redact_userinfo(raw);
     let raw_for_errors = shown.as_str();
     let url = Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {raw_for_errors:?}"))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -287,7 +281,8 @@ fn join(base: &Url, path_or_url: &str) -> Result<Url, String> {
     }
     if !path_or_url.starts_with('/') {
         return Err(format!(
-            "must be a path starting with '/' or an http(s) URL, got {path_or_url:?}"
+            "must be a path starting with '/' or an http(s) URL, got {:?}",
+            crate::secret::redact_userinfo(path_or_url)
         ));
     }
     let mut url = base.clone();

@@ -266,7 +266,7 @@ impl HealthMachine {
         self.rate_limited_until = result
             .rate_limited_until
             .and_then(|until| until.duration_since(wall).ok())
-            .map(|left| now + left);
+            .map(|left| now + crate::config::clock_safe(left));
         if let Some(models) = &result.models {
             self.discovered = Some(models.clone());
             self.discovery_due = false;
@@ -346,7 +346,7 @@ impl HealthMachine {
             } => *ra,
             _ => self.interval,
         };
-        self.rate_limited_until = Some(now + wait);
+        self.rate_limited_until = Some(now + crate::config::clock_safe(wait));
         self.reason = Some(Reason::RateLimited);
         self.error = result.error_text().map(Arc::from);
     }

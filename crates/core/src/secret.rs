@@ -4,6 +4,10 @@
 //! values) but its `Debug`, `Display` and `Serialize` all print `<redacted>` when set, so a
 //! secret cannot leak through logs, status JSON or `hale check-config` by accident. The only
 //! way to the value is [`Secret::expose`], which names the intent at the call site.
+//!
+//! Credentials written into a URL (`http://user:pass@host`) are secrets too:
+//! [`redact_userinfo`] hides them wherever a URL written in the config is shown as text
+//! (`hale check-config`, config error messages and the log lines that carry them).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -62,9 +66,71 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// `text` with the user name and password of every URL in it (`scheme://user:pass@host`)
+/// replaced by `<redacted>`: `http://<redacted>@host`. Works on text that is not a valid URL
+/// too (a config value being reported as invalid), and on longer text holding several URLs.
+/// The authority ends at the first `/`, `?`, `#`, `\`, quote or white space after `://`, and the
+/// last `@` in it ends the credentials, so a password with an unescaped `@` is hidden whole.
+/// A single value without `://` (no white space in it) is read as a URL written without its
+/// scheme, `user:pass@host/path`, and hidden the same way.
+pub fn redact_userinfo(text: &str) -> String {
+    if !text.contains("://") && !text.contains(char::is_whitespace) {
+        let authority = text.split(['/', '?', '#', '\\']).next().unwrap_or_default();
+        if let Some(at) = authority.rfind('@') {
+            return format!("{REDACTED}{}", &text[at..]);
+        }
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '\\' | '"' | '\'' | '`') || c.is_whitespace()
+            })
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str(REDACTED);
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_redacted_in_urls_and_in_text() {
+        assert_eq!(
+            redact_userinfo("http://user:S3CRET@h:1/p?q=a@b"),
+            "http://<redacted>@h:1/p?q=a@b"
+        );
+        assert_eq!(redact_userinfo("https://h:1/base"), "https://h:1/base");
+        assert_eq!(redact_userinfo("http://u:p@ss@h"), "http://<redacted>@h");
+        assert_eq!(
+            redact_userinfo("bad \"http://a:S3CRET@h:99999\", and ftp://:S3CRET@x/ too"),
+            "bad \"http://<redacted>@h:99999\", and ftp://<redacted>@x/ too"
+        );
+        assert_eq!(redact_userinfo("no url here"), "no url here");
+        assert_eq!(redact_userinfo("u:S3CRET@h:1/p@x"), "<redacted>@h:1/p@x");
+        assert_eq!(redact_userinfo("/health@x"), "/health@x");
+        assert_eq!(
+            redact_userinfo("mail me@example.com"),
+            "mail me@example.com"
+        );
+        assert_eq!(redact_userinfo("trailing ://"), "trailing ://");
+        assert_eq!(redact_userinfo("é://ü:S3CRET@ö"), "é://<redacted>@ö");
+    }
 
     #[test]
     fn never_printed() {

@@ -467,7 +467,7 @@ impl HealthStore {
     pub fn schedule_next(&self, name: &str, now: Now, u: f64) -> Option<Duration> {
         self.with_slot(name, now.wall, |slot| {
             let delay = slot.machine.next_delay(now.mono, u);
-            slot.next_check_at = Some(now.wall + delay);
+            slot.next_check_at = Some(now.wall + crate::config::clock_safe(delay));
             Some((delay, None))
         })
         .map(|(delay, _)| delay)

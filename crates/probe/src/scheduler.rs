@@ -38,6 +38,7 @@
 use crate::check::run_check;
 use crate::client::ProbeClient;
 use crate::kinds::{Probe, probe_for};
+use hale_core::config::clock_safe;
 use hale_core::store::EndpointStatus;
 use hale_core::{
     CheckOutcome, Coordination, Decision, Event, FenceToken, HealthStore, LocalOnly, Now, Reason,
@@ -339,7 +340,7 @@ impl EndpointTask {
             }
             wait = match self.common.coordination.may_check(&self.name).await {
                 Decision::Skip { retry_in } => {
-                    store.note_next_check(&self.name, SystemTime::now() + retry_in);
+                    store.note_next_check(&self.name, SystemTime::now() + clock_safe(retry_in));
                     retry_in
                 }
                 Decision::Check { fence } => {
@@ -367,7 +368,7 @@ impl EndpointTask {
                     };
                     let wait = self.common.coordination.next_wait(&self.name, delay);
                     if wait != delay {
-                        store.note_next_check(&self.name, now.wall + wait);
+                        store.note_next_check(&self.name, now.wall + clock_safe(wait));
                     }
                     wait
                 }

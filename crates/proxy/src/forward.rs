@@ -68,7 +68,8 @@ pub async fn forward(
     }
     let (parts, request_body) = request.into_parts();
     let read = body::read_limited(&parts.headers, request_body, shared.max_body);
-    let bytes = tokio::time::timeout_at(started + shared.body_timeout, read)
+    let deadline = started + hale_core::config::clock_safe(shared.body_timeout);
+    let bytes = tokio::time::timeout_at(deadline, read)
         .await
         .map_err(|_| ProxyError::BodyTimeout(shared.body_timeout))??;
     let fields = body::parse(&bytes)?;

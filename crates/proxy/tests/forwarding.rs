@@ -813,6 +813,23 @@ async fn a_reload_adds_changes_and_removes_endpoints_and_drains_hold() {
 }
 
 #[tokio::test]
+async fn a_body_timeout_too_long_for_a_clock_still_serves() {
+    // Config bounds server.header_timeout at a day; settings built in code are not
+    // validated, and the request's arrival plus this would overflow `Instant` and panic.
+    let backend = Backend::start(ok).await;
+    let h = hale(
+        &[("a", backend.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings {
+            body_timeout: Duration::MAX,
+            ..Default::default()
+        },
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+}
+
+#[tokio::test]
 async fn a_body_slower_than_the_limit_gets_408_and_never_reaches_a_backend() {
     let backend = Backend::start(ok).await;
     let h = hale(

@@ -1,6 +1,7 @@
 //! The one error every load or validation failure becomes: where the bad value came from (the
 //! file and line, or the environment variable), the key path, and what is wrong — printed by
-//! `hale check-config` and `hale serve` as a single `error: …` line.
+//! `hale check-config` and `hale serve` as a single `error: …` line. Credentials written into
+//! a URL never show in it (see [`hale_core::secret::redact_userinfo`]).
 
 use super::key_path::KeyPath;
 use std::fmt;
@@ -29,8 +30,10 @@ pub struct LoadError {
 impl LoadError {
     pub fn new(origin: Origin, path: Option<KeyPath>, message: impl Into<String>) -> Self {
         // The error is printed as one line that scripts can grep, so line breaks inside
-        // messages (serde_yaml writes some) become spaces.
-        let message = message.into().replace(['\r', '\n'], " ");
+        // messages (serde_yaml writes some) become spaces. A message may quote the value it
+        // refuses: credentials in any URL there are hidden, as in `check-config`'s output.
+        let message =
+            hale_core::secret::redact_userinfo(&message.into().replace(['\r', '\n'], " "));
         Self {
             origin,
             path: path.filter(|p| !p.is_root()),

@@ -31,6 +31,7 @@ use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, Limits, Shared};
 use axum::Router;
 use axum::http::Version;
 use bytes::Bytes;
+use hale_core::config::clock_safe;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
@@ -95,7 +96,7 @@ pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, t
     let accepted = Instant::now();
     let sniffed = tokio::select! {
         sniffed = sniff(&mut tcp) => sniffed,
-        () = sleep_until(accepted + ctx.limits.header_timeout) => {
+        () = sleep_until(accepted + clock_safe(ctx.limits.header_timeout)) => {
             tracing::debug!(%peer, "no request within server.header_timeout: connection closed");
             return;
         }
@@ -244,7 +245,7 @@ async fn drive<C: Graceful>(conn: C, state: &ConnState, ctx: &Ctx, peer: SocketA
                             conn.as_mut().graceful_shutdown();
                             shut_down = true;
                         }
-                        closing_until = Some(now + ctx.limits.header_timeout);
+                        closing_until = Some(now + clock_safe(ctx.limits.header_timeout));
                     }
                     Some((at, Expiry::Closing)) if at <= now => {
                         tracing::debug!(%peer, "connection did not close in time after shutdown: dropped");
@@ -317,8 +318,8 @@ impl Times {
             return None;
         }
         match self.wait {
-            Wait::Head(since) => Some((since + limits.header_timeout, Expiry::Head)),
-            Wait::Idle(since) => Some((since + limits.idle_timeout, Expiry::Idle)),
+            Wait::Head(since) => Some((since + clock_safe(limits.header_timeout), Expiry::Head)),
+            Wait::Idle(since) => Some((since + clock_safe(limits.idle_timeout), Expiry::Idle)),
             Wait::Busy => None,
         }
     }

@@ -248,6 +248,28 @@ async fn keep_alive_idles_past_the_header_timeout_and_the_next_head_has_its_own_
 }
 
 #[tokio::test]
+async fn clocks_too_long_for_an_instant_never_panic_the_connection() {
+    // Validation bounds both at a day; limits built in code are not validated, and a clock
+    // read plus either of these would overflow `Instant` and panic the connection's task.
+    let huge = Limits {
+        header_timeout: Duration::MAX,
+        idle_timeout: Duration::from_secs(u64::MAX),
+        ..limits(0, 0)
+    };
+    let (addr, _server) = start(huge).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // Head clock at accept, idle clock after each response, head clock at the next bytes.
+    for _ in 0..3 {
+        let (head, body) = get_on(&mut tcp, "/fast").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "ok");
+    }
+    let mut probe = [0_u8; 1];
+    let idle = timeout(Duration::from_millis(200), tcp.read(&mut probe)).await;
+    assert!(idle.is_err(), "closed while idle: {idle:?}");
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let (addr, _server) = start(limits(300, 800)).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
