@@ -266,7 +266,7 @@ impl HealthMachine {
         self.rate_limited_until = result
             .rate_limited_until
             .and_then(|until| until.duration_since(wall).ok())
-            .map(|left| now + crate::config::clock_safe(left));
+            .map(|left| now + self.retry_after_bound(left));
         if let Some(models) = &result.models {
             self.discovered = Some(models.clone());
             self.discovery_due = false;
@@ -338,6 +338,14 @@ impl HealthMachine {
         self.set(HealthState::Unknown, Some(Reason::Loading));
     }
 
+    /// A Retry-After (from a backend, or from another replica through Redis) is input Hale
+    /// did not make: it holds the endpoint back and delays its next check for at most
+    /// `max_backoff`, as a failure's backoff would, so a hostile or confused value cannot
+    /// take an endpoint out of rotation, or out of checking, for longer.
+    fn retry_after_bound(&self, wait: Duration) -> Duration {
+        crate::config::clock_safe(wait.min(self.backoff.max()))
+    }
+
     fn on_rate_limited(&mut self, result: &CheckResult, now: Instant) {
         let wait = match result {
             CheckResult::Http {
@@ -346,7 +354,7 @@ impl HealthMachine {
             } => *ra,
             _ => self.interval,
         };
-        self.rate_limited_until = Some(now + crate::config::clock_safe(wait));
+        self.rate_limited_until = Some(now + self.retry_after_bound(wait));
         self.reason = Some(Reason::RateLimited);
         self.error = result.error_text().map(Arc::from);
     }

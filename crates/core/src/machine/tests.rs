@@ -248,6 +248,39 @@ async fn rate_limited_until_retry_after_without_failing() {
     assert!(m.is_routable(Instant::now()));
 }
 
+/// A Retry-After is input Hale did not make: ten years from a backend, or a rate limit ten
+/// years ahead adopted from another replica through Redis, holds the endpoint back for
+/// `max_backoff` at most, and its next check is never planned later than that.
+#[tokio::test(start_paused = true)]
+async fn a_hostile_retry_after_is_bounded_by_max_backoff() {
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+    let max_backoff = HealthConfig::default().max_backoff;
+    let mut m = running(1, 2);
+    let limited = CheckOutcome::failed(
+        FAST,
+        CheckResult::Http {
+            status: 429,
+            retry_after: Some(ten_years),
+            message: String::new(),
+        },
+    );
+    m.observe(&limited, Instant::now());
+    assert_eq!(m.next_delay(Instant::now(), 0.5), max_backoff);
+    tokio::time::advance(max_backoff).await;
+    assert!(m.is_routable(Instant::now()));
+
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let mut forged = shared_of(&running(1, 2), now, wall);
+    forged.rate_limited_until = Some(wall + ten_years);
+    let mut here = running(1, 2);
+    here.adopt(&forged, now, wall);
+    assert!(!here.is_routable(now));
+    assert_eq!(here.next_delay(now, 0.5), max_backoff);
+    tokio::time::advance(max_backoff).await;
+    assert!(here.is_routable(Instant::now()));
+}
+
 #[test]
 fn passive_failure_marks_unhealthy_at_once() {
     let mut m = running(3, 2);
