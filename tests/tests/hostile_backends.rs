@@ -154,6 +154,15 @@ async fn a_query_of_death_is_not_replayed_and_takes_no_endpoint_down() -> anyhow
     for name in ["a", "b"] {
         assert_eq!(gw.endpoint(name).await?["status"], "healthy", "{name}");
     }
+    // The 502s are counted against the endpoints that dropped the requests.
+    let metrics = gw.get("/metrics").await?.text;
+    let bad_gateway: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("hale_proxy_requests_total{") && l.contains(r#"status="502""#))
+        .filter(|l| l.contains(r#"endpoint="a""#) || l.contains(r#"endpoint="b""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(bad_gateway, MARKED as f64, "{metrics}");
     Ok(())
 }
 

@@ -54,6 +54,8 @@ use tokio::time::Instant;
 pub struct Refusal {
     pub error: ProxyError,
     pub served_model: Option<String>,
+    /// The endpoint (runtime id) whose failure this answer reports: a 502 or 504.
+    pub endpoint: Option<usize>,
 }
 
 impl From<ProxyError> for Refusal {
@@ -61,6 +63,7 @@ impl From<ProxyError> for Refusal {
         Self {
             error,
             served_model: None,
+            endpoint: None,
         }
     }
 }
@@ -223,6 +226,7 @@ pub async fn forward(
                 return Err(Refusal {
                     error,
                     served_model: Some(model.to_owned()),
+                    endpoint: Some(rt.id),
                 });
             }
         }
@@ -258,5 +262,6 @@ fn unavailable(model: &str, retry_after: std::time::Duration) -> Refusal {
             retry_after,
         },
         served_model: Some(model.to_owned()),
+        endpoint: None,
     }
 }
