@@ -962,6 +962,11 @@ impl RawBackend {
                         let Some(body) = body else { break };
                         log.lock().unwrap().push((id, body.clone()));
                         match answer(&body) {
+                            // An answer ending in `CLOSE`: written without it, then closed.
+                            Some(bytes) if bytes.ends_with(b"CLOSE") => {
+                                let _ = stream.write_all(&bytes[..bytes.len() - 5]).await;
+                                break;
+                            }
                             Some(bytes) => {
                                 if stream.write_all(&bytes).await.is_err() {
                                     break;
@@ -1253,4 +1258,33 @@ async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
     // The cut counts on the breaker; the endpoint stays in rotation.
     assert_eq!(h.state("partial").0, HealthState::Healthy);
     assert_eq!(h.proxy.outstanding("stream"), 0);
+}
+
+#[tokio::test]
+async fn a_backend_closing_right_after_each_answer_costs_no_request() {
+    // Answers, then closes at once, without `connection: close`: every reused connection is
+    // already closed when Hale sends on it.
+    let backend = RawBackend::start(|_| {
+        let mut answer = json_answer(OK_BODY);
+        answer.extend_from_slice(b"CLOSE");
+        Some(answer)
+    })
+    .await;
+    let h = hale(
+        &[("a", backend.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+    for i in 0..20 {
+        let got = post(
+            h.addr,
+            "/v1/chat/completions",
+            &[],
+            &chat_with(&i.to_string()),
+        )
+        .await;
+        assert_eq!(got.status, 200, "request {i}: {}", got.text);
+    }
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 20, "each request arrived once: {seen:?}");
 }

@@ -30,9 +30,12 @@
 //!   write (before waiting at all: the backend's FIN came before the request could reach
 //!   it), or by a reset before any answer (the backend's kernel threw the unread request
 //!   away). Then, and only then, the request is sent once more, on a new connection. A
-//!   failure on a new connection is never retried. (A backend that closes a connection
-//!   right after answering on it, without `Connection: close`, can still make the next
-//!   request's EOF arrive after the first look: that request gets a 502, not a replay.)
+//!   failure on a new connection is never retried. (tokio keeps a socket's "read closed"
+//!   state once its event loop has seen the FIN, even through [`io::Io::forget_readable`],
+//!   so the first look finds a FIN that arrived at any time before the request was written.
+//!   Only a FIN still on its way then — the backend closing at that very moment — comes
+//!   later and costs that request a 502 rather than a replay; the pool's 4 s idle limit,
+//!   under the 5 s keep-alive of common servers, keeps that rare.)
 //! - [`SendError::Malformed`]: the answer is not an HTTP/1.1 response head.
 //! - [`SendError::TimedOut`]: no complete response head within the endpoint's
 //!   `first_byte_timeout` (counted from the start of the write; default 600 s, since a
