@@ -143,9 +143,7 @@ impl UpstreamBody {
         self.finish();
         Poll::Ready(Some(Err(io::Error::other(message))))
     }
-}
 
-impl UpstreamBody {
     /// The socket had nothing: arm or move the idle timer as needed and wait, or fail once it
     /// has fired.
     fn wait_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
