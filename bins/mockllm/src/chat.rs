@@ -12,7 +12,9 @@
 //! frame and waits the chunk delay in between on a tokio timer, so chunks leave one by one
 //! and nothing is built up front. With `drop_after_chunks` it yields an error after that many
 //! chunks, which makes hyper abort the connection mid-body (no terminating chunk, no
-//! `[DONE]`), the way a crashed backend looks to a proxy.
+//! `[DONE]`), the way a crashed backend looks to a proxy; with `stall_after_chunks` it stops
+//! after that many chunks and never produces another frame, holding the connection open, the
+//! way a backend stuck mid-generation looks.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -453,6 +455,7 @@ pub struct ChunkStream {
     delay: Duration,
     prompt_tokens: u32,
     drop_after: Option<u32>,
+    stall_after: Option<u32>,
     include_usage: bool,
     /// The index of the next content chunk; `total` means the trailer is next.
     next: u32,
@@ -463,11 +466,13 @@ pub struct ChunkStream {
 }
 
 impl ChunkStream {
-    /// A stream of `g.chunks` chunks, cut after `drop_after` of them if that is fewer.
+    /// A stream of `g.chunks` chunks, cut after `drop_after` of them or stalled after
+    /// `stall_after` of them if that is fewer.
     pub fn new(
         kind: StreamKind,
         g: &Gen<'_>,
         drop_after: Option<u32>,
+        stall_after: Option<u32>,
         include_usage: bool,
     ) -> Self {
         ChunkStream {
@@ -479,6 +484,7 @@ impl ChunkStream {
             delay: Duration::from_millis(g.chunk_delay_ms),
             prompt_tokens: g.prompt_tokens,
             drop_after,
+            stall_after,
             include_usage,
             next: 0,
             sleep: None,
@@ -527,6 +533,10 @@ impl ChunkStream {
             return Poll::Ready(Some(Err(std::io::Error::other(format!(
                 "mockllm drops the stream after {k} chunks"
             )))));
+        }
+        if self.stall_after.is_some_and(|k| self.next >= k) {
+            // Nothing will ever wake this body: hyper flushes what it has and waits for good.
+            return Poll::Pending;
         }
         let chunk = self.chunk(self.next);
         self.next += 1;
@@ -730,7 +740,7 @@ mod tests {
 
     #[test]
     fn streamed_text_adds_up_to_the_whole() {
-        let s = ChunkStream::new(StreamKind::OpenAiChat, &gen_(3), None, false);
+        let s = ChunkStream::new(StreamKind::OpenAiChat, &gen_(3), None, None, false);
         let mut text = String::new();
         for i in 0..3 {
             let b = s.chunk(i).unwrap();

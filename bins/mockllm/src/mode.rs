@@ -6,12 +6,21 @@
 //!
 //! A `/__mode` body is one JSON object, every field optional, applied together:
 //! - failure fields — `mode` (`healthy`, `status`, `hang`, `slow`, `loading`, `refuse`,
-//!   `close`, `drop`), `status`, `retry_after_s`, `slow_ms`, `loading_for_s`, `for_s`,
-//!   `drop_after_chunks` — replace the whole failure state when any of them is present:
-//!   `{"slow_ms":100}` followed by `{"status":503}` leaves a fast 503, not a slow one. The
-//!   kind comes from `mode`, or is implied by `status` or `loading_for_s`; `slow_ms` and
-//!   `drop_after_chunks` are modifiers that combine with any kind (`slow` and `drop` are
-//!   names for "healthy plus that modifier");
+//!   `close`, `drop`, `stall`), `status`, `retry_after_s`, `slow_ms`, `loading_for_s`,
+//!   `for_s`, `drop_after_chunks`, `stall_after_chunks`, `close_on` — replace the whole
+//!   failure state when any of them is present: `{"slow_ms":100}` followed by
+//!   `{"status":503}` leaves a fast 503, not a slow one. The kind comes from `mode`, or is
+//!   implied by `status` or `loading_for_s`; `slow_ms`, `drop_after_chunks`,
+//!   `stall_after_chunks` and `close_on` are modifiers that combine with any kind (`slow`,
+//!   `drop` and `stall` are names for "healthy plus that modifier");
+//! - `drop_after_chunks` cuts a streamed answer after that many chunks (an error: the
+//!   connection is aborted); `stall_after_chunks` stops sending after that many chunks and
+//!   holds the connection open, never ending the stream (a backend stuck mid-generation);
+//! - `close_on` (a marker of 1 to 256 bytes) closes the connection without answering any
+//!   generation request whose body contains the marker, and answers every other request
+//!   normally: a "query of death". `GET /__stats` counts the marked requests that arrived
+//!   (`closed_on_marker`). Markers are kept for the life of the process (at most
+//!   [`MAX_MARKERS`] distinct ones), so the mode stays a `Copy` value;
 //! - `chunks` and `chunk_delay_ms` shape streamed answers and persist across mode changes.
 //!
 //! Contradictions (`{"mode":"hang","status":503}`), parameters without their mode
@@ -33,6 +42,32 @@ const DEFAULT_REFUSE_S: f64 = 5.0;
 const MAX_SECONDS: f64 = 86_400.0;
 /// The most chunks a stream may be asked for.
 const MAX_CHUNKS: u32 = 100_000;
+/// The longest `close_on` marker, in bytes.
+const MAX_MARKER: usize = 256;
+/// How many distinct `close_on` markers one process accepts.
+pub const MAX_MARKERS: usize = 64;
+
+/// The markers set so far, each leaked once so a [`Mode`] can hold it as `&'static str`.
+static MARKERS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// The process-lifetime copy of `marker` (see the module docs).
+fn intern(marker: &str) -> Result<&'static str, String> {
+    if marker.is_empty() || marker.len() > MAX_MARKER {
+        return Err(format!("close_on must be 1 to {MAX_MARKER} bytes"));
+    }
+    let mut markers = MARKERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = markers.iter().find(|m| **m == marker) {
+        return Ok(known);
+    }
+    if markers.len() >= MAX_MARKERS {
+        return Err(format!(
+            "at most {MAX_MARKERS} distinct close_on markers per process"
+        ));
+    }
+    let leaked: &'static str = Box::leak(marker.to_owned().into_boxed_str());
+    markers.push(leaked);
+    Ok(leaked)
+}
 
 /// What every non-admin request runs into before it is answered normally.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +97,10 @@ pub struct Mode {
     pub slow_ms: Option<u64>,
     /// Abort streamed answers after this many chunks.
     pub drop_after_chunks: Option<u32>,
+    /// Stop streamed answers after this many chunks, holding the connection open.
+    pub stall_after_chunks: Option<u32>,
+    /// Drop the connection of any generation request whose body contains this.
+    pub close_on: Option<&'static str>,
     /// How many chunks a streamed answer has.
     pub chunks: u32,
     /// The pause between streamed chunks.
@@ -86,6 +125,7 @@ impl Mode {
         match self.failure {
             Failure::Healthy if self.slow_ms.is_some() => "slow",
             Failure::Healthy if self.drop_after_chunks.is_some() => "drop",
+            Failure::Healthy if self.stall_after_chunks.is_some() => "stall",
             Failure::Healthy => "healthy",
             Failure::Status { .. } => "status",
             Failure::Hang => "hang",
@@ -121,6 +161,8 @@ impl Mode {
             loading_for_s,
             for_s,
             drop_after_chunks: this.drop_after_chunks,
+            stall_after_chunks: this.stall_after_chunks,
+            close_on: this.close_on,
             chunks: this.chunks,
             chunk_delay_ms: this.chunk_delay_ms,
         })
@@ -137,6 +179,8 @@ struct ModeOut {
     loading_for_s: Option<f64>,
     for_s: Option<f64>,
     drop_after_chunks: Option<u32>,
+    stall_after_chunks: Option<u32>,
+    close_on: Option<&'static str>,
     chunks: u32,
     chunk_delay_ms: u64,
 }
@@ -152,6 +196,8 @@ pub struct ModeRequest {
     pub loading_for_s: Option<f64>,
     pub for_s: Option<f64>,
     pub drop_after_chunks: Option<u32>,
+    pub stall_after_chunks: Option<u32>,
+    pub close_on: Option<String>,
     pub chunks: Option<u32>,
     pub chunk_delay_ms: Option<u64>,
 }
@@ -178,6 +224,8 @@ impl ModeCell {
             failure: Failure::Healthy,
             slow_ms: None,
             drop_after_chunks: None,
+            stall_after_chunks: None,
+            close_on: None,
             chunks,
             chunk_delay_ms,
             generation: 0,
@@ -276,7 +324,9 @@ fn next_mode(
         || req.slow_ms.is_some()
         || req.loading_for_s.is_some()
         || req.for_s.is_some()
-        || req.drop_after_chunks.is_some();
+        || req.drop_after_chunks.is_some()
+        || req.stall_after_chunks.is_some()
+        || req.close_on.is_some();
     if !touches_failure {
         return Ok((new, None));
     }
@@ -308,6 +358,10 @@ fn next_mode(
             return Err("mode drop needs drop_after_chunks".into());
         }
         Some("drop") => Kind::Healthy,
+        Some("stall") if req.stall_after_chunks.is_none() => {
+            return Err("mode stall needs stall_after_chunks".into());
+        }
+        Some("stall") => Kind::Healthy,
         Some("status") => Kind::Status,
         Some("hang") => Kind::Hang,
         Some("loading") => Kind::Loading,
@@ -316,7 +370,7 @@ fn next_mode(
         Some(other) => {
             return Err(format!(
                 "unknown mode {other:?} (expected healthy, status, hang, slow, loading, \
-                 refuse, close or drop)"
+                 refuse, close, drop or stall)"
             ));
         }
     };
@@ -334,7 +388,12 @@ fn next_mode(
     }
 
     new.slow_ms = req.slow_ms.map(|ms| millis("slow_ms", ms)).transpose()?;
+    if req.drop_after_chunks.is_some() && req.stall_after_chunks.is_some() {
+        return Err("drop_after_chunks and stall_after_chunks are different modes".into());
+    }
     new.drop_after_chunks = req.drop_after_chunks;
+    new.stall_after_chunks = req.stall_after_chunks;
+    new.close_on = req.close_on.as_deref().map(intern).transpose()?;
     new.generation = old.generation + 1;
     let mut refuse = None;
     new.failure = match kind {
@@ -419,6 +478,9 @@ mod tests {
             r#"{"chunks":0}"#,
             r#"{"loading_for_s":-1}"#,
             r#"{"mode":"slow"}"#,
+            r#"{"mode":"stall"}"#,
+            r#"{"drop_after_chunks":1,"stall_after_chunks":1}"#,
+            r#"{"close_on":""}"#,
         ] {
             assert!(next_mode(start(), &req(bad), now).is_err(), "{bad}");
         }
@@ -436,6 +498,28 @@ mod tests {
         let order = order.unwrap();
         assert_eq!(order.until, now + Duration::from_secs(5));
         assert_eq!(order.generation, m.generation);
+    }
+
+    #[test]
+    fn stall_and_close_on_are_modifiers_that_a_failure_change_clears() {
+        let now = Instant::now();
+        let (m, _) = next_mode(
+            start(),
+            &req(r#"{"mode":"stall","stall_after_chunks":2,"close_on":"QOD"}"#),
+            now,
+        )
+        .unwrap();
+        assert_eq!(m.failure, Failure::Healthy);
+        assert_eq!((m.stall_after_chunks, m.close_on), (Some(2), Some("QOD")));
+        let echo: serde_json::Value = serde_json::from_slice(&m.render(now).unwrap()).unwrap();
+        assert_eq!(echo["mode"], "stall");
+        assert_eq!(echo["close_on"], "QOD");
+        let (again, _) = next_mode(start(), &req(r#"{"close_on":"QOD"}"#), now).unwrap();
+        assert!(std::ptr::eq(again.close_on.unwrap(), m.close_on.unwrap()));
+        let (m, _) = next_mode(m, &req(r#"{"mode":"healthy"}"#), now).unwrap();
+        assert_eq!((m.stall_after_chunks, m.close_on), (None, None));
+        let long = format!(r#"{{"close_on":"{}"}}"#, "x".repeat(MAX_MARKER + 1));
+        assert!(next_mode(start(), &req(&long), now).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! The order for a non-admin request is fixed: stamp and count the hit (so `/__stats` sees
 //! requests that a failure mode then swallows, at the moment they arrived), wait `slow_ms`,
 //! apply the failure (`close`/`refuse` drop the connection, `hang` holds the request until
-//! the client leaves, `status` and `loading` answer with an error), and only then route.
+//! the client leaves, `status` and `loading` answer with an error), and only then route. A
+//! generation route reads the body first, and drops the connection if it holds the
+//! `close_on` marker (counted in `/__stats` as `closed_on_marker`).
 //! Admin paths skip all of that, so a test can always see and change the state.
 //!
 //! The server state is a process-lifetime `&'static State`, so a request costs no reference
@@ -178,22 +180,39 @@ async fn serve(
         | Handler::Embeddings
         | Handler::OllamaChat
         | Handler::OllamaGenerate
-        | Handler::OllamaEmbed => generate(st, handler, mode, req).await,
+        | Handler::OllamaEmbed => generate(st, handler, mode, req).await?,
     })
 }
 
-/// A generation route: parse the body, then answer in one piece or as a stream.
+/// A generation route: parse the body, then answer in one piece or as a stream — or, for a
+/// body with the `close_on` marker, drop the connection.
 async fn generate(
     st: &'static State,
     handler: Handler,
     mode: crate::mode::Mode,
     req: Request<Incoming>,
-) -> Response<RespBody> {
+) -> Result<Response<RespBody>, DropConnection> {
     let body = match read_body(req).await {
         Ok(body) => body,
-        Err(resp) => return resp,
+        Err(resp) => return Ok(resp),
     };
-    let parsed: GenRequest<'_> = match parse_object(&body) {
+    if let Some(marker) = mode.close_on
+        && body.windows(marker.len()).any(|w| w == marker.as_bytes())
+    {
+        st.stats.closed_on_marker();
+        return Err(DropConnection);
+    }
+    Ok(answer(st, handler, mode, &body))
+}
+
+/// The answer to a generation request with this `body`.
+fn answer(
+    st: &'static State,
+    handler: Handler,
+    mode: crate::mode::Mode,
+    body: &Bytes,
+) -> Response<RespBody> {
+    let parsed: GenRequest<'_> = match parse_object(body) {
         Ok(parsed) => parsed,
         Err(message) => return bad_request(&message),
     };
@@ -228,7 +247,13 @@ async fn generate(
     let streamed = |kind, content_type| {
         body::stream(
             content_type,
-            ChunkStream::new(kind, &g, mode.drop_after_chunks, include_usage),
+            ChunkStream::new(
+                kind,
+                &g,
+                mode.drop_after_chunks,
+                mode.stall_after_chunks,
+                include_usage,
+            ),
         )
     };
     let rendered = match handler {

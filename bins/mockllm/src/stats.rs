@@ -1,4 +1,5 @@
-//! Hit counters and the recent-request log behind `GET /__stats`.
+//! Hit counters and the recent-request log behind `GET /__stats`, plus the count of
+//! generation requests dropped for their `close_on` marker (`closed_on_marker`).
 //!
 //! Recording a hit must not serialise the server's cores, because mockllm sits under proxy
 //! benchmarks. So each known path has its own atomic counter, and the log of the last
@@ -68,6 +69,8 @@ pub struct Stats {
     next_seq: AtomicU64,
     base_seq: AtomicU64,
     ring: Box<[Mutex<Slot>]>,
+    /// Generation requests dropped for carrying the `close_on` marker.
+    closed_on_marker: AtomicU64,
 }
 
 /// Locks a mutex, carrying on with the data if a panicking holder poisoned it: every value
@@ -91,7 +94,13 @@ impl Stats {
             next_seq: AtomicU64::new(0),
             base_seq: AtomicU64::new(0),
             ring: (0..RECENT).map(|_| Mutex::new(Slot::default())).collect(),
+            closed_on_marker: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one request dropped for its `close_on` marker.
+    pub fn closed_on_marker(&self) {
+        self.closed_on_marker.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one non-admin hit that arrived at `t_ms` (ms since the Unix epoch).
@@ -129,6 +138,7 @@ impl Stats {
         for counter in &self.known {
             counter.store(0, Ordering::Relaxed);
         }
+        self.closed_on_marker.store(0, Ordering::Relaxed);
         lock(&self.other).clear();
     }
 
@@ -176,6 +186,7 @@ impl Stats {
             .collect();
         serde_json::to_vec(&StatsOut {
             total,
+            closed_on_marker: self.closed_on_marker.load(Ordering::Relaxed),
             hits,
             recent,
         })
@@ -189,6 +200,7 @@ fn ring_index(seq: u64) -> usize {
 #[derive(Serialize)]
 struct StatsOut<'a> {
     total: u64,
+    closed_on_marker: u64,
     hits: BTreeMap<&'a str, u64>,
     recent: Vec<RecentOut<'a>>,
 }

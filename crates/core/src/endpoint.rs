@@ -126,6 +126,22 @@ pub struct EndpointConfig {
     pub api_key: Secret,
     #[serde(default)]
     pub startup: StartupConfig,
+    /// Overrides `proxy.first_byte_timeout` for this endpoint: how long a proxied request may
+    /// wait for the response head.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_byte_timeout: Option<Duration>,
+    /// Overrides `proxy.idle_timeout` for this endpoint: how long a response body may pause
+    /// between two reads.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 fn default_kind() -> EndpointKind {
@@ -160,6 +176,8 @@ impl EndpointConfig {
             models: Vec::new(),
             api_key: Secret::default(),
             startup: StartupConfig::default(),
+            first_byte_timeout: None,
+            idle_timeout: None,
         }
     }
 
@@ -231,6 +249,12 @@ impl EndpointConfig {
             ));
         }
         self.startup.validate(&format!("{path}.startup"))?;
+        if let Some(t) = self.first_byte_timeout {
+            crate::config::require_nonzero(path, "first_byte_timeout", t)?;
+        }
+        if let Some(t) = self.idle_timeout {
+            crate::config::require_nonzero(path, "idle_timeout", t)?;
+        }
         Ok(Endpoint {
             name: Arc::from(name),
             url: base,
@@ -248,6 +272,8 @@ impl EndpointConfig {
                 .collect(),
             api_key: self.api_key.clone(),
             startup: self.startup.clone(),
+            first_byte_timeout: self.first_byte_timeout,
+            idle_timeout: self.idle_timeout,
         })
     }
 }
@@ -312,6 +338,10 @@ pub struct Endpoint {
     pub models: Vec<Arc<str>>,
     pub api_key: Secret,
     pub startup: StartupConfig,
+    /// This endpoint's own `first_byte_timeout`, if it overrides the proxy's.
+    pub first_byte_timeout: Option<Duration>,
+    /// This endpoint's own `idle_timeout`, if it overrides the proxy's.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Endpoint {
@@ -371,6 +401,32 @@ mod tests {
         c.health_check_url = None;
         c.weight = 0.0;
         assert_eq!(c.resolve("e").unwrap_err().path, "e.weight");
+        c.weight = 1.0;
+        c.first_byte_timeout = Some(Duration::ZERO);
+        assert_eq!(c.resolve("e").unwrap_err().path, "e.first_byte_timeout");
+        c.first_byte_timeout = Some(Duration::from_secs(30));
+        c.idle_timeout = Some(Duration::ZERO);
+        assert_eq!(c.resolve("e").unwrap_err().path, "e.idle_timeout");
+    }
+
+    #[test]
+    fn proxy_deadline_overrides_are_optional() {
+        let c: EndpointConfig = serde_json::from_str(r#"{"name":"a","url":"http://h:1"}"#).unwrap();
+        let e = c.resolve("e").unwrap();
+        assert_eq!((e.first_byte_timeout, e.idle_timeout), (None, None));
+        let c: EndpointConfig = serde_json::from_str(
+            r#"{"name":"a","url":"http://h:1","first_byte_timeout":"90s","idle_timeout":"15s"}"#,
+        )
+        .unwrap();
+        let e = c.resolve("e").unwrap();
+        assert_eq!(e.first_byte_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(e.idle_timeout, Some(Duration::from_secs(15)));
+        assert!(
+            serde_json::from_str::<EndpointConfig>(
+                r#"{"name":"a","url":"http://h:1","idle_timeout":"soon"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

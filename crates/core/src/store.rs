@@ -19,6 +19,13 @@
 //! lease (Redis away), tokens cannot order anything, so a remote result is adopted only if it
 //! was checked no more than [`UNFENCED_SKEW`] before it: stale cache entries read back when
 //! Redis returns do not overwrite fresher local knowledge.
+//!
+//! Check requests: the proxy cannot reach the scheduler, so a request-path failure that does
+//! not change the state by itself (a request dropped after it was sent, a first-byte timeout)
+//! asks for a prompt check through [`HealthStore::request_check`]; the endpoint's check task
+//! waits on [`HealthStore::check_requested`] next to its timer and decides (rate limit
+//! included) whether to check early. A request made while no task waits is kept (one
+//! `Notify` permit), so it is not lost between two waits.
 
 use crate::config::HealthConfig;
 use crate::coordination::{Coordination, FenceToken, LocalResult, ResultKind, SharedResult};
@@ -31,7 +38,7 @@ use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// How many transitions `/internal/events` keeps.
@@ -342,6 +349,9 @@ pub struct HealthStore {
     snapshot: ArcSwap<Snapshot>,
     changes: watch::Sender<u64>,
     coordination: OnceLock<Arc<dyn Coordination>>,
+    /// Per endpoint name, the signal [`HealthStore::request_check`] raises (see the module
+    /// docs); made on first use.
+    check_requests: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
 }
 
 /// What [`HealthStore::apply_remote`] did with a result from another replica.
@@ -406,7 +416,34 @@ impl HealthStore {
             snapshot: ArcSwap::from_pointee(snapshot),
             changes: watch::Sender::new(0),
             coordination: OnceLock::new(),
+            check_requests: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Asks for a prompt check of `name` (see the module docs); nothing for an unknown name.
+    pub fn request_check(&self, name: &str) {
+        if let Some(signal) = self.check_signal(name) {
+            signal.notify_one();
+        }
+    }
+
+    /// The signal the check task of `name` waits on for [`HealthStore::request_check`];
+    /// `None` for an unknown name.
+    pub fn check_requested(&self, name: &str) -> Option<Arc<Notify>> {
+        self.check_signal(name)
+    }
+
+    fn check_signal(&self, name: &str) -> Option<Arc<Notify>> {
+        let entry = self
+            .snapshot
+            .load()
+            .get(name)
+            .map(|e| e.endpoint.name.clone())?;
+        let mut signals = self
+            .check_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(signals.entry(entry).or_default().clone())
     }
 
     /// Attaches the coordination that is told about every local result from now on. Only the
@@ -1272,5 +1309,23 @@ mod tests {
         assert_eq!(s.set_drained("a", false), Some(true));
         assert!(s.snapshot().get("a").unwrap().health.is_routable(now));
         assert_eq!(s.set_drained("nope", true), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn check_requests_reach_the_waiting_task_and_are_kept_until_then() {
+        let s = store();
+        assert!(s.check_requested("nope").is_none());
+        s.request_check("nope");
+        let signal = s.check_requested("a").unwrap();
+        // Asked before anyone waits: the permit is kept for the next wait.
+        s.request_check("a");
+        s.request_check("a");
+        tokio::time::timeout(Duration::from_secs(1), signal.notified())
+            .await
+            .expect("the request was lost");
+        // Two requests leave one permit, not two.
+        let again = tokio::time::timeout(Duration::from_millis(50), signal.notified()).await;
+        assert!(again.is_err(), "a second check was owed");
+        assert!(Arc::ptr_eq(&signal, &s.check_requested("a").unwrap()));
     }
 }

@@ -34,6 +34,16 @@
 //! never overlaps a scheduled one, is folded in like any other, and the schedule restarts
 //! from it. It runs locally whatever the coordination says (an operator asked for it), under
 //! no lease, so in shared mode its result stays on this replica.
+//!
+//! Checks the request path asks for: a request-path failure that does not mark the endpoint
+//! by itself (a request dropped after it was sent, a first-byte timeout) asks for a prompt
+//! check through [`HealthStore::request_check`]. The endpoint's task waits on that signal next
+//! to its timer (and, with `health.background: false`, next to the store's changes) and runs
+//! one check at once, like `check_now` but with no one to answer: locally, under no lease,
+//! without model discovery; its result decides whether the endpoint stays in rotation. At
+//! most one such check runs per `check_interval`: a request within one interval of the last
+//! requested check is dropped (the endpoint was checked moments ago, and the next scheduled
+//! check follows anyway), so a burst of failures costs one check, not one per failure.
 
 use crate::check::run_check;
 use crate::client::ProbeClient;
@@ -48,9 +58,9 @@ use metrics::{Counter, Histogram};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep_until};
 
 /// How many first checks may run at once at start-up.
 pub const FIRST_SWEEP_CONCURRENCY: usize = 64;
@@ -260,6 +270,7 @@ fn spawn_task(common: &Arc<Common>, name: Arc<str>, first_sweep: bool) -> Runnin
         counters: HashMap::new(),
         last_logged: None,
         last_discovery: None,
+        last_requested: None,
     };
     Running {
         join: tokio::spawn(task.run()),
@@ -275,14 +286,26 @@ struct EndpointTask {
     counters: HashMap<String, Counter>,
     last_logged: Option<Reason>,
     last_discovery: Option<Instant>,
+    /// When the last check the request path asked for ran.
+    last_requested: Option<Instant>,
 }
 
 /// What ended a wait.
 enum Woken {
     Due,
     Command(Command),
+    /// The request path asked for a check, and the rate limit lets it run.
+    Requested,
     /// The handle is gone: the task ends.
     Stop,
+}
+
+/// Resolves when `signal` is raised; never without one.
+async fn raised(signal: Option<&Notify>) {
+    match signal {
+        Some(signal) => signal.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl EndpointTask {
@@ -302,39 +325,51 @@ impl EndpointTask {
         );
         let mut first_check = true;
         let mut changes = store.subscribe();
+        let requests = store.check_requested(&self.name);
+        let requests = requests.as_deref();
         let mut wait = first;
 
         loop {
-            // Wait until due, answering manual checks meanwhile.
+            // Wait until due, answering manual and requested checks meanwhile.
             loop {
-                match self.wait(wait).await {
+                let reply = match self.wait(wait, requests).await {
                     Woken::Due => break,
                     Woken::Stop => return,
-                    Woken::Command(Command::CheckNow(reply)) => {
-                        let Some(delay) = self
-                            .manual(probe.as_ref(), &duration, reply, first_check)
-                            .await
-                        else {
-                            return;
-                        };
-                        first_check = false;
-                        wait = delay;
-                    }
-                }
+                    Woken::Command(Command::CheckNow(reply)) => Some(reply),
+                    Woken::Requested => None,
+                };
+                let Some(delay) = self
+                    .manual(probe.as_ref(), &duration, reply, first_check)
+                    .await
+                else {
+                    return;
+                };
+                first_check = false;
+                wait = delay;
             }
             if !self.common.background && !first_check {
-                // Trusted mode: wait until the request path marks this endpoint down.
+                // Trusted mode: wait until the request path marks this endpoint down (or
+                // asks for a check).
                 while self.is_up() {
-                    tokio::select! {
-                        changed = changes.changed() => if changed.is_err() { return },
+                    let reply = tokio::select! {
+                        changed = changes.changed() => if changed.is_err() { return } else { continue },
                         command = self.commands.recv() => match command {
-                            Some(Command::CheckNow(reply)) => {
-                                if self.manual(probe.as_ref(), &duration, reply, false).await.is_none() {
-                                    return;
-                                }
-                            }
+                            Some(Command::CheckNow(reply)) => Some(reply),
                             None => return,
                         },
+                        () = raised(requests) => {
+                            if !self.take_requested() {
+                                continue;
+                            }
+                            None
+                        }
+                    };
+                    if self
+                        .manual(probe.as_ref(), &duration, reply, false)
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
                 }
             }
@@ -381,41 +416,78 @@ impl EndpointTask {
         }
     }
 
-    /// Sleeps `wait`, unless a command comes first.
-    async fn wait(&mut self, wait: Duration) -> Woken {
-        tokio::select! {
-            () = sleep(wait) => Woken::Due,
-            command = self.commands.recv() => command.map_or(Woken::Stop, Woken::Command),
+    /// Sleeps `wait`, unless a command or an allowed check request (see the module docs)
+    /// comes first.
+    async fn wait(&mut self, wait: Duration, requests: Option<&Notify>) -> Woken {
+        let due = Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = sleep_until(due) => return Woken::Due,
+                command = self.commands.recv() => return command.map_or(Woken::Stop, Woken::Command),
+                () = raised(requests) => if self.take_requested() {
+                    return Woken::Requested;
+                },
+            }
         }
     }
 
-    /// Runs a check an operator asked for, folds it in, answers `reply` and returns the wait
+    /// Whether a check the request path asked for may run now (at most one per
+    /// `check_interval`); if so, it counts from now.
+    fn take_requested(&mut self) -> bool {
+        let interval = self
+            .common
+            .store
+            .snapshot()
+            .get(&self.name)
+            .map_or(Duration::ZERO, |e| e.endpoint.check_interval);
+        let now = Instant::now();
+        if self
+            .last_requested
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            tracing::debug!(endpoint = %self.name, "check request dropped: one ran within the interval");
+            return false;
+        }
+        self.last_requested = Some(now);
+        true
+    }
+
+    /// Runs a check out of schedule — one an operator asked for (`reply`: its answer goes
+    /// there) or one the request path asked for (`None`) — folds it in and returns the wait
     /// until the next scheduled check (`None`: the endpoint is gone).
     async fn manual(
         &mut self,
         probe: &dyn Probe,
         duration: &Histogram,
-        reply: oneshot::Sender<ManualCheck>,
+        reply: Option<oneshot::Sender<ManualCheck>>,
         first_check: bool,
     ) -> Option<Duration> {
         let store = self.common.store.clone();
         let mut plan = store.plan(&self.name)?;
-        plan.discover = true;
+        // An operator's check re-reads the models too; the request path's is about health.
+        plan.discover |= reply.is_some();
         let outcome = if first_check {
             let _permit = self.common.sweep.acquire().await;
             run_check(&self.common.client, probe, &plan).await
         } else {
             run_check(&self.common.client, probe, &plan).await
         };
-        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "check run on request");
+        let asked_by = if reply.is_some() {
+            "check run on request"
+        } else {
+            "check run after a request-path failure"
+        };
+        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "{asked_by}");
         let event = self.fold(&outcome, duration, FenceToken::LOCAL);
         let delay = store.schedule_next(&self.name, Now::capture(), rand::random::<f64>())?;
-        let status = store.snapshot().get(&self.name).cloned();
-        let _ = reply.send(ManualCheck {
-            outcome,
-            event,
-            status,
-        });
+        if let Some(reply) = reply {
+            let status = store.snapshot().get(&self.name).cloned();
+            let _ = reply.send(ManualCheck {
+                outcome,
+                event,
+                status,
+            });
+        }
         Some(delay)
     }
 

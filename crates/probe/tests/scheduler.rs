@@ -2,6 +2,8 @@
 //! keeps the backend untouched and notes when the endpoint is looked at next, a `Check` runs
 //! under the fence given and its result reaches the coordination, `next_wait` sets the pace
 //! after a check, and an endpoint whose result comes from the fleet counts for readiness.
+//! Checks the request path asks for (`HealthStore::request_check`) run at once, at most one
+//! per interval, also in trusted mode (paused time).
 
 #![expect(
     clippy::unwrap_used,
@@ -274,5 +276,78 @@ async fn checks_on_request_and_follows_a_reloaded_endpoint_set() {
     );
     handle.check_now("b").await.unwrap();
     assert_eq!(hits_b.lock().unwrap().len(), 2);
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_the_request_path_asks_for_runs_at_once_at_most_once_per_interval() {
+    let (url, hits) = backend().await;
+    let mut c = EndpointConfig::new("e", &url, EndpointKind::Vllm);
+    c.check_interval = Duration::from_secs(10);
+    c.check_timeout = Duration::from_secs(1);
+    let health = HealthConfig {
+        jitter: 0.0,
+        ..HealthConfig::default()
+    };
+    let store = Arc::new(HealthStore::new(
+        "pod-9",
+        vec![c.resolve("e").unwrap()],
+        &health,
+        Now::capture(),
+    ));
+    let handle = Scheduler::new(store.clone(), ProbeClient::new(), true).spawn();
+    let count = || hits.lock().unwrap().len();
+    until(Duration::from_secs(5), "first check", || count() == 1).await;
+    let started = Instant::now();
+
+    // Asked for: checked at once, not at the 10 s interval.
+    store.request_check("e");
+    until(Duration::from_millis(500), "requested check", || {
+        count() == 2
+    })
+    .await;
+    // Asked again within the interval (a burst of failures): dropped.
+    store.request_check("e");
+    store.request_check("e");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(count(), 2, "one requested check per interval");
+    // The schedule goes on: the next check 10 s after the requested one.
+    until(Duration::from_secs(6), "scheduled check", || count() == 3).await;
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    // A full interval after the last requested check, the next request runs at once.
+    store.request_check("e");
+    until(Duration::from_millis(500), "second requested check", || {
+        count() == 4
+    })
+    .await;
+    handle.shutdown().await;
+
+    // Trusted mode (no background checks): the endpoint is up and never checked by the
+    // schedule, but a request-path failure still gets its check.
+    let (url, hits) = backend().await;
+    let health = HealthConfig {
+        background: false,
+        ..health
+    };
+    let store = Arc::new(HealthStore::new(
+        "pod-9",
+        vec![endpoint("t", &url)],
+        &health,
+        Now::capture(),
+    ));
+    let handle = Scheduler::new(store.clone(), ProbeClient::new(), false).spawn();
+    sleep(Duration::from_secs(60)).await;
+    let trusted_before = hits.lock().unwrap().len();
+    store.request_check("t");
+    until(
+        Duration::from_millis(500),
+        "requested check, trusted mode",
+        || hits.lock().unwrap().len() == trusted_before + 1,
+    )
+    .await;
+    assert_eq!(
+        store.snapshot().get("t").unwrap().health.state,
+        HealthState::Healthy
+    );
     handle.shutdown().await;
 }

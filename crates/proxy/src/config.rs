@@ -1,6 +1,10 @@
-//! `proxy:` — how requests are balanced and when the request-path breaker opens.
+//! `proxy:` — how requests are balanced, when the request-path breaker opens, and how long a
+//! backend may take: `connect_timeout` (to connect), `first_byte_timeout` (from sending the
+//! request to the response head; default 600 s, since a non-streamed generation can take
+//! minutes) and `idle_timeout` (the longest pause between two reads of a response body;
+//! default 120 s). An endpoint may override the last two with its own keys of the same names.
 
-use hale_core::{BreakerConfig, ConfigError};
+use hale_core::{BreakerConfig, ConfigError, Endpoint};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -20,6 +24,12 @@ pub struct ProxyConfig {
     /// Timeout for connecting to a backend on the request path.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long a request may wait for the response head once sent (504 after it).
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// The longest pause between two reads of a response body (the answer is cut after it).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     pub breaker: BreakerConfig,
 }
 
@@ -28,6 +38,8 @@ impl Default for ProxyConfig {
         Self {
             balancer: Balancer::Priority,
             connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(120),
             breaker: BreakerConfig::default(),
         }
     }
@@ -36,6 +48,58 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         hale_core::config::require_nonzero(path, "connect_timeout", self.connect_timeout)?;
+        hale_core::config::require_nonzero(path, "first_byte_timeout", self.first_byte_timeout)?;
+        hale_core::config::require_nonzero(path, "idle_timeout", self.idle_timeout)?;
         self.breaker.validate(&format!("{path}.breaker"))
+    }
+
+    /// The deadlines that apply to `endpoint`: its own overrides, else these.
+    pub fn deadlines_for(&self, endpoint: &Endpoint) -> Deadlines {
+        Deadlines {
+            first_byte: endpoint
+                .first_byte_timeout
+                .unwrap_or(self.first_byte_timeout),
+            idle: endpoint.idle_timeout.unwrap_or(self.idle_timeout),
+        }
+    }
+}
+
+/// The upstream deadlines of one endpoint (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hale_core::{EndpointConfig, EndpointKind};
+
+    #[test]
+    fn deadlines_default_and_are_overridden_per_endpoint() {
+        let c: ProxyConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(600));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        let c: ProxyConfig =
+            serde_json::from_str(r#"{"first_byte_timeout":"30s","idle_timeout":"5s"}"#).unwrap();
+        let mut e = EndpointConfig::new("a", "http://h:1", EndpointKind::Vllm);
+        let plain = e.resolve("e").unwrap();
+        assert_eq!(
+            c.deadlines_for(&plain),
+            Deadlines {
+                first_byte: Duration::from_secs(30),
+                idle: Duration::from_secs(5)
+            }
+        );
+        e.idle_timeout = Some(Duration::from_secs(1));
+        let own = e.resolve("e").unwrap();
+        assert_eq!(c.deadlines_for(&own).idle, Duration::from_secs(1));
+        assert_eq!(c.deadlines_for(&own).first_byte, Duration::from_secs(30));
+
+        for bad in [r#"{"first_byte_timeout":"0s"}"#, r#"{"idle_timeout":"0s"}"#] {
+            let c: ProxyConfig = serde_json::from_str(bad).unwrap();
+            assert!(c.validate("proxy").is_err(), "{bad}");
+        }
     }
 }

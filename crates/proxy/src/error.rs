@@ -6,7 +6,10 @@
 //! The statuses follow DESIGN §5/§6: unknown model 404, every candidate down 503 with
 //! `Retry-After`, body too large 413, a body slower than `server.header_timeout` 408 (so a
 //! client trickling its body cannot hold a request open), malformed JSON or a missing `model` 400, a missing or
-//! wrong API key 401 with `WWW-Authenticate: Bearer`, a wrong method 405 with `Allow`.
+//! wrong API key 401 with `WWW-Authenticate: Bearer`, a wrong method 405 with `Allow`; a
+//! backend that dropped the request after it was sent, or answered with a malformed head, 502;
+//! one that sent no response head within `first_byte_timeout` 504. The messages of 502 and
+//! 504 name the endpoint.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +26,10 @@ pub const AUTHENTICATION_ERROR: &str = "authentication_error";
 pub const NOT_FOUND_ERROR: &str = "not_found_error";
 /// `type` of a model whose every endpoint is down.
 pub const SERVICE_UNAVAILABLE_ERROR: &str = "service_unavailable_error";
+/// `type` of a backend that dropped the request or answered something malformed.
+pub const BAD_GATEWAY_ERROR: &str = "bad_gateway_error";
+/// `type` of a backend that did not answer in time.
+pub const GATEWAY_TIMEOUT_ERROR: &str = "gateway_timeout_error";
 
 /// An answer Hale gives itself; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +57,12 @@ pub enum ProxyError {
     },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
+    /// The message names the endpoint.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The message names the endpoint.
+    #[error("{0}")]
+    GatewayTimeout(String),
 }
 
 impl ProxyError {
@@ -62,6 +75,8 @@ impl ProxyError {
             Self::ModelNotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -75,6 +90,8 @@ impl ProxyError {
             | Self::MethodNotAllowed { .. } => INVALID_REQUEST_ERROR,
             Self::ModelNotFound(_) | Self::NoRoute { .. } => NOT_FOUND_ERROR,
             Self::Unavailable { .. } => SERVICE_UNAVAILABLE_ERROR,
+            Self::BadGateway(_) => BAD_GATEWAY_ERROR,
+            Self::GatewayTimeout(_) => GATEWAY_TIMEOUT_ERROR,
         }
     }
 }
@@ -185,5 +202,13 @@ mod tests {
         .await;
         assert_eq!(status, 405);
         assert_eq!(headers[header::ALLOW], "POST");
+
+        let (status, _, body) = render(ProxyError::BadGateway("endpoint 'a' hung up".into())).await;
+        assert_eq!(status, 502);
+        assert_eq!(body["error"]["type"], "bad_gateway_error");
+        assert_eq!(body["error"]["message"], "endpoint 'a' hung up");
+        let (status, _, body) = render(ProxyError::GatewayTimeout("slow".into())).await;
+        assert_eq!(status, 504);
+        assert_eq!(body["error"]["code"], 504);
     }
 }

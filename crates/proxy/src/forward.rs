@@ -5,10 +5,20 @@
 //! - on response headers (any status), stop: the answer goes to the client as it streams in,
 //!   and nothing about this request is retried from here on. A 5xx passes through to the
 //!   client but counts as a failure for the endpoint's breaker; anything below 500 resets it.
-//! - on a transport failure before response headers (refused, reset or closed, connect
-//!   timeout, DNS, TLS), mark the endpoint `unhealthy` at once through core (a passive signal
-//!   that checks and every other request see in the next snapshot), count the failure on its
-//!   breaker, and move on to the next candidate. Each endpoint is tried at most once.
+//! - on a connect-level failure (refused, connect timeout, DNS, TLS handshake: nothing was
+//!   sent), mark the endpoint `unhealthy` at once through core (a passive signal that checks
+//!   and every other request see in the next snapshot), count the failure on its breaker,
+//!   and move on to the next candidate. Each endpoint is tried at most once.
+//! - once the request was sent, it is never sent anywhere again: a backend that dropped it
+//!   without an answer (closed or reset; the upstream client has already retried the one
+//!   case where the backend cannot have read it, a stale keep-alive connection) or answered
+//!   with a malformed head gets the client a 502, one that sent no head within its
+//!   `first_byte_timeout` a 504, each naming the endpoint. A backend may have acted on a
+//!   POST it then failed to answer, and a request that kills the backend it reaches (a query
+//!   of death) would otherwise take down every endpoint of its model in turn. Such a failure
+//!   does not mark the endpoint by itself: it counts on the breaker and asks core for a
+//!   prompt probe check ([`HealthStore::request_check`](hale_core::HealthStore)), whose
+//!   result decides.
 //!
 //! The body is replayed from the same `Bytes` on every attempt (a reference-count increment),
 //! the client's headers are cleaned once and written into each attempt's request head, and
@@ -29,7 +39,7 @@ use crate::route::Route;
 use crate::runtime::EndpointRuntime;
 use crate::select::{Excluded, Selection};
 use crate::stream::UpstreamBody;
-use crate::upstream::Outgoing;
+use crate::upstream::{Outgoing, SendError};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -44,6 +54,8 @@ use tokio::time::Instant;
 pub struct Refusal {
     pub error: ProxyError,
     pub served_model: Option<String>,
+    /// The endpoint (runtime id) whose failure this answer reports: a 502 or 504.
+    pub endpoint: Option<usize>,
 }
 
 impl From<ProxyError> for Refusal {
@@ -51,6 +63,7 @@ impl From<ProxyError> for Refusal {
         Self {
             error,
             served_model: None,
+            endpoint: None,
         }
     }
 }
@@ -174,18 +187,48 @@ pub async fn forward(
                 *response.headers_mut() = headers;
                 return Ok(response);
             }
-            Err(result) => {
+            Err(SendError::Connect(result)) => {
                 // Its other idle connections are most likely as dead as this one.
                 rt.dest.pool.clear();
                 let opened = claim.failure(Instant::now());
                 let name = rt.endpoint.name.clone();
                 drop(claim);
-                tracing::debug!(endpoint = %name, error = ?result, "request path: backend failed, trying the next candidate");
+                tracing::debug!(endpoint = %name, error = ?result, "request path: cannot reach the backend, trying the next candidate");
                 if opened {
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
                 mark_unhealthy(shared, &name, &result);
                 failed = Some(rt);
+            }
+            Err(sent) => {
+                let opened = claim.failure(Instant::now());
+                drop(claim);
+                let name = &rt.endpoint.name;
+                let error = match &sent {
+                    SendError::TimedOut(after) => ProxyError::GatewayTimeout(format!(
+                        "endpoint '{name}' sent no response within {} (first_byte_timeout)",
+                        humantime::format_duration(*after)
+                    )),
+                    SendError::Malformed(why) => ProxyError::BadGateway(format!(
+                        "endpoint '{name}' sent a malformed response: {why}"
+                    )),
+                    SendError::Dropped(_) | SendError::Connect(_) => {
+                        ProxyError::BadGateway(format!(
+                            "endpoint '{name}' closed the connection without answering; the \
+                             request was not sent again, since the backend may have acted on it"
+                        ))
+                    }
+                };
+                tracing::warn!(endpoint = %name, error = ?sent, status = error.status().as_u16(), "request path: the backend failed a request it was sent; not sent again");
+                if opened {
+                    tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
+                }
+                shared.store.request_check(name);
+                return Err(Refusal {
+                    error,
+                    served_model: Some(model.to_owned()),
+                    endpoint: Some(rt.id),
+                });
             }
         }
     }
@@ -220,5 +263,6 @@ fn unavailable(model: &str, retry_after: std::time::Duration) -> Refusal {
             retry_after,
         },
         served_model: Some(model.to_owned()),
+        endpoint: None,
     }
 }

@@ -3,9 +3,11 @@
 //! Routes OpenAI-style (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //! `/v1/models`) and Ollama-style (`/api/chat`, `/api/generate`, `/api/embed`, `/api/tags`)
 //! requests by the model named in the body, only to endpoints that are routable and serve that
-//! model: highest priority tier first, weighted within it. A connection failure moves the
+//! model: highest priority tier first, weighted within it. A connect failure moves the
 //! request to the next candidate before the client sees anything and marks the endpoint
-//! unhealthy at once (a passive signal through core); streams pass through chunk by chunk.
+//! unhealthy at once (a passive signal through core); a request that reached a backend is
+//! never sent again (502 if dropped or answered with garbage, 504 past `first_byte_timeout`);
+//! streams pass through chunk by chunk and are cut after `idle_timeout` without data.
 //! The request path reads core's snapshot lock-free and never waits on Redis.
 //!
 //! The binary builds one [`Proxy`] from the health store, [`ProxyConfig`] and
@@ -25,9 +27,11 @@
 //! - The upstream side is a small HTTP/1.1 client of our own rather than hyper's pooled
 //!   client: measured under `cargo xtask bench proxy`, hyper's client cost a task hand-off
 //!   and a client-side `writev` per streamed chunk (see `upstream` for the figures).
-//! - A failure on a reused keep-alive connection before any answer is retried once on a new
-//!   connection to the same endpoint and is not held against it; only failures on a fresh
-//!   connection (or after the backend started answering) mark the endpoint.
+//! - A failure on a reused keep-alive connection that the backend cannot have read (the write
+//!   failed, the end of input was there at the first look, a reset before any answer) is
+//!   retried once on a new connection to the same endpoint and is not held against it. Any
+//!   other failure after sending is final for the request: it counts on the breaker and asks
+//!   for a prompt probe check, and only connect failures mark the endpoint at once.
 //! - The shared state lives for the process (leaked once) so the request path borrows it
 //!   without reference counting; per-endpoint counters that every request writes sit on
 //!   cache lines of their own.

@@ -4,12 +4,14 @@
 //!
 //! - `hale_proxy_requests_total{model,endpoint,status}`: every answer on a generation route,
 //!   the backend's or Hale's own. `model` is the requested name when some endpoint serves it
-//!   and empty otherwise, and `endpoint` is empty when Hale answered itself, so a client
-//!   sending made-up model names cannot grow the label space.
+//!   and empty otherwise, so a client sending made-up model names cannot grow the label
+//!   space; `endpoint` is empty when Hale answered itself, except for the 502 and 504 that
+//!   report an endpoint's failure (dropped request, malformed answer, first-byte timeout),
+//!   which name it.
 //! - `hale_proxy_request_duration_seconds{endpoint}`: from the request's arrival to the last
 //!   byte of the backend's answer (streams included).
-//! - `hale_proxy_retries_total{endpoint}`: requests moved on after `endpoint` failed to
-//!   connect or closed before answering.
+//! - `hale_proxy_retries_total{endpoint}`: requests moved on after `endpoint` could not be
+//!   connected to (a request that reached a backend is never moved on).
 //!
 //! The common case — a 200 for a model seen before — touches no lock and allocates nothing:
 //! the counter handles for status 200 are made once per model and endpoint and kept in a
@@ -94,13 +96,15 @@ impl RequestStats {
         }
     }
 
-    /// Hale answered itself. `served_model` is the model when some endpoint serves it.
-    pub fn refused(&self, served_model: Option<&str>, status: StatusCode) {
+    /// Hale answered itself. `served_model` is the model when some endpoint serves it;
+    /// `endpoint` (runtime id) the endpoint whose failure the answer reports.
+    pub fn refused(&self, served_model: Option<&str>, endpoint: Option<usize>, status: StatusCode) {
         let model: Arc<str> = served_model.map_or_else(|| Arc::from(""), Arc::from);
+        let endpoint = endpoint.map_or_else(|| Arc::from(""), |i| self.endpoint_name(i));
         metrics::counter!(
             REQUESTS_TOTAL,
             "model" => model,
-            "endpoint" => "",
+            "endpoint" => endpoint,
             "status" => status.as_str().to_owned()
         )
         .increment(1);
@@ -222,7 +226,8 @@ mod tests {
         s.answered("llama3", 1, StatusCode::OK);
         s.answered("llama3:latest", 0, StatusCode::INTERNAL_SERVER_ERROR);
         s.answered("m2", 0, StatusCode::OK);
-        s.refused(Some("m2"), StatusCode::SERVICE_UNAVAILABLE);
+        s.refused(Some("m2"), None, StatusCode::SERVICE_UNAVAILABLE);
+        s.refused(Some("m2"), Some(1), StatusCode::BAD_GATEWAY);
         assert_eq!(s.requests_total("llama3"), 3);
         assert_eq!(s.requests_total("llama3:latest"), 3);
         assert_eq!(s.requests_total("m2"), 1);

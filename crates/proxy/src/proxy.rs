@@ -116,7 +116,8 @@ pub(crate) struct Shared {
     /// Every runtime ever made, by id (retired ones too, for the idle-connection sweeper and
     /// the metric labels); held while a reload builds the next table.
     all: Mutex<Vec<&'static EndpointRuntime>>,
-    breaker: hale_core::BreakerConfig,
+    /// `proxy:` as built with, for the runtimes a reload makes (breaker, deadlines).
+    config: ProxyConfig,
     /// Serving threads, for the per-thread state of new runtimes.
     workers: usize,
     pub selector: Selector,
@@ -170,7 +171,7 @@ impl Proxy {
             .endpoints
             .iter()
             .enumerate()
-            .map(|(id, s)| new_runtime(id, &s.endpoint, &config.breaker, server.workers))
+            .map(|(id, s)| new_runtime(id, &s.endpoint, config, server.workers))
             .collect();
         let names = runtimes.iter().map(|rt| rt.endpoint.name.clone()).collect();
         // A pod id is printable text; the fallback only keeps this total.
@@ -180,7 +181,7 @@ impl Proxy {
         let shared = Shared {
             all: Mutex::new(runtimes.clone()),
             table: ArcSwap::from_pointee(Table::new(runtimes)),
-            breaker: config.breaker.clone(),
+            config: config.clone(),
             workers: server.workers,
             selector: Selector::new(config.balancer),
             upstream: Upstream::new(config.connect_timeout, server.workers),
@@ -222,7 +223,7 @@ impl Proxy {
                     None => {
                         made += 1;
                         let rt =
-                            new_runtime(all.len(), &s.endpoint, &shared.breaker, shared.workers);
+                            new_runtime(all.len(), &s.endpoint, &shared.config, shared.workers);
                         all.push(rt);
                         rt
                     }
@@ -279,10 +280,10 @@ impl Proxy {
 fn new_runtime(
     id: usize,
     endpoint: &Arc<Endpoint>,
-    breaker: &hale_core::BreakerConfig,
+    config: &ProxyConfig,
     workers: usize,
 ) -> &'static EndpointRuntime {
-    let rt = EndpointRuntime::new(id, endpoint.clone(), breaker, workers);
+    let rt = EndpointRuntime::new(id, endpoint.clone(), config, workers);
     if !rt.usable() {
         tracing::warn!(
             endpoint = rt.name(),

@@ -90,9 +90,11 @@ async fn generate(shared: Shd, route: Route, request: Request) -> Response {
     match forward(shared, route, request, &request_id, started).await {
         Ok(response) => response,
         Err(refusal) => {
-            shared
-                .stats
-                .refused(refusal.served_model.as_deref(), refusal.error.status());
+            shared.stats.refused(
+                refusal.served_model.as_deref(),
+                refusal.endpoint,
+                refusal.error.status(),
+            );
             with_id(refusal.error.into_response(), request_id)
         }
     }

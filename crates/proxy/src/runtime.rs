@@ -24,8 +24,9 @@
 //!   count on every request; a runtime retired by a reload stays valid for the claims that
 //!   still hold it.
 
+use crate::config::ProxyConfig;
 use crate::upstream::Destination;
-use hale_core::{Admission, Breaker, BreakerConfig, BreakerState, Endpoint};
+use hale_core::{Admission, Breaker, BreakerState, Endpoint};
 use http::HeaderValue;
 use metrics::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,13 +56,9 @@ pub struct EndpointRuntime {
 }
 
 impl EndpointRuntime {
-    /// The state of `endpoint`, with connection pools for `workers` serving threads.
-    pub fn new(
-        id: usize,
-        endpoint: Arc<Endpoint>,
-        breaker: &BreakerConfig,
-        workers: usize,
-    ) -> Self {
+    /// The state of `endpoint` under `config` (breaker, deadlines), with connection pools for
+    /// `workers` serving threads.
+    pub fn new(id: usize, endpoint: Arc<Endpoint>, config: &ProxyConfig, workers: usize) -> Self {
         // Names are validated (no whitespace or control characters), so this always works;
         // the fallback only keeps the constructor total.
         let name_header = HeaderValue::from_bytes(endpoint.name.as_bytes())
@@ -73,11 +70,11 @@ impl EndpointRuntime {
         Self {
             id,
             auth: crate::hygiene::bearer(endpoint.api_key.expose()),
-            dest: Destination::new(&endpoint, workers),
+            dest: Destination::new(&endpoint, workers, config.deadlines_for(&endpoint)),
             endpoint,
             name_header,
             outstanding: Padded(AtomicUsize::new(0)),
-            breaker: Mutex::new(Breaker::new(breaker.clone())),
+            breaker: Mutex::new(Breaker::new(config.breaker.clone())),
             dirty: AtomicBool::new(false),
             duration,
         }
@@ -212,9 +209,12 @@ mod tests {
         Box::leak(Box::new(EndpointRuntime::new(
             0,
             e,
-            &BreakerConfig {
-                failure_threshold: 2,
-                open_for: Duration::from_secs(30),
+            &ProxyConfig {
+                breaker: hale_core::BreakerConfig {
+                    failure_threshold: 2,
+                    open_for: Duration::from_secs(30),
+                },
+                ..Default::default()
             },
             1,
         )))

@@ -368,8 +368,7 @@ fn random_below(n: usize) -> usize {
 mod tests {
     use super::*;
     use hale_core::{
-        BreakerConfig, CheckOutcome, CheckResult, EndpointConfig, EndpointKind, HealthConfig,
-        HealthStore, Now,
+        CheckOutcome, CheckResult, EndpointConfig, EndpointKind, HealthConfig, HealthStore, Now,
     };
     use std::collections::HashMap;
 
@@ -406,7 +405,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(id, s)| {
-                let rt = EndpointRuntime::new(id, s.endpoint.clone(), &BreakerConfig::default(), 1);
+                let rt =
+                    EndpointRuntime::new(id, s.endpoint.clone(), &crate::ProxyConfig::default(), 1);
                 &*Box::leak(Box::new(rt))
             })
             .collect();

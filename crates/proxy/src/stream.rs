@@ -24,10 +24,12 @@ use crate::upstream::head::Framing;
 use crate::upstream::{Conn, Pool};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::time::Instant;
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 /// A backend's body on its way to the client; see the module docs.
 #[derive(Debug)]
@@ -38,6 +40,12 @@ pub struct UpstreamBody {
     reusable: bool,
     pool: &'static Pool,
     open: Option<Open>,
+    /// The longest wait for more of the body.
+    idle: Duration,
+    /// Fires `idle` after the body last had to wait with nothing new (see the module docs).
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    /// Data arrived since the timer was last armed.
+    progressed: bool,
 }
 
 #[derive(Debug)]
@@ -69,12 +77,16 @@ impl UpstreamBody {
             Framing::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
             Framing::UntilClose => Decoder::UntilClose,
         };
+        let idle = claim.runtime().dest.deadlines.idle;
         let mut body = Self {
             conn: Some(conn),
             decoder,
             reusable,
             pool,
             open: Some(Open { claim, started }),
+            idle,
+            idle_timer: None,
+            progressed: false,
         };
         if matches!(body.decoder, Decoder::Done) {
             body.release();
@@ -109,19 +121,50 @@ impl UpstreamBody {
         }
     }
 
-    /// The body broke off: the connection is closed, the client's answer cut.
+    /// The body broke off: the connection is closed, the client's answer cut, the failure
+    /// counted on the endpoint's breaker.
     fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if let Some(open) = &self.open {
+        if let Some(open) = &mut self.open {
             tracing::debug!(
                 endpoint = open.claim.runtime().name(),
                 error = %message,
                 "backend body broke off mid-answer"
             );
+            if open.claim.failure(Instant::now()) {
+                tracing::warn!(
+                    endpoint = open.claim.runtime().name(),
+                    "circuit breaker opened after repeated failures"
+                );
+            }
         }
+        self.idle_timer = None;
         self.conn = None;
         self.decoder = Decoder::Done;
         self.finish();
         Poll::Ready(Some(Err(io::Error::other(message))))
+    }
+
+    /// The socket had nothing: arm or move the idle timer as needed and wait, or fail once it
+    /// has fired.
+    fn wait_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let idle = self.idle;
+        let timer = match &mut self.idle_timer {
+            Some(timer) => {
+                if self.progressed {
+                    timer.as_mut().reset(Instant::now() + idle);
+                }
+                timer
+            }
+            None => self.idle_timer.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        self.progressed = false;
+        if timer.as_mut().poll(cx).is_ready() {
+            return self.fail(format!(
+                "the backend sent nothing for {} (idle_timeout)",
+                humantime::format_duration(idle)
+            ));
+        }
+        Poll::Pending
     }
 }
 
@@ -175,7 +218,11 @@ impl Body for UpstreamBody {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             // Nothing buffered: read more.
-            match std::task::ready!(conn.io.poll_read_into(cx, &mut conn.buf)) {
+            let read = conn.io.poll_read_into(cx, &mut conn.buf);
+            let Poll::Ready(read) = read else {
+                return this.wait_idle(cx);
+            };
+            match read {
                 Ok(0) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.reusable = false;
                     this.decoder = Decoder::Done;
@@ -185,7 +232,7 @@ impl Body for UpstreamBody {
                         "the backend closed the connection before the end of the body".into(),
                     );
                 }
-                Ok(_) => {}
+                Ok(_) => this.progressed = true,
                 Err(e) => return this.fail(format!("reading the body: {e}")),
             }
         }

@@ -3,9 +3,12 @@
 //! fed chunk by chunk from the test, a 5xx, a connection closed without an answer).
 //!
 //! These cover what needs a finger on the backend's side of the wire: the exact headers and
-//! body a backend receives, failover on each kind of connection failure and the passive
-//! marking in core, the breaker counting 5xx answers, chunks forwarded one by one, and a
-//! client's disconnect reaching the backend. The end-to-end suite (`tests/tests/proxy.rs`)
+//! body a backend receives, failover on connect failures and the passive marking in core, no
+//! replay of a request a backend dropped (502) except on a stale keep-alive connection, a
+//! malformed answer (502), the first-byte (504) and idle (cut) deadlines, the breaker
+//! counting 5xx answers, chunks forwarded one by one, and a client's disconnect reaching the
+//! backend. A few backends are raw TCP (`RawBackend`) where the exact bytes or the moment a
+//! connection closes matter. The end-to-end suite (`tests/tests/proxy.rs`)
 //! runs the same paths through the real binary and mockllm.
 
 #![expect(
@@ -52,6 +55,8 @@ enum Reply {
     Stream(mpsc::Receiver<Bytes>),
     /// Close the connection without an answer.
     Close,
+    /// Never answer (until the client leaves).
+    Hang,
 }
 
 type Answer = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -99,6 +104,7 @@ impl Backend {
                                     .body(Out::Channel(rx))
                                     .unwrap()),
                                 Reply::Close => Err("close"),
+                                Reply::Hang => std::future::pending().await,
                             }
                         }
                     });
@@ -159,7 +165,15 @@ struct Hale {
 type Ep<'a> = (&'a str, String, EndpointKind, i32, &'a [&'a str], &'a str);
 
 async fn hale(endpoints: &[Ep<'_>], server: ServerSettings) -> Hale {
-    let eps = endpoints
+    let config = ProxyConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    hale_with(resolve_all(endpoints), server, &config).await
+}
+
+fn resolve_all(endpoints: &[Ep<'_>]) -> Vec<hale_core::Endpoint> {
+    endpoints
         .iter()
         .map(|(name, url, kind, priority, models, key)| {
             let mut c = EndpointConfig::new(*name, url.clone(), *kind);
@@ -168,18 +182,21 @@ async fn hale(endpoints: &[Ep<'_>], server: ServerSettings) -> Hale {
             c.api_key = Secret::new(*key);
             c.resolve("e").unwrap()
         })
-        .collect();
+        .collect()
+}
+
+async fn hale_with(
+    eps: Vec<hale_core::Endpoint>,
+    server: ServerSettings,
+    config: &ProxyConfig,
+) -> Hale {
     // Background checks off: endpoints are trusted healthy until a request fails on them.
     let health = HealthConfig {
         background: false,
         ..Default::default()
     };
     let store = Arc::new(HealthStore::new("pod-test", eps, &health, Now::capture()));
-    let config = ProxyConfig {
-        connect_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let proxy = Proxy::new(store.clone(), &config, server);
+    let proxy = Proxy::new(store.clone(), config, server);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = proxy.router();
@@ -393,7 +410,7 @@ async fn a_refused_connection_fails_over_and_marks_the_endpoint() {
 }
 
 #[tokio::test]
-async fn closed_before_headers_fails_over_and_every_endpoint_is_tried_once() {
+async fn a_request_the_backend_dropped_is_not_sent_again() {
     let closing = Backend::start(|_| Reply::Close).await;
     let live = Backend::start(ok).await;
     let h = hale(
@@ -412,20 +429,24 @@ async fn closed_before_headers_fails_over_and_every_endpoint_is_tried_once() {
     )
     .await;
     let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
-    assert_eq!(got.status, 200, "{}", got.text);
-    assert_eq!(got.headers["x-hale-endpoint"], "live");
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text);
+    assert_eq!(got.body["error"]["type"], "bad_gateway_error");
+    assert_eq!(got.body["error"]["code"], 502);
+    let message = got.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("endpoint 'closing'"), "{message}");
+    assert_eq!(got.headers["content-type"], "application/json");
     assert_eq!(
         closing.seen().len(),
         1,
-        "the closing backend was tried once"
+        "sent once, on a new connection: not again"
     );
-    let (state, reason, _) = h.state("closing");
-    assert_eq!(
-        (state, reason),
-        (HealthState::Unhealthy, Some(Reason::ConnectionReset))
-    );
+    assert!(live.seen().is_empty(), "not sent to another endpoint");
+    // One dropped request does not mark the endpoint: it stays in rotation.
+    assert_eq!(h.state("closing").0, HealthState::Healthy);
+    assert!(h.store.events().is_empty());
+    assert_eq!(h.proxy.breaker_state("closing"), BreakerState::Closed);
 
-    // Every candidate down: 503 with Retry-After, each tried once.
+    // A connect failure still moves on (and marks); a drop after that still ends it.
     let closing2 = Backend::start(|_| Reply::Close).await;
     let h = hale(
         &[
@@ -443,17 +464,58 @@ async fn closed_before_headers_fails_over_and_every_endpoint_is_tried_once() {
     )
     .await;
     let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text);
+    assert_eq!(closing2.seen().len(), 1);
+    assert_eq!(h.state("dead").0, HealthState::Unhealthy);
+    assert_eq!(h.state("closing").0, HealthState::Healthy);
+
+    // Every candidate unreachable: 503 with Retry-After, each tried once.
+    let h = hale(
+        &[
+            ("dead", dead_url(), EndpointKind::Vllm, 200, &["m"], ""),
+            ("dead2", dead_url(), EndpointKind::Vllm, 100, &["m"], ""),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
     assert_eq!(got.status, 503, "{}", got.text);
     assert_eq!(got.headers["retry-after"], "5");
     assert_eq!(got.body["error"]["type"], "service_unavailable_error");
     assert_eq!(got.body["error"]["code"], 503);
-    assert_eq!(closing2.seen().len(), 1);
     assert_eq!(h.state("dead").0, HealthState::Unhealthy);
-    assert_eq!(h.state("closing").0, HealthState::Unhealthy);
-    // Down stays down: a 503 without touching the backends.
+    assert_eq!(h.state("dead2").0, HealthState::Unhealthy);
+}
+
+#[tokio::test]
+async fn repeated_drops_open_the_breaker_and_the_next_endpoint_takes_over() {
+    let closing = Backend::start(|_| Reply::Close).await;
+    let live = Backend::start(ok).await;
+    let h = hale(
+        &[
+            (
+                "closing",
+                closing.url(),
+                EndpointKind::Vllm,
+                200,
+                &["m"],
+                "",
+            ),
+            ("live", live.url(), EndpointKind::Vllm, 100, &["m"], ""),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    // The default breaker opens after 5 consecutive failures.
+    for i in 0..5 {
+        let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY, "request {i}");
+    }
+    assert_eq!(h.proxy.breaker_state("closing"), BreakerState::Open);
+    assert_eq!(closing.seen().len(), 5, "each request sent once");
+    assert_eq!(h.state("closing").0, HealthState::Healthy, "not marked");
     let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
-    assert_eq!(got.status, 503);
-    assert_eq!(closing2.seen().len(), 1);
+    assert_eq!(served_by(&got), "live");
 }
 
 #[tokio::test]
@@ -870,4 +932,376 @@ async fn a_body_slower_than_the_limit_gets_408_and_never_reaches_a_backend() {
     // A normal request on a new connection is unaffected.
     let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+}
+
+// === raw backends: exact bytes, and connections closed on the test's word ===
+
+/// What a raw backend does with one request body: write these bytes (and keep the connection
+/// for the next request), or close the connection without a word.
+type RawAnswer = Arc<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
+
+/// A TCP backend that speaks just enough HTTP/1.1 by hand, records which connection carried
+/// each request body, and closes its idle connections when told.
+struct RawBackend {
+    addr: SocketAddr,
+    /// (connection number, body) per request, in arrival order.
+    seen: Arc<Mutex<Vec<(usize, String)>>>,
+    close_idle: Arc<tokio::sync::Notify>,
+    closed: tokio::sync::Mutex<mpsc::UnboundedReceiver<usize>>,
+}
+
+impl RawBackend {
+    async fn start(answer: impl Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let close_idle = Arc::new(tokio::sync::Notify::new());
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let answer: RawAnswer = Arc::new(answer);
+        let (log, close) = (seen.clone(), close_idle.clone());
+        tokio::spawn(async move {
+            for id in 0.. {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (answer, log, close, closed_tx) = (
+                    answer.clone(),
+                    log.clone(),
+                    close.clone(),
+                    closed_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let body = tokio::select! {
+                            body = read_request(&mut stream) => body,
+                            () = close.notified() => None,
+                        };
+                        let Some(body) = body else { break };
+                        log.lock().unwrap().push((id, body.clone()));
+                        match answer(&body) {
+                            // An answer ending in `CLOSE`: written without it, then closed.
+                            Some(bytes) if bytes.ends_with(b"CLOSE") => {
+                                let _ = stream.write_all(&bytes[..bytes.len() - 5]).await;
+                                break;
+                            }
+                            Some(bytes) => {
+                                if stream.write_all(&bytes).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                    drop(stream);
+                    let _ = closed_tx.send(id);
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            close_idle,
+            closed: tokio::sync::Mutex::new(closed_rx),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<(usize, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Closes every idle connection (as a keep-alive timeout would) and waits until one has
+    /// closed.
+    async fn close_idle_connections(&self) -> usize {
+        self.close_idle.notify_waiters();
+        // Fails the test if none closes within 2 s.
+        timeout(Duration::from_secs(2), self.closed.lock().await.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Reads one request (head, then a `content-length` body); `None` at the end of input.
+async fn read_request(stream: &mut TcpStream) -> Option<String> {
+    let mut data = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if data.len() >= end + 4 + len {
+                return Some(String::from_utf8_lossy(&data[end + 4..end + 4 + len]).into_owned());
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn json_answer(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn chat_with(content: &str) -> String {
+    format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{content}"}}]}}"#)
+}
+
+#[tokio::test]
+async fn a_stale_keep_alive_connection_is_retried_once_and_a_read_request_is_not() {
+    let backend = RawBackend::start(|body| {
+        if body.contains("query-of-death") {
+            None
+        } else {
+            Some(json_answer(OK_BODY))
+        }
+    })
+    .await;
+    let h = hale(
+        &[("a", backend.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], &chat_with("one")).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+
+    // The backend closes the idle connection just before Hale reuses it: the request goes
+    // out on it, meets the end of input at once, and is sent again on a new connection.
+    assert_eq!(backend.close_idle_connections().await, 0);
+    let got = post(h.addr, "/v1/chat/completions", &[], &chat_with("two")).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].0, 1, "the second request came on a new connection");
+    assert_eq!(h.state("a").0, HealthState::Healthy);
+    assert_eq!(h.proxy.breaker_state("a"), BreakerState::Closed);
+
+    // A request the backend read and then dropped, on a reused connection: not again.
+    let got = post(
+        h.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat_with("query-of-death"),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text);
+    let deaths = backend
+        .seen()
+        .iter()
+        .filter(|(_, b)| b.contains("query-of-death"))
+        .count();
+    assert_eq!(deaths, 1, "the dropped request was sent once");
+    assert_eq!(h.state("a").0, HealthState::Healthy);
+    let got = post(h.addr, "/v1/chat/completions", &[], &chat_with("three")).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+}
+
+#[tokio::test]
+async fn a_malformed_answer_is_a_502_and_goes_nowhere_else() {
+    let bad = RawBackend::start(|_| Some(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec())).await;
+    let live = Backend::start(ok).await;
+    let h = hale(
+        &[
+            ("bad", bad.url(), EndpointKind::Vllm, 200, &["m"], ""),
+            ("live", live.url(), EndpointKind::Vllm, 100, &["m"], ""),
+        ],
+        ServerSettings::default(),
+    )
+    .await;
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text);
+    let message = got.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("endpoint 'bad' sent a malformed response"),
+        "{message}"
+    );
+    assert_eq!(bad.seen().len(), 1);
+    assert!(live.seen().is_empty());
+    assert_eq!(h.state("bad").0, HealthState::Healthy, "the probe decides");
+}
+
+#[tokio::test]
+async fn no_response_head_within_first_byte_timeout_is_a_504() {
+    let hanging = Backend::start(|_| Reply::Hang).await;
+    let live = Backend::start(ok).await;
+    let eps = resolve_all(&[
+        ("hang", hanging.url(), EndpointKind::Vllm, 200, &["m"], ""),
+        ("live", live.url(), EndpointKind::Vllm, 100, &["m"], ""),
+    ]);
+    let config = ProxyConfig {
+        first_byte_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let h = hale_with(eps, ServerSettings::default(), &config).await;
+    let sent = Instant::now();
+    let got = post(h.addr, "/v1/chat/completions", &[], CHAT).await;
+    let waited = sent.elapsed();
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text);
+    assert_eq!(got.body["error"]["type"], "gateway_timeout_error");
+    let message = got.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("endpoint 'hang'") && message.contains("300ms"),
+        "{message}"
+    );
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    assert_eq!(hanging.seen().len(), 1);
+    assert!(
+        live.seen().is_empty(),
+        "a sent request is not sent elsewhere"
+    );
+    assert_eq!(h.state("hang").0, HealthState::Healthy);
+}
+
+/// Sends a streamed chat request over raw TCP (`connection: close`) and returns everything
+/// the client receives until Hale closes the connection, and how long that took.
+async fn raw_exchange(addr: SocketAddr, body: &str) -> (String, Duration) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let sent = Instant::now();
+    tcp.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let read = timeout(Duration::from_secs(5), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was never closed");
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        sent.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
+    // A chunked stream that stops after one event.
+    let (senders_tx, mut senders_rx) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
+    let streaming = Backend::start(move |_| {
+        let (tx, rx) = mpsc::channel(1);
+        senders_tx.send(tx).unwrap();
+        Reply::Stream(rx)
+    })
+    .await;
+    // A content-length answer that stops after 8 of its 100 bytes.
+    let partial = RawBackend::start(|_| {
+        Some(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":1,"
+                .to_vec(),
+        )
+    })
+    .await;
+    let mut eps = resolve_all(&[
+        (
+            "stream",
+            streaming.url(),
+            EndpointKind::Vllm,
+            100,
+            &["m"],
+            "",
+        ),
+        (
+            "partial",
+            partial.url(),
+            EndpointKind::Vllm,
+            100,
+            &["p"],
+            "",
+        ),
+    ]);
+    // The endpoint's own idle_timeout overrides the proxy's (2 minutes by default).
+    for e in &mut eps {
+        e.idle_timeout = Some(Duration::from_millis(300));
+    }
+    let h = hale_with(eps, ServerSettings::default(), &ProxyConfig::default()).await;
+
+    let feeder = tokio::spawn(async move {
+        let upstream = senders_rx.recv().await.unwrap();
+        upstream
+            .send(Bytes::from_static(b"data: one\n\n"))
+            .await
+            .unwrap();
+        // Keep the backend's side open (stalled, not closed) until Hale gives up.
+        upstream.closed().await;
+    });
+    let (text, took) = raw_exchange(h.addr, r#"{"model":"m","stream":true}"#).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("data: one"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the stream must not end cleanly: {text:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+        "cut after {took:?}"
+    );
+    timeout(Duration::from_secs(2), feeder)
+        .await
+        .expect("the backend connection stayed open")
+        .unwrap();
+
+    let (text, took) = raw_exchange(h.addr, r#"{"model":"p"}"#).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("content-length: 100"), "{head}");
+    assert_eq!(
+        body, r#"{"id":1,"#,
+        "fewer bytes than declared: visibly cut"
+    );
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+
+    // The cut counts on the breaker; the endpoint stays in rotation.
+    assert_eq!(h.state("partial").0, HealthState::Healthy);
+    assert_eq!(h.proxy.outstanding("stream"), 0);
+}
+
+#[tokio::test]
+async fn a_backend_closing_right_after_each_answer_costs_no_request() {
+    // Answers, then closes at once, without `connection: close`: every reused connection is
+    // already closed when Hale sends on it.
+    let backend = RawBackend::start(|_| {
+        let mut answer = json_answer(OK_BODY);
+        answer.extend_from_slice(b"CLOSE");
+        Some(answer)
+    })
+    .await;
+    let h = hale(
+        &[("a", backend.url(), EndpointKind::Vllm, 100, &["m"], "")],
+        ServerSettings::default(),
+    )
+    .await;
+    for i in 0..20 {
+        let got = post(
+            h.addr,
+            "/v1/chat/completions",
+            &[],
+            &chat_with(&i.to_string()),
+        )
+        .await;
+        assert_eq!(got.status, 200, "request {i}: {}", got.text);
+    }
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 20, "each request arrived once: {seen:?}");
 }

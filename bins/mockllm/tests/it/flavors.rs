@@ -334,7 +334,7 @@ async fn stats_log_recent_hits_with_their_pod_and_reset_clears_them() -> anyhow:
     assert_eq!(reset.json()?, json!({"ok": true}));
     assert_eq!(
         mock.stats().await?,
-        json!({"total": 0, "hits": {}, "recent": []})
+        json!({"total": 0, "closed_on_marker": 0, "hits": {}, "recent": []})
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The failure modes of `POST /__mode`, seen from a client: error statuses, refused and
-//! dropped connections, hung requests, cut streams, slow answers, and bad mode requests.
+//! dropped connections, hung requests, cut and stalled streams, a query of death
+//! (`close_on`), slow answers, and bad mode requests.
 
 use std::time::Duration;
 
@@ -126,6 +127,71 @@ async fn drop_after_chunks_cuts_the_stream() -> anyhow::Result<()> {
     let lines = streamed.ndjson_lines()?;
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|l| l["done"] == false));
+    Ok(())
+}
+
+#[tokio::test]
+async fn stall_after_chunks_stops_the_stream_without_ending_it() -> anyhow::Result<()> {
+    let mock = Mock::start(&["--flavor", "openai", "--chunks", "5"]).await?;
+    let echo = mock
+        .set_mode(r#"{"mode":"stall","stall_after_chunks":2}"#)
+        .await?;
+    assert_eq!(echo["mode"], "stall");
+    let resp = mock
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(r#"{"model":"m","stream":true}"#),
+            &[],
+        )
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    while text.matches("data: ").count() < 2 {
+        let frame = timeout(Duration::from_secs(5), body.frame())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended: {text}"))??;
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    // Nothing more comes, and the stream does not end either.
+    let more = timeout(Duration::from_millis(500), body.frame()).await;
+    assert!(more.is_err(), "the stalled stream moved: {more:?}");
+    assert_eq!(text.matches("data: ").count(), 2, "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn close_on_drops_only_the_marked_requests_and_counts_them() -> anyhow::Result<()> {
+    let mock = Mock::start(&["--flavor", "vllm", "--models", "m"]).await?;
+    let echo = mock.set_mode(r#"{"close_on":"QUERY-OF-DEATH"}"#).await?;
+    assert_eq!(echo["close_on"], "QUERY-OF-DEATH");
+    let marked = r#"{"model":"m","messages":[{"role":"user","content":"QUERY-OF-DEATH"}]}"#;
+    for _ in 0..2 {
+        let dropped = mock.post("/v1/chat/completions", marked).await;
+        assert!(
+            dropped.is_err(),
+            "a marked request was answered: {dropped:?}"
+        );
+    }
+    let ordinary = mock
+        .post("/v1/chat/completions", r#"{"model":"m","messages":[]}"#)
+        .await?;
+    assert_eq!(ordinary.status, StatusCode::OK);
+    assert_eq!(mock.get("/health").await?.status, StatusCode::OK);
+    let stats = mock.stats().await?;
+    assert_eq!(stats["closed_on_marker"], 2);
+    assert_eq!(stats["hits"]["/v1/chat/completions"], 3);
+    // Cleared with the other failure fields, and by a reset.
+    mock.set_mode(r#"{"mode":"healthy"}"#).await?;
+    assert_eq!(
+        mock.post("/v1/chat/completions", marked).await?.status,
+        StatusCode::OK
+    );
+    mock.post("/__reset", "").await?;
+    assert_eq!(mock.stats().await?["closed_on_marker"], 0);
     Ok(())
 }
 

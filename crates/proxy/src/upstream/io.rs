@@ -154,8 +154,9 @@ impl Io {
     /// back to the pool after its response was read to the end: tokio keeps a socket marked
     /// readable until a read hits `WouldBlock`, so without this the next request's first read
     /// would be a wasted `recv` returning `EAGAIN`. Nothing can be lost: the backend has
-    /// nothing more to send, and if it closes the connection now, the next request's write
-    /// brings a reset (a fresh event) and is sent again on a new connection.
+    /// nothing more to send, tokio keeps the "read closed" state of a FIN it has already seen,
+    /// and a FIN that comes later is a fresh event; either way the next request's first look
+    /// after writing finds the end of input and sends it again on a new connection.
     pub fn forget_readable(&self) {
         if let Io::Plain(tcp) = self {
             let _ = tcp.try_io(tokio::io::Interest::READABLE, || {

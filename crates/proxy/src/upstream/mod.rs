@@ -18,16 +18,29 @@
 //! which puts the connection back into the endpoint's [`Pool`] once the body has been read to
 //! its end.
 //!
-//! Failures:
-//! - A request on a pooled connection that the backend closed before answering anything (a
-//!   write error, or end of input before the first byte of a response) is sent again once on
-//!   a new connection: the backend may simply have closed an idle connection as Hale reused
-//!   it, which says nothing about its health.
-//! - Anything else before the response head is complete — connect refused or timed out, DNS,
-//!   TLS, reset or closed on a new connection, a malformed head — is a failure of the
-//!   endpoint, returned as core's [`CheckResult`] for the failover loop.
-//! - There is no timeout on waiting for the response head: a non-streaming generation can
-//!   take minutes before its first byte.
+//! Failures, as [`SendError`] tells them apart for the failover loop (see `forward`):
+//! - [`SendError::Connect`]: nothing was sent — connect refused or timed out, DNS, TLS, a URL
+//!   that names no host. The request may go elsewhere.
+//! - [`SendError::Dropped`]: the request was written and the connection closed or reset
+//!   before a complete response head. The backend may have read it and acted on it (a POST
+//!   that generates, bills, calls tools), so it is never sent again — with one exception,
+//!   the stale keep-alive race: on a *reused* connection the backend may have closed the idle
+//!   connection just as Hale sent on it, which it cannot have read. That is recognised by
+//!   the write failing, by the end of input being there already at the first look after the
+//!   write (before waiting at all: the backend's FIN came before the request could reach
+//!   it), or by a reset before any answer (the backend's kernel threw the unread request
+//!   away). Then, and only then, the request is sent once more, on a new connection. A
+//!   failure on a new connection is never retried. (tokio keeps a socket's "read closed"
+//!   state once its event loop has seen the FIN, even through [`io::Io::forget_readable`],
+//!   so the first look finds a FIN that arrived at any time before the request was written.
+//!   Only a FIN still on its way then — the backend closing at that very moment — comes
+//!   later and costs that request a 502 rather than a replay; the pool's 4 s idle limit,
+//!   under the 5 s keep-alive of common servers, keeps that rare.)
+//! - [`SendError::Malformed`]: the answer is not an HTTP/1.1 response head.
+//! - [`SendError::TimedOut`]: no complete response head within the endpoint's
+//!   `first_byte_timeout` (counted from the start of the write; default 600 s, since a
+//!   non-streamed generation can take minutes before its first byte). The connection is
+//!   closed, which tells the backend to stop.
 //!
 //! Waiting for the answer: when the request is the only one of its serving thread waiting for
 //! a response head, the task does not go to sleep on the socket at once but keeps yielding to
@@ -49,6 +62,7 @@ pub mod head;
 pub mod io;
 pub mod pool;
 
+use crate::config::Deadlines;
 use crate::route::Route;
 use crate::runtime::Padded;
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -85,11 +99,13 @@ pub struct Destination {
     /// `POST <base path><route path>`, by [`Route::index`].
     request_lines: Vec<Bytes>,
     pub pool: Pool,
+    /// The endpoint's `first_byte_timeout` and `idle_timeout`.
+    pub deadlines: Deadlines,
 }
 
 impl Destination {
     /// The destination of `endpoint`, with a pool for `workers` serving threads.
-    pub fn new(endpoint: &Endpoint, workers: usize) -> Self {
+    pub fn new(endpoint: &Endpoint, workers: usize, deadlines: Deadlines) -> Self {
         let url = &endpoint.url;
         let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
         let base = url.path().trim_end_matches('/');
@@ -101,6 +117,7 @@ impl Destination {
                 .map(|r| Bytes::from(format!("POST {base}{}", r.path())))
                 .collect(),
             pool: Pool::new(workers),
+            deadlines,
         }
     }
 
@@ -165,11 +182,11 @@ impl Upstream {
         dest: &Destination,
         req: &Outgoing<'_>,
         now: Instant,
-    ) -> Result<(ResponseHead, Conn), CheckResult> {
+    ) -> Result<(ResponseHead, Conn), SendError> {
         let Some(target) = &dest.target else {
-            return Err(CheckResult::Other {
+            return Err(SendError::Connect(CheckResult::Other {
                 message: "the endpoint URL names no http(s) host".into(),
-            });
+            }));
         };
         let head = RequestHead {
             request_line: dest
@@ -182,26 +199,53 @@ impl Upstream {
             keep: req.keep,
             added: req.added,
         };
+        let first_byte = dest.deadlines.first_byte;
         let waiting = Waiting::enter(&crate::worker::slot(&self.waiting).0);
         let spin = waiting.alone && polls_on_yield();
         if let Some(conn) = dest.pool.take(now) {
-            match exchange(conn, &head, req.body, spin).await {
+            match exchange_within(first_byte, conn, &head, req.body, spin).await {
                 Ok(done) => return Ok(done),
-                Err(Attempt::Failed(result)) => return Err(result),
-                // Closed before answering anything: try once more on a new connection.
-                Err(Attempt::Unanswered(_)) => {}
+                // The backend cannot have read it: once more on a new connection.
+                Err(Attempt::Stale(message)) => {
+                    tracing::debug!(error = %message, "stale keep-alive connection; sending again on a new one");
+                }
+                Err(other) => return Err(other.into()),
             }
         }
-        let io = connect(target, &self.tls, self.connect_timeout).await?;
+        let io = connect(target, &self.tls, self.connect_timeout)
+            .await
+            .map_err(SendError::Connect)?;
         let conn = Conn {
             io,
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
             wbuf: BytesMut::with_capacity(INITIAL_WRITE_BUFFER),
         };
-        match exchange(conn, &head, req.body, spin).await {
-            Ok(done) => Ok(done),
-            Err(Attempt::Failed(result)) => Err(result),
-            Err(Attempt::Unanswered(message)) => Err(CheckResult::ConnectionReset { message }),
+        exchange_within(first_byte, conn, &head, req.body, spin)
+            .await
+            .map_err(SendError::from)
+    }
+}
+
+/// Why a request got no response head; see the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// The endpoint could not be reached; nothing was sent.
+    Connect(CheckResult),
+    /// The request was sent, and the connection closed or reset before a complete answer.
+    Dropped(CheckResult),
+    /// The backend's answer is not a valid response head (why).
+    Malformed(String),
+    /// No response head within this `first_byte_timeout`.
+    TimedOut(Duration),
+}
+
+impl From<Attempt> for SendError {
+    fn from(attempt: Attempt) -> Self {
+        match attempt {
+            Attempt::Stale(message) => Self::Dropped(CheckResult::ConnectionReset { message }),
+            Attempt::Dropped(result) => Self::Dropped(result),
+            Attempt::Malformed(why) => Self::Malformed(why),
+            Attempt::TimedOut(after) => Self::TimedOut(after),
         }
     }
 }
@@ -230,11 +274,30 @@ impl Drop for Waiting<'_> {
 }
 
 /// How one attempt on one connection went wrong.
+#[derive(Debug)]
 enum Attempt {
-    /// Nothing came back: the write failed, or the connection ended before a byte arrived.
-    Unanswered(String),
-    /// Something definite: a reset mid-head, a malformed head.
-    Failed(CheckResult),
+    /// The backend cannot have read the request (see the module docs): the write failed,
+    /// the end of input was there at the first look, or a reset came before any answer.
+    Stale(String),
+    /// The connection ended (or broke) after the request was sent, before a complete head.
+    Dropped(CheckResult),
+    /// Not an HTTP/1.1 response head (why).
+    Malformed(String),
+    /// No complete head within the first-byte timeout.
+    TimedOut(Duration),
+}
+
+/// [`exchange`] within `first_byte`.
+async fn exchange_within(
+    first_byte: Duration,
+    conn: Conn,
+    head: &RequestHead<'_>,
+    body: &Bytes,
+    spin: bool,
+) -> Result<(ResponseHead, Conn), Attempt> {
+    tokio::time::timeout(first_byte, exchange(conn, head, body, spin))
+        .await
+        .unwrap_or(Err(Attempt::TimedOut(first_byte)))
 }
 
 /// Writes the request and reads the response head on `conn`; `spin`: poll for the first bytes
@@ -255,18 +318,33 @@ async fn exchange(
         io.flush().await
     };
     if let Err(e) = written.await {
-        return Err(Attempt::Unanswered(format!("sending the request: {e}")));
+        return Err(Attempt::Stale(format!("sending the request: {e}")));
     }
+    // The first look, without waiting: an end of input here was on its way before the
+    // request could have reached the backend.
     let mut received = false;
+    match conn
+        .io
+        .poll_read_into(&mut Context::from_waker(Waker::noop()), &mut conn.buf)
+    {
+        Poll::Ready(Ok(0)) => {
+            return Err(Attempt::Stale(
+                "the backend had closed the connection before the request reached it".into(),
+            ));
+        }
+        Poll::Ready(Err(e)) => {
+            return Err(Attempt::Stale(format!("reading the response: {e}")));
+        }
+        Poll::Ready(Ok(_)) => received = true,
+        Poll::Pending => {}
+    }
     let mut spin_until = spin.then(|| Instant::now() + ANSWER_SPIN);
     loop {
         match parse_response(&mut conn.buf, crate::hygiene::forwards_downstream) {
             Ok(Some(head)) => return Ok((head, conn)),
             Ok(None) => {}
             Err(e) => {
-                return Err(Attempt::Failed(CheckResult::BadResponse {
-                    message: e.to_string(),
-                }));
+                return Err(Attempt::Malformed(e.to_string()));
             }
         }
         let read = match spin_until.take() {
@@ -275,22 +353,24 @@ async fn exchange(
         };
         match read {
             Ok(0) if !received => {
-                return Err(Attempt::Unanswered(
-                    "the backend closed the connection without answering".into(),
-                ));
+                return Err(Attempt::Dropped(CheckResult::ConnectionReset {
+                    message: "the backend closed the connection without answering".into(),
+                }));
             }
             Ok(0) => {
-                return Err(Attempt::Failed(CheckResult::ConnectionReset {
+                return Err(Attempt::Dropped(CheckResult::ConnectionReset {
                     message: "the backend closed the connection in the middle of the response head"
                         .into(),
                 }));
             }
             Ok(_) => received = true,
-            Err(e) if !received => {
-                return Err(Attempt::Unanswered(format!("reading the response: {e}")));
+            // A reset before any answer: the backend's kernel discarded a request its server
+            // had not read.
+            Err(e) if !received && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(Attempt::Stale(format!("reading the response: {e}")));
             }
             Err(e) => {
-                return Err(Attempt::Failed(CheckResult::ConnectionReset {
+                return Err(Attempt::Dropped(CheckResult::ConnectionReset {
                     message: format!("reading the response head: {e}"),
                 }));
             }

@@ -15,8 +15,9 @@
 //!   non-blocking peek before it is used: if the backend has closed it (or sent something
 //!   unasked), it is dropped and the next is tried. One idle for less is used without the
 //!   extra syscall — servers close idle connections after seconds, not milliseconds — and in
-//!   the rare case it was closed anyway, the request is sent again on a new connection (see
-//!   `upstream`), so a stale connection never fails a request.
+//!   the rare case it was closed anyway, the request is sent again on a new connection, since
+//!   the backend cannot have read it (see `upstream` for how that is told apart from a
+//!   request the backend read and then dropped, which is never sent again).
 //! - Up to [`MAX_IDLE`] idle connections are kept per endpoint, enough for any realistic
 //!   concurrency; more are closed as they come back.
 //! - A connection keeps its read and write buffers while idle, so a request on a pooled
