@@ -419,7 +419,7 @@ impl EndpointTask {
     /// Sleeps `wait`, unless a command or an allowed check request (see the module docs)
     /// comes first.
     async fn wait(&mut self, wait: Duration, requests: Option<&Notify>) -> Woken {
-        let due = Instant::now() + wait;
+        let due = Instant::now() + clock_safe(wait);
         loop {
             tokio::select! {
                 () = sleep_until(due) => return Woken::Due,

@@ -33,7 +33,7 @@ use crate::runtime::EndpointRuntime;
 use crate::stream::UpstreamBody;
 use crate::upstream::{Outgoing, Upstream};
 use bytes::Bytes;
-use hale_core::{BreakerConfig, EndpointConfig, EndpointKind};
+use hale_core::{EndpointConfig, EndpointKind};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
@@ -447,7 +447,15 @@ impl Hale {
         let rt = Box::leak(Box::new(EndpointRuntime::new(
             0,
             Arc::new(endpoint),
-            &BreakerConfig::default(),
+            // Truncated answers count on the breaker; thousands of them must not open it,
+            // or later cases could not claim the endpoint.
+            &crate::config::ProxyConfig {
+                breaker: hale_core::BreakerConfig {
+                    failure_threshold: u32::MAX,
+                    ..hale_core::BreakerConfig::default()
+                },
+                ..crate::config::ProxyConfig::default()
+            },
             1,
         )));
         Self {
