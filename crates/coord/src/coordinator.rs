@@ -1,5 +1,7 @@
 //! [`Coordinator`]: the shared-mode implementation of core's [`Coordination`], and the state
-//! its background tasks share: Redis availability, per-endpoint round bookkeeping, counters.
+//! its background tasks share: per-endpoint round bookkeeping and its watchdog, counters.
+//! Redis availability and error counters live in [`crate::health`], refusals in
+//! [`crate::rejected`].
 //!
 //! `may_check` answers from local knowledge when it can (the next round's due time learned
 //! from the last result written or received), so in steady state a replica touches Redis only
@@ -8,14 +10,50 @@
 //! the subscriber task has reconnected. The writer, subscriber, global-lease and status tasks
 //! live in their own modules; all Redis I/O happens on those tasks or in `may_check` (the
 //! scheduler's task), never on the request path, and no lock is held across an await.
+//!
+//! # Errors never speed a replica up
+//!
+//! A Redis operation that fails for any reason (unreachable, timeout, script error, an answer
+//! of the wrong shape) makes that round local: `Check` with [`FenceToken::LOCAL`], the due
+//! time this replica knew is forgotten, and `next_wait` returns the state machine's own
+//! `planned` delay — never a wait computed from a due time that has passed.
+//!
+//! # The watchdog
+//!
+//! Per endpoint this replica remembers when it last saw a *fresh* result (its own check, or a
+//! remote result its store adopted) and the delay its own config planned after it. Nothing
+//! read from Redis can push its next look at the endpoint past `fresh + planned + spread`:
+//! `Skip` waits and `next_wait` are cut there. Past that deadline it asks Redis (acquire, with
+//! `max_due_in` = its own planned delay + spread, so a poisoned due time in the hash counts as
+//! due); if Redis says the round is not due or is busy, it re-reads the result and adopts it
+//! if it can, and otherwise checks locally. A local check also resets the fence its store
+//! holds (core's `observe_fenced` keeps this replica's own result), so a plausible but forged
+//! fence adopted earlier cannot lock later results out for more than one such round.
+//!
+//! # Bounds on what Redis says
+//!
+//! - A fence above this replica's wall clock in µs plus [`FENCE_SKEW`] is refused (kind
+//!   `fence`): the counter is seeded from Redis's clock in µs and grows by one per
+//!   acquisition, so it cannot be there (2^53 − 1 is the year 2255). The scripts re-seed a
+//!   counter that is.
+//! - A due time outside `[-cache_ttl, max_plan + spread]` is refused (kind `due`) and the
+//!   result, if otherwise valid, adopted without it; `max_plan` is the most this replica's
+//!   config can plan for the endpoint: 24 intervals (backoff ≤ 12× with jitter < 1), twice
+//!   the startup period plus the initial delay, or the Retry-After cap.
 
-use crate::cache::{ResultCache, RoundAnswer, RoundLease};
+use crate::cache::{Bounds, ResultCache, RoundAnswer, RoundLease};
 use crate::config::{CoordMode, SharedConfig, masked_url};
-use crate::pool::RedisFailure;
+use crate::conn::RedisFailure;
+use crate::health::Health;
+use crate::rejected::{Kind, Rejected};
 use crate::rounds;
+use crate::wire::{self, StoredResult};
 use hale_core::coordination::BoxFuture;
-use hale_core::{Coordination, Decision, Endpoint, FenceToken, HealthStore, LocalResult};
-use metrics::{Counter, Gauge};
+use hale_core::{
+    Adoption, Coordination, Decision, Endpoint, FenceToken, HealthStore, LocalResult, Now,
+    ResultKind,
+};
+use metrics::Counter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
@@ -33,6 +71,10 @@ const FIRST_CONTACT_WAIT: Duration = Duration::from_secs(1);
 
 /// The shortest wait before asking again about a round someone else holds.
 const MIN_BUSY_RETRY: Duration = Duration::from_millis(50);
+
+/// How far a fence may be above this replica's wall clock in µs (clock skew between Redis
+/// and this host); see the module docs.
+pub const FENCE_SKEW: Duration = Duration::from_secs(3600);
 
 /// Why coord could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +96,17 @@ pub(crate) struct Rounds {
     pub interval: Duration,
     pub spread: Duration,
     pub lease_ttl: Duration,
+    /// The most this replica's config can plan for the endpoint (see the module docs).
+    pub max_plan: Duration,
     pub state: Mutex<RoundState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RoundState {
+    /// The watchdog: when this replica last saw a fresh result, and the delay its own config
+    /// planned after it.
+    pub fresh_at: Instant,
+    pub planned: Duration,
     /// When the fleet's next round is due, as this replica knows it.
     pub known_due: Option<Instant>,
     /// That round's id: its `due_at` on the Redis clock.
@@ -67,6 +115,45 @@ pub(crate) struct RoundState {
     /// was on this replica's clock.
     pub lease: Option<RoundLease>,
     pub anchor_at: Option<Instant>,
+}
+
+impl RoundState {
+    fn new(planned: Duration) -> Self {
+        Self {
+            fresh_at: Instant::now(),
+            planned,
+            known_due: None,
+            round: 0,
+            lease: None,
+            anchor_at: None,
+        }
+    }
+
+    /// Forgets what Redis said about rounds (an outage); keeps the watchdog.
+    fn forget(&mut self) {
+        self.known_due = None;
+        self.round = 0;
+        self.lease = None;
+        self.anchor_at = None;
+    }
+
+    /// This replica's next look at the endpoint is due by then, whatever Redis says.
+    fn deadline(&self, spread: Duration) -> Instant {
+        self.fresh_at + self.planned + spread
+    }
+
+    fn fresh(&mut self, planned: Duration) {
+        self.fresh_at = Instant::now();
+        self.planned = planned;
+    }
+}
+
+/// The most `e`'s config can plan between two checks; see the module docs.
+pub(crate) fn max_plan(e: &Endpoint) -> Duration {
+    e.check_interval
+        .saturating_mul(24)
+        .max(e.startup.period.saturating_mul(2) + e.startup.initial_delay)
+        .max(wire::RETRY_AFTER_CAP)
 }
 
 /// The endpoints coordinated: their round bookkeeping by name, and the names in
@@ -83,18 +170,28 @@ impl Roster {
     fn build(endpoints: &[Arc<Endpoint>], lock_ttl: Duration, previous: Option<&Roster>) -> Self {
         let mut roster = Roster::default();
         for e in endpoints {
+            let first = e
+                .check_interval
+                .max(e.startup.period)
+                .max(e.startup.initial_delay + e.startup.period);
             let fresh = Rounds {
                 name: e.name.clone(),
                 interval: e.check_interval,
                 spread: rounds::spread(e),
                 lease_ttl: rounds::lease_ttl(e, lock_ttl),
-                state: Mutex::new(RoundState::default()),
+                max_plan: max_plan(e),
+                state: Mutex::new(RoundState::new(first)),
             };
             let kept = previous
                 .and_then(|p| p.rounds.get(&e.name))
                 .filter(|r| {
-                    (r.interval, r.spread, r.lease_ttl)
-                        == (fresh.interval, fresh.spread, fresh.lease_ttl)
+                    (r.interval, r.spread, r.lease_ttl, r.max_plan)
+                        == (
+                            fresh.interval,
+                            fresh.spread,
+                            fresh.lease_ttl,
+                            fresh.max_plan,
+                        )
                 })
                 .cloned();
             roster.order.push(e.name.clone());
@@ -122,12 +219,9 @@ pub(crate) struct Inner {
     pub store: Weak<HealthStore>,
     /// The endpoints coordinated, replaced on a config reload.
     pub roster: RwLock<Arc<Roster>>,
-    /// Redis answers (as far as this replica knows).
-    pub available: AtomicBool,
-    /// The outage has been logged (reset when Redis is back): "logs it once".
-    pub down_logged: AtomicBool,
-    /// Bumped whenever Redis is found unreachable; the subscriber reconnects on it.
-    pub outages: watch::Sender<u64>,
+    /// Whether Redis is usable, and the error counters.
+    pub health: Health,
+    pub rejected: Rejected,
     /// Set once the first connection attempt has finished, either way.
     pub contacted: watch::Sender<bool>,
     /// Global mode: whether this replica holds the global lease, and who does.
@@ -137,7 +231,6 @@ pub(crate) struct Inner {
     pub checks_performed: AtomicU64,
     pub checks_skipped: AtomicU64,
     pub skipped_metric: Counter,
-    pub redis_up: Gauge,
     pub status: crate::status::StatusCache,
     pub summary: Mutex<crate::writer::SummaryLog>,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -162,8 +255,6 @@ impl Coordinator {
             .collect();
         let roster = Roster::build(&endpoints, config.lock_ttl, None);
         let (writes, write_rx) = mpsc::unbounded_channel();
-        let redis_up = metrics::gauge!(REDIS_UP);
-        redis_up.set(0.0);
         let inner = Arc::new(Inner {
             mode: config.mode,
             pod_id: Arc::from(pod_id),
@@ -174,9 +265,8 @@ impl Coordinator {
             cache,
             store: Arc::downgrade(store),
             roster: RwLock::new(Arc::new(roster)),
-            available: AtomicBool::new(false),
-            down_logged: AtomicBool::new(false),
-            outages: watch::Sender::new(0),
+            health: Health::new(Arc::from(pod_id), masked_url(&config.redis_url)),
+            rejected: Rejected::default(),
             contacted: watch::Sender::new(false),
             holder: AtomicBool::new(false),
             global_owner: Mutex::new(None),
@@ -184,7 +274,6 @@ impl Coordinator {
             checks_performed: AtomicU64::new(0),
             checks_skipped: AtomicU64::new(0),
             skipped_metric: metrics::counter!(CHECKS_SKIPPED_TOTAL),
-            redis_up,
             status: crate::status::StatusCache::default(),
             summary: Mutex::new(crate::writer::SummaryLog::default()),
             tasks: Mutex::new(Vec::new()),
@@ -219,7 +308,7 @@ impl Coordinator {
 
     /// Whether Redis answers, as far as this replica knows.
     pub fn redis_available(&self) -> bool {
-        self.inner.available.load(Ordering::Acquire)
+        self.inner.health.is_available()
     }
 
     pub fn pod_id(&self) -> &str {
@@ -254,21 +343,17 @@ impl Coordinator {
 // === impl Inner: availability ===
 
 impl Inner {
-    /// Redis did not answer: switch to local checks (logged once per outage).
-    pub(crate) fn lost(&self, why: &str) {
-        let was_up = self.available.swap(false, Ordering::AcqRel);
-        if !self.down_logged.swap(true, Ordering::AcqRel) {
-            tracing::warn!(
-                pod_id = %self.pod_id,
-                redis = %self.url_shown,
-                error = why,
-                "Redis unreachable: checking every endpoint locally until it is back"
-            );
-        }
-        if was_up {
-            self.redis_up.set(0.0);
+    /// An operation succeeded.
+    pub(crate) fn ok(&self) {
+        self.health.ok();
+    }
+
+    /// An operation (`what`) failed: counted, and if that makes an outage, every round is
+    /// forgotten and the global lease given up locally. See [`crate::health`].
+    pub(crate) fn failed(&self, what: &'static str, e: &RedisFailure) {
+        if self.health.failed(what, e) {
             for r in self.roster().rounds.values() {
-                *lock(&r.state) = RoundState::default();
+                lock(&r.state).forget();
             }
             if self.holder.swap(false, Ordering::AcqRel) {
                 tracing::info!(
@@ -276,37 +361,11 @@ impl Inner {
                     self.pod_id
                 );
             }
-            self.outages.send_modify(|n| *n += 1);
-        }
-    }
-
-    /// Redis answers again (the subscriber re-subscribed and re-read every result).
-    pub(crate) fn regained(&self) {
-        if !self.available.swap(true, Ordering::AcqRel) {
-            self.redis_up.set(1.0);
-            if self.down_logged.swap(false, Ordering::AcqRel) {
-                tracing::info!(
-                    pod_id = %self.pod_id,
-                    redis = %self.url_shown,
-                    "Redis reachable again: rejoining shared health checks"
-                );
-            } else {
-                tracing::info!(pod_id = %self.pod_id, redis = %self.url_shown, "connected to Redis");
-            }
         }
     }
 
     pub(crate) fn is_available(&self) -> bool {
-        self.available.load(Ordering::Acquire)
-    }
-
-    /// Handles a failed operation: unreachable means fall back, anything else is logged.
-    pub(crate) fn failed(&self, what: &str, e: &RedisFailure) {
-        if e.is_unreachable() {
-            self.lost(&e.to_string());
-        } else {
-            tracing::warn!(error = %e, "{what} failed");
-        }
+        self.health.is_available()
     }
 
     /// The holder flag in global mode; `None` in sharded mode.
@@ -327,10 +386,32 @@ impl Inner {
 
     // === deciding ===
 
+    /// The delay this replica's own config plans for `name` now (its state as adopted),
+    /// bounded by `max_plan`; the interval if the store is gone.
+    pub(crate) fn own_planned(&self, r: &Rounds) -> Duration {
+        self.store
+            .upgrade()
+            .and_then(|s| s.planned_delay(&r.name, Instant::now()))
+            .unwrap_or(r.interval)
+            .min(r.max_plan)
+    }
+
+    /// Notes that `r` has a fresh result (its own or adopted), after which this replica's
+    /// config plans `planned`.
+    pub(crate) fn fresh(&self, r: &Rounds, planned: Duration) {
+        lock(&r.state).fresh(planned.min(r.max_plan));
+    }
+
+    /// Whether `fence` can have come from Redis's counter (see the module docs).
+    pub(crate) fn fence_plausible(fence: u64) -> bool {
+        let limit = std::time::SystemTime::now() + FENCE_SKEW;
+        let limit_us = limit
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        fence > 0 && fence <= limit_us && fence < wire::FENCE_LIMIT
+    }
+
     async fn decide(&self, name: &str) -> Decision {
-        const LOCAL: Decision = Decision::Check {
-            fence: FenceToken::LOCAL,
-        };
         let Some(r) = self.rounds_of(name) else {
             return LOCAL;
         };
@@ -340,47 +421,87 @@ impl Inner {
             let _ = tokio::time::timeout(FIRST_CONTACT_WAIT, contacted.wait_for(|c| *c)).await;
         }
         if !self.is_available() {
-            self.performed();
-            return LOCAL;
+            return self.local(&r);
         }
         let now = Instant::now();
-        {
+        let deadline = {
             let st = lock(&r.state);
+            let deadline = st.deadline(r.spread);
             if let Some(due) = st.known_due {
                 let at = due + self.offset(&r, st.round);
-                if now < at {
+                if now < at && now < deadline {
                     tracing::debug!(endpoint = name, "Using cached health check results");
-                    return Decision::Skip { retry_in: at - now };
+                    return Decision::Skip {
+                        retry_in: at.min(deadline) - now,
+                    };
                 }
             }
-        }
+            deadline
+        };
+        let bounds = Bounds {
+            max_due_in: self.own_planned(&r) + r.spread,
+            max_lease: self.lock_ttl.max(r.lease_ttl),
+        };
         let reply = self
             .cache
-            .acquire_round(name, r.lease_ttl, r.interval)
+            .acquire_bounded(name, r.lease_ttl, r.interval, bounds)
             .await;
         let now = Instant::now();
+        let watchdog = now >= deadline;
         match reply {
             Err(e) => {
                 self.failed("acquiring a round", &e);
-                self.performed();
-                LOCAL
+                self.local(&r)
             }
             // Not due yet fleet-wide: someone checked this round already.
             Ok(RoundAnswer::NotDue { due_in, due_at }) => {
-                let due = now + due_in;
-                let mut st = lock(&r.state);
-                st.known_due = Some(due);
-                st.round = due_at;
+                self.ok();
+                {
+                    let mut st = lock(&r.state);
+                    st.known_due = Some(now + due_in);
+                    st.round = due_at;
+                }
+                if watchdog && !self.reread(&r).await {
+                    tracing::debug!(
+                        endpoint = name,
+                        "no fresh shared result in time: checking locally"
+                    );
+                    return self.local(&r);
+                }
                 tracing::debug!(endpoint = name, "Using cached health check results");
+                let st = lock(&r.state);
+                let at = (now + due_in + self.offset(&r, due_at)).min(st.deadline(r.spread));
                 Decision::Skip {
-                    retry_in: (due + self.offset(&r, due_at)).saturating_duration_since(now),
+                    retry_in: at.saturating_duration_since(now).max(MIN_BUSY_RETRY),
                 }
             }
             // Another replica is checking this round; if it dies, its lease runs out.
-            Ok(RoundAnswer::Busy { pttl }) => Decision::Skip {
-                retry_in: (pttl + Duration::from_millis(5)).min(r.spread.max(MIN_BUSY_RETRY)),
-            },
+            Ok(RoundAnswer::Busy { pttl }) => {
+                self.ok();
+                if now >= deadline + r.lease_ttl && !self.reread(&r).await {
+                    tracing::debug!(
+                        endpoint = name,
+                        "round held past its deadline: checking locally"
+                    );
+                    return self.local(&r);
+                }
+                Decision::Skip {
+                    retry_in: (pttl + Duration::from_millis(5)).min(r.spread.max(MIN_BUSY_RETRY)),
+                }
+            }
             Ok(RoundAnswer::Granted(lease)) => {
+                self.ok();
+                match lease.repaired {
+                    0 => {}
+                    1 => self
+                        .rejected
+                        .reject(Kind::Due, name, "stored due_at overridden"),
+                    _ => self.rejected.reject(
+                        Kind::Malformed,
+                        name,
+                        "result or lease key of the wrong type or lifetime overridden",
+                    ),
+                }
                 {
                     let mut st = lock(&r.state);
                     st.lease = Some(lease);
@@ -400,7 +521,90 @@ impl Inner {
             }
         }
     }
+
+    /// This round is checked locally: whatever due time was known is forgotten, so the next
+    /// wait is the state machine's own.
+    fn local(&self, r: &Rounds) -> Decision {
+        lock(&r.state).known_due = None;
+        self.performed();
+        LOCAL
+    }
+
+    /// The watchdog's re-read of one result: whether a fresh one was adopted.
+    async fn reread(&self, r: &Rounds) -> bool {
+        let before = lock(&r.state).fresh_at;
+        match self.cache.read_all(std::slice::from_ref(&r.name)).await {
+            Ok(found) => {
+                self.ok();
+                for (name, parsed) in found {
+                    match parsed {
+                        Ok(stored) => {
+                            self.apply(stored);
+                        }
+                        Err(e) => self.rejected.reject(Kind::Malformed, &name, &e.to_string()),
+                    }
+                }
+            }
+            Err(e) => self.failed("re-reading a shared result", &e),
+        }
+        lock(&r.state).fresh_at > before
+    }
+
+    /// Applies a result read or received, after bounding it; returns whether the store
+    /// adopted it (then it is fresh for the watchdog).
+    pub(crate) fn apply(&self, stored: StoredResult) -> bool {
+        let Some(r) = self.rounds_of(&stored.endpoint) else {
+            return false;
+        };
+        let fence = stored.result.fence.get();
+        if !Self::fence_plausible(fence) {
+            self.rejected
+                .reject(Kind::Fence, &stored.endpoint, &format!("fence {fence}"));
+            return false;
+        }
+        let max_ahead = i64::try_from((r.max_plan + r.spread).as_millis()).unwrap_or(i64::MAX);
+        let min_behind = -i64::try_from(self.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+        let due_ok = (min_behind..=max_ahead).contains(&stored.due_in_ms);
+        if !due_ok {
+            self.rejected.reject(
+                Kind::Due,
+                &stored.endpoint,
+                &format!("due in {} ms", stored.due_in_ms),
+            );
+        }
+        let Some(store) = self.store.upgrade() else {
+            return false;
+        };
+        let result = &stored.result;
+        match store.apply_remote(&stored.endpoint, result, Now::capture()) {
+            Adoption::Adopted(event) => {
+                if due_ok && stored.due_at > 0 {
+                    let due_in =
+                        Duration::from_millis(u64::try_from(stored.due_in_ms).unwrap_or(0));
+                    let mut st = lock(&r.state);
+                    st.known_due = Some(Instant::now() + due_in);
+                    st.round = stored.due_at;
+                }
+                self.fresh(&r, self.own_planned(&r));
+                if matches!(result.kind, ResultKind::Check { .. })
+                    && result.checked_by != self.pod_id
+                {
+                    self.checks_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.skipped_metric.increment(1);
+                }
+                if let Some(event) = event {
+                    crate::subscriber::log_transition(&event);
+                }
+                true
+            }
+            Adoption::Stale | Adoption::UnknownEndpoint => false,
+        }
+    }
 }
+
+const LOCAL: Decision = Decision::Check {
+    fence: FenceToken::LOCAL,
+};
 
 impl Coordination for Coordinator {
     fn may_check<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Decision> {
@@ -409,6 +613,11 @@ impl Coordination for Coordinator {
 
     fn publish(&self, result: LocalResult) {
         self.inner.expect_round(&result);
+        if result.result.kind != ResultKind::Passive
+            && let Some(r) = self.inner.rounds_of(&result.endpoint)
+        {
+            self.inner.fresh(&r, result.planned_next);
+        }
         // The writer task owns all result I/O; if it is gone, the gateway is shutting down.
         let _ = self.inner.writes.send(result);
     }
@@ -429,12 +638,16 @@ impl Coordination for Coordinator {
         if !self.inner.is_available() {
             return planned;
         }
+        let now = Instant::now();
         let st = lock(&r.state);
+        let deadline = st.deadline(r.spread);
         match st.known_due {
-            Some(due) => {
-                (due + self.inner.offset(&r, st.round)).saturating_duration_since(Instant::now())
+            // Aligned to the fleet's next round, never past the watchdog's deadline.
+            Some(due) if due + self.inner.offset(&r, st.round) > now => {
+                (due + self.inner.offset(&r, st.round)).min(deadline) - now
             }
-            None => planned,
+            // No due time, or one that has passed (stale): this replica's own cadence.
+            _ => planned,
         }
     }
 }

@@ -44,15 +44,18 @@ impl Inner {
         match self.cache.renew_global(self.lock_ttl).await {
             Err(e) => self.failed("renewing the global lease", &e),
             Ok(GlobalLease::Acquired(fence)) => {
+                self.ok();
                 self.holder.store(true, Ordering::Release);
                 *lock(&self.global_owner) = Some(self.pod_id.clone());
                 tracing::info!(fence = %fence, "Pod {} acquired health check lock", self.pod_id);
             }
             Ok(GlobalLease::Extended) => {
+                self.ok();
                 self.holder.store(true, Ordering::Release);
                 *lock(&self.global_owner) = Some(self.pod_id.clone());
             }
             Ok(GlobalLease::HeldBy(owner)) => {
+                self.ok();
                 if self.holder.swap(false, Ordering::AcqRel) {
                     tracing::warn!(
                         owner = %owner,

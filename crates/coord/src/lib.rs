@@ -67,16 +67,32 @@
 //! fences, and re-reads every result key on each (re)subscribe. A passive failure seen by one
 //! replica's proxy is written with a fresh fence and reaches every replica the same way.
 //!
+//! # Redis is untrusted input
+//!
+//! Every value read from Redis or the channel is parsed into bounded types ([`wire`]) and
+//! checked against what this replica's own config allows ([`coordinator`](Coordinator)): a
+//! fence Redis's counter cannot have issued, a due time further than the endpoint can plan,
+//! a malformed or oversize field, a key of the wrong type — refused and counted in
+//! `hale_coord_rejected_total{kind}` ([`rejected`]), logged at most once a minute per kind.
+//! The scripts treat a poisoned due time, lease, fence counter or stored fence as absent and
+//! the next write overwrites the whole hash, so bad state heals within a round or two of the
+//! bad value. A per-endpoint watchdog makes sure nothing from Redis delays this replica's own
+//! check past its own planned delay plus the spread: past that it asks Redis, re-reads, and
+//! checks locally if no fresh result can be had.
+//!
 //! # Fallback and rejoin
 //!
-//! The pool ([`pool`]) opens nothing at start, bounds connects and commands at 500 ms and
-//! drops connections that broke. The first failed operation (or a closed subscription) marks
-//! Redis unreachable, logs it once and sets `hale_coord_redis_up` to 0: from then on
-//! `may_check` says "check locally" without touching Redis, so every replica checks from its
-//! next due time on its own schedule. The subscriber retries every 500 ms; once it has
-//! re-subscribed and re-read all results, Redis is available again and the next due check of
-//! each endpoint goes back to rounds — a fleet is back to one check per interval within about
-//! an interval. Results this replica made without a lease are not written.
+//! One multiplexed connection ([`conn`]) carries every command; it opens nothing at start,
+//! bounds connects and commands at 500 ms and reconnects after a transport failure. Any
+//! failed operation (unreachable, timeout, script error such as OOM, a malformed answer) makes
+//! that round local at this replica's own cadence, counts in `errors_total` and sets
+//! `last_error`. An *outage* is declared only on evidence that persists ([`health`]: three
+//! failures in a row or a majority of ten or more in 10 s, at most once a minute): then it is
+//! logged once, `hale_coord_redis_up` goes to 0, and `may_check` says "check locally" without
+//! touching Redis, so every replica checks on its own schedule. The subscriber probes with a
+//! small write every 500 ms; after 3 s of success it re-subscribes, re-reads all results and
+//! Redis is available again — a fleet is back to one check per interval within a few
+//! seconds plus an interval. Results this replica made without a lease are not written.
 //!
 //! # Status and logs
 //!
@@ -86,14 +102,16 @@
 //! be a line per endpoint per interval); `Cached health check results for N healthy and M
 //! unhealthy endpoints` (INFO when the counts change or once a minute, else DEBUG); `Using
 //! cached health check results` (DEBUG). Metrics: `hale_coord_redis_up`,
-//! `hale_coord_checks_skipped_total`.
+//! `hale_coord_checks_skipped_total`, `hale_coord_rejected_total{kind}`.
 
 pub mod cache;
 pub mod config;
+pub mod conn;
 mod coordinator;
+pub mod health;
 pub mod keys;
 mod lease;
-pub mod pool;
+pub mod rejected;
 pub mod rounds;
 pub mod scripts;
 mod status;
@@ -101,9 +119,10 @@ mod subscriber;
 pub mod wire;
 mod writer;
 
-pub use cache::{GlobalLease, ResultCache, RoundAnswer, RoundLease, WriteOutcome};
+pub use cache::{Bounds, GlobalLease, ResultCache, RoundAnswer, RoundLease, WriteOutcome};
 pub use config::{CoordMode, SharedConfig};
-pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, REDIS_UP};
+pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, FENCE_SKEW, REDIS_UP};
 pub use lease::renew_every;
+pub use rejected::REJECTED_TOTAL;
 pub use status::CoordStatus;
 pub use subscriber::RECONNECT_EVERY;

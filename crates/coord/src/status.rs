@@ -18,6 +18,8 @@
 //!   checked endpoint.
 //! - `checks_performed`: checks this replica ran (coordinated or local fallback);
 //!   `checks_skipped`: checks another replica ran whose results this replica adopted.
+//! - `last_error` / `errors_total` (Hale's additions, DESIGN §5): the last failed Redis
+//!   operation with its error, and how many failed; see [`crate::health`].
 
 use crate::cache::RemoteStatus;
 use crate::config::CoordMode;
@@ -46,7 +48,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if inner.is_available() {
             let roster = inner.roster();
             match inner.cache.status(&roster.order).await {
-                Ok(s) => *lock(&inner.status.remote) = Some((Instant::now(), s)),
+                Ok(s) => {
+                    inner.ok();
+                    *lock(&inner.status.remote) = Some((Instant::now(), s));
+                }
                 Err(e) => inner.failed("reading the shared status", &e),
             }
         }
@@ -69,6 +74,11 @@ pub struct CoordStatus {
     pub last_checked_by: Option<Arc<str>>,
     pub checks_performed: u64,
     pub checks_skipped: u64,
+    /// The last failed Redis operation and its error (no secrets), if any failed yet.
+    pub last_error: Option<String>,
+    /// Failed Redis operations since start (any kind: unreachable, timeout, script error,
+    /// malformed answer).
+    pub errors_total: u64,
 }
 
 impl Coordinator {
@@ -129,6 +139,8 @@ impl Coordinator {
             last_checked_by,
             checks_performed: inner.checks_performed.load(Ordering::Relaxed),
             checks_skipped: inner.checks_skipped.load(Ordering::Relaxed),
+            last_error: inner.health.last_error(),
+            errors_total: inner.health.errors_total(),
         }
     }
 }

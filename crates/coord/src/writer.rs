@@ -16,7 +16,8 @@
 
 use crate::cache::WriteOutcome;
 use crate::coordinator::{Inner, lock};
-use hale_core::{Adoption, HealthStore, LocalResult, Now, ResultKind};
+use crate::rejected::Kind;
+use hale_core::{HealthStore, LocalResult, Now, ResultKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -72,6 +73,7 @@ impl Inner {
                 due_at,
                 due_in,
             }) => {
+                self.ok();
                 if passive {
                     // Hold the fence our passive result went out under, as the others will.
                     let mut result = local.result.clone();
@@ -92,17 +94,22 @@ impl Inner {
                 self.log_summary(&store);
             }
             Ok(WriteOutcome::Refused(stored)) => {
+                self.ok();
                 lock(&r.state).known_due = None;
-                tracing::debug!(
-                    endpoint = %local.endpoint,
-                    ours = %local.result.fence,
-                    stored = %stored.result.fence,
-                    "result refused: a newer one is stored; adopting it"
-                );
-                if let Adoption::Adopted(Some(event)) =
-                    store.apply_remote(&local.endpoint, &stored.result, Now::capture())
-                {
-                    crate::subscriber::log_transition(&event);
+                match stored {
+                    Ok(stored) => {
+                        tracing::debug!(
+                            endpoint = %local.endpoint,
+                            ours = %local.result.fence,
+                            stored = %stored.result.fence,
+                            "result refused: a newer one is stored; adopting it"
+                        );
+                        self.apply(*stored);
+                    }
+                    Err(e) => {
+                        self.rejected
+                            .reject(Kind::Malformed, &local.endpoint, &e.to_string())
+                    }
                 }
             }
         }
