@@ -311,6 +311,12 @@ impl Coordinator {
         self.inner.health.is_available()
     }
 
+    /// How many values from Redis of `kind` this replica refused (what
+    /// `hale_coord_rejected_total{kind}` counts).
+    pub fn rejected(&self, kind: crate::rejected::Kind) -> u64 {
+        self.inner.rejected.count(kind)
+    }
+
     pub fn pod_id(&self) -> &str {
         &self.inner.pod_id
     }

@@ -123,6 +123,6 @@ pub use cache::{Bounds, GlobalLease, ResultCache, RoundAnswer, RoundLease, Write
 pub use config::{CoordMode, SharedConfig};
 pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, FENCE_SKEW, REDIS_UP};
 pub use lease::renew_every;
-pub use rejected::REJECTED_TOTAL;
+pub use rejected::{Kind as RejectKind, REJECTED_TOTAL};
 pub use status::CoordStatus;
 pub use subscriber::RECONNECT_EVERY;

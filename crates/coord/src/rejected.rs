@@ -7,6 +7,7 @@
 //! `signature` (a result or event without a valid HMAC while `shared.signing_key` is set).
 
 use crate::health::LogLimiter;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The metric name.
 pub const REJECTED_TOTAL: &str = "hale_coord_rejected_total";
@@ -21,6 +22,12 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Due, Kind::Fence, Kind::Malformed, Kind::Signature];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Due => "due",
@@ -35,10 +42,17 @@ impl Kind {
 #[derive(Debug, Default)]
 pub(crate) struct Rejected {
     log: LogLimiter,
+    counts: [AtomicU64; 4],
 }
 
 impl Rejected {
+    /// How many values of `kind` were refused since start.
+    pub fn count(&self, kind: Kind) -> u64 {
+        self.counts[kind.index()].load(Ordering::Relaxed)
+    }
+
     pub fn reject(&self, kind: Kind, endpoint: &str, detail: &str) {
+        self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
         metrics::counter!(REJECTED_TOTAL, "kind" => kind.as_str()).increment(1);
         let detail: String = detail.chars().take(200).collect();
         if self.log.allow(kind.as_str()) {
