@@ -35,7 +35,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// The fewest operations in [`WINDOW`] for the failure rate to count.
 pub const WINDOW_MIN_OPS: usize = 10;
 /// How long the subscriber's probes must succeed before a replica that was down rejoins.
-pub const REJOIN_AFTER: Duration = Duration::from_secs(3);
+pub const REJOIN_AFTER: Duration = Duration::from_secs(2);
 /// The least time between two outages being declared.
 pub const MIN_DOWN_GAP: Duration = Duration::from_secs(60);
 /// How often one kind of failure or refusal is logged at WARN at most.
@@ -323,7 +323,7 @@ mod tests {
             d.record(false, Instant::now());
         }
         assert!(!d.is_up());
-        // Probes every 500 ms: rejoin only after 3 s of successes; a failure restarts it.
+        // Probes every 500 ms: rejoin only after 2 s of successes; a failure restarts it.
         let mut waited = Duration::ZERO;
         while !d.probed(Instant::now()) {
             advance(Duration::from_millis(500)).await;
@@ -332,7 +332,10 @@ mod tests {
                 d.record(false, Instant::now());
             }
         }
-        assert!(waited >= Duration::from_secs(5), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(2) + REJOIN_AFTER,
+            "{waited:?}"
+        );
         assert_eq!(d.rejoin(), Some(Flip::Up));
         // Within a minute of the last outage, failures do not declare another one.
         for _ in 0..10 {
