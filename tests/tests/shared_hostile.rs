@@ -9,6 +9,8 @@
 //!   ahead and a fence of 2^53 − 1 (and, harder, a plausible fence), for a healthy and for a
 //!   failing backend: within two intervals and a spread both replicas show the true states
 //!   again, the backends are checked on, and the healthy backend's model serves.
+//! - With `shared.signing_key` set (through `os.environ/NAME`), the forged event with a
+//!   plausible fence is never adopted, and the fleet still exchanges its own results.
 //!
 //! Measured figures are printed (run with `--no-capture` to see them).
 
@@ -57,6 +59,15 @@ fn config(mocks: &[MockLlm], redis_url: &str, pod: &str) -> String {
 
 impl Fleet {
     async fn start(endpoints: usize) -> anyhow::Result<Self> {
+        Self::start_with(endpoints, "", &[]).await
+    }
+
+    /// Starts the fleet with `extra` appended to the `shared:` section and `env` set.
+    async fn start_with(
+        endpoints: usize,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let redis = RedisServer::start().await?;
         let mut mocks = Vec::new();
         for i in 0..endpoints {
@@ -64,8 +75,11 @@ impl Fleet {
         }
         let mut gateways = Vec::new();
         for pod in PODS {
-            let yaml = config(&mocks, &redis.url(), pod);
-            gateways.push(Gateway::start_with_env(&yaml, &[("HALE_LOG", "info")]).await?);
+            let yaml = config(&mocks, &redis.url(), pod)
+                .replace("  lock_ttl: 3s\n", &format!("  lock_ttl: 3s\n{extra}"));
+            let mut env = env.to_vec();
+            env.push(("HALE_LOG", "info"));
+            gateways.push(Gateway::start_with_env(&yaml, &env).await?);
         }
         Ok(Self {
             redis,
@@ -389,4 +403,60 @@ async fn a_forged_event_or_result_cannot_freeze_an_endpoint() {
             "{metrics}"
         );
     }
+}
+
+#[tokio::test]
+async fn with_a_signing_key_a_forged_event_is_never_adopted() {
+    let fleet = Fleet::start_with(
+        2,
+        "  signing_key: os.environ/HALE_E2E_SIGNING_KEY\n",
+        &[("HALE_E2E_SIGNING_KEY", "e2e-signing-key-0123456789")],
+    )
+    .await
+    .unwrap();
+    fleet.mocks[1]
+        .set_mode(json!({"status": 503}))
+        .await
+        .unwrap();
+    fleet
+        .states(&["healthy", "unhealthy"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Results made by one replica still reach the other: signed and verified.
+    for gw in &fleet.gateways {
+        let s = shared_status(gw).await.unwrap();
+        assert!(s["checks_skipped"].as_u64().unwrap() > 0, "{s}");
+    }
+    let mut raw = fleet.redis.client().await.unwrap();
+    let plausible = now_ms() * 1000 + 1_000_000_000;
+    for (ep, state, ok) in [("ep-0", "unhealthy", false), ("ep-1", "healthy", true)] {
+        let msg = forged_message(ep, plausible, state, ok);
+        redis_cmd(&mut raw, &["PUBLISH", "hale:{e2e}:events", &msg])
+            .await
+            .unwrap();
+    }
+    // Never adopted: the states stay true on both replicas the whole time.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for gw in &fleet.gateways {
+            for (ep, want) in [("ep-0", "healthy"), ("ep-1", "unhealthy")] {
+                let e = gw.endpoint(ep).await.unwrap();
+                assert_eq!(e["status"], want, "{e}");
+                assert_ne!(e["checked_by"], "mallory", "{e}");
+            }
+        }
+        sleep(POLL).await;
+    }
+    for gw in &fleet.gateways {
+        let metrics = gw.get("/metrics").await.unwrap().text;
+        assert!(
+            metrics.contains("hale_coord_rejected_total{kind=\"signature\"} 2"),
+            "{metrics}"
+        );
+        assert!(
+            !gw.full_logs().contains("e2e-signing-key"),
+            "the key is never logged"
+        );
+    }
+    still_checked(&fleet).await;
 }

@@ -10,9 +10,10 @@ use crate::config::SharedConfig;
 use crate::conn::{RedisConn, RedisFailure, connection_info};
 use crate::keys::Keys;
 use crate::scripts::{
-    self, ACQUIRE_SCRIPT, EXTEND_SCRIPT, GLOBAL_SCRIPT, PROBE_SCRIPT, RELEASE_SCRIPT,
-    STATUS_SCRIPT, WRITE_SCRIPT,
+    self, ACQUIRE_SCRIPT, EXTEND_SCRIPT, GLOBAL_SCRIPT, NEXT_FENCE_SCRIPT, PROBE_SCRIPT,
+    RELEASE_SCRIPT, STATUS_SCRIPT, WRITE_SCRIPT,
 };
+use crate::signing::{SIG_FIELD, Signer};
 use crate::wire::{self, StoredResult, WireError};
 use hale_core::{FenceToken, SharedResult};
 use redis::Value;
@@ -107,6 +108,7 @@ impl Default for Bounds {
 #[derive(Debug, Clone)]
 pub struct ResultCache {
     conn: Arc<RedisConn>,
+    signer: Option<Arc<Signer>>,
     keys: Keys,
     owner: Arc<str>,
     cache_ttl: Duration,
@@ -135,6 +137,7 @@ impl ResultCache {
         let info = connection_info(&config.redis_url, config.redis_password.expose())?;
         Ok(Self {
             conn: Arc::new(RedisConn::new(info)?),
+            signer: Signer::new(config.signing_key.expose()).map(Arc::new),
             keys: Keys::new(&config.namespace),
             owner: Arc::from(owner),
             cache_ttl: config.cache_ttl,
@@ -147,6 +150,11 @@ impl ResultCache {
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// The signer, when `shared.signing_key` is set.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
     }
 
     pub fn conn(&self) -> &RedisConn {
@@ -246,12 +254,21 @@ impl ResultCache {
         result: &SharedResult,
         round: Option<(RoundLease, Duration)>,
     ) -> Result<WriteOutcome, RedisFailure> {
+        let mut fields = wire::to_fields(result);
         let (fence, planned, anchor) = match round {
-            Some((lease, planned)) => (result.fence.to_string(), ms(planned), lease.anchor),
-            None => ("0".to_owned(), String::new(), 0),
+            Some((lease, planned)) => (result.fence.get(), ms(planned), lease.anchor),
+            // A passive result takes its fence in the script, unless it must be signed:
+            // then it takes one first (see `signing`).
+            None if self.signer.is_some() => (self.next_fence().await?, String::new(), 0),
+            None => (0, String::new(), 0),
         };
-        let fields = wire::to_fields(result);
-        let body = wire::message_body(endpoint, result);
+        fields.push(("planned_ms", planned.clone()));
+        if let Some(signer) = &self.signer {
+            let sig = signer.sign(endpoint, fence, &fields);
+            fields.push((SIG_FIELD, sig));
+        }
+        let fence = fence.to_string();
+        let body = wire::message_body_of(endpoint, &fields);
         let (result_key, lease_key, fence_key, channel) = (
             self.keys.result(endpoint),
             self.keys.lease(endpoint),
@@ -299,11 +316,25 @@ impl ResultCache {
                         Some((scripts::text(kv.first()?)?, scripts::text(kv.get(1)?)?))
                     })
                     .collect();
-                let stored = wire::from_hash(Arc::from(endpoint), &fields, 0).map(Box::new);
+                let stored =
+                    wire::from_hash(Arc::from(endpoint), &fields, 0, self.signer()).map(Box::new);
                 Ok(WriteOutcome::Refused(stored))
             }
             _ => Err(reply_error("write", &items)),
         }
+    }
+
+    /// Takes a fresh fence from the counter.
+    async fn next_fence(&self) -> Result<u64, RedisFailure> {
+        let key = self.keys.fence();
+        let f = self
+            .conn
+            .run(async |c| NEXT_FENCE_SCRIPT.key(&key).invoke_async::<i64>(c).await)
+            .await?;
+        u64::try_from(f)
+            .ok()
+            .filter(|f| (1..wire::FENCE_LIMIT).contains(f))
+            .ok_or_else(|| RedisFailure::Reply(format!("fence {f}")))
     }
 
     /// Releases `endpoint`'s round lease if this owner holds it; returns whether it did.
@@ -416,7 +447,7 @@ impl ResultCache {
         for (name, reply) in endpoints.iter().zip(replies) {
             let parsed = match redis::from_redis_value::<HashMap<String, String>>(reply) {
                 Ok(fields) if fields.is_empty() => continue,
-                Ok(fields) => wire::from_hash(name.clone(), &fields, now_ms),
+                Ok(fields) => wire::from_hash(name.clone(), &fields, now_ms, self.signer()),
                 Err(e) => Err(WireError(format!("HGETALL: {e}"))),
             };
             out.push((name.clone(), parsed));

@@ -547,7 +547,7 @@ impl Inner {
                         Ok(stored) => {
                             self.apply(stored);
                         }
-                        Err(e) => self.rejected.reject(Kind::Malformed, &name, &e.to_string()),
+                        Err(e) => self.rejected.reject(Kind::of(&e), &name, &e.to_string()),
                     }
                 }
             }

@@ -80,6 +80,10 @@
 //! check past its own planned delay plus the spread: past that it asks Redis, re-reads, and
 //! checks locally if no fresh result can be had.
 //!
+//! With `shared.signing_key` set, results and events carry an HMAC-SHA256 ([`signing`]) and
+//! unsigned or wrongly signed ones are refused (kind `signature`), so write access to Redis
+//! without the key cannot forge health.
+//!
 //! # Fallback and rejoin
 //!
 //! One multiplexed connection ([`conn`]) carries every command; it opens nothing at start,
@@ -114,6 +118,7 @@ mod lease;
 pub mod rejected;
 pub mod rounds;
 pub mod scripts;
+pub mod signing;
 mod status;
 mod subscriber;
 pub mod wire;

@@ -28,6 +28,15 @@ impl Kind {
         self as usize
     }
 
+    /// The kind of a value that did not read: `signature` or `malformed`.
+    pub fn of(e: &crate::wire::WireError) -> Self {
+        if e.is_signature() {
+            Kind::Signature
+        } else {
+            Kind::Malformed
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Due => "due",

@@ -195,6 +195,12 @@ end
 return out
 ";
 
+/// Takes a fence, for a passive result that must be signed before it is written.
+/// KEYS: fence. Returns the fence.
+const NEXT_FENCE: &str = r"
+return next_fence(KEYS[1])
+";
+
 /// The subscriber's probe: one small write, so a Redis that refuses writes (OOM under
 /// `noeviction`, a read-only replica) is not taken for healthy. KEYS: probe key. ARGV: owner.
 const PROBE: &str = r"
@@ -210,6 +216,7 @@ pub static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
 pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(WRITE));
 pub static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
 pub static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
+pub static NEXT_FENCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NEXT_FENCE));
 pub static PROBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROBE));
 pub static GLOBAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GLOBAL));
 pub static STATUS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATUS));

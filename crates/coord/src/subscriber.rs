@@ -136,7 +136,7 @@ impl Inner {
         for (name, parsed) in stored {
             match parsed {
                 Ok(s) => adopted += usize::from(self.apply(s)),
-                Err(e) => self.rejected.reject(Kind::Malformed, &name, &e.to_string()),
+                Err(e) => self.rejected.reject(Kind::of(&e), &name, &e.to_string()),
             }
         }
         tracing::debug!(
@@ -150,14 +150,14 @@ impl Inner {
 
     fn on_message(&self, message: &redis::Msg) {
         let parsed = match message.get_payload::<String>() {
-            Ok(p) => wire::from_message(&p),
+            Ok(p) => wire::from_message(&p, self.cache.signer()),
             Err(e) => Err(wire::WireError(format!("payload: {e}"))),
         };
         match parsed {
             Ok(stored) => {
                 self.apply(stored);
             }
-            Err(e) => self.rejected.reject(Kind::Malformed, "", &e.to_string()),
+            Err(e) => self.rejected.reject(Kind::of(&e), "", &e.to_string()),
         }
     }
 }

@@ -36,6 +36,7 @@
 //! replica writes another always accepts. Whether a fence or due time is plausible is
 //! decided by the coordinator, which knows the endpoint's config.
 
+use crate::signing::Signer;
 use hale_core::{FenceToken, HealthState, Phase, Reason, ResultKind, SharedResult};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +75,19 @@ pub struct StoredResult {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed shared result: {0}")]
 pub struct WireError(pub String);
+
+const SIGNATURE_ERROR: &str = "signature missing or invalid";
+
+impl WireError {
+    /// The result is well-formed but not signed with this replica's `shared.signing_key`.
+    pub fn signature() -> Self {
+        Self(SIGNATURE_ERROR.to_owned())
+    }
+
+    pub fn is_signature(&self) -> bool {
+        self.0 == SIGNATURE_ERROR
+    }
+}
 
 fn err(msg: impl Into<String>) -> WireError {
     WireError(msg.into())
@@ -166,10 +180,15 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
 
 /// The JSON body of a channel message for `endpoint`.
 pub fn message_body(endpoint: &str, r: &SharedResult) -> String {
+    message_body_of(endpoint, &to_fields(r))
+}
+
+/// The JSON body of a channel message for `endpoint` carrying `fields`.
+pub fn message_body_of(endpoint: &str, fields: &[(&'static str, String)]) -> String {
     let mut map = serde_json::Map::new();
     map.insert("endpoint".to_owned(), endpoint.into());
-    for (k, v) in to_fields(r) {
-        map.insert(k.to_owned(), v.into());
+    for (k, v) in fields {
+        map.insert((*k).to_owned(), v.clone().into());
     }
     serde_json::Value::Object(map).to_string()
 }
@@ -293,15 +312,22 @@ pub fn from_fields(
     })
 }
 
-/// Reads a stored hash (as returned by HGETALL); `now_ms` is Redis's clock at the read.
+/// Reads a stored hash (as returned by HGETALL); `now_ms` is Redis's clock at the read. With
+/// a `signer`, the hash must carry a valid signature ([`crate::signing`]).
 pub fn from_hash(
     endpoint: Arc<str>,
     f: &HashMap<String, String>,
     now_ms: i64,
+    signer: Option<&Signer>,
 ) -> Result<StoredResult, WireError> {
     let due_at: i64 = parse_num(f, "due_at")?;
     let written_at: i64 = parse_num(f, "written_at")?;
     let result = from_fields(f, None)?;
+    if let Some(signer) = signer
+        && !signer.verify(&endpoint, result.fence.get(), f)
+    {
+        return Err(WireError::signature());
+    }
     Ok(StoredResult {
         endpoint,
         result,
@@ -311,8 +337,8 @@ pub fn from_hash(
     })
 }
 
-/// Reads a channel message.
-pub fn from_message(payload: &str) -> Result<StoredResult, WireError> {
+/// Reads a channel message. With a `signer`, it must carry a valid signature.
+pub fn from_message(payload: &str, signer: Option<&Signer>) -> Result<StoredResult, WireError> {
     if payload.len() > MAX_MESSAGE {
         return Err(err(format!("message of {} bytes", payload.len())));
     }
@@ -336,6 +362,11 @@ pub fn from_message(payload: &str) -> Result<StoredResult, WireError> {
         return Err(err("no endpoint"));
     }
     let result = from_fields(&map, Some(fence))?;
+    if let Some(signer) = signer
+        && !signer.verify(&endpoint, fence, &map)
+    {
+        return Err(WireError::signature());
+    }
     Ok(StoredResult {
         endpoint,
         result,
@@ -378,7 +409,7 @@ mod tests {
         map.insert("fence".into(), r.fence.get().to_string());
         map.insert("due_at".into(), "1718000001000".into());
         map.insert("written_at".into(), "1718000000125".into());
-        let back = from_hash(Arc::from("e"), &map, 1_718_000_000_500).unwrap();
+        let back = from_hash(Arc::from("e"), &map, 1_718_000_000_500, None).unwrap();
         assert_eq!(back.result, r);
         assert_eq!((back.due_at, back.due_in_ms), (1_718_000_001_000, 500));
         assert_eq!(back.written_at, 1_718_000_000_125);
@@ -398,7 +429,7 @@ mod tests {
             r.fence,
             message_body("vllm-1", &r)
         );
-        let m = from_message(&payload).unwrap();
+        let m = from_message(&payload, None).unwrap();
         assert_eq!(&*m.endpoint, "vllm-1");
         assert_eq!(m.result, r);
         assert_eq!(m.due_in_ms, -20);
@@ -409,7 +440,7 @@ mod tests {
             "1 2 3\n{\"endpoint\":\"e\"}",
             "1 2 3\nnot json",
         ] {
-            assert!(from_message(bad).is_err(), "{bad:?}");
+            assert!(from_message(bad, None).is_err(), "{bad:?}");
         }
     }
 }

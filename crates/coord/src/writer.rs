@@ -106,10 +106,9 @@ impl Inner {
                         );
                         self.apply(*stored);
                     }
-                    Err(e) => {
-                        self.rejected
-                            .reject(Kind::Malformed, &local.endpoint, &e.to_string())
-                    }
+                    Err(e) => self
+                        .rejected
+                        .reject(Kind::of(&e), &local.endpoint, &e.to_string()),
                 }
             }
         }

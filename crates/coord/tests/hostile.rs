@@ -581,3 +581,80 @@ async fn a_hash_poisoned_with_a_far_due_and_huge_fence_heals_within_a_round() {
     assert_eq!(a.state().0, HealthState::Healthy);
     assert_eq!(b.state().0, HealthState::Healthy);
 }
+
+// === signed results ===
+
+const KEY: &str = "0123456789abcdef-signing";
+
+async fn signed_replica(redis: &RedisServer, pod: &str, key: &str) -> Replica {
+    let store = store(pod);
+    let cfg = SharedConfig {
+        signing_key: hale_core::Secret::new(key),
+        ..config(redis)
+    };
+    let coord = Coordinator::start(&cfg, pod, &store).unwrap();
+    coord.first_contact(Duration::from_secs(2)).await;
+    assert!(coord.redis_available());
+    Replica { store, coord }
+}
+
+#[tokio::test]
+async fn with_a_signing_key_only_signed_results_are_adopted() {
+    let redis = RedisServer::start().await.unwrap();
+    let mut raw = redis.client().await.unwrap();
+    let a = signed_replica(&redis, "pod-a", KEY).await;
+    let b = signed_replica(&redis, "pod-b", KEY).await;
+    assert!(matches!(a.check(&ok()).await, Decision::Check { fence } if !fence.is_local()));
+    eventually(Duration::from_secs(2), POLL, || async {
+        (b.state() == (HealthState::Healthy, Source::Shared)).then_some(())
+    })
+    .await
+    .unwrap();
+    stored_by(&redis, &a).await;
+
+    // A forged event with a plausible fence: unsigned, then signed with another key.
+    let now = now_ms();
+    let fence = u64::try_from(now).unwrap() * 1000;
+    let lie = result("mallory", FenceToken(fence), HealthState::Unhealthy);
+    let unsigned = message(&fence.to_string(), now + 1000, 1000, &lie);
+    let mut fields = wire::to_fields(&lie);
+    fields.push(("planned_ms", "1000".to_owned()));
+    let wrong = hale_coord::signing::Signer::new("another key, 16+ bytes").unwrap();
+    fields.push(("sig", wrong.sign("e", fence, &fields)));
+    let wrongly_signed = format!(
+        "{fence} {} 1000\n{}",
+        now + 1000,
+        wire::message_body_of("e", &fields)
+    );
+    for m in [&unsigned, &wrongly_signed] {
+        cmd(&mut raw, &["PUBLISH", CHANNEL, m]).await;
+    }
+    eventually(Duration::from_secs(2), POLL, || async {
+        (b.coord.rejected(RejectKind::Signature) == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.state(), (HealthState::Healthy, Source::Shared));
+
+    // A tampered hash (the state changed, the signature kept) is refused on a re-read: a
+    // replica starting now does not adopt it.
+    cmd(&mut raw, &["HSET", RESULT, "state", "unhealthy"]).await;
+    let c = signed_replica(&redis, "pod-c", KEY).await;
+    assert_eq!(c.coord.rejected(RejectKind::Signature), 1);
+    assert_eq!(c.state().0, HealthState::Unknown);
+
+    // A passive failure, signed with a fence taken first, reaches the others.
+    a.store
+        .passive_failure("e", &hale_core::CheckResult::ConnectRefused, Now::capture());
+    eventually(Duration::from_secs(2), POLL, || async {
+        (b.state().0 == HealthState::Unhealthy && c.state().0 == HealthState::Unhealthy)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.coord.rejected(RejectKind::Signature), 2);
+
+    // A replica without the key still reads signed results (it does not check them).
+    let d = replica(&redis, "pod-d").await;
+    assert_eq!(d.state().0, HealthState::Unhealthy);
+}
