@@ -199,10 +199,11 @@ impl ResultCache {
         late: Duration,
         bounds: Bounds,
     ) -> Result<RoundAnswer, RedisFailure> {
-        let (result, lease, fence) = (
+        let (result, lease, fence, channel) = (
             self.keys.result(endpoint),
             self.keys.lease(endpoint),
             self.keys.fence(),
+            self.keys.channel(),
         );
         let v = self
             .conn
@@ -216,6 +217,8 @@ impl ResultCache {
                     .arg(late.as_millis().to_string())
                     .arg(ms(bounds.max_due_in))
                     .arg(ms(bounds.max_lease))
+                    .arg(&channel)
+                    .arg(endpoint)
                     .invoke_async::<Value>(c)
                     .await
             })

@@ -115,6 +115,8 @@ pub(crate) struct RoundState {
     /// was on this replica's clock.
     pub lease: Option<RoundLease>,
     pub anchor_at: Option<Instant>,
+    /// Another replica announced it took the current round: its result is expected by then.
+    pub held_until: Option<Instant>,
 }
 
 impl RoundState {
@@ -126,6 +128,7 @@ impl RoundState {
             round: 0,
             lease: None,
             anchor_at: None,
+            held_until: None,
         }
     }
 
@@ -135,6 +138,7 @@ impl RoundState {
         self.round = 0;
         self.lease = None;
         self.anchor_at = None;
+        self.held_until = None;
     }
 
     /// This replica's next look at the endpoint is due by then, whatever Redis says.
@@ -442,6 +446,16 @@ impl Inner {
                     };
                 }
             }
+            // Someone announced they are checking this round: wait for their result (or
+            // their lease to run out) instead of asking.
+            if let Some(until) = st.held_until
+                && now < until
+                && now < deadline
+            {
+                return Decision::Skip {
+                    retry_in: until.min(deadline) - now,
+                };
+            }
             deadline
         };
         let bounds = Bounds {
@@ -481,7 +495,8 @@ impl Inner {
                     retry_in: at.saturating_duration_since(now).max(MIN_BUSY_RETRY),
                 }
             }
-            // Another replica is checking this round; if it dies, its lease runs out.
+            // Another replica is checking this round; if it dies, its lease runs out. Ask
+            // again when it does (its result, arriving first, answers locally).
             Ok(RoundAnswer::Busy { pttl }) => {
                 self.ok();
                 if now >= deadline + r.lease_ttl && !self.reread(&r).await {
@@ -491,8 +506,11 @@ impl Inner {
                     );
                     return self.local(&r);
                 }
+                let limit = (deadline + r.lease_ttl).saturating_duration_since(now);
                 Decision::Skip {
-                    retry_in: (pttl + Duration::from_millis(5)).min(r.spread.max(MIN_BUSY_RETRY)),
+                    retry_in: (pttl + Duration::from_millis(5))
+                        .min(limit)
+                        .max(MIN_BUSY_RETRY),
                 }
             }
             Ok(RoundAnswer::Granted(lease)) => {
@@ -534,6 +552,19 @@ impl Inner {
         lock(&r.state).known_due = None;
         self.performed();
         LOCAL
+    }
+
+    /// Another replica announced it took `endpoint`'s round for at most `lease` (bounded by
+    /// this replica's own longest lease: a forged announcement delays nothing past that, and
+    /// never past the watchdog's deadline).
+    pub(crate) fn taken(&self, endpoint: &str, lease: Duration) {
+        let Some(r) = self.rounds_of(endpoint) else {
+            return;
+        };
+        let mut st = lock(&r.state);
+        if st.lease.is_none() {
+            st.held_until = Some(Instant::now() + lease.min(self.lock_ttl.max(r.lease_ttl)));
+        }
     }
 
     /// The watchdog's re-read of one result: whether a fresh one was adopted.
@@ -584,12 +615,15 @@ impl Inner {
         let result = &stored.result;
         match store.apply_remote(&stored.endpoint, result, Now::capture()) {
             Adoption::Adopted(event) => {
-                if due_ok && stored.due_at > 0 {
-                    let due_in =
-                        Duration::from_millis(u64::try_from(stored.due_in_ms).unwrap_or(0));
+                {
                     let mut st = lock(&r.state);
-                    st.known_due = Some(Instant::now() + due_in);
-                    st.round = stored.due_at;
+                    st.held_until = None;
+                    if due_ok && stored.due_at > 0 {
+                        let due_in =
+                            Duration::from_millis(u64::try_from(stored.due_in_ms).unwrap_or(0));
+                        st.known_due = Some(Instant::now() + due_in);
+                        st.round = stored.due_at;
+                    }
                 }
                 self.fresh(&r, self.own_planned(&r));
                 if matches!(result.kind, ResultKind::Check { .. })

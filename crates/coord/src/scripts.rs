@@ -15,7 +15,10 @@ use redis::{Script, Value};
 use std::sync::LazyLock;
 
 /// Shared prologue: `now` (ms, Redis clock), `now_us`, `owns(key)` (an owner check that
-/// tolerates a key of the wrong type) and `next_fence(key)`.
+/// tolerates a key of the wrong type), `failed`/`wrong_type` (for `redis.pcall` answers:
+/// a key of the wrong type is repaired, any other error — OOM — is raised) and
+/// `next_fence(key)`. The normal path adds no command to what the scripts did before: wrong
+/// types are found by the error of the command that needed the key, not by `TYPE`.
 ///
 /// `next_fence` heals a poisoned counter: a counter that is not an integer, of the wrong
 /// type, or further ahead than Redis's clock in µs plus an hour (a value the counter cannot
@@ -30,25 +33,18 @@ local function owns(key)
   local v = redis.pcall('GET', key)
   return type(v) == 'string' and v == ARGV[1]
 end
-local function wrong_type(key, want)
-  local ty = redis.call('TYPE', key).ok
-  if ty ~= want and ty ~= 'none' then
-    redis.call('DEL', key)
-    return true
-  end
-  return false
+local function failed(v)
+  return type(v) == 'table' and v.err ~= nil
+end
+local function wrong_type(v)
+  return failed(v) and string.find(v.err, 'WRONGTYPE', 1, true) ~= nil
 end
 local function next_fence(key)
-  wrong_type(key, 'string')
-  local cur = redis.call('GET', key)
-  if cur then
-    local n = tonumber(cur)
-    if n == nil or n ~= math.floor(n) or n < 0 or n > now_us + FENCE_SKEW_US then
-      redis.call('DEL', key)
-    end
+  local f = redis.pcall('INCR', key)
+  if failed(f) and not wrong_type(f) and not string.find(f.err, 'not an integer', 1, true) then
+    error(f)
   end
-  local f = redis.call('INCR', key)
-  if f < 1000000000000000 then
+  if failed(f) or f < 1000000000000000 or f > now_us + FENCE_SKEW_US then
     redis.call('SET', key, t[1] .. string.format('%06d', tonumber(t[2])))
     f = redis.call('INCR', key)
   end
@@ -58,24 +54,30 @@ end
 
 /// Round acquisition for one endpoint.
 /// KEYS: result, lease, fence. ARGV: owner, lease_ttl_ms, late_ms, max_due_in_ms,
-/// max_lease_ms.
+/// max_lease_ms, channel, endpoint.
 /// Returns `{0, due_in, due_at}` (not due), `{1, pttl, due_at}` (someone holds the round) or
 /// `{2, fence, anchor, now - anchor, repaired}` (ours: check now, write under `fence`, next
 /// round from `anchor`). A stored due time that is not a number or further ahead than
 /// `max_due_in_ms` (more than this replica can plan) is poisoned: the round is due, and
 /// `repaired` is 1; a result or lease key of the wrong type is deleted (`repaired` 2); a lease
 /// without expiry or longer than `max_lease_ms` is taken over (`repaired` 3). The write that
-/// follows the grant overwrites the bad values.
+/// follows the grant overwrites the bad values. A grant is announced on the channel as
+/// `taken <lease_ttl_ms> <endpoint>`, so the other replicas wait for the result instead of
+/// asking while the check runs.
 const ACQUIRE: &str = r"
 local repaired = 0
-if wrong_type(KEYS[1], 'hash') then repaired = 2 end
-local raw = redis.call('HGET', KEYS[1], 'due_at')
+local raw = redis.pcall('HGET', KEYS[1], 'due_at')
+if failed(raw) then
+  if not wrong_type(raw) then error(raw) end
+  redis.call('DEL', KEYS[1])
+  raw = false
+  repaired = 2
+end
 local due = tonumber(raw or '0')
 if due == nil or due ~= due or due ~= math.floor(due) or due - now > tonumber(ARGV[4]) then
   due = 0
   repaired = 1
 end
-if wrong_type(KEYS[2], 'string') then repaired = 2 end
 if now < due then
   return {0, due - now, due}
 end
@@ -86,6 +88,7 @@ end
 if pttl > 0 or pttl == -1 then repaired = 3 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local fence = next_fence(KEYS[3])
+redis.call('PUBLISH', ARGV[6], 'taken ' .. ARGV[2] .. ' ' .. ARGV[7])
 local anchor = due
 if now - due > tonumber(ARGV[3]) then anchor = now end
 return {2, fence, anchor, now - anchor, repaired}
@@ -105,13 +108,20 @@ const WRITE: &str = r"
 local fence = ARGV[2]
 if fence == '0' then fence = string.format('%.0f', next_fence(KEYS[3])) end
 local fnum = tonumber(fence)
-wrong_type(KEYS[1], 'hash')
-local stored = redis.call('HMGET', KEYS[1], 'fence', 'due_at')
+local stored = redis.pcall('HMGET', KEYS[1], 'fence', 'due_at')
+if failed(stored) then
+  if not wrong_type(stored) then error(stored) end
+  stored = {false, false}
+end
 local cur = tonumber(stored[1] or '')
-local counter = redis.pcall('GET', KEYS[3])
-counter = type(counter) == 'string' and tonumber(counter) or nil
-if cur and (counter == nil or cur > counter) then cur = nil end
 local passive = ARGV[4] == ''
+if cur and cur >= fnum then
+  -- Refused, unless the stored fence is poisoned: above the counter, which issued every
+  -- real token.
+  local counter = redis.pcall('GET', KEYS[3])
+  counter = type(counter) == 'string' and tonumber(counter) or nil
+  if counter == nil or cur > counter then cur = nil end
+end
 if cur and cur >= fnum then
   if not passive and owns(KEYS[2]) then redis.call('DEL', KEYS[2]) end
   local all = redis.call('HGETALL', KEYS[1])
@@ -157,8 +167,11 @@ return 0
 /// `{0, owner, pttl}` (held by `owner`). A lease of the wrong type, without expiry or longer
 /// than `ttl_ms` is poisoned and taken over.
 const GLOBAL: &str = r"
-wrong_type(KEYS[1], 'string')
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.pcall('GET', KEYS[1])
+if failed(cur) then
+  if not wrong_type(cur) then error(cur) end
+  cur = false
+end
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, cur, tonumber(ARGV[2])}

@@ -149,10 +149,19 @@ impl Inner {
     }
 
     fn on_message(&self, message: &redis::Msg) {
-        let parsed = match message.get_payload::<String>() {
-            Ok(p) => wire::from_message(&p, self.cache.signer()),
-            Err(e) => Err(wire::WireError(format!("payload: {e}"))),
+        let payload = match message.get_payload::<String>() {
+            Ok(p) => p,
+            Err(e) => {
+                let e = wire::WireError(format!("payload: {e}"));
+                return self.rejected.reject(Kind::Malformed, "", &e.to_string());
+            }
         };
+        match wire::taken(&payload) {
+            Some(Ok((endpoint, lease))) => return self.taken(endpoint, lease),
+            Some(Err(e)) => return self.rejected.reject(Kind::Malformed, "", &e.to_string()),
+            None => {}
+        }
+        let parsed = wire::from_message(&payload, self.cache.signer());
         match parsed {
             Ok(stored) => {
                 self.apply(stored);

@@ -337,6 +337,19 @@ pub fn from_hash(
     })
 }
 
+/// A round-taken announcement (`taken <lease_ms> <endpoint>`): the endpoint and how long the
+/// lease runs at most. `None` if `payload` is not one.
+pub fn taken(payload: &str) -> Option<Result<(&str, Duration), WireError>> {
+    let rest = payload.strip_prefix("taken ")?;
+    Some(match rest.split_once(' ') {
+        Some((ms, endpoint)) if !endpoint.is_empty() && endpoint.len() <= MAX_MESSAGE => ms
+            .parse::<u64>()
+            .map(|ms| (endpoint, Duration::from_millis(ms)))
+            .map_err(|_| err("taken: lease")),
+        _ => Err(err("taken: no endpoint")),
+    })
+}
+
 /// Reads a channel message. With a `signer`, it must carry a valid signature.
 pub fn from_message(payload: &str, signer: Option<&Signer>) -> Result<StoredResult, WireError> {
     if payload.len() > MAX_MESSAGE {

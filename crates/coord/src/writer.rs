@@ -81,6 +81,7 @@ impl Inner {
                     store.apply_remote(&local.endpoint, &result, Now::capture());
                 } else {
                     let mut st = lock(&r.state);
+                    st.held_until = None;
                     st.known_due = Some(Instant::now() + due_in);
                     st.round = due_at;
                     drop(st);
