@@ -226,6 +226,8 @@ pub(crate) struct Inner {
     /// Whether Redis is usable, and the error counters.
     pub health: Health,
     pub rejected: Rejected,
+    /// The replicas known to be live, for the order in which they ask (see `rounds`).
+    pub members: Mutex<rounds::Members>,
     /// Set once the first connection attempt has finished, either way.
     pub contacted: watch::Sender<bool>,
     /// Global mode: whether this replica holds the global lease, and who does.
@@ -271,6 +273,7 @@ impl Coordinator {
             roster: RwLock::new(Arc::new(roster)),
             health: Health::new(Arc::from(pod_id), masked_url(&config.redis_url)),
             rejected: Rejected::default(),
+            members: Mutex::new(rounds::Members::new(Arc::from(pod_id))),
             contacted: watch::Sender::new(false),
             holder: AtomicBool::new(false),
             global_owner: Mutex::new(None),
@@ -387,7 +390,15 @@ impl Inner {
     }
 
     pub(crate) fn offset(&self, r: &Rounds, round: i64) -> Duration {
-        rounds::offset(&self.pod_id, &r.name, round, r.spread, self.holder_flag())
+        let members = lock(&self.members).list();
+        rounds::offset(
+            &self.pod_id,
+            &r.name,
+            round,
+            r.spread,
+            self.holder_flag(),
+            &members,
+        )
     }
 
     fn performed(&self) {
@@ -557,10 +568,11 @@ impl Inner {
     /// Another replica announced it took `endpoint`'s round for at most `lease` (bounded by
     /// this replica's own longest lease: a forged announcement delays nothing past that, and
     /// never past the watchdog's deadline).
-    pub(crate) fn taken(&self, endpoint: &str, lease: Duration) {
+    pub(crate) fn taken(&self, endpoint: &str, owner: &str, lease: Duration) {
         let Some(r) = self.rounds_of(endpoint) else {
             return;
         };
+        lock(&self.members).saw(owner);
         let mut st = lock(&r.state);
         if st.lease.is_none() {
             st.held_until = Some(Instant::now() + lease.min(self.lock_ttl.max(r.lease_ttl)));
@@ -613,6 +625,7 @@ impl Inner {
             return false;
         };
         let result = &stored.result;
+        lock(&self.members).saw(&result.checked_by);
         match store.apply_remote(&stored.endpoint, result, Now::capture()) {
             Adoption::Adopted(event) => {
                 {

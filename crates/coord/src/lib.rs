@@ -39,15 +39,17 @@
 //!
 //! # How work spreads (sharded mode, the default)
 //!
-//! Every replica asks for a round `offset` after it is due, where the offset is a hash of
-//! (pod id, endpoint, round) scaled to `[0, spread)`, `spread` = a quarter interval, at most
-//! 2 s ([`rounds`]). Per round each replica draws an independent uniform offset, so the first
-//! to ask — who wins — is a fair draw among the live replicas: the work spreads evenly with no
-//! membership list, and a dead replica simply stops drawing. A replica learns the next due
-//! time from the winner's event (or from a "not due" answer), so in steady state it touches
-//! Redis only when it is first to ask; the others skip locally ("Using cached health check
+//! Every replica asks for a round `offset` after it is due, where `spread` = a quarter
+//! interval, at most 2 s ([`rounds`]). The offset comes from the replica's rank among the
+//! replicas it knows to be live, by a hash of (pod id, endpoint, round): rank 0 asks at once,
+//! rank 1 at half the spread, the rest at three quarters. So the winner is a fair draw among
+//! the live replicas, with no membership list to configure (pods are learned from the
+//! results and announcements they publish), and a dead replica simply stops being ranked.
+//! The winner's grant is announced on the channel (`taken`), and its result follows: the
+//! others learn the next due time from it and skip locally ("Using cached health check
 //! results", DEBUG). Redis traffic per endpoint and round is one acquire and one write, plus
-//! the event fan-out, whatever the number of replicas.
+//! the event fan-out, whatever the number of replicas (measured: 16 commands per endpoint
+//! and round, script internals included, at 3 and at 10 replicas).
 //!
 //! # Global mode
 //!

@@ -62,8 +62,8 @@ end
 /// `repaired` is 1; a result or lease key of the wrong type is deleted (`repaired` 2); a lease
 /// without expiry or longer than `max_lease_ms` is taken over (`repaired` 3). The write that
 /// follows the grant overwrites the bad values. A grant is announced on the channel as
-/// `taken <lease_ttl_ms> <endpoint>`, so the other replicas wait for the result instead of
-/// asking while the check runs.
+/// `taken <lease_ttl_ms> <owner>\n<endpoint>`, so the other replicas wait for the result
+/// instead of asking while the check runs.
 const ACQUIRE: &str = r"
 local repaired = 0
 local raw = redis.pcall('HGET', KEYS[1], 'due_at')
@@ -88,7 +88,7 @@ end
 if pttl > 0 or pttl == -1 then repaired = 3 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local fence = next_fence(KEYS[3])
-redis.call('PUBLISH', ARGV[6], 'taken ' .. ARGV[2] .. ' ' .. ARGV[7])
+redis.call('PUBLISH', ARGV[6], 'taken ' .. ARGV[2] .. ' ' .. ARGV[1] .. '\n' .. ARGV[7])
 local anchor = due
 if now - due > tonumber(ARGV[3]) then anchor = now end
 return {2, fence, anchor, now - anchor, repaired}

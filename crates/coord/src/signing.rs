@@ -13,7 +13,7 @@
 //! What it does not cover, and why that cannot hurt: `due_at` and `written_at`, which the
 //! write script computes from Redis's clock. A forged `due_at` can at most delay this
 //! replica's look at an endpoint until its own planned delay plus the spread (the watchdog in
-//! [`crate::coordinator`]), and the acquire script treats one beyond that as due; `written_at`
+//! `coordinator`), and the acquire script treats one beyond that as due; `written_at`
 //! and the lease owners only feed `/health/shared-status`. A replayed old result carries an
 //! old fence, which the fence order refuses. The signature is hex in the `sig` field of the
 //! hash and of the event's JSON body.

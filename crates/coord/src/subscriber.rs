@@ -157,7 +157,7 @@ impl Inner {
             }
         };
         match wire::taken(&payload) {
-            Some(Ok((endpoint, lease))) => return self.taken(endpoint, lease),
+            Some(Ok((endpoint, owner, lease))) => return self.taken(endpoint, owner, lease),
             Some(Err(e)) => return self.rejected.reject(Kind::Malformed, "", &e.to_string()),
             None => {}
         }

@@ -337,17 +337,21 @@ pub fn from_hash(
     })
 }
 
-/// A round-taken announcement (`taken <lease_ms> <endpoint>`): the endpoint and how long the
-/// lease runs at most. `None` if `payload` is not one.
-pub fn taken(payload: &str) -> Option<Result<(&str, Duration), WireError>> {
+/// A round-taken announcement (`taken <lease_ms> <owner>\n<endpoint>`): the endpoint, who
+/// took it, and how long the lease runs at most. `None` if `payload` is not one.
+pub fn taken(payload: &str) -> Option<Result<(&str, &str, Duration), WireError>> {
     let rest = payload.strip_prefix("taken ")?;
-    Some(match rest.split_once(' ') {
-        Some((ms, endpoint)) if !endpoint.is_empty() && endpoint.len() <= MAX_MESSAGE => ms
-            .parse::<u64>()
-            .map(|ms| (endpoint, Duration::from_millis(ms)))
-            .map_err(|_| err("taken: lease")),
-        _ => Err(err("taken: no endpoint")),
-    })
+    let parsed = (|| {
+        let (header, endpoint) = rest.split_once('\n')?;
+        let (ms, owner) = header.split_once(' ')?;
+        let ms: u64 = ms.parse().ok()?;
+        let ok = !endpoint.is_empty()
+            && endpoint.len() <= MAX_MESSAGE
+            && !owner.is_empty()
+            && owner.len() <= MAX_NAME;
+        ok.then_some((endpoint, owner, Duration::from_millis(ms)))
+    })();
+    Some(parsed.ok_or_else(|| err("taken: malformed announcement")))
 }
 
 /// Reads a channel message. With a `signer`, it must carry a valid signature.
