@@ -1,7 +1,10 @@
-//! [`Coordinator`]: the shared-mode implementation of core's [`Coordination`], and the state
-//! its background tasks share: per-endpoint round bookkeeping and its watchdog, counters.
-//! Redis availability and error counters live in [`crate::health`], refusals in
-//! [`crate::rejected`].
+//! [`Coordinator`]: the shared-mode implementation of core's [`Coordination`], and the wiring
+//! of its background tasks. Each task gets only the handles it needs, and each piece of state
+//! is owned by one module that alone writes it: round bookkeeping and the watchdog by
+//! [`crate::book`], Redis availability and error counters by [`crate::health`], refusals by
+//! [`crate::rejected`], adoption of remote results by [`crate::adopt`], the global lease by
+//! `lease`, the status counters and cache by `status`. None of those modules imports this
+//! one.
 //!
 //! `may_check` answers from local knowledge when it can (the next round's due time learned
 //! from the last result written or received), so in steady state a replica touches Redis only
@@ -30,33 +33,26 @@
 //! holds (core's `observe_fenced` keeps this replica's own result), so a plausible but forged
 //! fence adopted earlier cannot lock later results out for more than one such round.
 //!
-//! # Bounds on what Redis says
-//!
-//! - A fence above this replica's wall clock in µs plus [`FENCE_SKEW`] is refused (kind
-//!   `fence`): the counter is seeded from Redis's clock in µs and grows by one per
-//!   acquisition, so it cannot be there (2^53 − 1 is the year 2255). The scripts re-seed a
-//!   counter that is.
-//! - A due time outside `[-cache_ttl, max_plan + spread]` is refused (kind `due`) and the
-//!   result, if otherwise valid, adopted without it; `max_plan` is the most this replica's
-//!   config can plan for the endpoint: 24 intervals (backoff ≤ 12× with jitter < 1), twice
-//!   the startup period plus the initial delay, or the Retry-After cap.
+//! Bounds on what Redis says (fences, due times) are applied where results are adopted:
+//! see [`crate::adopt`].
 
-use crate::cache::{Bounds, ResultCache, RoundAnswer, RoundLease};
+use crate::adopt::Adopter;
+use crate::book::{Book, Rounds};
+use crate::cache::{Bounds, ResultCache, RoundAnswer};
 use crate::config::{CoordMode, SharedConfig, masked_url};
 use crate::conn::RedisFailure;
 use crate::health::Health;
+use crate::lease::{Global, LeaseTask};
+use crate::lock;
 use crate::rejected::{Kind, Rejected};
-use crate::rounds;
-use crate::wire::{self, StoredResult};
+use crate::status::{CoordStatus, Inputs, StatusCache, StatusTask, Tally};
+use crate::subscriber::Subscriber;
+use crate::writer::Writer;
 use hale_core::coordination::BoxFuture;
 use hale_core::{
-    Adoption, Coordination, Decision, Endpoint, FenceToken, HealthStore, LocalResult, Now,
-    ResultKind,
+    Coordination, Decision, Endpoint, FenceToken, HealthStore, LocalResult, ResultKind,
 };
-use metrics::Counter;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -64,17 +60,13 @@ use tokio::time::Instant;
 
 /// The metric names coord records.
 pub const REDIS_UP: &str = "hale_coord_redis_up";
-pub const CHECKS_SKIPPED_TOTAL: &str = "hale_coord_checks_skipped_total";
+pub use crate::status::CHECKS_SKIPPED_TOTAL;
 
 /// How long a check waits at start-up for the first attempt to reach Redis.
 const FIRST_CONTACT_WAIT: Duration = Duration::from_secs(1);
 
-/// The shortest wait before asking again about a round someone else holds.
-const MIN_BUSY_RETRY: Duration = Duration::from_millis(50);
-
-/// How far a fence may be above this replica's wall clock in µs (clock skew between Redis
-/// and this host); see the module docs.
-pub const FENCE_SKEW: Duration = Duration::from_secs(3600);
+/// The shortest wait before asking again about a round.
+const MIN_RETRY: Duration = Duration::from_millis(50);
 
 /// Why coord could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,161 +78,35 @@ pub enum CoordError {
 /// Shared health state across replicas; see the crate docs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Coordinator {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Core>,
 }
 
-/// One endpoint's round bookkeeping.
+/// What `may_check`, `next_wait` and `publish` work with; private to this module.
 #[derive(Debug)]
-pub(crate) struct Rounds {
-    pub name: Arc<str>,
-    pub interval: Duration,
-    pub spread: Duration,
-    pub lease_ttl: Duration,
-    /// The most this replica's config can plan for the endpoint (see the module docs).
-    pub max_plan: Duration,
-    pub state: Mutex<RoundState>,
+struct Core {
+    mode: CoordMode,
+    pod_id: Arc<str>,
+    lock_ttl: Duration,
+    cache_ttl: Duration,
+    cache: ResultCache,
+    store: Weak<HealthStore>,
+    book: Arc<Book>,
+    health: Arc<Health>,
+    rejected: Arc<Rejected>,
+    adopter: Arc<Adopter>,
+    global: Arc<Global>,
+    tally: Arc<Tally>,
+    status: Arc<StatusCache>,
+    /// Set by the subscriber once the first connection attempt has finished, either way.
+    contacted: watch::Receiver<bool>,
+    /// To the writer task, which owns all result I/O.
+    writes: mpsc::UnboundedSender<LocalResult>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-#[derive(Debug)]
-pub(crate) struct RoundState {
-    /// The watchdog: when this replica last saw a fresh result, and the delay its own config
-    /// planned after it.
-    pub fresh_at: Instant,
-    pub planned: Duration,
-    /// When the fleet's next round is due, as this replica knows it.
-    pub known_due: Option<Instant>,
-    /// That round's id: its `due_at` on the Redis clock.
-    pub round: i64,
-    /// The round lease this replica holds (acquired, not yet written), and when its anchor
-    /// was on this replica's clock.
-    pub lease: Option<RoundLease>,
-    pub anchor_at: Option<Instant>,
-    /// Another replica announced it took the current round: its result is expected by then.
-    pub held_until: Option<Instant>,
-}
-
-impl RoundState {
-    fn new(planned: Duration) -> Self {
-        Self {
-            fresh_at: Instant::now(),
-            planned,
-            known_due: None,
-            round: 0,
-            lease: None,
-            anchor_at: None,
-            held_until: None,
-        }
-    }
-
-    /// Forgets what Redis said about rounds (an outage); keeps the watchdog.
-    fn forget(&mut self) {
-        self.known_due = None;
-        self.round = 0;
-        self.lease = None;
-        self.anchor_at = None;
-        self.held_until = None;
-    }
-
-    /// This replica's next look at the endpoint is due by then, whatever Redis says.
-    fn deadline(&self, spread: Duration) -> Instant {
-        self.fresh_at + self.planned + spread
-    }
-
-    fn fresh(&mut self, planned: Duration) {
-        self.fresh_at = Instant::now();
-        self.planned = planned;
-    }
-}
-
-/// The most `e`'s config can plan between two checks; see the module docs.
-pub(crate) fn max_plan(e: &Endpoint) -> Duration {
-    e.check_interval
-        .saturating_mul(24)
-        .max(e.startup.period.saturating_mul(2) + e.startup.initial_delay)
-        .max(wire::RETRY_AFTER_CAP)
-}
-
-/// The endpoints coordinated: their round bookkeeping by name, and the names in
-/// configuration order. Replaced whole when the config is reloaded.
-#[derive(Debug, Default)]
-pub(crate) struct Roster {
-    pub rounds: HashMap<Arc<str>, Arc<Rounds>>,
-    pub order: Vec<Arc<str>>,
-}
-
-impl Roster {
-    /// The roster for `endpoints`, keeping the bookkeeping (known due time, a lease held) of
-    /// every endpoint in `previous` whose cadence did not change.
-    fn build(endpoints: &[Arc<Endpoint>], lock_ttl: Duration, previous: Option<&Roster>) -> Self {
-        let mut roster = Roster::default();
-        for e in endpoints {
-            let first = e
-                .check_interval
-                .max(e.startup.period)
-                .max(e.startup.initial_delay + e.startup.period);
-            let fresh = Rounds {
-                name: e.name.clone(),
-                interval: e.check_interval,
-                spread: rounds::spread(e),
-                lease_ttl: rounds::lease_ttl(e, lock_ttl),
-                max_plan: max_plan(e),
-                state: Mutex::new(RoundState::new(first)),
-            };
-            let kept = previous
-                .and_then(|p| p.rounds.get(&e.name))
-                .filter(|r| {
-                    (r.interval, r.spread, r.lease_ttl, r.max_plan)
-                        == (
-                            fresh.interval,
-                            fresh.spread,
-                            fresh.lease_ttl,
-                            fresh.max_plan,
-                        )
-                })
-                .cloned();
-            roster.order.push(e.name.clone());
-            roster
-                .rounds
-                .insert(e.name.clone(), kept.unwrap_or_else(|| Arc::new(fresh)));
-        }
-        roster
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub mode: CoordMode,
-    pub pod_id: Arc<str>,
-    pub namespace: String,
-    pub lock_ttl: Duration,
-    pub cache_ttl: Duration,
-    pub url_shown: String,
-    pub cache: ResultCache,
-    pub store: Weak<HealthStore>,
-    /// The endpoints coordinated, replaced on a config reload.
-    pub roster: RwLock<Arc<Roster>>,
-    /// Whether Redis is usable, and the error counters.
-    pub health: Health,
-    pub rejected: Rejected,
-    /// The replicas known to be live, for the order in which they ask (see `rounds`).
-    pub members: Mutex<rounds::Members>,
-    /// Set once the first connection attempt has finished, either way.
-    pub contacted: watch::Sender<bool>,
-    /// Global mode: whether this replica holds the global lease, and who does.
-    pub holder: AtomicBool,
-    pub global_owner: Mutex<Option<Arc<str>>>,
-    pub writes: mpsc::UnboundedSender<LocalResult>,
-    pub checks_performed: AtomicU64,
-    pub checks_skipped: AtomicU64,
-    pub skipped_metric: Counter,
-    pub status: crate::status::StatusCache,
-    pub summary: Mutex<crate::writer::SummaryLog>,
-    pub tasks: Mutex<Vec<JoinHandle<()>>>,
-}
+const LOCAL: Decision = Decision::Check {
+    fence: FenceToken::LOCAL,
+};
 
 impl Coordinator {
     /// Starts coordination for `store`'s endpoints as `pod_id`, attaches itself to the store
@@ -253,54 +119,101 @@ impl Coordinator {
         store: &Arc<HealthStore>,
     ) -> Result<Self, CoordError> {
         let cache = ResultCache::new(config, pod_id).map_err(CoordError::Url)?;
+        let pod: Arc<str> = Arc::from(pod_id);
         let endpoints: Vec<Arc<Endpoint>> = store
             .snapshot()
             .endpoints
             .iter()
             .map(|s| s.endpoint.clone())
             .collect();
-        let roster = Roster::build(&endpoints, config.lock_ttl, None);
+        let url_shown = masked_url(&config.redis_url);
+        let book = Arc::new(Book::new(pod.clone(), &endpoints, config.lock_ttl));
+        let health = Arc::new(Health::new(pod.clone(), url_shown.clone()));
+        let rejected = Arc::new(Rejected::default());
+        let tally = Arc::new(Tally::default());
+        let adopter = Arc::new(Adopter::new(
+            pod.clone(),
+            config.cache_ttl,
+            Arc::downgrade(store),
+            book.clone(),
+            rejected.clone(),
+            tally.clone(),
+        ));
+        let global = Arc::new(Global::default());
+        let status = Arc::new(StatusCache::default());
         let (writes, write_rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
-            mode: config.mode,
-            pod_id: Arc::from(pod_id),
-            namespace: config.namespace.clone(),
-            lock_ttl: config.lock_ttl,
-            cache_ttl: config.cache_ttl,
-            url_shown: masked_url(&config.redis_url),
-            cache,
-            store: Arc::downgrade(store),
-            roster: RwLock::new(Arc::new(roster)),
-            health: Health::new(Arc::from(pod_id), masked_url(&config.redis_url)),
-            rejected: Rejected::default(),
-            members: Mutex::new(rounds::Members::new(Arc::from(pod_id))),
-            contacted: watch::Sender::new(false),
-            holder: AtomicBool::new(false),
-            global_owner: Mutex::new(None),
-            writes,
-            checks_performed: AtomicU64::new(0),
-            checks_skipped: AtomicU64::new(0),
-            skipped_metric: metrics::counter!(CHECKS_SKIPPED_TOTAL),
-            status: crate::status::StatusCache::default(),
-            summary: Mutex::new(crate::writer::SummaryLog::default()),
-            tasks: Mutex::new(Vec::new()),
-        });
+        let (contacted_tx, contacted) = watch::channel(false);
+
         let mut tasks = vec![
-            tokio::spawn(crate::writer::run(inner.clone(), write_rx)),
-            tokio::spawn(crate::subscriber::run(inner.clone())),
-            tokio::spawn(crate::status::run(inner.clone())),
+            tokio::spawn(
+                Writer::new(
+                    cache.clone(),
+                    health.clone(),
+                    book.clone(),
+                    adopter.clone(),
+                    Arc::downgrade(store),
+                    pod.clone(),
+                )
+                .run(write_rx),
+            ),
+            tokio::spawn(
+                Subscriber {
+                    cache: cache.clone(),
+                    health: health.clone(),
+                    book: book.clone(),
+                    adopter: adopter.clone(),
+                    contacted: contacted_tx,
+                }
+                .run(),
+            ),
+            tokio::spawn(
+                StatusTask {
+                    cache: cache.clone(),
+                    health: health.clone(),
+                    book: book.clone(),
+                    status: status.clone(),
+                }
+                .run(),
+            ),
         ];
-        if inner.mode == CoordMode::Global {
-            tasks.push(tokio::spawn(crate::lease::run(inner.clone())));
+        if config.mode == CoordMode::Global {
+            tasks.push(tokio::spawn(
+                LeaseTask {
+                    cache: cache.clone(),
+                    health: health.clone(),
+                    global: global.clone(),
+                    pod_id: pod.clone(),
+                    lock_ttl: config.lock_ttl,
+                }
+                .run(),
+            ));
         }
-        *lock(&inner.tasks) = tasks;
-        let coordinator = Self { inner };
+        let coordinator = Self {
+            inner: Arc::new(Core {
+                mode: config.mode,
+                pod_id: pod,
+                lock_ttl: config.lock_ttl,
+                cache_ttl: config.cache_ttl,
+                cache,
+                store: Arc::downgrade(store),
+                book,
+                health,
+                rejected,
+                adopter,
+                global,
+                tally,
+                status,
+                contacted,
+                writes,
+                tasks: Mutex::new(tasks),
+            }),
+        };
         store.attach(Arc::new(coordinator.clone()));
         tracing::info!(
             pod_id = %coordinator.inner.pod_id,
             mode = coordinator.mode_str(),
-            namespace = %coordinator.inner.namespace,
-            redis = %coordinator.inner.url_shown,
+            namespace = %config.namespace,
+            redis = %url_shown,
             "Initialized shared health check manager"
         );
         Ok(coordinator)
@@ -309,7 +222,7 @@ impl Coordinator {
     /// Waits until the first attempt to reach Redis has finished (either way), at most
     /// `limit`. Serving does not need this; it only lets the first sweep be coordinated.
     pub async fn first_contact(&self, limit: Duration) {
-        let mut rx = self.inner.contacted.subscribe();
+        let mut rx = self.inner.contacted.clone();
         let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done)).await;
     }
 
@@ -320,7 +233,7 @@ impl Coordinator {
 
     /// How many values from Redis of `kind` this replica refused (what
     /// `hale_coord_rejected_total{kind}` counts).
-    pub fn rejected(&self, kind: crate::rejected::Kind) -> u64 {
+    pub fn rejected(&self, kind: Kind) -> u64 {
         self.inner.rejected.count(kind)
     }
 
@@ -339,6 +252,23 @@ impl Coordinator {
         }
     }
 
+    /// This replica's shared-status report; never waits on Redis (see `status`).
+    pub fn status(&self) -> CoordStatus {
+        let c = &self.inner;
+        crate::status::report(Inputs {
+            pod_id: &c.pod_id,
+            mode: c.mode,
+            lock_ttl: c.lock_ttl,
+            cache_ttl: c.cache_ttl,
+            health: &c.health,
+            book: &c.book,
+            status: &c.status,
+            tally: &c.tally,
+            global_owner: c.global.owner(),
+            store: c.store.upgrade(),
+        })
+    }
+
     /// Stops the background tasks and gives back what this replica holds: the global lease
     /// (logging its release) and any round lease of a check that did not finish.
     pub async fn shutdown(&self) {
@@ -349,128 +279,42 @@ impl Coordinator {
         for task in tasks {
             let _ = task.await;
         }
-        crate::lease::release_all(&self.inner).await;
+        let c = &self.inner;
+        crate::lease::release_all(&c.cache, &c.health, &c.book, &c.global, &c.pod_id).await;
     }
 }
 
-// === impl Inner: availability ===
-
-impl Inner {
-    /// An operation succeeded.
-    pub(crate) fn ok(&self) {
-        self.health.ok();
-    }
-
-    /// An operation (`what`) failed: counted, and if that makes an outage, every round is
-    /// forgotten and the global lease given up locally. See [`crate::health`].
-    pub(crate) fn failed(&self, what: &'static str, e: &RedisFailure) {
-        if self.health.failed(what, e) {
-            for r in self.roster().rounds.values() {
-                lock(&r.state).forget();
-            }
-            if self.holder.swap(false, Ordering::AcqRel) {
-                tracing::info!(
-                    "Pod {} released health check lock (Redis unreachable)",
-                    self.pod_id
-                );
-            }
-        }
-    }
-
-    pub(crate) fn is_available(&self) -> bool {
-        self.health.is_available()
-    }
-
+impl Core {
     /// The holder flag in global mode; `None` in sharded mode.
-    pub(crate) fn holder_flag(&self) -> Option<bool> {
+    fn holder(&self) -> Option<bool> {
         match self.mode {
-            CoordMode::Global => Some(self.holder.load(Ordering::Acquire)),
+            CoordMode::Global => Some(self.global.is_holder()),
             CoordMode::Sharded => None,
         }
     }
 
-    pub(crate) fn offset(&self, r: &Rounds, round: i64) -> Duration {
-        let members = lock(&self.members).list();
-        rounds::offset(
-            &self.pod_id,
-            &r.name,
-            round,
-            r.spread,
-            self.holder_flag(),
-            &members,
-        )
-    }
-
-    fn performed(&self) {
-        self.checks_performed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    // === deciding ===
-
-    /// The delay this replica's own config plans for `name` now (its state as adopted),
-    /// bounded by `max_plan`; the interval if the store is gone.
-    pub(crate) fn own_planned(&self, r: &Rounds) -> Duration {
-        self.store
-            .upgrade()
-            .and_then(|s| s.planned_delay(&r.name, Instant::now()))
-            .unwrap_or(r.interval)
-            .min(r.max_plan)
-    }
-
-    /// Notes that `r` has a fresh result (its own or adopted), after which this replica's
-    /// config plans `planned`.
-    pub(crate) fn fresh(&self, r: &Rounds, planned: Duration) {
-        lock(&r.state).fresh(planned.min(r.max_plan));
-    }
-
-    /// Whether `fence` can have come from Redis's counter (see the module docs).
-    pub(crate) fn fence_plausible(fence: u64) -> bool {
-        let limit = std::time::SystemTime::now() + FENCE_SKEW;
-        let limit_us = limit
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        fence > 0 && fence <= limit_us && fence < wire::FENCE_LIMIT
-    }
-
     async fn decide(&self, name: &str) -> Decision {
-        let Some(r) = self.rounds_of(name) else {
+        let Some(r) = self.book.rounds_of(name) else {
             return LOCAL;
         };
-        if !self.is_available() && !*self.contacted.borrow() {
+        if !self.health.is_available() && !*self.contacted.borrow() {
             // Just started: let the first sweep be coordinated if Redis answers soon.
-            let mut contacted = self.contacted.subscribe();
+            let mut contacted = self.contacted.clone();
             let _ = tokio::time::timeout(FIRST_CONTACT_WAIT, contacted.wait_for(|c| *c)).await;
         }
-        if !self.is_available() {
+        if !self.health.is_available() {
             return self.local(&r);
         }
-        let now = Instant::now();
-        let deadline = {
-            let st = lock(&r.state);
-            let deadline = st.deadline(r.spread);
-            if let Some(due) = st.known_due {
-                let at = due + self.offset(&r, st.round);
-                if now < at && now < deadline {
-                    tracing::debug!(endpoint = name, "Using cached health check results");
-                    return Decision::Skip {
-                        retry_in: at.min(deadline) - now,
-                    };
-                }
+        let holder = self.holder();
+        let deadline = match self.book.cached(&r, Instant::now(), holder) {
+            Ok(retry_in) => {
+                tracing::debug!(endpoint = name, "Using cached health check results");
+                return Decision::Skip { retry_in };
             }
-            // Someone announced they are checking this round: wait for their result (or
-            // their lease to run out) instead of asking.
-            if let Some(until) = st.held_until
-                && now < until
-                && now < deadline
-            {
-                return Decision::Skip {
-                    retry_in: until.min(deadline) - now,
-                };
-            }
-            deadline
+            Err(deadline) => deadline,
         };
         let bounds = Bounds {
-            max_due_in: self.own_planned(&r) + r.spread,
+            max_due_in: self.adopter.own_planned(&r) + r.spread,
             max_lease: self.lock_ttl.max(r.lease_ttl),
         };
         let reply = self
@@ -481,17 +325,13 @@ impl Inner {
         let watchdog = now >= deadline;
         match reply {
             Err(e) => {
-                self.failed("acquiring a round", &e);
+                self.health.failed("acquiring a round", &e);
                 self.local(&r)
             }
             // Not due yet fleet-wide: someone checked this round already.
             Ok(RoundAnswer::NotDue { due_in, due_at }) => {
-                self.ok();
-                {
-                    let mut st = lock(&r.state);
-                    st.known_due = Some(now + due_in);
-                    st.round = due_at;
-                }
+                self.health.ok();
+                r.not_due(now, due_in, due_at);
                 if watchdog && !self.reread(&r).await {
                     tracing::debug!(
                         endpoint = name,
@@ -500,16 +340,17 @@ impl Inner {
                     return self.local(&r);
                 }
                 tracing::debug!(endpoint = name, "Using cached health check results");
-                let st = lock(&r.state);
-                let at = (now + due_in + self.offset(&r, due_at)).min(st.deadline(r.spread));
                 Decision::Skip {
-                    retry_in: at.saturating_duration_since(now).max(MIN_BUSY_RETRY),
+                    retry_in: self
+                        .book
+                        .retry(&r, now, due_in, due_at, holder)
+                        .max(MIN_RETRY),
                 }
             }
             // Another replica is checking this round; if it dies, its lease runs out. Ask
             // again when it does (its result, arriving first, answers locally).
             Ok(RoundAnswer::Busy { pttl }) => {
-                self.ok();
+                self.health.ok();
                 if now >= deadline + r.lease_ttl && !self.reread(&r).await {
                     tracing::debug!(
                         endpoint = name,
@@ -519,13 +360,11 @@ impl Inner {
                 }
                 let limit = (deadline + r.lease_ttl).saturating_duration_since(now);
                 Decision::Skip {
-                    retry_in: (pttl + Duration::from_millis(5))
-                        .min(limit)
-                        .max(MIN_BUSY_RETRY),
+                    retry_in: (pttl + Duration::from_millis(5)).min(limit).max(MIN_RETRY),
                 }
             }
             Ok(RoundAnswer::Granted(lease)) => {
-                self.ok();
+                self.health.ok();
                 match lease.repaired {
                     0 => {}
                     1 => self
@@ -537,13 +376,8 @@ impl Inner {
                         "result or lease key of the wrong type or lifetime overridden",
                     ),
                 }
-                {
-                    let mut st = lock(&r.state);
-                    st.lease = Some(lease);
-                    st.anchor_at = Some(now.checked_sub(lease.since_anchor).unwrap_or(now));
-                    st.known_due = None;
-                }
-                self.performed();
+                r.granted(lease, now.checked_sub(lease.since_anchor).unwrap_or(now));
+                self.tally.performed();
                 // Per round, so DEBUG: at INFO this would be a line per endpoint per interval.
                 // The global lease, taken once per tenure, is logged at INFO (see `lease`).
                 tracing::debug!(
@@ -557,107 +391,35 @@ impl Inner {
         }
     }
 
-    /// This round is checked locally: whatever due time was known is forgotten, so the next
-    /// wait is the state machine's own.
+    /// This round is checked locally, at this replica's own cadence.
     fn local(&self, r: &Rounds) -> Decision {
-        lock(&r.state).known_due = None;
-        self.performed();
+        r.local();
+        self.tally.performed();
         LOCAL
-    }
-
-    /// Another replica announced it took `endpoint`'s round for at most `lease` (bounded by
-    /// this replica's own longest lease: a forged announcement delays nothing past that, and
-    /// never past the watchdog's deadline).
-    pub(crate) fn taken(&self, endpoint: &str, owner: &str, lease: Duration) {
-        let Some(r) = self.rounds_of(endpoint) else {
-            return;
-        };
-        lock(&self.members).saw(owner);
-        let mut st = lock(&r.state);
-        if st.lease.is_none() {
-            st.held_until = Some(Instant::now() + lease.min(self.lock_ttl.max(r.lease_ttl)));
-        }
     }
 
     /// The watchdog's re-read of one result: whether a fresh one was adopted.
     async fn reread(&self, r: &Rounds) -> bool {
-        let before = lock(&r.state).fresh_at;
+        let before = r.fresh_at();
         match self.cache.read_all(std::slice::from_ref(&r.name)).await {
             Ok(found) => {
-                self.ok();
+                self.health.ok();
                 for (name, parsed) in found {
                     match parsed {
                         Ok(stored) => {
-                            self.apply(stored);
+                            self.adopter.apply(stored);
                         }
                         Err(e) => self.rejected.reject(Kind::of(&e), &name, &e.to_string()),
                     }
                 }
             }
-            Err(e) => self.failed("re-reading a shared result", &e),
-        }
-        lock(&r.state).fresh_at > before
-    }
-
-    /// Applies a result read or received, after bounding it; returns whether the store
-    /// adopted it (then it is fresh for the watchdog).
-    pub(crate) fn apply(&self, stored: StoredResult) -> bool {
-        let Some(r) = self.rounds_of(&stored.endpoint) else {
-            return false;
-        };
-        let fence = stored.result.fence.get();
-        if !Self::fence_plausible(fence) {
-            self.rejected
-                .reject(Kind::Fence, &stored.endpoint, &format!("fence {fence}"));
-            return false;
-        }
-        let max_ahead = i64::try_from((r.max_plan + r.spread).as_millis()).unwrap_or(i64::MAX);
-        let min_behind = -i64::try_from(self.cache_ttl.as_millis()).unwrap_or(i64::MAX);
-        let due_ok = (min_behind..=max_ahead).contains(&stored.due_in_ms);
-        if !due_ok {
-            self.rejected.reject(
-                Kind::Due,
-                &stored.endpoint,
-                &format!("due in {} ms", stored.due_in_ms),
-            );
-        }
-        let Some(store) = self.store.upgrade() else {
-            return false;
-        };
-        let result = &stored.result;
-        lock(&self.members).saw(&result.checked_by);
-        match store.apply_remote(&stored.endpoint, result, Now::capture()) {
-            Adoption::Adopted(event) => {
-                {
-                    let mut st = lock(&r.state);
-                    st.held_until = None;
-                    if due_ok && stored.due_at > 0 {
-                        let due_in =
-                            Duration::from_millis(u64::try_from(stored.due_in_ms).unwrap_or(0));
-                        st.known_due = Some(Instant::now() + due_in);
-                        st.round = stored.due_at;
-                    }
-                }
-                self.fresh(&r, self.own_planned(&r));
-                if matches!(result.kind, ResultKind::Check { .. })
-                    && result.checked_by != self.pod_id
-                {
-                    self.checks_skipped.fetch_add(1, Ordering::Relaxed);
-                    self.skipped_metric.increment(1);
-                }
-                if let Some(event) = event {
-                    crate::subscriber::log_transition(&event);
-                }
-                true
+            Err(e) => {
+                self.health.failed("re-reading a shared result", &e);
             }
-            Adoption::Stale | Adoption::UnknownEndpoint => false,
         }
+        r.fresh_at() > before
     }
 }
-
-const LOCAL: Decision = Decision::Check {
-    fence: FenceToken::LOCAL,
-};
 
 impl Coordination for Coordinator {
     fn may_check<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Decision> {
@@ -665,78 +427,27 @@ impl Coordination for Coordinator {
     }
 
     fn publish(&self, result: LocalResult) {
-        self.inner.expect_round(&result);
-        if result.result.kind != ResultKind::Passive
-            && let Some(r) = self.inner.rounds_of(&result.endpoint)
-        {
-            self.inner.fresh(&r, result.planned_next);
+        if let Some(r) = self.inner.book.rounds_of(&result.endpoint) {
+            if !result.result.fence.is_local() {
+                r.expect(&result);
+            }
+            if result.result.kind != ResultKind::Passive {
+                r.fresh(result.planned_next);
+            }
         }
         // The writer task owns all result I/O; if it is gone, the gateway is shutting down.
         let _ = self.inner.writes.send(result);
     }
 
     fn endpoints_changed(&self, endpoints: &[Arc<Endpoint>]) {
-        let mut roster = self
-            .inner
-            .roster
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        *roster = Arc::new(Roster::build(endpoints, self.inner.lock_ttl, Some(&roster)));
+        self.inner.book.replace(endpoints);
     }
 
     fn next_wait(&self, endpoint: &str, planned: Duration) -> Duration {
-        let Some(r) = self.inner.rounds_of(endpoint) else {
-            return planned;
-        };
-        if !self.inner.is_available() {
-            return planned;
-        }
-        let now = Instant::now();
-        let st = lock(&r.state);
-        let deadline = st.deadline(r.spread);
-        match st.known_due {
-            // Aligned to the fleet's next round, never past the watchdog's deadline.
-            Some(due) if due + self.inner.offset(&r, st.round) > now => {
-                (due + self.inner.offset(&r, st.round)).min(deadline) - now
-            }
-            // No due time, or one that has passed (stale): this replica's own cadence.
+        let c = &self.inner;
+        match c.book.rounds_of(endpoint) {
+            Some(r) if c.health.is_available() => c.book.next_wait(&r, planned, c.holder()),
             _ => planned,
         }
-    }
-}
-
-impl Inner {
-    /// The endpoints coordinated now.
-    pub(crate) fn roster(&self) -> Arc<Roster> {
-        self.roster
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The round bookkeeping of `name`, if it is coordinated.
-    pub(crate) fn rounds_of(&self, name: &str) -> Option<Arc<Rounds>> {
-        self.roster().rounds.get(name).cloned()
-    }
-
-    /// A check made under a round lease plans the next round (`anchor + planned`, as the
-    /// write script will): note it now, so the scheduler's next wait lines up with it
-    /// without waiting for the write. The write's answer corrects it.
-    fn expect_round(&self, local: &LocalResult) {
-        if local.result.fence.is_local() {
-            return;
-        }
-        let Some(r) = self.rounds_of(&local.endpoint) else {
-            return;
-        };
-        let mut st = lock(&r.state);
-        let (Some(lease), Some(anchor_at)) = (st.lease, st.anchor_at) else {
-            return;
-        };
-        let now = Instant::now();
-        let planned = local.planned_next;
-        let due = anchor_at + planned;
-        st.known_due = Some(if due <= now { now + planned } else { due });
-        st.round = lease.anchor + i64::try_from(planned.as_millis()).unwrap_or(0);
     }
 }

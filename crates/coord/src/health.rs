@@ -19,7 +19,7 @@
 //! once a minute, and the outage itself once when it starts and once when it ends.
 
 use crate::conn::RedisFailure;
-use crate::coordinator::lock;
+use crate::lock;
 use metrics::Gauge;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -72,7 +72,7 @@
 //! # Redis is untrusted input
 //!
 //! Every value read from Redis or the channel is parsed into bounded types ([`wire`]) and
-//! checked against what this replica's own config allows ([`coordinator`](Coordinator)): a
+//! checked against what this replica's own config allows (module `adopt`): a
 //! fence Redis's counter cannot have issued, a due time further than the endpoint can plan,
 //! a malformed or oversize field, a key of the wrong type — refused and counted in
 //! `hale_coord_rejected_total{kind}` ([`rejected`]), logged at most once a minute per kind.
@@ -100,6 +100,15 @@
 //! Redis is available again — a fleet is back to one check per interval within a few
 //! seconds plus an interval. Results this replica made without a lease are not written.
 //!
+//! # Who owns what
+//!
+//! Each background task (writer, subscriber, status, global lease) gets only the handles it
+//! needs, and each piece of state has one owning module that alone writes it: `book` (round
+//! bookkeeping, the watchdog, the live replicas), [`health`] (availability, error counters),
+//! [`rejected`], `adopt` (applying remote results), `lease` (the global lease), `status`
+//! (its counters and cache). The coordinator wires them and answers the scheduler; no
+//! module imports it.
+//!
 //! # Status and logs
 //!
 //! [`Coordinator::status`] is what `/health/shared-status` shows (module `status`). Log lines
@@ -110,6 +119,8 @@
 //! cached health check results` (DEBUG). Metrics: `hale_coord_redis_up`,
 //! `hale_coord_checks_skipped_total`, `hale_coord_rejected_total{kind}`.
 
+mod adopt;
+mod book;
 pub mod cache;
 pub mod config;
 pub mod conn;
@@ -126,10 +137,17 @@ mod subscriber;
 pub mod wire;
 mod writer;
 
+pub use adopt::FENCE_SKEW;
 pub use cache::{Bounds, GlobalLease, ResultCache, RoundAnswer, RoundLease, WriteOutcome};
 pub use config::{CoordMode, SharedConfig};
-pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, FENCE_SKEW, REDIS_UP};
+pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, REDIS_UP};
 pub use lease::renew_every;
 pub use rejected::{Kind as RejectKind, REJECTED_TOTAL};
 pub use status::CoordStatus;
 pub use subscriber::RECONNECT_EVERY;
+
+/// Locks `m`, taking the data of a poisoned lock as it is (every critical section in coord
+/// leaves its state consistent at each step).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

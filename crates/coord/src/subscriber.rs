@@ -11,104 +11,105 @@
 //! same way, so a half-dead connection cannot leave a replica believing it is coordinated.
 //!
 //! Applying follows core's rule (only results with a newer fence are adopted) after the
-//! coordinator's bounds (see [`crate::coordinator`]); each adopted check made by another
+//! bounds of [`crate::adopt`]; each adopted check made by another
 //! replica counts as a check skipped here. Unreadable messages are refused and counted
 //! (`hale_coord_rejected_total{kind="malformed"}`), never fatal.
 
+use crate::adopt::Adopter;
+use crate::book::Book;
+use crate::cache::ResultCache;
 use crate::conn::{CONNECT_TIMEOUT, OP_TIMEOUT, RedisFailure};
-use crate::coordinator::Inner;
+use crate::health::Health;
 use crate::rejected::Kind;
 use crate::wire;
 use futures_util::StreamExt as _;
-use hale_core::Event;
 use redis::aio::PubSub;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
 
 /// How often a replica without Redis tries to reach it again.
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
-pub(crate) async fn run(inner: Arc<Inner>) {
-    let mut outages = inner.health.outages();
-    loop {
-        match subscribe(&inner).await {
-            Ok(mut pubsub) => {
-                outages.borrow_and_update();
-                if inner.rejoin().await {
-                    let mut messages = pubsub.on_message();
-                    loop {
-                        tokio::select! {
-                            message = messages.next() => match message {
-                                Some(m) => inner.on_message(&m),
-                                None => {
-                                    inner.failed(
-                                        "the pub/sub connection",
-                                        &RedisFailure::Unreachable("closed".to_owned()),
-                                    );
+/// The subscriber task's handles; it alone says when the first contact is done.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    pub cache: ResultCache,
+    pub health: Arc<Health>,
+    pub book: Arc<Book>,
+    pub adopter: Arc<Adopter>,
+    pub contacted: watch::Sender<bool>,
+}
+
+impl Subscriber {
+    pub(crate) async fn run(self) {
+        let mut outages = self.health.outages();
+        loop {
+            match self.subscribe().await {
+                Ok(mut pubsub) => {
+                    if outages.has_changed().unwrap_or(false) {
+                        // An outage was declared since the last rejoin: what Redis said
+                        // about rounds then is not to be trusted now.
+                        self.book.forget_all();
+                    }
+                    outages.borrow_and_update();
+                    if self.rejoin().await {
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            tokio::select! {
+                                message = messages.next() => match message {
+                                    Some(m) => self.on_message(&m),
+                                    None => {
+                                        self.health.failed(
+                                            "the pub/sub connection",
+                                            &RedisFailure::Unreachable("closed".to_owned()),
+                                        );
+                                        break;
+                                    }
+                                },
+                                changed = outages.changed() => {
+                                    if changed.is_err() {
+                                        return;
+                                    }
+                                    self.book.forget_all();
                                     break;
                                 }
-                            },
-                            changed = outages.changed() => {
-                                if changed.is_err() {
-                                    return;
-                                }
-                                break;
                             }
                         }
                     }
                 }
+                Err(e) => {
+                    self.health.failed("subscribing to shared events", &e);
+                }
             }
-            Err(e) => inner.failed("subscribing to shared events", &e),
+            self.contacted.send_replace(true);
+            sleep(RECONNECT_EVERY).await;
         }
-        inner.contacted.send_replace(true);
-        sleep(RECONNECT_EVERY).await;
     }
-}
 
-/// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
-async fn subscribe(inner: &Inner) -> Result<PubSub, RedisFailure> {
-    let mut pubsub = timeout(
-        CONNECT_TIMEOUT,
-        inner.cache.conn().client().get_async_pubsub(),
-    )
-    .await
-    .map_err(|_| RedisFailure::Unreachable("pub/sub connect timed out".to_owned()))?
-    .map_err(RedisFailure::from_redis)?;
-    timeout(OP_TIMEOUT, pubsub.subscribe(inner.cache.keys().channel()))
+    /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
+    async fn subscribe(&self) -> Result<PubSub, RedisFailure> {
+        let mut pubsub = timeout(
+            CONNECT_TIMEOUT,
+            self.cache.conn().client().get_async_pubsub(),
+        )
         .await
-        .map_err(|_| RedisFailure::Timeout)?
+        .map_err(|_| RedisFailure::Unreachable("pub/sub connect timed out".to_owned()))?
         .map_err(RedisFailure::from_redis)?;
-    Ok(pubsub)
-}
+        timeout(OP_TIMEOUT, pubsub.subscribe(self.cache.keys().channel()))
+            .await
+            .map_err(|_| RedisFailure::Timeout)?
+            .map_err(RedisFailure::from_redis)?;
+        Ok(pubsub)
+    }
 
-/// Logs and counts a transition adopted from another replica.
-pub(crate) fn log_transition(event: &Event) {
-    metrics::counter!(
-        "hale_state_transitions_total",
-        "endpoint" => event.endpoint.to_string(),
-        "from" => event.from.as_str(),
-        "to" => event.to.as_str()
-    )
-    .increment(1);
-    tracing::info!(
-        endpoint = %event.endpoint,
-        from = %event.from,
-        to = %event.to,
-        reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
-        checked_by = %event.pod_id,
-        source = "shared",
-        "endpoint state changed"
-    );
-}
-
-impl Inner {
     /// Proves Redis usable (see the module docs), re-reads every result and declares Redis
     /// available. Returns false on a failure (counted).
     async fn rejoin(&self) -> bool {
         loop {
             if let Err(e) = self.cache.probe().await {
-                self.failed("probing Redis", &e);
+                self.health.failed("probing Redis", &e);
                 return false;
             }
             if self.health.probed() {
@@ -118,7 +119,7 @@ impl Inner {
             sleep(RECONNECT_EVERY).await;
         }
         if let Err(e) = self.resync().await {
-            self.failed("re-reading shared results", &e);
+            self.health.failed("re-reading shared results", &e);
             return false;
         }
         self.health.rejoin();
@@ -128,15 +129,18 @@ impl Inner {
 
     /// Re-reads the result of every configured endpoint and applies it.
     async fn resync(&self) -> Result<(), RedisFailure> {
-        let roster = self.roster();
+        let roster = self.book.roster();
         let stored = self.cache.read_all(&roster.order).await?;
-        self.ok();
+        self.health.ok();
         let found = stored.len();
         let mut adopted = 0;
         for (name, parsed) in stored {
             match parsed {
-                Ok(s) => adopted += usize::from(self.apply(s)),
-                Err(e) => self.rejected.reject(Kind::of(&e), &name, &e.to_string()),
+                Ok(s) => adopted += usize::from(self.adopter.apply(s)),
+                Err(e) => self
+                    .adopter
+                    .rejected()
+                    .reject(Kind::of(&e), &name, &e.to_string()),
             }
         }
         tracing::debug!(
@@ -149,24 +153,26 @@ impl Inner {
     }
 
     fn on_message(&self, message: &redis::Msg) {
+        let rejected = self.adopter.rejected();
         let payload = match message.get_payload::<String>() {
             Ok(p) => p,
             Err(e) => {
                 let e = wire::WireError(format!("payload: {e}"));
-                return self.rejected.reject(Kind::Malformed, "", &e.to_string());
+                return rejected.reject(Kind::Malformed, "", &e.to_string());
             }
         };
         match wire::taken(&payload) {
-            Some(Ok((endpoint, owner, lease))) => return self.taken(endpoint, owner, lease),
-            Some(Err(e)) => return self.rejected.reject(Kind::Malformed, "", &e.to_string()),
+            Some(Ok((endpoint, owner, lease))) => {
+                return self.adopter.taken(endpoint, owner, lease);
+            }
+            Some(Err(e)) => return rejected.reject(Kind::Malformed, "", &e.to_string()),
             None => {}
         }
-        let parsed = wire::from_message(&payload, self.cache.signer());
-        match parsed {
+        match wire::from_message(&payload, self.cache.signer()) {
             Ok(stored) => {
-                self.apply(stored);
+                self.adopter.apply(stored);
             }
-            Err(e) => self.rejected.reject(Kind::of(&e), "", &e.to_string()),
+            Err(e) => rejected.reject(Kind::of(&e), "", &e.to_string()),
         }
     }
 }
