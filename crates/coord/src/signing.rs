@@ -15,8 +15,10 @@
 //! replica's look at an endpoint until its own planned delay plus the spread (the watchdog in
 //! `coordinator`), and the acquire script treats one beyond that as due; `written_at`
 //! and the lease owners only feed `/health/shared-status`. A replayed old result carries an
-//! old fence, which the fence order refuses. The signature is hex in the `sig` field of the
-//! hash and of the event's JSON body.
+//! old fence, which the fence order refuses. Round announcements (`taken`, published by the
+//! acquire script) are not signed either: a forged one can at most make a replica wait for
+//! the announced lease, bounded by its own longest lease and the watchdog deadline. The
+//! signature is hex in the `sig` field of the hash and of the event's JSON body.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
