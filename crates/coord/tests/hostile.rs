@@ -658,3 +658,50 @@ async fn with_a_signing_key_only_signed_results_are_adopted() {
     let d = replica(&redis, "pod-d").await;
     assert_eq!(d.state().0, HealthState::Unhealthy);
 }
+
+// === a slow Redis is not an outage ===
+
+#[tokio::test]
+async fn a_slow_answer_is_one_local_round_not_an_outage() {
+    let redis = RedisServer::start().await.unwrap();
+    let mut raw = redis.client().await.unwrap();
+    let a = replica(&redis, "pod-a").await;
+    assert!(matches!(a.check(&ok()).await, Decision::Check { fence } if !fence.is_local()));
+    tokio::time::sleep(INTERVAL + Duration::from_millis(300)).await;
+    // Redis stops answering for 700 ms, longer than the 500 ms command timeout.
+    cmd(&mut raw, &["CLIENT", "PAUSE", "700", "ALL"]).await;
+    let d = a.check(&ok()).await;
+    assert_eq!(
+        d,
+        Decision::Check {
+            fence: FenceToken::LOCAL
+        }
+    );
+    assert_eq!(a.coord.next_wait("e", INTERVAL), INTERVAL, "own cadence");
+    let s = a.coord.status();
+    assert_eq!(s.errors_total, 1, "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap().contains("did not answer"),
+        "{s:?}"
+    );
+    assert!(
+        a.coord.redis_available(),
+        "one slow answer is not an outage"
+    );
+    // Once Redis answers again, the next round is coordinated as before.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let d = eventually(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || async {
+            match a.check(&ok()).await {
+                d @ Decision::Check { fence } if !fence.is_local() => Some(d),
+                _ => None,
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(d, Decision::Check { .. }));
+    assert!(a.coord.redis_available());
+}
