@@ -209,6 +209,35 @@ async fn a_lease_without_expiry_or_too_long_is_taken_over() {
 }
 
 #[tokio::test]
+async fn a_poisoned_global_lease_is_taken_over() {
+    let redis = RedisServer::start().await.unwrap();
+    let mut raw = redis.client().await.unwrap();
+    let a = cache(&redis, "pod-a");
+    let ttl = Duration::from_secs(3);
+    let global = "hale:{t}:lease";
+    let setups: [&[&str]; 3] = [
+        &["SET", global, "intruder"],
+        &["SET", global, "intruder", "PX", "86400000"],
+        &["HSET", global, "f", "v"],
+    ];
+    for setup in setups {
+        cmd(&mut raw, &["DEL", global]).await;
+        cmd(&mut raw, setup).await;
+        let got = a.renew_global(ttl).await.unwrap();
+        assert!(
+            matches!(got, hale_coord::GlobalLease::Acquired(_)),
+            "{setup:?}: {got:?}"
+        );
+    }
+    // A lease held within bounds by someone else is respected.
+    cmd(&mut raw, &["SET", global, "pod-b", "PX", "2000"]).await;
+    assert_eq!(
+        a.renew_global(ttl).await.unwrap(),
+        hale_coord::GlobalLease::HeldBy("pod-b".to_owned())
+    );
+}
+
+#[tokio::test]
 async fn a_poisoned_counter_is_reseeded_and_a_huge_stored_fence_overwritten() {
     let redis = RedisServer::start().await.unwrap();
     let mut raw = redis.client().await.unwrap();
