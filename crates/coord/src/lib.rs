@@ -15,7 +15,7 @@
 //! `result:<endpoint>` (a hash per endpoint: state, reason, error, latency_ms, checked_at,
 //! checked_by, fence, models, counters, due_at, written_at — TTL `cache_ttl`; see [`wire`]),
 //! `lease:<endpoint>` (the round lease), `lease` (the global-mode lease), `fence` (the fencing
-//! counter) and the channel `events`.
+//! counter), `probe` (the rejoin probe's key) and the channel `events`.
 //!
 //! # Rounds, leases and fences
 //!
@@ -49,7 +49,7 @@
 //! others learn the next due time from it and skip locally ("Using cached health check
 //! results", DEBUG). Redis traffic per endpoint and round is one acquire and one write, plus
 //! the event fan-out, whatever the number of replicas (measured: 16 commands per endpoint
-//! and round, script internals included, at 3 and at 10 replicas).
+//! and round, script internals included, at 3, 10 and 20 replicas).
 //!
 //! # Global mode
 //!
@@ -111,7 +111,8 @@
 //!
 //! # Status and logs
 //!
-//! [`Coordinator::status`] is what `/health/shared-status` shows (module `status`). Log lines
+//! [`Coordinator::status`] is what `/health/shared-status` shows (module `status`), with
+//! `last_error` and `errors_total` added to LiteLLM's fields (DESIGN §5). Log lines
 //! follow LiteLLM's: `Initialized shared health check manager`; `Pod <id> acquired health
 //! check lock` / `released` (INFO for the global lease, DEBUG per round: at INFO that would
 //! be a line per endpoint per interval); `Cached health check results for N healthy and M
