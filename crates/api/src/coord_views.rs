@@ -1,6 +1,7 @@
 //! hale-coord's [`Coordinator`] as the api's [`SharedStatusView`]: its
 //! [`CoordStatus`](hale_coord::CoordStatus) rendered in LiteLLM's `/health/shared-status`
-//! shape (see DESIGN §5), plus `mode`, `checks_performed` and `checks_skipped`.
+//! shape (see DESIGN §5), plus `mode`, `checks_performed`, `checks_skipped`, `last_error` and
+//! `errors_total`.
 //!
 //! TTLs are whole seconds where they are whole (LiteLLM prints `60`), fractional otherwise;
 //! `cache_age_seconds` is rounded to a tenth of a second, as in LiteLLM's example.
@@ -43,6 +44,8 @@ impl SharedStatusView for Coordinator {
                 "last_checked_by": s.last_checked_by.as_deref(),
                 "checks_performed": s.checks_performed,
                 "checks_skipped": s.checks_skipped,
+                "last_error": s.last_error,
+                "errors_total": s.errors_total,
             }
         })
     }
@@ -91,6 +94,8 @@ mod tests {
         assert_eq!(s["cache_age_seconds"], Value::Null);
         assert_eq!(s["checks_performed"], 0);
         assert_eq!(s["checks_skipped"], 0);
+        assert_eq!(s["last_error"], Value::Null);
+        assert_eq!(s["errors_total"], 0);
         let summary = f.get("/internal/status", None).await.json();
         assert_eq!(summary["mode"], "sharded");
         c.shutdown().await;

@@ -4,7 +4,8 @@
 //! With a [`SharedStatusView`](crate::SharedStatusView) wired in, its body is returned as is.
 //! Without one the replica is in local mode and the body says so: shared checking off, no
 //! Redis, no lock and no cache (their fields null or false), every check run by this pod
-//! (`checks_performed` is the sum of checks over all endpoints) and none skipped. No token is
+//! (`checks_performed` is the sum of checks over all endpoints), none skipped and no Redis
+//! error (`last_error` null, `errors_total` 0). No token is
 //! needed, as with LiteLLM's route and DESIGN §5.
 
 use crate::ApiState;
@@ -45,6 +46,8 @@ fn local_body(state: &ApiState) -> Value {
             "last_checked_by": null,
             "checks_performed": checks,
             "checks_skipped": 0,
+            "last_error": null,
+            "errors_total": 0,
         }
     })
 }
@@ -80,7 +83,9 @@ mod tests {
                     "cache_age_seconds": null,
                     "last_checked_by": null,
                     "checks_performed": 3,
-                    "checks_skipped": 0
+                    "checks_skipped": 0,
+                    "last_error": null,
+                    "errors_total": 0
                 }
             })
         );

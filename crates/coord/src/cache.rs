@@ -1,17 +1,20 @@
 //! [`ResultCache`]: the typed Redis side of one namespace — round leases with fencing tokens,
 //! fenced result writes with their change events, the global lease, and reads. Every call is
-//! one script or one pipeline (one round trip), bounded by the pool's timeouts.
+//! one script or one pipeline (one round trip) on the shared multiplexed connection, bounded
+//! by its timeouts ([`crate::conn`]).
 //!
 //! The coordinator's tasks are built on it; tests use it directly to check the Redis
 //! semantics (fencing, owner checks, namespaces) against a real server.
 
 use crate::config::SharedConfig;
+use crate::conn::{RedisConn, RedisFailure, connection_info};
 use crate::keys::Keys;
-use crate::pool::{RedisFailure, RedisPool, connection_info};
 use crate::scripts::{
-    self, ACQUIRE_SCRIPT, EXTEND_SCRIPT, GLOBAL_SCRIPT, RELEASE_SCRIPT, STATUS_SCRIPT, WRITE_SCRIPT,
+    self, ACQUIRE_SCRIPT, EXTEND_SCRIPT, GLOBAL_SCRIPT, NEXT_FENCE_SCRIPT, PROBE_SCRIPT,
+    RELEASE_SCRIPT, STATUS_SCRIPT, WRITE_SCRIPT,
 };
-use crate::wire::{self, StoredResult};
+use crate::signing::{SIG_FIELD, Signer};
+use crate::wire::{self, StoredResult, WireError};
 use hale_core::{FenceToken, SharedResult};
 use redis::Value;
 use std::collections::HashMap;
@@ -37,6 +40,9 @@ pub struct RoundLease {
     pub fence: FenceToken,
     pub anchor: i64,
     pub since_anchor: Duration,
+    /// What the script found poisoned and overrode: 0 nothing, 1 a due time, 2 a key of the
+    /// wrong type, 3 a lease without expiry or longer than allowed.
+    pub repaired: u8,
 }
 
 /// The outcome of a result write.
@@ -48,8 +54,9 @@ pub enum WriteOutcome {
         due_at: i64,
         due_in: Duration,
     },
-    /// Refused: the stored result has the same or a newer fence. It is returned.
-    Refused(Box<StoredResult>),
+    /// Refused: the stored result has the same or a newer fence. It is returned, or the
+    /// reason it could not be read.
+    Refused(Result<Box<StoredResult>, WireError>),
 }
 
 /// The outcome of taking or extending the global lease.
@@ -78,10 +85,30 @@ pub struct EndpointRemote {
     pub lease_owner: Option<String>,
 }
 
+/// Limits a round acquisition puts on what Redis holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// A stored due time further ahead than this is poisoned: the round is due.
+    pub max_due_in: Duration,
+    /// A round lease longer than this (or without expiry) is poisoned: it is taken over.
+    pub max_lease: Duration,
+}
+
+impl Default for Bounds {
+    /// Loose bounds (a day, a minute), for callers without an endpoint config.
+    fn default() -> Self {
+        Self {
+            max_due_in: Duration::from_secs(86_400),
+            max_lease: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The Redis side of one namespace, acting as one owner (pod id).
 #[derive(Debug, Clone)]
 pub struct ResultCache {
-    pool: RedisPool,
+    conn: Arc<RedisConn>,
+    signer: Option<Arc<Signer>>,
     keys: Keys,
     owner: Arc<str>,
     cache_ttl: Duration,
@@ -109,7 +136,8 @@ impl ResultCache {
     pub fn new(config: &SharedConfig, owner: &str) -> Result<Self, RedisFailure> {
         let info = connection_info(&config.redis_url, config.redis_password.expose())?;
         Ok(Self {
-            pool: RedisPool::new(info)?,
+            conn: Arc::new(RedisConn::new(info)?),
+            signer: Signer::new(config.signing_key.expose()).map(Arc::new),
             keys: Keys::new(&config.namespace),
             owner: Arc::from(owner),
             cache_ttl: config.cache_ttl,
@@ -124,34 +152,61 @@ impl ResultCache {
         &self.owner
     }
 
-    pub fn pool(&self) -> &RedisPool {
-        &self.pool
+    /// The signer, when `shared.signing_key` is set.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
     }
 
-    /// PING through the pool.
-    pub async fn ping(&self) -> Result<(), RedisFailure> {
-        self.pool
-            .run(async |c| redis::cmd("PING").query_async::<String>(c).await)
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
+    /// One small write (see the PROBE script): Redis answers and accepts writes.
+    pub async fn probe(&self) -> Result<(), RedisFailure> {
+        let key = self.keys.probe();
+        self.conn
+            .run(async |c| {
+                PROBE_SCRIPT
+                    .key(&key)
+                    .arg(&*self.owner)
+                    .invoke_async::<i64>(c)
+                    .await
+            })
             .await
             .map(drop)
     }
 
     /// Asks for the current round of `endpoint`: granted if it is due and nobody holds it.
     /// `lease_ttl` bounds how long a dead holder blocks the round; a round starting more than
-    /// `late` after its due time is re-anchored at now.
+    /// `late` after its due time is re-anchored at now. Uses [`Bounds::default`].
     pub async fn acquire_round(
         &self,
         endpoint: &str,
         lease_ttl: Duration,
         late: Duration,
     ) -> Result<RoundAnswer, RedisFailure> {
-        let (result, lease, fence) = (
+        self.acquire_bounded(endpoint, lease_ttl, late, Bounds::default())
+            .await
+    }
+
+    /// [`acquire_round`](Self::acquire_round), where a stored due time further ahead than
+    /// `bounds.max_due_in` counts as due (poisoned) and a round lease longer than
+    /// `bounds.max_lease` as free.
+    pub async fn acquire_bounded(
+        &self,
+        endpoint: &str,
+        lease_ttl: Duration,
+        late: Duration,
+        bounds: Bounds,
+    ) -> Result<RoundAnswer, RedisFailure> {
+        let (result, lease, fence, channel) = (
             self.keys.result(endpoint),
             self.keys.lease(endpoint),
             self.keys.fence(),
+            self.keys.channel(),
         );
         let v = self
-            .pool
+            .conn
             .run(async |c| {
                 ACQUIRE_SCRIPT
                     .key(&result)
@@ -160,6 +215,10 @@ impl ResultCache {
                     .arg(&*self.owner)
                     .arg(ms(lease_ttl))
                     .arg(late.as_millis().to_string())
+                    .arg(ms(bounds.max_due_in))
+                    .arg(ms(bounds.max_lease))
+                    .arg(&channel)
+                    .arg(endpoint)
                     .invoke_async::<Value>(c)
                     .await
             })
@@ -167,16 +226,22 @@ impl ResultCache {
         let items = scripts::array(v).unwrap_or_default();
         let n = |i: usize| items.get(i).and_then(scripts::int);
         match (n(0), n(1), n(2)) {
-            (Some(0), Some(due_in), Some(due_at)) => Ok(RoundAnswer::NotDue {
+            (Some(0), Some(due_in), Some(due_at)) if due_in >= 0 => Ok(RoundAnswer::NotDue {
                 due_in: millis(due_in),
                 due_at,
             }),
             (Some(1), Some(pttl), _) => Ok(RoundAnswer::Busy { pttl: millis(pttl) }),
-            (Some(2), Some(fence), Some(anchor)) => Ok(RoundAnswer::Granted(RoundLease {
-                fence: FenceToken(u64::try_from(fence).unwrap_or(0)),
-                anchor,
-                since_anchor: millis(n(3).unwrap_or(0)),
-            })),
+            (Some(2), Some(fence), Some(anchor)) => match u64::try_from(fence) {
+                Ok(f) if (1..wire::FENCE_LIMIT).contains(&f) => {
+                    Ok(RoundAnswer::Granted(RoundLease {
+                        fence: FenceToken(f),
+                        anchor,
+                        since_anchor: millis(n(3).unwrap_or(0)),
+                        repaired: u8::try_from(n(4).unwrap_or(0)).unwrap_or(0),
+                    }))
+                }
+                _ => Err(reply_error("acquire", &items)),
+            },
             _ => Err(reply_error("acquire", &items)),
         }
     }
@@ -192,12 +257,21 @@ impl ResultCache {
         result: &SharedResult,
         round: Option<(RoundLease, Duration)>,
     ) -> Result<WriteOutcome, RedisFailure> {
+        let mut fields = wire::to_fields(result);
         let (fence, planned, anchor) = match round {
-            Some((lease, planned)) => (result.fence.to_string(), ms(planned), lease.anchor),
-            None => ("0".to_owned(), String::new(), 0),
+            Some((lease, planned)) => (result.fence.get(), ms(planned), lease.anchor),
+            // A passive result takes its fence in the script, unless it must be signed:
+            // then it takes one first (see `signing`).
+            None if self.signer.is_some() => (self.next_fence().await?, String::new(), 0),
+            None => (0, String::new(), 0),
         };
-        let fields = wire::to_fields(result);
-        let body = wire::message_body(endpoint, result);
+        fields.push(("planned_ms", planned.clone()));
+        if let Some(signer) = &self.signer {
+            let sig = signer.sign(endpoint, fence, &fields);
+            fields.push((SIG_FIELD, sig));
+        }
+        let fence = fence.to_string();
+        let body = wire::message_body_of(endpoint, &fields);
         let (result_key, lease_key, fence_key, channel) = (
             self.keys.result(endpoint),
             self.keys.lease(endpoint),
@@ -206,7 +280,7 @@ impl ResultCache {
         );
         let cache_ttl = ms(self.cache_ttl);
         let v = self
-            .pool
+            .conn
             .run(async |c| {
                 let mut inv = WRITE_SCRIPT.prepare_invoke();
                 inv.key(&result_key)
@@ -229,11 +303,13 @@ impl ResultCache {
         let n = |i: usize| items.get(i).and_then(scripts::int);
         match n(0) {
             Some(1) => match (n(1), n(2), n(3)) {
-                (Some(fence), Some(due_at), Some(due_in)) => Ok(WriteOutcome::Written {
-                    fence: FenceToken(u64::try_from(fence).unwrap_or(0)),
-                    due_at,
-                    due_in: millis(due_in),
-                }),
+                (Some(fence), Some(due_at), Some(due_in)) if fence > 0 => {
+                    Ok(WriteOutcome::Written {
+                        fence: FenceToken(u64::try_from(fence).unwrap_or(0)),
+                        due_at,
+                        due_in: millis(due_in),
+                    })
+                }
                 _ => Err(reply_error("write", &items)),
             },
             Some(0) => {
@@ -243,12 +319,25 @@ impl ResultCache {
                         Some((scripts::text(kv.first()?)?, scripts::text(kv.get(1)?)?))
                     })
                     .collect();
-                let stored = wire::from_hash(Arc::from(endpoint), &fields, 0)
-                    .map_err(|e| RedisFailure::Reply(e.to_string()))?;
-                Ok(WriteOutcome::Refused(Box::new(stored)))
+                let stored =
+                    wire::from_hash(Arc::from(endpoint), &fields, 0, self.signer()).map(Box::new);
+                Ok(WriteOutcome::Refused(stored))
             }
             _ => Err(reply_error("write", &items)),
         }
+    }
+
+    /// Takes a fresh fence from the counter.
+    async fn next_fence(&self) -> Result<u64, RedisFailure> {
+        let key = self.keys.fence();
+        let f = self
+            .conn
+            .run(async |c| NEXT_FENCE_SCRIPT.key(&key).invoke_async::<i64>(c).await)
+            .await?;
+        u64::try_from(f)
+            .ok()
+            .filter(|f| (1..wire::FENCE_LIMIT).contains(f))
+            .ok_or_else(|| RedisFailure::Reply(format!("fence {f}")))
     }
 
     /// Releases `endpoint`'s round lease if this owner holds it; returns whether it did.
@@ -268,7 +357,7 @@ impl ResultCache {
 
     async fn release(&self, key: &str) -> Result<bool, RedisFailure> {
         let n = self
-            .pool
+            .conn
             .run(async |c| {
                 RELEASE_SCRIPT
                     .key(key)
@@ -282,7 +371,7 @@ impl ResultCache {
 
     async fn extend(&self, key: &str, ttl: Duration) -> Result<bool, RedisFailure> {
         let n = self
-            .pool
+            .conn
             .run(async |c| {
                 EXTEND_SCRIPT
                     .key(key)
@@ -299,7 +388,7 @@ impl ResultCache {
     pub async fn renew_global(&self, ttl: Duration) -> Result<GlobalLease, RedisFailure> {
         let (key, fence) = (self.keys.global_lease(), self.keys.fence());
         let v = self
-            .pool
+            .conn
             .run(async |c| {
                 GLOBAL_SCRIPT
                     .key(&key)
@@ -313,7 +402,10 @@ impl ResultCache {
         let items = scripts::array(v).unwrap_or_default();
         match (
             items.first().and_then(scripts::int),
-            items.get(1).and_then(scripts::text),
+            items
+                .get(1)
+                .and_then(scripts::text)
+                .filter(|o| o.len() <= wire::MAX_NAME),
             items.get(2).and_then(scripts::int),
         ) {
             (Some(2), _, Some(fence)) => Ok(GlobalLease::Acquired(FenceToken(
@@ -325,16 +417,19 @@ impl ResultCache {
         }
     }
 
-    /// Reads the stored results of `endpoints` (absent ones are left out), in one pipeline.
+    /// Reads the stored results of `endpoints` (absent ones are left out), in one pipeline:
+    /// each present one parsed (bounded, see [`wire`]) or the reason it could not be, a key
+    /// of the wrong type included.
     pub async fn read_all(
         &self,
         endpoints: &[Arc<str>],
-    ) -> Result<Vec<StoredResult>, RedisFailure> {
+    ) -> Result<Vec<(Arc<str>, Result<StoredResult, WireError>)>, RedisFailure> {
         let keys: Vec<String> = endpoints.iter().map(|e| self.keys.result(e)).collect();
         let replies: Vec<Value> = self
-            .pool
+            .conn
             .run(async |c| {
                 let mut pipe = redis::pipe();
+                pipe.ignore_errors();
                 pipe.cmd("TIME");
                 for key in &keys {
                     pipe.cmd("HGETALL").arg(key);
@@ -344,20 +439,21 @@ impl ResultCache {
             .await?;
         let mut replies = replies.into_iter();
         let time = replies.next().and_then(scripts::array).unwrap_or_default();
-        let secs = time.first().and_then(scripts::int).unwrap_or(0);
-        let micros = time.get(1).and_then(scripts::int).unwrap_or(0);
-        let now_ms = secs * 1000 + micros / 1000;
+        let (Some(secs), Some(micros)) = (
+            time.first().and_then(scripts::int),
+            time.get(1).and_then(scripts::int),
+        ) else {
+            return Err(reply_error("TIME", &time));
+        };
+        let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
         let mut out = Vec::new();
         for (name, reply) in endpoints.iter().zip(replies) {
-            let fields: HashMap<String, String> = redis::from_redis_value(reply)
-                .map_err(|e| RedisFailure::Reply(format!("HGETALL: {e}")))?;
-            if fields.is_empty() {
-                continue;
-            }
-            match wire::from_hash(name.clone(), &fields, now_ms) {
-                Ok(stored) => out.push(stored),
-                Err(e) => tracing::warn!(endpoint = %name, error = %e, "shared result unreadable"),
-            }
+            let parsed = match redis::from_redis_value::<HashMap<String, String>>(reply) {
+                Ok(fields) if fields.is_empty() => continue,
+                Ok(fields) => wire::from_hash(name.clone(), &fields, now_ms, self.signer()),
+                Err(e) => Err(WireError(format!("HGETALL: {e}"))),
+            };
+            out.push((name.clone(), parsed));
         }
         Ok(out)
     }
@@ -368,7 +464,7 @@ impl ResultCache {
         keys.extend(endpoints.iter().map(|e| self.keys.result(e)));
         keys.extend(endpoints.iter().map(|e| self.keys.lease(e)));
         let v = self
-            .pool
+            .conn
             .run(async |c| {
                 let mut inv = STATUS_SCRIPT.prepare_invoke();
                 for key in &keys {
@@ -385,9 +481,12 @@ impl ResultCache {
             .ok_or_else(|| reply_error("status", &items))?;
         let endpoints = (0..endpoints.len())
             .map(|i| EndpointRemote {
-                written_at: items.get(3 + 3 * i).and_then(scripts::int),
-                checked_by: text(4 + 3 * i),
-                lease_owner: text(5 + 3 * i),
+                written_at: items
+                    .get(3 + 3 * i)
+                    .and_then(scripts::int)
+                    .filter(|w| (0..=now_ms.saturating_add(1000)).contains(w)),
+                checked_by: text(4 + 3 * i).filter(|s| s.len() <= wire::MAX_NAME),
+                lease_owner: text(5 + 3 * i).filter(|s| s.len() <= wire::MAX_NAME),
             })
             .collect();
         Ok(RemoteStatus {

@@ -2,7 +2,8 @@
 //!
 //! The Redis password can be given inside `redis_url`, as `redis_password`, or through the
 //! compatibility env name `REDIS_PASSWORD`; it is never printed: serializing this section
-//! masks the password in the URL and the `redis_password` field.
+//! masks the password in the URL and the `redis_password` field. `signing_key` (optional, a
+//! secret like the password) turns on signed results.
 
 use hale_core::{ConfigError, Secret};
 use serde::{Deserialize, Serialize, Serializer};
@@ -34,6 +35,10 @@ pub struct SharedConfig {
     /// The lifetime of a lease that is not extended.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
+    /// When set, results and events are signed with HMAC-SHA256 under this key and
+    /// unsigned or wrongly signed ones are refused (see `hale_coord::signing`). At least 16
+    /// bytes; the same on every replica. Settable as `os.environ/NAME`.
+    pub signing_key: Secret,
 }
 
 impl Default for SharedConfig {
@@ -46,6 +51,7 @@ impl Default for SharedConfig {
             namespace: "default".to_owned(),
             cache_ttl: Duration::from_secs(300),
             lock_ttl: Duration::from_secs(60),
+            signing_key: Secret::default(),
         }
     }
 }
@@ -77,6 +83,13 @@ impl SharedConfig {
         }
         hale_core::config::require_nonzero(path, "cache_ttl", self.cache_ttl)?;
         hale_core::config::require_nonzero(path, "lock_ttl", self.lock_ttl)?;
+        let key = self.signing_key.expose();
+        if !key.is_empty() && key.len() < 16 {
+            return Err(ConfigError::new(
+                format!("{path}.signing_key"),
+                "must be at least 16 bytes when set",
+            ));
+        }
         Ok(())
     }
 }
@@ -121,5 +134,10 @@ mod tests {
         c.redis_url = "rediss://x:6380".into();
         c.namespace = "a b".into();
         assert_eq!(c.validate("shared").unwrap_err().path, "shared.namespace");
+        c.namespace = "ok".into();
+        c.signing_key = Secret::new("short");
+        assert_eq!(c.validate("shared").unwrap_err().path, "shared.signing_key");
+        c.signing_key = Secret::new("0123456789abcdef");
+        assert!(c.validate("shared").is_ok());
     }
 }

@@ -12,6 +12,7 @@
 //! | `hale:{ns}:lease`                | string  | the global-mode lease holder, PX `lock_ttl`  |
 //! | `hale:{ns}:fence`                | counter | the fencing-token sequence                   |
 //! | `hale:{ns}:events`               | channel | one message per result written               |
+//! | `hale:{ns}:probe`                | string  | the subscriber's write probe while Redis is down, PX 5 s |
 
 /// The keys of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,10 @@ impl Keys {
 
     pub fn fence(&self) -> String {
         format!("{}fence", self.prefix)
+    }
+
+    pub fn probe(&self) -> String {
+        format!("{}probe", self.prefix)
     }
 
     pub fn channel(&self) -> String {

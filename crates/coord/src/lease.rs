@@ -6,18 +6,22 @@
 //! `lock_ttl`, at most 2 s) with an owner-checked script, so it never lapses under a live
 //! holder, and its release is owner-checked too. Taking it takes a fencing token like any
 //! acquisition. Non-holders try to take it on the same cadence, which also tells them who
-//! holds it (`lock_owner`).
+//! holds it (`lock_owner`). While Redis is declared unavailable the holder gives it up
+//! locally (it may lapse in Redis), and takes or learns it again once Redis is back.
 //!
 //! The lease decides who goes *first* in each round (see [`crate::rounds`]); the per-round
 //! leases and due times still decide who checks. So a holder that dies costs each endpoint at
 //! most one late round — the others take rounds over after their offsets — instead of a wait
-//! of up to `lock_ttl` for the lease to expire.
+//! of up to `lock_ttl` for its lease to expire.
+//!
+//! [`Global`] is this module's state: only the lease task writes it; the coordinator reads it.
 
-use crate::cache::GlobalLease;
-use crate::config::CoordMode;
-use crate::coordinator::{Inner, lock};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use crate::book::Book;
+use crate::cache::{GlobalLease, ResultCache};
+use crate::health::Health;
+use crate::lock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
@@ -26,69 +30,114 @@ pub fn renew_every(lock_ttl: Duration) -> Duration {
     (lock_ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
-pub(crate) async fn run(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(renew_every(inner.lock_ttl));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if !inner.is_available() {
-            continue;
-        }
-        inner.renew_global().await;
+/// Whether this replica holds the global lease, and who does as last seen.
+#[derive(Debug, Default)]
+pub(crate) struct Global {
+    holder: AtomicBool,
+    owner: Mutex<Option<Arc<str>>>,
+}
+
+impl Global {
+    pub fn is_holder(&self) -> bool {
+        self.holder.load(Ordering::Acquire)
+    }
+
+    pub fn owner(&self) -> Option<Arc<str>> {
+        lock(&self.owner).clone()
+    }
+
+    fn hold(&self, pod_id: &Arc<str>) {
+        self.holder.store(true, Ordering::Release);
+        *lock(&self.owner) = Some(pod_id.clone());
+    }
+
+    /// Gives the lease up locally; returns whether this replica held it.
+    fn drop_hold(&self) -> bool {
+        self.holder.swap(false, Ordering::AcqRel)
     }
 }
 
-impl Inner {
+/// The lease task's handles.
+#[derive(Debug)]
+pub(crate) struct LeaseTask {
+    pub cache: ResultCache,
+    pub health: Arc<Health>,
+    pub global: Arc<Global>,
+    pub pod_id: Arc<str>,
+    pub lock_ttl: Duration,
+}
+
+impl LeaseTask {
+    pub(crate) async fn run(self) {
+        let mut tick = tokio::time::interval(renew_every(self.lock_ttl));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.health.is_available() {
+                if self.global.drop_hold() {
+                    tracing::info!(
+                        "Pod {} released health check lock (Redis unreachable)",
+                        self.pod_id
+                    );
+                }
+                continue;
+            }
+            self.renew().await;
+        }
+    }
+
     /// Takes, extends or learns the owner of the global lease.
-    async fn renew_global(&self) {
+    async fn renew(&self) {
         match self.cache.renew_global(self.lock_ttl).await {
-            Err(e) => self.failed("renewing the global lease", &e),
+            Err(e) => {
+                self.health.failed("renewing the global lease", &e);
+            }
             Ok(GlobalLease::Acquired(fence)) => {
-                self.holder.store(true, Ordering::Release);
-                *lock(&self.global_owner) = Some(self.pod_id.clone());
+                self.health.ok();
+                self.global.hold(&self.pod_id);
                 tracing::info!(fence = %fence, "Pod {} acquired health check lock", self.pod_id);
             }
             Ok(GlobalLease::Extended) => {
-                self.holder.store(true, Ordering::Release);
-                *lock(&self.global_owner) = Some(self.pod_id.clone());
+                self.health.ok();
+                self.global.hold(&self.pod_id);
             }
             Ok(GlobalLease::HeldBy(owner)) => {
-                if self.holder.swap(false, Ordering::AcqRel) {
+                self.health.ok();
+                if self.global.drop_hold() {
                     tracing::warn!(
                         owner = %owner,
                         "Pod {} lost health check lock: it expired and was taken",
                         self.pod_id
                     );
                 }
-                *lock(&self.global_owner) = Some(Arc::from(owner));
+                *lock(&self.global.owner) = Some(Arc::from(owner));
             }
         }
     }
 }
 
 /// Gives back, owner-checked, the global lease and every round lease this replica holds.
-pub(crate) async fn release_all(inner: &Inner) {
-    if !inner.is_available() {
+pub(crate) async fn release_all(
+    cache: &ResultCache,
+    health: &Health,
+    book: &Book,
+    global: &Global,
+    pod_id: &str,
+) {
+    if !health.is_available() {
         return;
     }
-    if inner.mode == CoordMode::Global && inner.holder.swap(false, Ordering::AcqRel) {
-        match inner.cache.release_global().await {
-            Ok(true) => tracing::info!("Pod {} released health check lock", inner.pod_id),
+    if global.drop_hold() {
+        match cache.release_global().await {
+            Ok(true) => tracing::info!("Pod {pod_id} released health check lock"),
             Ok(false) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "global lease not released; it expires by itself")
             }
         }
     }
-    let held: Vec<Arc<str>> = inner
-        .roster()
-        .rounds
-        .values()
-        .filter(|r| lock(&r.state).lease.take().is_some())
-        .map(|r| r.name.clone())
-        .collect();
-    for name in held {
-        if let Err(e) = inner.cache.release_round(&name).await {
+    for name in book.take_all_leases() {
+        if let Err(e) = cache.release_round(&name).await {
             tracing::debug!(endpoint = %name, error = %e, "round lease not released; it expires by itself");
         }
     }

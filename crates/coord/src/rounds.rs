@@ -2,12 +2,18 @@
 //! spread the work over replicas.
 //!
 //! A *round* of an endpoint starts at its `due_at` (Redis clock, written with each result).
-//! Each replica asks for the round `offset` after it starts, where the offset is a hash of
-//! (pod id, endpoint, round) scaled to `[0, spread)`: per round every replica draws an
-//! independent, uniformly distributed offset, so the first to ask — the winner — is a fair
-//! draw among the live replicas, round after round, with no membership list to maintain. A
-//! replica that died simply stops drawing. The hash (not a random number) keeps it
-//! reproducible in tests.
+//! Each replica asks for the round `offset` after it starts. In sharded mode the offset
+//! comes from a *rank*: every replica draws a hash of (pod id, endpoint, round) for itself and
+//! for every replica it knows to be live ([`Members`]: pods whose results or round
+//! announcements it saw recently), and ranks itself among them. Rank 0 asks at once (within
+//! an eighth of the spread), rank 1 at half the spread, everyone else at three quarters: the
+//! first to ask — who wins — is a fair draw among the live replicas, and the others normally
+//! learn the result (or the winner's `taken` announcement) before their turn comes, so a
+//! round costs one acquire however many replicas run (with independent uniform offsets, the
+//! gap between the first two asks shrinks as 1/N and more and more replicas ask while the
+//! round is being checked). A dead rank 0 costs the round half a spread; a replica others
+//! do not know yet ranks itself among those it knows, so at worst two ask at once until its
+//! first result makes it known. The hash (not a random number) keeps it reproducible.
 //!
 //! In global mode the lease holder asks at offset 0 and everyone else only after `spread`
 //! (plus their own hashed offset): the holder checks every round while it lives, and if it
@@ -15,7 +21,10 @@
 //! expire.
 
 use hale_core::Endpoint;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The most a round's start is spread over replicas.
 pub const MAX_SPREAD: Duration = Duration::from_secs(2);
@@ -59,21 +68,103 @@ pub fn draw(pod: &str, endpoint: &str, round: i64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The offset at which `pod` asks for `round` of `endpoint`.
+/// The offset at which `pod` asks for `round` of `endpoint`: sharded (`holder` `None`) by
+/// its rank among `members` (see the module docs), global by whether it holds the lease.
 pub fn offset(
     pod: &str,
     endpoint: &str,
     round: i64,
     spread: Duration,
     holder: Option<bool>,
+    members: &[Arc<str>],
 ) -> Duration {
-    let own = spread.mul_f64(draw(pod, endpoint, round));
+    let mine = draw(pod, endpoint, round);
     match holder {
-        // Sharded: everyone draws.
-        None => own,
+        None => {
+            let rank = members
+                .iter()
+                .filter(|m| m.as_ref() != pod && draw(m, endpoint, round) < mine)
+                .take(2)
+                .count();
+            let base = match rank {
+                0 => 0.0,
+                1 => 0.5,
+                _ => 0.75,
+            };
+            spread.mul_f64(base + mine / 8.0)
+        }
         // Global: the holder first, the others after a spread.
         Some(true) => Duration::ZERO,
-        Some(false) => spread + own,
+        Some(false) => spread + spread.mul_f64(mine),
+    }
+}
+
+/// The most pods remembered (a hostile channel cannot grow the table past it).
+pub const MAX_MEMBERS: usize = 256;
+/// A pod not seen for this long is forgotten.
+pub const MEMBER_TTL: Duration = Duration::from_secs(60);
+
+/// The replicas known to be live: this one, and every pod whose result or round
+/// announcement was seen in the last [`MEMBER_TTL`].
+#[derive(Debug)]
+pub struct Members {
+    me: Arc<str>,
+    seen: HashMap<Arc<str>, Instant>,
+    list: Arc<[Arc<str>]>,
+}
+
+impl Members {
+    pub fn new(me: Arc<str>) -> Self {
+        Self {
+            list: Arc::from(vec![me.clone()]),
+            me,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Notes that `pod` is live.
+    pub fn saw(&mut self, pod: &str) {
+        if pod == &*self.me || pod.is_empty() || pod.len() > crate::wire::MAX_NAME {
+            return;
+        }
+        let now = Instant::now();
+        let known = self.seen.contains_key(pod);
+        if !known
+            && self.seen.len() >= MAX_MEMBERS
+            && let Some(oldest) = self
+                .seen
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| p.clone())
+        {
+            self.seen.remove(&oldest);
+        }
+        self.seen.insert(Arc::from(pod), now);
+        if !known {
+            self.rebuild(now);
+        }
+    }
+
+    /// The live pods, this one included.
+    pub fn list(&mut self) -> Arc<[Arc<str>]> {
+        let now = Instant::now();
+        if self
+            .seen
+            .values()
+            .any(|at| now.duration_since(*at) > MEMBER_TTL)
+        {
+            self.rebuild(now);
+        }
+        self.list.clone()
+    }
+
+    fn rebuild(&mut self, now: Instant) {
+        self.seen
+            .retain(|_, at| now.duration_since(*at) <= MEMBER_TTL);
+        let mut list: Vec<Arc<str>> = self.seen.keys().cloned().collect();
+        list.push(self.me.clone());
+        list.sort();
+        self.list = Arc::from(list);
     }
 }
 
@@ -93,35 +184,65 @@ mod tests {
         assert_eq!(draw("p", "e", 1), draw("p", "e", 1), "reproducible");
     }
 
-    /// Three replicas, 3000 rounds of 4 endpoints: each wins about a third of them.
+    /// Three replicas that know each other, 3000 rounds of 4 endpoints: each wins about a
+    /// third of them, and the second to ask does so half a spread later, whatever the
+    /// number of replicas.
     #[test]
-    fn the_first_to_ask_is_a_fair_draw() {
-        let pods = ["hale-0-1a2b3c", "hale-1-4d5e6f", "hale-2-778899"];
-        let mut wins = [0u32; 3];
-        let spread = Duration::from_millis(250);
-        for round in 0..3000i64 {
-            for ep in ["a", "b", "c", "d"] {
-                let due = 1_718_000_000_000 + round * 1000;
-                let (i, _) = pods
-                    .iter()
-                    .map(|p| offset(p, ep, due, spread, None))
-                    .enumerate()
-                    .min_by_key(|(_, o)| *o)
-                    .unwrap();
-                wins[i] += 1;
+    fn the_first_to_ask_is_a_fair_draw_and_the_second_waits_half_a_spread() {
+        for pods in [
+            vec!["hale-0-1a2b3c", "hale-1-4d5e6f", "hale-2-778899"],
+            (0..20)
+                .map(|i| format!("pod-{i}"))
+                .map(|p| &*p.leak())
+                .collect(),
+        ] {
+            let members: Vec<Arc<str>> = pods.iter().map(|p| Arc::from(*p)).collect();
+            let mut wins = vec![0u32; pods.len()];
+            let spread = Duration::from_millis(250);
+            for round in 0..3000i64 {
+                for ep in ["a", "b", "c", "d"] {
+                    let due = 1_718_000_000_000 + round * 1000;
+                    let mut asks: Vec<(Duration, usize)> = pods
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (offset(p, ep, due, spread, None, &members), i))
+                        .collect();
+                    asks.sort();
+                    wins[asks[0].1] += 1;
+                    assert!(asks[0].0 < spread / 8);
+                    assert!(asks[1].0 >= spread / 2, "{asks:?}");
+                }
+            }
+            let fair = 1.0 / pods.len() as f64;
+            for w in &wins {
+                let share = f64::from(*w) / 12_000.0;
+                assert!((share - fair).abs() < fair * 0.2, "wins {wins:?}");
             }
         }
-        for w in wins {
-            let share = f64::from(w) / 12_000.0;
-            assert!((share - 1.0 / 3.0).abs() < 0.02, "wins {wins:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_are_bounded_and_expire() {
+        let mut m = Members::new(Arc::from("me"));
+        assert_eq!(&*m.list(), &[Arc::<str>::from("me")]);
+        m.saw("b");
+        m.saw("a");
+        m.saw("me");
+        assert_eq!(m.list().len(), 3);
+        for i in 0..1000 {
+            m.saw(&format!("fake-{i}"));
         }
+        assert_eq!(m.list().len(), MAX_MEMBERS + 1);
+        tokio::time::advance(MEMBER_TTL + Duration::from_secs(1)).await;
+        m.saw("a");
+        assert_eq!(m.list().len(), 2, "only the fresh one and me");
     }
 
     #[test]
     fn global_holder_goes_first() {
         let s = Duration::from_millis(250);
-        assert_eq!(offset("p", "e", 7, s, Some(true)), Duration::ZERO);
-        let other = offset("q", "e", 7, s, Some(false));
+        assert_eq!(offset("p", "e", 7, s, Some(true), &[]), Duration::ZERO);
+        let other = offset("q", "e", 7, s, Some(false), &[]);
         assert!(other >= s && other < 2 * s);
     }
 

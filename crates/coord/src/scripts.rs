@@ -8,19 +8,43 @@
 //! Fencing tokens come from one counter per namespace. When the counter is new (first use, or
 //! a Redis that restarted empty: `INCR` answers a small number) it is seeded with Redis's
 //! clock in microseconds, so tokens keep growing across a Redis restart and a replica holding
-//! a token from before it still takes newer results. Tokens stay below 2^53, so Lua's numbers hold them exactly; the
-//! scripts format every number with `%.0f` before storing or sending it.
+//! a token from before it still takes newer results. Tokens stay below 2^53, so Lua's numbers hold
+//! them exactly; the scripts format every number with `%.0f` before storing or sending it.
 
 use redis::{Script, Value};
 use std::sync::LazyLock;
 
-/// Shared prologue: `now` (ms, Redis clock) and `next_fence(key)`.
+/// Shared prologue: `now` (ms, Redis clock), `now_us`, `owns(key)` (an owner check that
+/// tolerates a key of the wrong type), `failed`/`wrong_type` (for `redis.pcall` answers:
+/// a key of the wrong type is repaired, any other error — OOM — is raised) and
+/// `next_fence(key)`. The normal path adds no command to what the scripts did before: wrong
+/// types are found by the error of the command that needed the key, not by `TYPE`.
+///
+/// `next_fence` heals a poisoned counter: a counter that is not an integer, of the wrong
+/// type, or further ahead than Redis's clock in µs plus an hour (a value the counter cannot
+/// have reached: it is seeded from that clock and grows by one per acquisition) is re-seeded
+/// from the clock. Legitimate tokens are all below the clock, so tokens still only grow.
 const PROLOGUE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local FENCE_SKEW_US = 3600000000
+local function owns(key)
+  local v = redis.pcall('GET', key)
+  return type(v) == 'string' and v == ARGV[1]
+end
+local function failed(v)
+  return type(v) == 'table' and v.err ~= nil
+end
+local function wrong_type(v)
+  return failed(v) and string.find(v.err, 'WRONGTYPE', 1, true) ~= nil
+end
 local function next_fence(key)
-  local f = redis.call('INCR', key)
-  if f < 1000000000000000 then
+  local f = redis.pcall('INCR', key)
+  if failed(f) and not wrong_type(f) and not string.find(f.err, 'not an integer', 1, true) then
+    error(f)
+  end
+  if failed(f) or f < 1000000000000000 or f > now_us + FENCE_SKEW_US then
     redis.call('SET', key, t[1] .. string.format('%06d', tonumber(t[2])))
     f = redis.call('INCR', key)
   end
@@ -29,24 +53,45 @@ end
 ";
 
 /// Round acquisition for one endpoint.
-/// KEYS: result, lease, fence. ARGV: owner, lease_ttl_ms, late_ms.
+/// KEYS: result, lease, fence. ARGV: owner, lease_ttl_ms, late_ms, max_due_in_ms,
+/// max_lease_ms, channel, endpoint.
 /// Returns `{0, due_in, due_at}` (not due), `{1, pttl, due_at}` (someone holds the round) or
-/// `{2, fence, anchor, now - anchor}` (ours: check now, write under `fence`, next round
-/// from `anchor`).
+/// `{2, fence, anchor, now - anchor, repaired}` (ours: check now, write under `fence`, next
+/// round from `anchor`). A stored due time that is not a number or further ahead than
+/// `max_due_in_ms` (more than this replica can plan) is poisoned: the round is due, and
+/// `repaired` is 1; a result or lease key of the wrong type is deleted (`repaired` 2); a lease
+/// without expiry or longer than `max_lease_ms` is taken over (`repaired` 3). The write that
+/// follows the grant overwrites the bad values. A grant is announced on the channel as
+/// `taken <lease_ttl_ms> <owner>\n<endpoint>`, so the other replicas wait for the result
+/// instead of asking while the check runs.
 const ACQUIRE: &str = r"
-local due = tonumber(redis.call('HGET', KEYS[1], 'due_at') or '0')
+local repaired = 0
+local raw = redis.pcall('HGET', KEYS[1], 'due_at')
+if failed(raw) then
+  if not wrong_type(raw) then error(raw) end
+  redis.call('DEL', KEYS[1])
+  raw = false
+  repaired = 2
+end
+local due = tonumber(raw or '0')
+if due == nil or due ~= due or due ~= math.floor(due) or due - now > tonumber(ARGV[4]) then
+  due = 0
+  repaired = 1
+end
 if now < due then
   return {0, due - now, due}
 end
 local pttl = redis.call('PTTL', KEYS[2])
-if pttl > 0 then
+if pttl > 0 and pttl <= tonumber(ARGV[5]) then
   return {1, pttl, due}
 end
+if pttl > 0 or pttl == -1 then repaired = 3 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local fence = next_fence(KEYS[3])
+redis.call('PUBLISH', ARGV[6], 'taken ' .. ARGV[2] .. ' ' .. ARGV[1] .. '\n' .. ARGV[7])
 local anchor = due
 if now - due > tonumber(ARGV[3]) then anchor = now end
-return {2, fence, anchor, now - anchor}
+return {2, fence, anchor, now - anchor, repaired}
 ";
 
 /// A fenced result write.
@@ -55,19 +100,36 @@ return {2, fence, anchor, now - anchor}
 /// anchor_ms, channel, message body, then field/value pairs.
 /// Returns `{1, fence, due_at, due_in}` when written (and published) or `{0, stored fields…}`
 /// when a result with the same or a newer fence is stored (nothing written).
+///
+/// A stored fence that is not a number or is above the counter (which issued every real
+/// token) is poisoned and overwritten, as is a key of the wrong type. The write replaces
+/// the whole hash, so no field a hostile writer added survives it.
 const WRITE: &str = r"
 local fence = ARGV[2]
 if fence == '0' then fence = string.format('%.0f', next_fence(KEYS[3])) end
-local stored = redis.call('HMGET', KEYS[1], 'fence', 'due_at')
-local cur = stored[1]
+local fnum = tonumber(fence)
+local stored = redis.pcall('HMGET', KEYS[1], 'fence', 'due_at')
+if failed(stored) then
+  if not wrong_type(stored) then error(stored) end
+  stored = {false, false}
+end
+local cur = tonumber(stored[1] or '')
 local passive = ARGV[4] == ''
-if cur and tonumber(cur) >= tonumber(fence) then
-  if not passive and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if cur and cur >= fnum then
+  -- Refused, unless the stored fence is poisoned: above the counter, which issued every
+  -- real token.
+  local counter = redis.pcall('GET', KEYS[3])
+  counter = type(counter) == 'string' and tonumber(counter) or nil
+  if counter == nil or cur > counter then cur = nil end
+end
+if cur and cur >= fnum then
+  if not passive and owns(KEYS[2]) then redis.call('DEL', KEYS[2]) end
   local all = redis.call('HGETALL', KEYS[1])
   table.insert(all, 1, 0)
   return all
 end
-local due = tonumber(stored[2] or '0')
+local due = tonumber(stored[2] or '')
+if due == nil or due ~= due or due < 0 or due > now + 86400000 * 366 then due = now end
 if not passive then
   local planned = tonumber(ARGV[4])
   due = tonumber(ARGV[5]) + planned
@@ -75,17 +137,18 @@ if not passive then
 end
 local due_s = string.format('%.0f', due)
 local due_in_s = string.format('%.0f', due - now)
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'fence', fence, 'due_at', due_s, 'written_at',
   string.format('%.0f', now), unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if not passive and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if not passive and owns(KEYS[2]) then redis.call('DEL', KEYS[2]) end
 redis.call('PUBLISH', ARGV[6], fence .. ' ' .. due_s .. ' ' .. due_in_s .. '\n' .. ARGV[7])
 return {1, fence, due_s, due_in_s}
 ";
 
 /// Owner-checked release. KEYS: lease. ARGV: owner. Returns 1 if released.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if owns(KEYS[1]) then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -93,7 +156,7 @@ return 0
 
 /// Owner-checked extension. KEYS: lease. ARGV: owner, ttl_ms. Returns 1 if extended.
 const EXTEND: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if owns(KEYS[1]) then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -101,15 +164,23 @@ return 0
 
 /// Acquire-or-extend of the global lease. KEYS: lease, fence. ARGV: owner, ttl_ms.
 /// Returns `{2, owner, fence}` (acquired), `{1, owner, pttl}` (ours, extended) or
-/// `{0, owner, pttl}` (held by `owner`).
+/// `{0, owner, pttl}` (held by `owner`). A lease of the wrong type, without expiry or longer
+/// than `ttl_ms` is poisoned and taken over.
 const GLOBAL: &str = r"
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.pcall('GET', KEYS[1])
+if failed(cur) then
+  if not wrong_type(cur) then error(cur) end
+  cur = false
+end
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, cur, tonumber(ARGV[2])}
 end
 if cur then
-  return {0, cur, redis.call('PTTL', KEYS[1])}
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 and pttl <= tonumber(ARGV[2]) then
+    return {0, cur, pttl}
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {2, ARGV[1], next_fence(KEYS[2])}
@@ -117,17 +188,37 @@ return {2, ARGV[1], next_fence(KEYS[2])}
 
 /// What `/health/shared-status` shows from Redis. KEYS: global lease, then n result keys,
 /// then n lease keys. ARGV: n. Returns `{now, global owner, global pttl, then per endpoint:
-/// written_at, checked_by, lease owner}` with '' for absent values.
+/// written_at, checked_by, lease owner}` with '' for absent values (and for keys of the
+/// wrong type: this script only reads).
 const STATUS: &str = r"
-local out = {string.format('%.0f', now), redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1])}
+local function get(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then return v end
+  return ''
+end
+local out = {string.format('%.0f', now), get(KEYS[1]), redis.call('PTTL', KEYS[1])}
 local n = tonumber(ARGV[1])
 for i = 1, n do
-  local r = redis.call('HMGET', KEYS[1 + i], 'written_at', 'checked_by')
+  local r = redis.pcall('HMGET', KEYS[1 + i], 'written_at', 'checked_by')
+  if type(r) ~= 'table' or r.err then r = {} end
   table.insert(out, r[1] or '')
   table.insert(out, r[2] or '')
-  table.insert(out, redis.call('GET', KEYS[1 + n + i]) or '')
+  table.insert(out, get(KEYS[1 + n + i]))
 end
 return out
+";
+
+/// Takes a fence, for a passive result that must be signed before it is written.
+/// KEYS: fence. Returns the fence.
+const NEXT_FENCE: &str = r"
+return next_fence(KEYS[1])
+";
+
+/// The subscriber's probe: one small write, so a Redis that refuses writes (OOM under
+/// `noeviction`, a read-only replica) is not taken for healthy. KEYS: probe key. ARGV: owner.
+const PROBE: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 5000)
+return 1
 ";
 
 fn script(body: &str) -> Script {
@@ -136,8 +227,10 @@ fn script(body: &str) -> Script {
 
 pub static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
 pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(WRITE));
-pub static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
-pub static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND));
+pub static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
+pub static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
+pub static NEXT_FENCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NEXT_FENCE));
+pub static PROBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROBE));
 pub static GLOBAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GLOBAL));
 pub static STATUS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATUS));
 

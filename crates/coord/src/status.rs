@@ -18,13 +18,18 @@
 //!   checked endpoint.
 //! - `checks_performed`: checks this replica ran (coordinated or local fallback);
 //!   `checks_skipped`: checks another replica ran whose results this replica adopted.
+//! - `last_error` / `errors_total` (Hale's additions, DESIGN §5): the last failed Redis
+//!   operation with its error, and how many failed; see [`crate::health`].
 
-use crate::cache::RemoteStatus;
+use crate::book::Book;
+use crate::cache::{RemoteStatus, ResultCache};
 use crate::config::CoordMode;
-use crate::coordinator::{Coordinator, Inner, lock};
+use crate::health::Health;
+use crate::lock;
+use metrics::Counter;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
@@ -34,23 +39,81 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// A status read older than this is not shown.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
+/// The metric of checks another replica made for this one.
+pub const CHECKS_SKIPPED_TOTAL: &str = "hale_coord_checks_skipped_total";
+
+/// `checks_performed` and `checks_skipped`, counted by whoever sees them happen.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    performed: AtomicU64,
+    skipped: AtomicU64,
+    skipped_metric: Counter,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            performed: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            skipped_metric: metrics::counter!(CHECKS_SKIPPED_TOTAL),
+        }
+    }
+}
+
+impl Tally {
+    /// This replica runs a check (coordinated or local).
+    pub fn performed(&self) {
+        self.performed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This replica adopted a check another one ran.
+    pub fn skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        self.skipped_metric.increment(1);
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.performed.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The last status read from Redis, and the demand for a new one.
 #[derive(Debug, Default)]
 pub(crate) struct StatusCache {
     remote: Mutex<Option<(Instant, RemoteStatus)>>,
     demand: Notify,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>) {
-    loop {
-        inner.status.demand.notified().await;
-        if inner.is_available() {
-            let roster = inner.roster();
-            match inner.cache.status(&roster.order).await {
-                Ok(s) => *lock(&inner.status.remote) = Some((Instant::now(), s)),
-                Err(e) => inner.failed("reading the shared status", &e),
+/// The status task: reads what only Redis knows when asked to, at most once a second.
+#[derive(Debug)]
+pub(crate) struct StatusTask {
+    pub cache: ResultCache,
+    pub health: Arc<Health>,
+    pub book: Arc<Book>,
+    pub status: Arc<StatusCache>,
+}
+
+impl StatusTask {
+    pub(crate) async fn run(self) {
+        loop {
+            self.status.demand.notified().await;
+            if self.health.is_available() {
+                let roster = self.book.roster();
+                match self.cache.status(&roster.order).await {
+                    Ok(s) => {
+                        self.health.ok();
+                        *lock(&self.status.remote) = Some((Instant::now(), s));
+                    }
+                    Err(e) => {
+                        self.health.failed("reading the shared status", &e);
+                    }
+                }
             }
+            sleep(MIN_REFRESH).await;
         }
-        sleep(MIN_REFRESH).await;
     }
 }
 
@@ -69,66 +132,81 @@ pub struct CoordStatus {
     pub last_checked_by: Option<Arc<str>>,
     pub checks_performed: u64,
     pub checks_skipped: u64,
+    /// The last failed Redis operation and its error (no secrets), if any failed yet.
+    pub last_error: Option<String>,
+    /// Failed Redis operations since start (any kind: unreachable, timeout, script error,
+    /// malformed answer).
+    pub errors_total: u64,
 }
 
-impl Coordinator {
-    /// This replica's shared-status report; never waits on Redis (see the module docs).
-    pub fn status(&self) -> CoordStatus {
-        let inner = &self.inner;
-        inner.status.demand.notify_one();
-        let available = inner.is_available();
-        let remote = lock(&inner.status.remote)
-            .clone()
-            .filter(|(at, _)| available && at.elapsed() < STALE_AFTER);
-        let lock_owner: Option<Arc<str>> = match inner.mode {
-            CoordMode::Global => lock(&inner.global_owner).clone().filter(|_| available),
-            CoordMode::Sharded => {
-                let own = inner
-                    .roster()
-                    .rounds
-                    .values()
-                    .any(|r| lock(&r.state).lease.is_some());
-                if own {
-                    Some(inner.pod_id.clone())
-                } else {
-                    remote.as_ref().and_then(|(_, r)| {
-                        r.endpoints
-                            .iter()
-                            .find_map(|e| e.lease_owner.as_deref().map(Arc::from))
-                    })
-                }
+/// What the report is built from, gathered by the coordinator.
+pub(crate) struct Inputs<'a> {
+    pub pod_id: &'a Arc<str>,
+    pub mode: CoordMode,
+    pub lock_ttl: Duration,
+    pub cache_ttl: Duration,
+    pub health: &'a Health,
+    pub book: &'a Book,
+    pub status: &'a StatusCache,
+    pub tally: &'a Tally,
+    /// Global mode: the holder of the global lease as last seen.
+    pub global_owner: Option<Arc<str>>,
+    pub store: Option<Arc<hale_core::HealthStore>>,
+}
+
+/// This replica's shared-status report; never waits on Redis (see the module docs).
+pub(crate) fn report(i: Inputs<'_>) -> CoordStatus {
+    i.status.demand.notify_one();
+    let available = i.health.is_available();
+    let remote = lock(&i.status.remote)
+        .clone()
+        .filter(|(at, _)| available && at.elapsed() < STALE_AFTER);
+    let lock_owner: Option<Arc<str>> = match i.mode {
+        CoordMode::Global => i.global_owner.filter(|_| available),
+        CoordMode::Sharded => {
+            if i.book.any_lease() {
+                Some(i.pod_id.clone())
+            } else {
+                remote.as_ref().and_then(|(_, r)| {
+                    r.endpoints
+                        .iter()
+                        .find_map(|e| e.lease_owner.as_deref().map(Arc::from))
+                })
             }
-        };
-        let cache_available = remote.as_ref().is_some_and(|(_, r)| {
-            !r.endpoints.is_empty() && r.endpoints.iter().all(|e| e.written_at.is_some())
-        });
-        let cache_age = remote.as_ref().and_then(|(at, r)| {
-            let oldest = r.endpoints.iter().filter_map(|e| e.written_at).min()?;
-            let age = Duration::from_millis(u64::try_from(r.now_ms - oldest).unwrap_or(0));
-            Some(age + at.elapsed())
-        });
-        let last_checked_by = inner.store.upgrade().and_then(|store| {
-            store
-                .snapshot()
-                .endpoints
-                .iter()
-                .filter_map(|e| Some((e.health.last_check?, e.health.checked_by.clone()?)))
-                .max_by_key(|(at, _)| *at)
-                .map(|(_, by)| by)
-        });
-        CoordStatus {
-            pod_id: inner.pod_id.clone(),
-            mode: inner.mode,
-            redis_available: available,
-            lock_ttl: inner.lock_ttl,
-            cache_ttl: inner.cache_ttl,
-            lock_in_progress: lock_owner.is_some(),
-            lock_owner,
-            cache_available,
-            cache_age,
-            last_checked_by,
-            checks_performed: inner.checks_performed.load(Ordering::Relaxed),
-            checks_skipped: inner.checks_skipped.load(Ordering::Relaxed),
         }
+    };
+    let cache_available = remote.as_ref().is_some_and(|(_, r)| {
+        !r.endpoints.is_empty() && r.endpoints.iter().all(|e| e.written_at.is_some())
+    });
+    let cache_age = remote.as_ref().and_then(|(at, r)| {
+        let oldest = r.endpoints.iter().filter_map(|e| e.written_at).min()?;
+        let age = Duration::from_millis(u64::try_from(r.now_ms - oldest).unwrap_or(0));
+        Some(age + at.elapsed())
+    });
+    let last_checked_by = i.store.and_then(|store| {
+        store
+            .snapshot()
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.health.last_check?, e.health.checked_by.clone()?)))
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, by)| by)
+    });
+    let (checks_performed, checks_skipped) = i.tally.counts();
+    CoordStatus {
+        pod_id: i.pod_id.clone(),
+        mode: i.mode,
+        redis_available: available,
+        lock_ttl: i.lock_ttl,
+        cache_ttl: i.cache_ttl,
+        lock_in_progress: lock_owner.is_some(),
+        lock_owner,
+        cache_available,
+        cache_age,
+        last_checked_by,
+        checks_performed,
+        checks_skipped,
+        last_error: i.health.last_error(),
+        errors_total: i.health.errors_total(),
     }
 }

@@ -1,53 +1,70 @@
 //! The subscriber task: receives every result the fleet writes and applies it to this
-//! replica's store, and is the watchdog that brings a replica back when Redis returns.
+//! replica's store, and is what brings a replica back when Redis returns.
 //!
-//! It holds a dedicated pub/sub connection (bb8 pools multiplexed connections, which cannot
-//! subscribe). On every (re)subscription it first re-reads all result keys of the configured
-//! endpoints, so nothing written while it was away is missed, and only then declares Redis
-//! available: from that moment `may_check` coordinates again. While Redis is unreachable it
-//! retries every [`RECONNECT_EVERY`], so a replica rejoins well within one interval of Redis
-//! coming back. When another task finds Redis unreachable (a failed operation), the
-//! subscription is dropped and rebuilt the same way, so a half-dead connection cannot leave a
-//! replica believing it is coordinated.
+//! It holds a dedicated pub/sub connection (a multiplexed connection cannot subscribe). On
+//! every (re)subscription it first proves Redis usable — a small write probe every
+//! [`RECONNECT_EVERY`], for [`REJOIN_AFTER`](crate::health::REJOIN_AFTER) while an outage is
+//! declared (at once at start-up or when Redis never went down) — then re-reads all result
+//! keys of the configured endpoints, so nothing written while it was away is missed, and
+//! only then declares Redis available: from that moment `may_check` coordinates again. When
+//! an outage is declared (see [`crate::health`]), the subscription is dropped and rebuilt the
+//! same way, so a half-dead connection cannot leave a replica believing it is coordinated.
 //!
-//! Applying follows core's rule: only results with a newer fence are adopted; each adopted
-//! check made by another replica counts as a check skipped here.
+//! Applying follows core's rule (only results with a newer fence are adopted) after the
+//! bounds of [`crate::adopt`]; each adopted check made by another
+//! replica counts as a check skipped here. Unreadable messages are refused and counted
+//! (`hale_coord_rejected_total{kind="malformed"}`), never fatal.
 
-use crate::coordinator::{Inner, lock};
-use crate::pool::{CONNECT_TIMEOUT, OP_TIMEOUT, RedisFailure};
-use crate::wire::{self, StoredResult};
+use crate::adopt::Adopter;
+use crate::book::Book;
+use crate::cache::ResultCache;
+use crate::conn::{CONNECT_TIMEOUT, OP_TIMEOUT, RedisFailure};
+use crate::health::Health;
+use crate::rejected::Kind;
+use crate::wire;
 use futures_util::StreamExt as _;
-use hale_core::{Adoption, Event, Now, ResultKind};
 use redis::aio::PubSub;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout};
 
 /// How often a replica without Redis tries to reach it again.
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
-pub(crate) async fn run(inner: Arc<Inner>) {
-    let mut outages = inner.outages.subscribe();
-    loop {
-        match subscribe(&inner).await {
-            Ok(mut pubsub) => {
-                outages.borrow_and_update();
-                let synced = match inner.flush_pool().await {
-                    Ok(()) => inner.resync().await,
-                    Err(e) => Err(e),
-                };
-                match synced {
-                    Ok(()) => {
-                        inner.regained();
-                        inner.contacted.send_replace(true);
+/// The subscriber task's handles; it alone says when the first contact is done.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    pub cache: ResultCache,
+    pub health: Arc<Health>,
+    pub book: Arc<Book>,
+    pub adopter: Arc<Adopter>,
+    pub contacted: watch::Sender<bool>,
+}
+
+impl Subscriber {
+    pub(crate) async fn run(self) {
+        let mut outages = self.health.outages();
+        loop {
+            match self.subscribe().await {
+                Ok(mut pubsub) => {
+                    if outages.has_changed().unwrap_or(false) {
+                        // An outage was declared since the last rejoin: what Redis said
+                        // about rounds then is not to be trusted now.
+                        self.book.forget_all();
+                    }
+                    outages.borrow_and_update();
+                    if self.rejoin().await {
                         let mut messages = pubsub.on_message();
                         loop {
                             tokio::select! {
                                 message = messages.next() => match message {
-                                    Some(m) => inner.on_message(&m),
+                                    Some(m) => self.on_message(&m),
                                     None => {
-                                        inner.lost("the pub/sub connection closed");
+                                        self.health.failed(
+                                            "the pub/sub connection",
+                                            &RedisFailure::Unreachable("closed".to_owned()),
+                                        );
                                         break;
                                     }
                                 },
@@ -55,82 +72,77 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                                     if changed.is_err() {
                                         return;
                                     }
+                                    self.book.forget_all();
                                     break;
                                 }
                             }
                         }
                     }
-                    Err(e) => {
-                        inner.failed("re-reading shared results", &e);
-                        inner.contacted.send_replace(true);
-                    }
+                }
+                Err(e) => {
+                    self.health.failed("subscribing to shared events", &e);
                 }
             }
-            Err(e) => {
-                inner.lost(&e.to_string());
-                inner.contacted.send_replace(true);
-            }
+            self.contacted.send_replace(true);
+            sleep(RECONNECT_EVERY).await;
         }
-        sleep(RECONNECT_EVERY).await;
     }
-}
 
-/// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
-async fn subscribe(inner: &Inner) -> Result<PubSub, RedisFailure> {
-    let client =
-        redis::Client::open(inner.cache.pool().info().clone()).map_err(RedisFailure::from_redis)?;
-    let mut pubsub = timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+    /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
+    async fn subscribe(&self) -> Result<PubSub, RedisFailure> {
+        let mut pubsub = timeout(
+            CONNECT_TIMEOUT,
+            self.cache.conn().client().get_async_pubsub(),
+        )
         .await
         .map_err(|_| RedisFailure::Unreachable("pub/sub connect timed out".to_owned()))?
         .map_err(RedisFailure::from_redis)?;
-    timeout(OP_TIMEOUT, pubsub.subscribe(inner.cache.keys().channel()))
-        .await
-        .map_err(|_| RedisFailure::Unreachable("SUBSCRIBE timed out".to_owned()))?
-        .map_err(RedisFailure::from_redis)?;
-    Ok(pubsub)
-}
+        timeout(OP_TIMEOUT, pubsub.subscribe(self.cache.keys().channel()))
+            .await
+            .map_err(|_| RedisFailure::Timeout)?
+            .map_err(RedisFailure::from_redis)?;
+        Ok(pubsub)
+    }
 
-/// Logs and counts a transition adopted from another replica.
-pub(crate) fn log_transition(event: &Event) {
-    metrics::counter!(
-        "hale_state_transitions_total",
-        "endpoint" => event.endpoint.to_string(),
-        "from" => event.from.as_str(),
-        "to" => event.to.as_str()
-    )
-    .increment(1);
-    tracing::info!(
-        endpoint = %event.endpoint,
-        from = %event.from,
-        to = %event.to,
-        reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
-        checked_by = %event.pod_id,
-        source = "shared",
-        "endpoint state changed"
-    );
-}
-
-impl Inner {
-    /// Gets a working pooled connection: connections that died with the old Redis fail at
-    /// once and are dropped, so a few PINGs are enough to flush them.
-    async fn flush_pool(&self) -> Result<(), RedisFailure> {
-        let mut last = None;
-        for _ in 0..6 {
-            match self.cache.ping().await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_unreachable() => last = Some(e),
-                Err(e) => return Err(e),
+    /// Proves Redis usable (see the module docs), re-reads every result and declares Redis
+    /// available. Returns false on a failure (counted).
+    async fn rejoin(&self) -> bool {
+        loop {
+            if let Err(e) = self.cache.probe().await {
+                self.health.failed("probing Redis", &e);
+                return false;
             }
+            if self.health.probed() {
+                break;
+            }
+            self.contacted.send_replace(true);
+            sleep(RECONNECT_EVERY).await;
         }
-        Err(last.unwrap_or_else(|| RedisFailure::Unreachable("no connection".to_owned())))
+        if let Err(e) = self.resync().await {
+            self.health.failed("re-reading shared results", &e);
+            return false;
+        }
+        self.health.rejoin();
+        self.contacted.send_replace(true);
+        true
     }
 
     /// Re-reads the result of every configured endpoint and applies it.
     async fn resync(&self) -> Result<(), RedisFailure> {
-        let roster = self.roster();
+        let roster = self.book.roster();
         let stored = self.cache.read_all(&roster.order).await?;
+        self.health.ok();
         let found = stored.len();
-        let adopted = stored.into_iter().filter(|s| self.apply(s.clone())).count();
+        let mut adopted = 0;
+        for (name, parsed) in stored {
+            match parsed {
+                Ok(s) => adopted += usize::from(self.adopter.apply(s)),
+                Err(e) => self
+                    .adopter
+                    .rejected()
+                    .reject(Kind::of(&e), &name, &e.to_string()),
+            }
+        }
         tracing::debug!(
             found,
             adopted,
@@ -141,50 +153,26 @@ impl Inner {
     }
 
     fn on_message(&self, message: &redis::Msg) {
-        let payload: String = match message.get_payload() {
+        let rejected = self.adopter.rejected();
+        let payload = match message.get_payload::<String>() {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "unreadable shared event");
-                return;
+                let e = wire::WireError(format!("payload: {e}"));
+                return rejected.reject(Kind::Malformed, "", &e.to_string());
             }
         };
-        match wire::from_message(&payload) {
+        match wire::taken(&payload) {
+            Some(Ok((endpoint, owner, lease))) => {
+                return self.adopter.taken(endpoint, owner, lease);
+            }
+            Some(Err(e)) => return rejected.reject(Kind::Malformed, "", &e.to_string()),
+            None => {}
+        }
+        match wire::from_message(&payload, self.cache.signer()) {
             Ok(stored) => {
-                self.apply(stored);
+                self.adopter.apply(stored);
             }
-            Err(e) => tracing::warn!(error = %e, "unreadable shared event"),
-        }
-    }
-
-    /// Applies a result read or received; returns whether the store adopted it.
-    fn apply(&self, stored: StoredResult) -> bool {
-        let Some(r) = self.rounds_of(&stored.endpoint) else {
-            return false;
-        };
-        if stored.due_at > 0 {
-            let mut st = lock(&r.state);
-            let due_in = Duration::from_millis(u64::try_from(stored.due_in_ms).unwrap_or(0));
-            st.known_due = Some(Instant::now() + due_in);
-            st.round = stored.due_at;
-        }
-        let Some(store) = self.store.upgrade() else {
-            return false;
-        };
-        let result = &stored.result;
-        match store.apply_remote(&stored.endpoint, result, Now::capture()) {
-            Adoption::Adopted(event) => {
-                if matches!(result.kind, ResultKind::Check { .. })
-                    && result.checked_by != self.pod_id
-                {
-                    self.checks_skipped.fetch_add(1, Ordering::Relaxed);
-                    self.skipped_metric.increment(1);
-                }
-                if let Some(event) = event {
-                    log_transition(&event);
-                }
-                true
-            }
-            Adoption::Stale | Adoption::UnknownEndpoint => false,
+            Err(e) => rejected.reject(Kind::of(&e), "", &e.to_string()),
         }
     }
 }

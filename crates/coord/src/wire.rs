@@ -24,11 +24,40 @@
 //! A channel message is `<fence> <due_at> <due_in_ms>\n<JSON object of the other fields plus
 //! "endpoint">`: the header is built by the script (it knows the fence and the due time), the
 //! JSON by the writer.
+//!
+//! # Reading is bounded
+//!
+//! Whatever Redis holds or the channel carries is untrusted: [`from_hash`] and
+//! [`from_message`] accept only known enum values, numbers in range and bounded lengths
+//! ([`MAX_MESSAGE`], [`MAX_TEXT`], [`MAX_NAME`], [`MAX_MODELS`]), and fences in
+//! `1..2^53`; anything else is a [`WireError`] (counted as `malformed`). A `checked_at` or
+//! `rl_until` further ahead of this replica's clock than [`MAX_AHEAD`] /
+//! [`RETRY_AFTER_CAP`] is refused too. Writing truncates to the same bounds, so what one
+//! replica writes another always accepts. Whether a fence or due time is plausible is
+//! decided by the coordinator, which knows the endpoint's config.
 
+use crate::signing::Signer;
 use hale_core::{FenceToken, HealthState, Phase, Reason, ResultKind, SharedResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The longest channel message or hash field accepted.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// The longest error text (bytes).
+pub const MAX_TEXT: usize = 2048;
+/// The longest pod id, reason or model name (bytes).
+pub const MAX_NAME: usize = 256;
+/// The most models one result may list.
+pub const MAX_MODELS: usize = 4096;
+/// The most fields a result hash or message may have.
+pub const MAX_FIELDS: usize = 64;
+/// How far ahead of this replica's clock a `checked_at` may be (clock skew).
+pub const MAX_AHEAD: Duration = Duration::from_secs(3600);
+/// The longest rate limit (Retry-After) a shared result may carry.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// Fences are below 2^53, so Lua's numbers hold them exactly.
+pub const FENCE_LIMIT: u64 = 1 << 53;
 
 /// A result as read back: the result itself plus the round bookkeeping of the hash.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +75,19 @@ pub struct StoredResult {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed shared result: {0}")]
 pub struct WireError(pub String);
+
+const SIGNATURE_ERROR: &str = "signature missing or invalid";
+
+impl WireError {
+    /// The result is well-formed but not signed with this replica's `shared.signing_key`.
+    pub fn signature() -> Self {
+        Self(SIGNATURE_ERROR.to_owned())
+    }
+
+    pub fn is_signature(&self) -> bool {
+        self.0 == SIGNATURE_ERROR
+    }
+}
 
 fn err(msg: impl Into<String>) -> WireError {
     WireError(msg.into())
@@ -75,6 +117,17 @@ fn phase_str(phase: Phase) -> &'static str {
     }
 }
 
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
 /// The fields the writer supplies (everything but `fence`, `due_at` and `written_at`).
 pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
     let mut fields = vec![
@@ -84,10 +137,13 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
             "reason",
             r.reason
                 .as_ref()
-                .map(|x| x.as_str().into_owned())
+                .map(|x| truncated(&x.as_str(), MAX_NAME).to_owned())
                 .unwrap_or_default(),
         ),
-        ("error", r.error.as_deref().unwrap_or("").to_owned()),
+        (
+            "error",
+            truncated(r.error.as_deref().unwrap_or(""), MAX_TEXT).to_owned(),
+        ),
         (
             "latency_ms",
             r.latency
@@ -95,7 +151,7 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
                 .unwrap_or_default(),
         ),
         ("checked_at", millis(r.checked_at).to_string()),
-        ("checked_by", r.checked_by.to_string()),
+        ("checked_by", truncated(&r.checked_by, MAX_NAME).to_owned()),
         ("cf", r.consecutive_failures.to_string()),
         ("cs", r.consecutive_successes.to_string()),
         ("uf", r.unhealthy_failures.to_string()),
@@ -108,7 +164,12 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
         ("kind", kind_str(r.kind).to_owned()),
     ];
     if let Some(models) = &r.models {
-        let names: Vec<&str> = models.iter().map(|m| m.as_ref()).collect();
+        let names: Vec<&str> = models
+            .iter()
+            .map(|m| m.as_ref())
+            .filter(|m| m.len() <= MAX_NAME)
+            .take(MAX_MODELS)
+            .collect();
         fields.push((
             "models",
             serde_json::to_string(&names).unwrap_or_else(|_| "[]".to_owned()),
@@ -119,10 +180,15 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
 
 /// The JSON body of a channel message for `endpoint`.
 pub fn message_body(endpoint: &str, r: &SharedResult) -> String {
+    message_body_of(endpoint, &to_fields(r))
+}
+
+/// The JSON body of a channel message for `endpoint` carrying `fields`.
+pub fn message_body_of(endpoint: &str, fields: &[(&'static str, String)]) -> String {
     let mut map = serde_json::Map::new();
     map.insert("endpoint".to_owned(), endpoint.into());
-    for (k, v) in to_fields(r) {
-        map.insert(k.to_owned(), v.into());
+    for (k, v) in fields {
+        map.insert((*k).to_owned(), v.clone().into());
     }
     serde_json::Value::Object(map).to_string()
 }
@@ -137,59 +203,105 @@ fn parse_num<T: std::str::FromStr>(f: &HashMap<String, String>, key: &str) -> Re
         .map_err(|_| err(format!("{key}={:?}", get(f, key))))
 }
 
+fn bounded<'a>(
+    f: &'a HashMap<String, String>,
+    key: &str,
+    max: usize,
+) -> Result<&'a str, WireError> {
+    let v = get(f, key);
+    if v.len() > max {
+        return Err(err(format!("{key}: {} bytes, at most {max}", v.len())));
+    }
+    Ok(v)
+}
+
+fn wall_ms(f: &HashMap<String, String>, key: &str, ahead: Duration) -> Result<i64, WireError> {
+    let ms: i64 = parse_num(f, key)?;
+    let limit = millis(SystemTime::now() + ahead);
+    if !(0..=limit).contains(&ms) {
+        return Err(err(format!("{key}={ms} out of range")));
+    }
+    Ok(ms)
+}
+
+/// Reads a fence: an integer in `1..2^53`.
+pub fn parse_fence(s: &str) -> Result<u64, WireError> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..FENCE_LIMIT).contains(&n) => Ok(n),
+        _ => Err(err(format!("fence={:?}", truncated(s, 32)))),
+    }
+}
+
 /// Reads a result from the fields of its hash (or of a message); `fence` overrides the field
-/// when given (messages carry it in their header).
+/// when given (messages carry it in their header). Bounded: see the module docs.
 pub fn from_fields(
     f: &HashMap<String, String>,
     fence: Option<u64>,
 ) -> Result<SharedResult, WireError> {
+    if f.len() > MAX_FIELDS {
+        return Err(err(format!("{} fields", f.len())));
+    }
     let state: HealthState = serde_json::from_value(get(f, "state").into())
-        .map_err(|_| err(format!("state={:?}", get(f, "state"))))?;
+        .map_err(|_| err(format!("state={:?}", truncated(get(f, "state"), 32))))?;
     let phase = match get(f, "phase") {
         "startup" => Phase::Startup,
         "running" => Phase::Running,
-        other => return Err(err(format!("phase={other:?}"))),
+        other => return Err(err(format!("phase={:?}", truncated(other, 32)))),
     };
     let kind = match get(f, "kind") {
         "check_ok" => ResultKind::Check { ok: true },
         "check_failed" => ResultKind::Check { ok: false },
         "passive" => ResultKind::Passive,
-        other => return Err(err(format!("kind={other:?}"))),
+        other => return Err(err(format!("kind={:?}", truncated(other, 32)))),
     };
     let fence = match fence {
         Some(f) => f,
-        None => parse_num(f, "fence")?,
+        None => parse_fence(get(f, "fence"))?,
     };
-    let non_empty = |key: &str| Some(get(f, key)).filter(|s| !s.is_empty());
-    let latency = match non_empty("latency_ms") {
+    let latency = match Some(get(f, "latency_ms")).filter(|s| !s.is_empty()) {
         Some(ms) => {
-            let ms: f64 = ms.parse().map_err(|_| err(format!("latency_ms={ms:?}")))?;
-            (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
+            let ms: f64 = ms
+                .parse()
+                .map_err(|_| err(format!("latency_ms={:?}", truncated(ms, 32))))?;
+            if !(ms.is_finite() && (0.0..=86_400_000.0).contains(&ms)) {
+                return Err(err(format!("latency_ms={ms} out of range")));
+            }
+            Some(Duration::from_secs_f64(ms / 1e3))
         }
         None => None,
     };
     let models = match f.get("models") {
         Some(json) => {
+            if json.len() > MAX_MESSAGE {
+                return Err(err("models: too long"));
+            }
             let names: Vec<String> =
-                serde_json::from_str(json).map_err(|_| err(format!("models={json:?}")))?;
+                serde_json::from_str(json).map_err(|_| err("models: not a list of names"))?;
+            if names.len() > MAX_MODELS || names.iter().any(|n| n.len() > MAX_NAME) {
+                return Err(err("models: too many or too long"));
+            }
             Some(names.into_iter().map(Arc::<str>::from).collect())
         }
         None => None,
     };
-    let rate_limited_until = match non_empty("rl_until") {
-        Some(ms) => Some(from_millis(
-            ms.parse().map_err(|_| err(format!("rl_until={ms:?}")))?,
-        )),
-        None => None,
+    let rate_limited_until = match get(f, "rl_until") {
+        "" => None,
+        _ => Some(from_millis(wall_ms(f, "rl_until", RETRY_AFTER_CAP)?)),
     };
+    let reason = bounded(f, "reason", MAX_NAME)?;
+    let error = bounded(f, "error", MAX_TEXT)?;
+    let checked_by = bounded(f, "checked_by", MAX_NAME)?;
+    if checked_by.is_empty() {
+        return Err(err("no checked_by"));
+    }
     Ok(SharedResult {
         state,
         phase,
-        reason: non_empty("reason").map(Reason::parse),
-        error: non_empty("error").map(Arc::from),
+        reason: Some(reason).filter(|s| !s.is_empty()).map(Reason::parse),
+        error: Some(error).filter(|s| !s.is_empty()).map(Arc::from),
         latency,
-        checked_at: from_millis(parse_num(f, "checked_at")?),
-        checked_by: Arc::from(get(f, "checked_by")),
+        checked_at: from_millis(wall_ms(f, "checked_at", MAX_AHEAD)?),
+        checked_by: Arc::from(checked_by),
         fence: FenceToken(fence),
         models,
         consecutive_failures: parse_num(f, "cf")?,
@@ -200,46 +312,78 @@ pub fn from_fields(
     })
 }
 
-/// Reads a stored hash (as returned by HGETALL); `now_ms` is Redis's clock at the read.
+/// Reads a stored hash (as returned by HGETALL); `now_ms` is Redis's clock at the read. With
+/// a `signer`, the hash must carry a valid signature ([`crate::signing`]).
 pub fn from_hash(
     endpoint: Arc<str>,
     f: &HashMap<String, String>,
     now_ms: i64,
+    signer: Option<&Signer>,
 ) -> Result<StoredResult, WireError> {
-    let due_at: i64 = get(f, "due_at").parse().unwrap_or(0);
-    let written_at: i64 = get(f, "written_at").parse().unwrap_or(0);
+    let due_at: i64 = parse_num(f, "due_at")?;
+    let written_at: i64 = parse_num(f, "written_at")?;
     let result = from_fields(f, None)?;
+    if let Some(signer) = signer
+        && !signer.verify(&endpoint, result.fence.get(), f)
+    {
+        return Err(WireError::signature());
+    }
     Ok(StoredResult {
         endpoint,
         result,
         due_at,
-        due_in_ms: due_at - now_ms,
+        due_in_ms: due_at.saturating_sub(now_ms),
         written_at,
     })
 }
 
-/// Reads a channel message.
-pub fn from_message(payload: &str) -> Result<StoredResult, WireError> {
+/// A round-taken announcement (`taken <lease_ms> <owner>\n<endpoint>`): the endpoint, who
+/// took it, and how long the lease runs at most. `None` if `payload` is not one.
+pub fn taken(payload: &str) -> Option<Result<(&str, &str, Duration), WireError>> {
+    let rest = payload.strip_prefix("taken ")?;
+    let parsed = (|| {
+        let (header, endpoint) = rest.split_once('\n')?;
+        let (ms, owner) = header.split_once(' ')?;
+        let ms: u64 = ms.parse().ok()?;
+        let ok = !endpoint.is_empty()
+            && endpoint.len() <= MAX_MESSAGE
+            && !owner.is_empty()
+            && owner.len() <= MAX_NAME;
+        ok.then_some((endpoint, owner, Duration::from_millis(ms)))
+    })();
+    Some(parsed.ok_or_else(|| err("taken: malformed announcement")))
+}
+
+/// Reads a channel message. With a `signer`, it must carry a valid signature.
+pub fn from_message(payload: &str, signer: Option<&Signer>) -> Result<StoredResult, WireError> {
+    if payload.len() > MAX_MESSAGE {
+        return Err(err(format!("message of {} bytes", payload.len())));
+    }
     let (header, body) = payload
         .split_once('\n')
         .ok_or_else(|| err("no header line"))?;
     let mut parts = header.split(' ');
+    let fence = parse_fence(parts.next().unwrap_or(""))?;
     let mut next = |name: &str| -> Result<i64, WireError> {
         parts
             .next()
             .and_then(|p| p.parse().ok())
-            .ok_or_else(|| err(format!("header {header:?}: no {name}")))
+            .ok_or_else(|| err(format!("header {:?}: no {name}", truncated(header, 64))))
     };
-    let fence = u64::try_from(next("fence")?).map_err(|_| err("negative fence"))?;
     let due_at = next("due_at")?;
     let due_in_ms = next("due_in")?;
     let map: HashMap<String, String> =
         serde_json::from_str(body).map_err(|e| err(format!("body: {e}")))?;
-    let endpoint: Arc<str> = Arc::from(get(&map, "endpoint"));
+    let endpoint: Arc<str> = Arc::from(bounded(&map, "endpoint", MAX_MESSAGE)?);
     if endpoint.is_empty() {
         return Err(err("no endpoint"));
     }
     let result = from_fields(&map, Some(fence))?;
+    if let Some(signer) = signer
+        && !signer.verify(&endpoint, fence, &map)
+    {
+        return Err(WireError::signature());
+    }
     Ok(StoredResult {
         endpoint,
         result,
@@ -282,7 +426,7 @@ mod tests {
         map.insert("fence".into(), r.fence.get().to_string());
         map.insert("due_at".into(), "1718000001000".into());
         map.insert("written_at".into(), "1718000000125".into());
-        let back = from_hash(Arc::from("e"), &map, 1_718_000_000_500).unwrap();
+        let back = from_hash(Arc::from("e"), &map, 1_718_000_000_500, None).unwrap();
         assert_eq!(back.result, r);
         assert_eq!((back.due_at, back.due_in_ms), (1_718_000_001_000, 500));
         assert_eq!(back.written_at, 1_718_000_000_125);
@@ -302,7 +446,7 @@ mod tests {
             r.fence,
             message_body("vllm-1", &r)
         );
-        let m = from_message(&payload).unwrap();
+        let m = from_message(&payload, None).unwrap();
         assert_eq!(&*m.endpoint, "vllm-1");
         assert_eq!(m.result, r);
         assert_eq!(m.due_in_ms, -20);
@@ -313,7 +457,7 @@ mod tests {
             "1 2 3\n{\"endpoint\":\"e\"}",
             "1 2 3\nnot json",
         ] {
-            assert!(from_message(bad).is_err(), "{bad:?}");
+            assert!(from_message(bad, None).is_err(), "{bad:?}");
         }
     }
 }

@@ -14,10 +14,13 @@
 //! Log lines, after LiteLLM's: "Cached health check results for N healthy and M unhealthy
 //! endpoints" at INFO when those counts change, or once a minute at most; DEBUG otherwise.
 
-use crate::cache::WriteOutcome;
-use crate::coordinator::{Inner, lock};
-use hale_core::{Adoption, HealthStore, LocalResult, Now, ResultKind};
-use std::sync::Arc;
+use crate::adopt::Adopter;
+use crate::book::Book;
+use crate::cache::{ResultCache, WriteOutcome};
+use crate::health::Health;
+use crate::rejected::Kind;
+use hale_core::{HealthStore, LocalResult, Now, ResultKind};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,34 +30,61 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// When the cache summary was last logged at INFO, and what it said.
 #[derive(Debug, Default)]
-pub(crate) struct SummaryLog {
+struct SummaryLog {
     last: Option<(usize, usize)>,
     at: Option<Instant>,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<LocalResult>) {
-    while let Some(local) = rx.recv().await {
-        inner.write(local).await;
-    }
+/// The writer task's handles and its own state (the summary log).
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub cache: ResultCache,
+    pub health: Arc<Health>,
+    pub book: Arc<Book>,
+    pub adopter: Arc<Adopter>,
+    pub store: Weak<HealthStore>,
+    pub pod_id: Arc<str>,
+    summary: SummaryLog,
 }
 
-impl Inner {
-    async fn write(&self, local: LocalResult) {
-        let Some(r) = self.rounds_of(&local.endpoint) else {
+impl Writer {
+    pub fn new(
+        cache: ResultCache,
+        health: Arc<Health>,
+        book: Arc<Book>,
+        adopter: Arc<Adopter>,
+        store: Weak<HealthStore>,
+        pod_id: Arc<str>,
+    ) -> Self {
+        Self {
+            cache,
+            health,
+            book,
+            adopter,
+            store,
+            pod_id,
+            summary: SummaryLog::default(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<LocalResult>) {
+        while let Some(local) = rx.recv().await {
+            self.write(local).await;
+        }
+    }
+
+    async fn write(&mut self, local: LocalResult) {
+        let Some(r) = self.book.rounds_of(&local.endpoint) else {
             return;
         };
         let passive = local.result.kind == ResultKind::Passive;
         // A check's round lease is spent by this write whatever happens to it.
-        let lease = if passive {
-            None
-        } else {
-            lock(&r.state).lease.take()
-        };
+        let lease = if passive { None } else { r.take_lease() };
         if !passive && (local.result.fence.is_local() || lease.is_none()) {
             // Made without a lease (Redis was away): its fence orders nothing.
             return;
         }
-        if !self.is_available() {
+        if !self.health.is_available() {
             return;
         }
         let round = lease.map(|l| (l, local.planned_next));
@@ -66,22 +96,22 @@ impl Inner {
             return;
         };
         match outcome {
-            Err(e) => self.failed("writing a shared result", &e),
+            Err(e) => {
+                self.health.failed("writing a shared result", &e);
+            }
             Ok(WriteOutcome::Written {
                 fence,
                 due_at,
                 due_in,
             }) => {
+                self.health.ok();
                 if passive {
                     // Hold the fence our passive result went out under, as the others will.
                     let mut result = local.result.clone();
                     result.fence = fence;
                     store.apply_remote(&local.endpoint, &result, Now::capture());
                 } else {
-                    let mut st = lock(&r.state);
-                    st.known_due = Some(Instant::now() + due_in);
-                    st.round = due_at;
-                    drop(st);
+                    r.written(due_in, due_at);
                     tracing::debug!(
                         endpoint = %local.endpoint,
                         fence = %fence,
@@ -92,23 +122,29 @@ impl Inner {
                 self.log_summary(&store);
             }
             Ok(WriteOutcome::Refused(stored)) => {
-                lock(&r.state).known_due = None;
-                tracing::debug!(
-                    endpoint = %local.endpoint,
-                    ours = %local.result.fence,
-                    stored = %stored.result.fence,
-                    "result refused: a newer one is stored; adopting it"
-                );
-                if let Adoption::Adopted(Some(event)) =
-                    store.apply_remote(&local.endpoint, &stored.result, Now::capture())
-                {
-                    crate::subscriber::log_transition(&event);
+                self.health.ok();
+                r.local();
+                match stored {
+                    Ok(stored) => {
+                        tracing::debug!(
+                            endpoint = %local.endpoint,
+                            ours = %local.result.fence,
+                            stored = %stored.result.fence,
+                            "result refused: a newer one is stored; adopting it"
+                        );
+                        self.adopter.apply(*stored);
+                    }
+                    Err(e) => self.adopter.rejected().reject(
+                        Kind::of(&e),
+                        &local.endpoint,
+                        &e.to_string(),
+                    ),
                 }
             }
         }
     }
 
-    fn log_summary(&self, store: &HealthStore) {
+    fn log_summary(&mut self, store: &HealthStore) {
         let snapshot = store.snapshot();
         let healthy = snapshot
             .endpoints
@@ -117,7 +153,7 @@ impl Inner {
             .count();
         let unhealthy = snapshot.endpoints.len() - healthy;
         let now = Instant::now();
-        let mut log = lock(&self.summary);
+        let log = &mut self.summary;
         let due = log.last != Some((healthy, unhealthy))
             || log
                 .at

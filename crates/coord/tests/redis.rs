@@ -60,6 +60,16 @@ fn result(by: &str, fence: FenceToken, state: HealthState) -> SharedResult {
     }
 }
 
+/// The stored results of `name` (none or one), each readable.
+async fn read(c: &ResultCache, name: &str) -> Vec<hale_coord::wire::StoredResult> {
+    c.read_all(&[Arc::from(name)])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.unwrap())
+        .collect()
+}
+
 async fn granted(c: &ResultCache, endpoint: &str) -> RoundLease {
     match c.acquire_round(endpoint, LEASE, LATE).await.unwrap() {
         RoundAnswer::Granted(lease) => lease,
@@ -104,13 +114,13 @@ async fn an_outdated_fence_cannot_overwrite_a_newer_result() {
         .await
         .unwrap()
     {
-        WriteOutcome::Refused(stored) => {
+        WriteOutcome::Refused(Ok(stored)) => {
             assert_eq!(stored.result.fence, lease_b.fence);
             assert_eq!(stored.result.state, HealthState::Unhealthy);
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let stored = a.read_all(&[Arc::from("e")]).await.unwrap();
+    let stored = read(&a, "e").await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].result.state, HealthState::Unhealthy);
     assert_eq!(&*stored[0].result.checked_by, "pod-b");
@@ -194,7 +204,7 @@ async fn rounds_are_anchored_and_passive_results_leave_them_alone() {
         b.acquire_round("e", LEASE, LATE).await.unwrap(),
         RoundAnswer::NotDue { .. }
     ));
-    let stored = b.read_all(&[Arc::from("e")]).await.unwrap();
+    let stored = read(&b, "e").await;
     assert_eq!(stored[0].result.kind, ResultKind::Passive);
     assert_eq!(stored[0].result.fence, fence);
 }
@@ -427,7 +437,15 @@ async fn a_killed_redis_turns_checks_local_at_once() {
     .await
     .unwrap();
     assert!(matches!(d, Decision::Check { .. }));
-    assert!(!a.coord.redis_available());
+    // The outage is declared on evidence that persists: a few failed operations.
+    eventually(Duration::from_secs(3), POLL, || async {
+        (!a.coord.redis_available()).then_some(())
+    })
+    .await
+    .unwrap();
+    let s = a.coord.status();
+    assert!(s.errors_total >= 3, "{s:?}");
+    assert!(s.last_error.is_some());
 }
 
 #[tokio::test]

@@ -500,6 +500,17 @@ impl HealthStore {
             .map(|s| s.machine.first_delay())
     }
 
+    /// The wait the state machine plans after `name`'s current state, without jitter and
+    /// without recording it: what this replica's own config would wait (interval, startup
+    /// period, backoff or Retry-After). Shared coordination bounds what Redis tells it by this.
+    pub fn planned_delay(&self, name: &str, now: Instant) -> Option<Duration> {
+        let w = self.lock();
+        w.index
+            .get(name)
+            .and_then(|&i| w.slots.get(i))
+            .map(|s| s.machine.next_delay(now, 0.5))
+    }
+
     /// Computes and records when `name` is next checked; `u` ∈ [0, 1) is the jitter sample.
     pub fn schedule_next(&self, name: &str, now: Now, u: f64) -> Option<Duration> {
         self.with_slot(name, now.wall, |slot| {

@@ -133,6 +133,13 @@ impl Gateway {
         self.output.quote_since(Default::default())
     }
 
+    /// Every log line the gateway wrote so far (its whole stderr, not cut like [`logs`]).
+    ///
+    /// [`logs`]: Self::logs
+    pub fn full_logs(&self) -> String {
+        self.output.stderr_since(Default::default())
+    }
+
     /// `GET path` (with the admin token if one was set).
     pub async fn get(&self, path: &str) -> anyhow::Result<HttpReply> {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));

@@ -88,6 +88,11 @@ impl CapturedOutput {
         read_from(&self.stdout, mark.stdout, u64::MAX)
     }
 
+    /// Everything written to stderr after `mark` (the logs), lossily decoded, uncut.
+    pub(crate) fn stderr_since(&self, mark: Mark) -> String {
+        read_from(&self.stderr, mark.stderr, u64::MAX)
+    }
+
     /// Both streams since `mark`, each cut to its last few kilobytes, formatted for an error
     /// message.
     pub(crate) fn quote_since(&self, mark: Mark) -> String {
