@@ -53,13 +53,18 @@ use super::report::write_section;
 use crate::steps::cargo;
 
 const WARMUP: Duration = Duration::from_secs(3);
-/// How long a whole fleet may take to show every endpoint healthy on every replica.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a whole fleet may take to show every endpoint healthy on every replica. A fleet
+/// that does not get there (an overloaded one whose checks time out) is measured anyway, and
+/// the report says so: that state is what the suite is there to show.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The replicas' log filter: coord's INFO lines (rejoin) and everyone's warnings.
 const LOG_FILTER: &str = "warn,hale_coord=info";
 /// The log lines counted (crates/coord/src/coordinator.rs).
 const UNREACHABLE: &str = "Redis unreachable: checking every endpoint locally";
 const REJOINED: &str = "Redis reachable again";
+/// A failed health check (crates/probe/src/scheduler.rs, WARN): on an overloaded machine, a
+/// check that timed out.
+const CHECK_FAILED: &str = "health check failed";
 /// Bounds on the options, so a typo cannot start a thousand processes.
 const MAX_REPLICAS: usize = 64;
 const MAX_ENDPOINTS: usize = 10_000;
@@ -332,6 +337,7 @@ fn log_len(path: &Path) -> u64 {
 struct LogLines {
     unreachable: usize,
     rejoined: usize,
+    failed_checks: usize,
     reasons: BTreeMap<String, usize>,
 }
 
@@ -352,6 +358,8 @@ fn log_lines(path: &Path, from: u64, to: Option<u64>) -> LogLines {
             *out.reasons.entry(reason).or_default() += 1;
         } else if line.contains(REJOINED) {
             out.rejoined += 1;
+        } else if line.contains(CHECK_FAILED) {
+            out.failed_checks += 1;
         }
     }
     out
@@ -399,7 +407,10 @@ struct Measured {
     /// Share of the whole machine busy over the window.
     machine_busy: f64,
     mocks_cpu: f64,
-    ready_after: Duration,
+    /// When every replica first showed every endpoint healthy, if within [`READY_TIMEOUT`].
+    ready_after: Option<Duration>,
+    /// The fewest endpoints any replica showed healthy at the start and the end of the window.
+    healthy_min: (u64, u64),
 }
 
 impl Measured {
@@ -417,6 +428,16 @@ impl Measured {
             .map(|r| r.window.rejoined)
             .max()
             .unwrap_or(0)
+    }
+
+    /// Failed-check log lines of the whole fleet per interval, over the window.
+    fn failed_per_interval(&self, o: &Options) -> f64 {
+        let failed: usize = self
+            .per_replica
+            .iter()
+            .map(|r| r.window.failed_checks)
+            .sum();
+        failed as f64 / (o.seconds as f64 * 1000.0 / o.interval_ms as f64)
     }
 
     fn flapping(&self) -> usize {
@@ -512,27 +533,24 @@ fn measure(
         fleet.push(Replica { server, addr, log });
     }
     let ready_by = Instant::now() + READY_TIMEOUT;
-    for r in &mut fleet {
-        loop {
-            r.server.ensure_running()?;
-            let body = http_get(&r.addr, "/internal/health")?;
-            if number_after(&body, "healthy") == Some(o.endpoints as u64) {
-                break;
-            }
-            if Instant::now() > ready_by {
-                bail!(
-                    "replica {}: not all {} endpoints healthy after {} s (log {})",
-                    r.addr,
-                    o.endpoints,
-                    READY_TIMEOUT.as_secs(),
-                    r.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    let mut ready_after = None;
+    loop {
+        if healthy_min(&mut fleet)? == o.endpoints as u64 {
+            ready_after = Some(started.elapsed());
+            break;
         }
+        if Instant::now() > ready_by {
+            println!(
+                "{replicas} replica(s), {kind}: not every endpoint healthy on every replica after \
+                 {} s; measuring anyway",
+                READY_TIMEOUT.as_secs()
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let ready_after = started.elapsed();
     std::thread::sleep(WARMUP);
+    let healthy_start = healthy_min(&mut fleet)?;
 
     // Fast /proc and file-size snapshots first, then the counters, then the slower scrapes.
     let pids: Vec<u32> = fleet.iter().map(|r| r.server.pid()).collect();
@@ -582,6 +600,7 @@ fn measure(
     };
     let machine1 = machine_ticks();
     let logs1: Vec<u64> = fleet.iter().map(|r| log_len(&r.log)).collect();
+    let healthy_end = healthy_min(&mut fleet)?;
     let interval_s = o.interval_ms as f64 / 1000.0;
     let mut per_replica = Vec::new();
     for (i, r) in fleet.iter_mut().enumerate() {
@@ -634,7 +653,20 @@ fn measure(
         machine_busy,
         mocks_cpu: (mocks_cpu1 - mocks_cpu0) / elapsed,
         ready_after,
+        healthy_min: (healthy_start, healthy_end),
     })
+}
+
+/// The fewest endpoints any replica shows healthy (`/internal/health`); fails if a replica
+/// has exited.
+fn healthy_min(fleet: &mut [Replica]) -> anyhow::Result<u64> {
+    let mut min = u64::MAX;
+    for r in fleet {
+        r.server.ensure_running()?;
+        let body = http_get(&r.addr, "/internal/health")?;
+        min = min.min(number_after(&body, "healthy").unwrap_or(0));
+    }
+    Ok(min)
 }
 
 // === report ===
@@ -699,8 +731,12 @@ fn report(
                 )
             });
         let (cpu_median, cpu_max) = shared.replica_cpu();
+        let ready = shared.ready_after.map_or_else(
+            || format!("not within {} s", READY_TIMEOUT.as_secs()),
+            |d| format!("{:.0} s", d.as_secs_f64()),
+        );
         rows.push_str(&format!(
-            "| {n} | {alone_cell} | {:.0} | {:.3} | {:.1} | {:.2} | {}/{n} | {} / {} | {} ({}) | {} | {} | {:.0} s |\n",
+            "| {n} | {alone_cell} | {:.0} | {:.3} | {:.1} | {:.2} | {}/{n} | {} / {} | {:.1} | {} ({}) | {} | {} | {ready} | {} / {} |\n",
             shared.checks_per_interval,
             shared.checks_per_interval / o.endpoints as f64,
             per_round(redis_total, o),
@@ -708,11 +744,13 @@ fn report(
             shared.flapping(),
             shared.max_unreachable(),
             shared.max_rejoined(),
+            shared.failed_per_interval(o),
             pct(cpu_median),
             pct(cpu_max),
             pct(redis_cpu),
             pct(shared.machine_busy),
-            shared.ready_after.as_secs_f64(),
+            shared.healthy_min.0,
+            shared.healthy_min.1,
         ));
         if let Some(r) = &shared.redis {
             let parts: Vec<String> = r
@@ -732,14 +770,15 @@ fn report(
         }
         details.push_str(&format!(
             "\n<details><summary>{n} replicas, per replica</summary>\n\n\
-             | replica | checks/interval | CPU (share of a core) | unreachable lines (since start) | rejoin lines (since start) |\n\
-             |---|---:|---:|---:|---:|\n"
+             | replica | checks/interval | failed-check lines | CPU (share of a core) | unreachable lines (since start) | rejoin lines (since start) |\n\
+             |---|---:|---:|---:|---:|---:|\n"
         ));
         for r in &shared.per_replica {
             details.push_str(&format!(
-                "| {} | {:.1} | {} | {} ({}) | {} ({}) |\n",
+                "| {} | {:.1} | {} | {} | {} ({}) | {} ({}) |\n",
                 r.pod,
                 r.checks_per_interval,
+                r.window.failed_checks,
                 pct(r.cpu),
                 r.window.unreachable,
                 r.since_start.unreachable,
@@ -771,11 +810,14 @@ fn report(
          command Redis executed, including those inside the Lua scripts, without the measuring \
          `INFO`) per endpoint-round (/ endpoints / intervals). Unreachable / rejoin lines are \
          the replicas' `{UNREACHABLE}…` (WARN) and `{REJOINED}…` (INFO) log lines during the \
-         window. CPU from /proc over the window; machine busy is all cores together. Load \
+         window; failed checks are the `{CHECK_FAILED}` (WARN) lines, here all check timeouts \
+         ({timeout} ms) of an overloaded machine. A fleet that does not show every endpoint \
+         healthy on every replica within {ready_s} s is measured anyway. CPU from /proc over \
+         the window; machine busy is all cores together. Load \
          average (1 min) before the first fleet: {load_before}, after the last: {load_after} \
          — other work on the machine shows here.\n\n\
-         | replicas | checks/interval, not shared | checks/interval, shared | per endpoint | Redis commands per endpoint-round | of which EVALSHA | replicas flapping | max unreachable / rejoin lines per replica | replica CPU, median (max) | Redis CPU | machine busy | all healthy after |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | replicas | checks/interval, not shared | checks/interval, shared | per endpoint | Redis commands per endpoint-round | of which EVALSHA | replicas flapping | max unreachable / rejoin lines per replica | failed checks (timeouts) per interval | replica CPU, median (max) | Redis CPU | machine busy | all healthy after | fewest healthy on a replica, window start / end |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
          {rows}\n\
          Redis commands per endpoint-round, by command:\n\n{breakdown}\n\
          Script outcomes per endpoint-round, inferred from those commands (ACQUIRE runs `HGET` \
@@ -792,6 +834,8 @@ fn report(
         fleets = replicas.join(", "),
         s = o.seconds,
         unshared_max = o.unshared_max,
+        timeout = (o.interval_ms / 2).max(1),
+        ready_s = READY_TIMEOUT.as_secs(),
         load_before = load.0,
         load_after = load.1,
     )
@@ -888,13 +932,16 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         println!(
             "{replicas} replica(s), shared: {:.1} checks/interval ({:.3} per endpoint), {:.1} Redis \
              commands per endpoint-round, {} replicas flapping (max {} unreachable / {} rejoin \
-             lines), machine busy {}",
+             lines), {:.1} failed checks/interval, fewest healthy {} / {}, machine busy {}",
             shared.checks_per_interval,
             shared.checks_per_interval / o.endpoints as f64,
             per_round(redis_total, &o),
             shared.flapping(),
             shared.max_unreachable(),
             shared.max_rejoined(),
+            shared.failed_per_interval(&o),
+            shared.healthy_min.0,
+            shared.healthy_min.1,
             pct(shared.machine_busy),
         );
         runs.push((alone, shared));
@@ -962,11 +1009,15 @@ mod tests {
                      pod_id=bench-0 error=Redis unreachable: no connection within the connect \
                      timeout\n";
         let rest = "x INFO Redis reachable again: rejoining shared health checks pod_id=bench-0\n\
+                    x WARN health check failed endpoint=ep-1 reason=timeout\n\
                     x WARN Redis unreachable: checking every endpoint locally until it is back \
                     pod_id=bench-0 error=\"the pub/sub connection closed\"\n";
         std::fs::write(&log, format!("{first}{rest}")).unwrap();
         let window = log_lines(&log, first.len() as u64, None);
-        assert_eq!((window.unreachable, window.rejoined), (1, 1));
+        assert_eq!(
+            (window.unreachable, window.rejoined, window.failed_checks),
+            (1, 1, 1)
+        );
         assert_eq!(
             window.reasons.keys().collect::<Vec<_>>(),
             ["the pub/sub connection closed"]
