@@ -7,8 +7,9 @@
 //! URLs repeat; default N/100 within 5..=10), `--unshared-max C` (run the baseline without
 //! shared state only for fleets with replicas × endpoints ≤ C, default 5000: above that the
 //! unshared fleet alone saturates a 2-core machine and says nothing new) and `--note TEXT` (a
-//! paragraph put under the section heading, e.g. which code was measured). The old small run
-//! is `--endpoints 10 --replicas 1,3,5`.
+//! paragraph put under the section heading, e.g. which code was measured). `--keep-logs`
+//! leaves the replicas' configs and logs in the temporary directory (its path is printed)
+//! instead of removing them. The old small run is `--endpoints 10 --replicas 1,3,5`.
 //!
 //! For each fleet size it starts the replicas (release build, `HALE_WORKER_THREADS=1`, log
 //! filter `warn,hale_coord=info`, each one's stderr in a log file), in sharded mode against a
@@ -82,6 +83,7 @@ struct Options {
     mocks: usize,
     unshared_max: usize,
     note: Option<String>,
+    keep_logs: bool,
 }
 
 impl Options {
@@ -117,8 +119,13 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut mocks = None;
     let mut unshared_max = 5000;
     let mut note = None;
+    let mut keep_logs = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--keep-logs" {
+            keep_logs = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
         let bad = |what: &str| format!("{flag} {value:?}: {what}");
         match flag.as_str() {
@@ -139,7 +146,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--note" => note = Some(value.clone()),
             other => bail!(
                 "unknown option {other}; options: --endpoints N --replicas A,B,C --seconds S \
-                 --interval-ms MS --mocks M --unshared-max C --note TEXT"
+                 --interval-ms MS --mocks M --unshared-max C --note TEXT --keep-logs"
             ),
         }
     }
@@ -167,6 +174,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         mocks,
         unshared_max,
         note,
+        keep_logs,
     })
 }
 
@@ -948,6 +956,12 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     }
     drop(mocks);
     let load_after = load_average();
+    if o.keep_logs {
+        println!(
+            "replicas' configs and logs kept in {}",
+            dir.keep().display()
+        );
+    }
 
     let body = report(&o, &runs, &revision, (&load_before, &load_after));
     println!("{body}");
