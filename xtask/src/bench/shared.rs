@@ -43,7 +43,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 
@@ -373,6 +373,49 @@ fn log_lines(path: &Path, from: u64, to: Option<u64>) -> LogLines {
     out
 }
 
+/// Seconds since midnight UTC of a log line's timestamp (`2026-12-05T16:21:21.236225Z …`).
+fn line_time(line: &str) -> Option<f64> {
+    let clock = line.get(11..)?.split(['Z', ' ']).next()?;
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Now, in seconds since midnight UTC (the clock of the replicas' log timestamps).
+fn clock_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() % 86_400.0)
+}
+
+/// The share of the window `from..to` (seconds since midnight UTC) a replica spent checking
+/// locally: from each unreachable line to the next rejoin line, by the log's timestamps. A
+/// window across midnight is not worth the arithmetic: it reads as NaN.
+fn fallback_share(path: &Path, from: f64, to: f64) -> f64 {
+    if to <= from {
+        return f64::NAN;
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut down_since: Option<f64> = None;
+    let mut down = 0.0;
+    for line in text.lines() {
+        let Some(t) = line_time(line) else { continue };
+        if line.contains(UNREACHABLE) {
+            down_since.get_or_insert(t);
+        } else if line.contains(REJOINED)
+            && let Some(since) = down_since.take()
+        {
+            down += (t.min(to) - since.max(from)).max(0.0);
+        }
+    }
+    if let Some(since) = down_since {
+        down += (to - since.max(from)).max(0.0);
+    }
+    down / (to - from)
+}
+
 // === one run ===
 
 struct Replica {
@@ -392,6 +435,8 @@ fn stop_all(replicas: Vec<Replica>) {
 
 struct ReplicaFigures {
     pod: String,
+    /// Share of the window spent checking locally (Redis deemed unreachable).
+    fallback: f64,
     /// Share of one core over the window.
     cpu: f64,
     checks_per_interval: f64,
@@ -463,6 +508,13 @@ impl Measured {
             }
         }
         all
+    }
+
+    /// Mean and max share of the window the replicas spent checking locally.
+    fn fallback(&self) -> (f64, f64) {
+        let v: Vec<f64> = self.per_replica.iter().map(|r| r.fallback).collect();
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        (mean, v.iter().copied().fold(0.0, f64::max))
     }
 
     /// Median and max replica CPU, as a share of one core.
@@ -582,6 +634,7 @@ fn measure(
         None => None,
     };
     let t0 = Instant::now();
+    let clock0 = clock_now();
     let mut checks0 = Vec::new();
     for r in &fleet {
         checks0.push((Instant::now(), checks_run(&r.addr)?));
@@ -594,6 +647,7 @@ fn measure(
         None => None,
     };
     let elapsed = t0.elapsed().as_secs_f64();
+    let clock1 = clock_now();
     let cpu1: Vec<f64> = pids
         .iter()
         .map(|p| cpu_seconds(*p).unwrap_or(0.0))
@@ -618,6 +672,7 @@ fn measure(
         let secs = at0.elapsed().as_secs_f64();
         per_replica.push(ReplicaFigures {
             pod: format!("bench-{i}"),
+            fallback: fallback_share(&r.log, clock0, clock1),
             cpu: (cpu1[i] - cpu0[i]) / elapsed,
             checks_per_interval: (c1 - c0) / secs * interval_s,
             window: log_lines(&r.log, logs0[i], Some(logs1[i])),
@@ -739,12 +794,13 @@ fn report(
                 )
             });
         let (cpu_median, cpu_max) = shared.replica_cpu();
+        let (fallback_mean, fallback_max) = shared.fallback();
         let ready = shared.ready_after.map_or_else(
             || format!("not within {} s", READY_TIMEOUT.as_secs()),
             |d| format!("{:.0} s", d.as_secs_f64()),
         );
         rows.push_str(&format!(
-            "| {n} | {alone_cell} | {:.0} | {:.3} | {:.1} | {:.2} | {}/{n} | {} / {} | {:.1} | {} ({}) | {} | {} | {ready} | {} / {} |\n",
+            "| {n} | {alone_cell} | {:.0} | {:.3} | {:.1} | {:.2} | {}/{n} | {} / {} | {} ({}) | {:.1} | {} ({}) | {} | {} | {ready} | {} / {} |\n",
             shared.checks_per_interval,
             shared.checks_per_interval / o.endpoints as f64,
             per_round(redis_total, o),
@@ -752,6 +808,8 @@ fn report(
             shared.flapping(),
             shared.max_unreachable(),
             shared.max_rejoined(),
+            pct(fallback_mean),
+            pct(fallback_max),
             shared.failed_per_interval(o),
             pct(cpu_median),
             pct(cpu_max),
@@ -778,12 +836,12 @@ fn report(
         }
         details.push_str(&format!(
             "\n<details><summary>{n} replicas, per replica</summary>\n\n\
-             | replica | checks/interval | failed-check lines | CPU (share of a core) | unreachable lines (since start) | rejoin lines (since start) |\n\
-             |---|---:|---:|---:|---:|---:|\n"
+             | replica | checks/interval | failed-check lines | CPU (share of a core) | unreachable lines (since start) | rejoin lines (since start) | time in local fallback |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n"
         ));
         for r in &shared.per_replica {
             details.push_str(&format!(
-                "| {} | {:.1} | {} | {} | {} ({}) | {} ({}) |\n",
+                "| {} | {:.1} | {} | {} | {} ({}) | {} ({}) | {} |\n",
                 r.pod,
                 r.checks_per_interval,
                 r.window.failed_checks,
@@ -792,6 +850,7 @@ fn report(
                 r.since_start.unreachable,
                 r.window.rejoined,
                 r.since_start.rejoined,
+                pct(r.fallback),
             ));
         }
         details.push_str(&format!(
@@ -818,14 +877,15 @@ fn report(
          command Redis executed, including those inside the Lua scripts, without the measuring \
          `INFO`) per endpoint-round (/ endpoints / intervals). Unreachable / rejoin lines are \
          the replicas' `{UNREACHABLE}…` (WARN) and `{REJOINED}…` (INFO) log lines during the \
-         window; failed checks are the `{CHECK_FAILED}` (WARN) lines, here all check timeouts \
+         window, and the time in local fallback the share of the window from each of the first to \
+         the next of the second, by the log's timestamps; failed checks are the `{CHECK_FAILED}` (WARN) lines, here all check timeouts \
          ({timeout} ms) of an overloaded machine. A fleet that does not show every endpoint \
          healthy on every replica within {ready_s} s is measured anyway. CPU from /proc over \
          the window; machine busy is all cores together. Load \
          average (1 min) before the first fleet: {load_before}, after the last: {load_after} \
          — other work on the machine shows here.\n\n\
-         | replicas | checks/interval, not shared | checks/interval, shared | per endpoint | Redis commands per endpoint-round | of which EVALSHA | replicas flapping | max unreachable / rejoin lines per replica | failed checks (timeouts) per interval | replica CPU, median (max) | Redis CPU | machine busy | all healthy after | fewest healthy on a replica, window start / end |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | replicas | checks/interval, not shared | checks/interval, shared | per endpoint | Redis commands per endpoint-round | of which EVALSHA | replicas flapping | max unreachable / rejoin lines per replica | time in local fallback, mean (max) | failed checks (timeouts) per interval | replica CPU, median (max) | Redis CPU | machine busy | all healthy after | fewest healthy on a replica, window start / end |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
          {rows}\n\
          Redis commands per endpoint-round, by command:\n\n{breakdown}\n\
          Script outcomes per endpoint-round, inferred from those commands (ACQUIRE runs `HGET` \
@@ -1041,6 +1101,31 @@ mod tests {
         // A window past the end of the file (or reversed) counts nothing instead of failing.
         let none = log_lines(&log, 10_000, Some(20_000));
         assert_eq!((none.unreachable, none.rejoined), (0, 0));
+    }
+
+    #[test]
+    fn time_in_fallback_is_clipped_to_the_window() {
+        let dir = TempDir::new("hale-bench-shared-fallback").unwrap();
+        let log = dir.path().join("r.log");
+        let down = "WARN Redis unreachable: checking every endpoint locally until it is back";
+        let up = "INFO Redis reachable again: rejoining shared health checks";
+        std::fs::write(
+            &log,
+            format!(
+                "2026-12-05T10:00:00.000000Z {down}\n\
+                 2026-12-05T10:00:04.000000Z {up}\n\
+                 2026-12-05T10:00:06.000000Z  INFO something else\n\
+                 2026-12-05T10:00:08.000000Z {down}\n\
+                 2026-12-05T10:00:09.000000Z {down}\n"
+            ),
+        )
+        .unwrap();
+        let at = |s: f64| 36_000.0 + s;
+        // Down 2..4 and 8..10 of the window 2..10.
+        assert!((fallback_share(&log, at(2.0), at(10.0)) - 0.5).abs() < 1e-9);
+        assert!(fallback_share(&log, at(4.0), at(8.0)).abs() < 1e-9);
+        assert!(fallback_share(&log, at(5.0), at(5.0)).is_nan());
+        assert_eq!(line_time("garbage"), None);
     }
 
     #[test]
