@@ -13,8 +13,10 @@
 //!
 //! For each fleet size it starts the replicas (release build, `HALE_WORKER_THREADS=1`, log
 //! filter `warn,hale_coord=info`, each one's stderr in a log file), in sharded mode against a
-//! fresh `redis-server`, every endpoint checked each interval; once every replica shows every
-//! endpoint healthy and after a 3 s warm-up it measures over S seconds:
+//! fresh `redis-server`, every endpoint checked each interval. Once every replica shows every
+//! endpoint healthy — or after 60 s: an overloaded fleet whose checks time out never gets
+//! there, and is measured anyway with the fewest endpoints a replica shows healthy at the
+//! start and end of the window — and after a 3 s warm-up, it measures over S seconds:
 //! - fleet-wide checks per endpoint per interval: the `/health` hits the mocks received
 //!   (`/__stats`), the ideal being 1.00; per replica the checks it ran
 //!   (`hale_health_checks_total` from its `/metrics`);
@@ -24,8 +26,10 @@
 //!   due; write stored or refused; result re-reads on re-subscribe) — inferred from the
 //!   commands each script of crates/coord/src/scripts.rs runs, so only as true as that match;
 //! - per replica, the "Redis unreachable" and "Redis reachable again" lines it logged during
-//!   the window (and since it started), the fleet's reasons for the first, and its CPU time
-//!   (/proc), with Redis's CPU and how busy the whole machine was (/proc/stat).
+//!   the window (and since it started), the share of the window between the first and the
+//!   next of the second (local fallback, by the log's timestamps), its "health check failed"
+//!   lines, and its CPU time (/proc); the fleet's reasons for going unreachable; Redis's CPU
+//!   and how busy the whole machine was (/proc/stat).
 //!
 //! It then checks issue #11's targets (checks within ±10 % of ideal, no replica logging more
 //! than one unreachable/rejoin pair, Redis commands per endpoint-round flat in the number of
