@@ -37,7 +37,7 @@ commands:
                     --against-kubectl also compares the rendering with kubectl kustomize
   it [ARGS...]      setup, build the binaries, run the end-to-end suites (-p hale-tests);
                     ARGS go to the test runner (e.g. a test name filter)
-  bench SUITE       measure and write docs/BENCHMARKS.md (suites: health, proxy)
+  bench SUITE       measure and write docs/BENCHMARKS.md (suites: health, shared, proxy)
   dist              not implemented yet";
 
 fn main() -> ExitCode {

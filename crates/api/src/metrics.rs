@@ -42,6 +42,7 @@ pub const PROXY_REQUEST_DURATION_SECONDS: &str = "hale_proxy_request_duration_se
 pub const PROXY_RETRIES_TOTAL: &str = "hale_proxy_retries_total";
 pub const COORD_REDIS_UP: &str = "hale_coord_redis_up";
 pub const COORD_CHECKS_SKIPPED_TOTAL: &str = "hale_coord_checks_skipped_total";
+pub const COORD_REJECTED_TOTAL: &str = "hale_coord_rejected_total";
 
 /// Buckets of `hale_health_check_duration_seconds`: a local check answers in a millisecond, a
 /// check that times out takes seconds.
@@ -210,6 +211,10 @@ fn describe_all() {
     describe_counter!(
         COORD_CHECKS_SKIPPED_TOTAL,
         "Checks this replica skipped because another replica ran them."
+    );
+    describe_counter!(
+        COORD_REJECTED_TOTAL,
+        "Values read from Redis or its channel that were refused, by kind (due, fence, malformed, signature)."
     );
 }
 
