@@ -7,7 +7,7 @@
 //! The suites need the workspace binaries built (`cargo build --workspace --bins`) and
 //! `redis-server` on `PATH`; `cargo xtask it` and `cargo xtask test` take care of both.
 
-use hale_testkit::{Gateway, eventually};
+use hale_testkit::{Gateway, MockLlm, eventually};
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,4 +66,25 @@ pub fn hit_times(stats: &serde_json::Value, path: &str) -> Vec<f64> {
 /// The gaps between consecutive times.
 pub fn gaps(times: &[f64]) -> Vec<f64> {
     times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// The `/health` hits a mock received in `[from, to)` (wall-clock seconds), each with the
+/// pod that sent it: who checked the backend, and when.
+pub async fn health_checks(
+    mock: &MockLlm,
+    from: f64,
+    to: f64,
+) -> anyhow::Result<Vec<(f64, String)>> {
+    let stats = mock.stats().await?;
+    Ok(stats["recent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["path"] == "/health")
+        .filter_map(|h| {
+            let t = h["t"].as_f64()?;
+            let pod = h["pod"].as_str().unwrap_or("?").to_owned();
+            (t >= from && t < to).then_some((t, pod))
+        })
+        .collect())
 }

@@ -23,7 +23,7 @@
 )]
 
 use hale_testkit::{Gateway, MockLlm, RedisServer, eventually, http_get_json, http_post_json};
-use hale_tests::{rfc3339_secs, wall_secs};
+use hale_tests::{health_checks, rfc3339_secs, wall_secs};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,22 +99,6 @@ impl Fleet {
     }
 }
 
-/// The `/health` hits a mock received in `[from, to)`: (time, pod).
-async fn checks(mock: &MockLlm, from: f64, to: f64) -> anyhow::Result<Vec<(f64, String)>> {
-    let stats = mock.stats().await?;
-    Ok(stats["recent"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["path"] == "/health")
-        .filter_map(|h| {
-            let t = h["t"].as_f64()?;
-            let pod = h["pod"].as_str().unwrap_or("?").to_owned();
-            (t >= from && t < to).then_some((t, pod))
-        })
-        .collect())
-}
-
 async fn shared_status(gw: &Gateway) -> anyhow::Result<Value> {
     let r = gw.get("/health/shared-status").await?;
     anyhow::ensure!(r.status == 200, "shared-status: {}", r.status);
@@ -130,7 +114,7 @@ async fn tally(
     let mut per_endpoint = Vec::new();
     let mut per_pod = BTreeMap::new();
     for m in mocks {
-        let hits = checks(m, from, to).await?;
+        let hits = health_checks(m, from, to).await?;
         per_endpoint.push(hits.len());
         for (_, pod) in hits {
             *per_pod.entry(pod).or_insert(0) += 1;
@@ -415,7 +399,7 @@ async fn a_failure_seen_by_one_replica_reaches_all_within_300ms() {
 async fn longest_gaps(mocks: &[MockLlm], from: f64, to: f64) -> anyhow::Result<Vec<f64>> {
     let mut gaps = Vec::new();
     for m in mocks {
-        let mut times: Vec<f64> = checks(m, from, to)
+        let mut times: Vec<f64> = health_checks(m, from, to)
             .await?
             .into_iter()
             .map(|(t, _)| t)
@@ -492,7 +476,7 @@ async fn redis_outage_falls_back_to_local_checks_and_rejoins() {
     sleep(Duration::from_millis(2500)).await;
     let mut latest = 0.0f64;
     for (i, m) in fleet.mocks.iter().enumerate() {
-        let hits = checks(m, down, wall_secs()).await.unwrap();
+        let hits = health_checks(m, down, wall_secs()).await.unwrap();
         for pod in PODS {
             let first = hits
                 .iter()

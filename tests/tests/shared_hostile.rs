@@ -20,7 +20,7 @@
 )]
 
 use hale_testkit::{Gateway, MockLlm, RedisServer, eventually, http_post_json};
-use hale_tests::wall_secs;
+use hale_tests::{health_checks, wall_secs};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -103,22 +103,6 @@ impl Fleet {
     }
 }
 
-/// The `/health` hits a mock received in `[from, to)`, with the pod that sent each.
-async fn checks(mock: &MockLlm, from: f64, to: f64) -> anyhow::Result<Vec<(f64, String)>> {
-    let stats = mock.stats().await?;
-    Ok(stats["recent"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["path"] == "/health")
-        .filter_map(|h| {
-            let t = h["t"].as_f64()?;
-            let pod = h["pod"].as_str().unwrap_or("?").to_owned();
-            (t >= from && t < to).then_some((t, pod))
-        })
-        .collect())
-}
-
 async fn shared_status(gw: &Gateway) -> anyhow::Result<Value> {
     let r = gw.get("/health/shared-status").await?;
     anyhow::ensure!(r.status == 200, "shared-status: {}", r.status);
@@ -183,7 +167,7 @@ async fn redis_out_of_memory_is_an_outage_checked_at_each_replicas_own_cadence()
     sleep(Duration::from_secs(10)).await;
     let to = wall_secs();
     for (i, m) in fleet.mocks.iter().enumerate() {
-        let hits = checks(m, from, to).await.unwrap();
+        let hits = health_checks(m, from, to).await.unwrap();
         let per_pod: Vec<usize> = PODS
             .iter()
             .map(|p| hits.iter().filter(|(_, by)| by == p).count())
@@ -235,7 +219,7 @@ async fn redis_out_of_memory_is_an_outage_checked_at_each_replicas_own_cadence()
     sleep(Duration::from_secs(5)).await;
     let to = wall_secs();
     for (i, m) in fleet.mocks.iter().enumerate() {
-        let n = checks(m, from, to).await.unwrap().len();
+        let n = health_checks(m, from, to).await.unwrap().len();
         println!("rejoined, 5 s: ep-{i} checked {n} times");
         assert!((4..=6).contains(&n), "ep-{i}: {n} checks in 5 s");
     }
@@ -294,7 +278,7 @@ async fn still_checked(fleet: &Fleet) {
     sleep(Duration::from_secs(3)).await;
     let to = wall_secs();
     for (i, m) in fleet.mocks.iter().enumerate() {
-        let n = checks(m, from, to).await.unwrap().len();
+        let n = health_checks(m, from, to).await.unwrap().len();
         assert!((2..=4).contains(&n), "ep-{i}: {n} checks in 3 s");
     }
 }

@@ -337,6 +337,28 @@ impl Replica {
         decision
     }
 
+    /// Checks `e` in a coordinated round (within 3 s) and waits until `other` holds the
+    /// result's fence: the subscriber on the other side is alive and adopting.
+    async fn coordinated_result_reaches(&self, other: &Replica) {
+        let fence = eventually(
+            Duration::from_secs(3),
+            Duration::from_millis(50),
+            || async {
+                match self.check(&ok()).await {
+                    Decision::Check { fence } if !fence.is_local() => Some(fence),
+                    _ => None,
+                }
+            },
+        )
+        .await
+        .unwrap();
+        eventually(Duration::from_secs(2), POLL, || async {
+            (other.store.fence("e").unwrap() == fence).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
     fn state(&self) -> (HealthState, Source) {
         let snap = self.store.snapshot();
         let h = &snap.get("e").unwrap().health;
@@ -380,23 +402,7 @@ async fn garbage_and_forged_messages_are_refused_and_the_subscriber_keeps_going(
         cmd(&mut raw, &["PUBLISH", CHANNEL, g]).await;
     }
     // A legitimate result after the garbage still arrives: the subscriber is alive.
-    let fence_a = eventually(
-        Duration::from_secs(3),
-        Duration::from_millis(50),
-        || async {
-            match a.check(&ok()).await {
-                Decision::Check { fence } if !fence.is_local() => Some(fence),
-                _ => None,
-            }
-        },
-    )
-    .await
-    .unwrap();
-    eventually(Duration::from_secs(2), POLL, || async {
-        (b.store.fence("e").unwrap() == fence_a).then_some(())
-    })
-    .await
-    .unwrap();
+    a.coordinated_result_reaches(&b).await;
     assert_eq!(b.state(), (HealthState::Healthy, Source::Shared));
     assert_eq!(b.coord.rejected(RejectKind::Fence), 1, "2^53-1");
     assert_eq!(b.coord.rejected(RejectKind::Malformed), 8);
@@ -486,23 +492,7 @@ async fn the_watchdog_heals_a_replica_holding_a_plausible_forged_fence() {
     );
     // And it takes A's results again afterwards.
     tokio::time::sleep(INTERVAL).await;
-    let fence_a = eventually(
-        Duration::from_secs(3),
-        Duration::from_millis(50),
-        || async {
-            match a.check(&ok()).await {
-                Decision::Check { fence } if !fence.is_local() => Some(fence),
-                _ => None,
-            }
-        },
-    )
-    .await
-    .unwrap();
-    eventually(Duration::from_secs(2), POLL, || async {
-        (b.store.fence("e").unwrap() == fence_a).then_some(())
-    })
-    .await
-    .unwrap();
+    a.coordinated_result_reaches(&b).await;
 }
 
 #[tokio::test]
