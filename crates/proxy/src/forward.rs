@@ -33,8 +33,8 @@
 //!   breaker and asks core for a prompt probe check
 //!   ([`HealthStore::request_check`](hale_core::HealthStore)), whose result decides.
 //! - when no candidate is left and some endpoint of the model is about to be routable
-//!   (loading, recovering, due for a check, rate-limited or breaker half-opening within the
-//!   wait: see [`crate::queue`]), the request waits up to `proxy.queue_timeout` for the
+//!   (loading, recovering, just failed with a check due, rate-limited or breaker
+//!   half-opening within the wait: see [`crate::queue`]), the request waits up to `proxy.queue_timeout` for the
 //!   store's next change and selects again (endpoints that were sent it stay excluded;
 //!   one that only refused the connection may be tried again).
 //!

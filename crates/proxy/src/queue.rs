@@ -1,11 +1,13 @@
 //! The short wait instead of an instant 503 (`proxy.queue_timeout`): when no endpoint serving
-//! a request's model is routable now but one of them is about to be — `unknown` (loading, or
-//! still in its startup checks), `recovering` (its one trial slot busy), `unhealthy` with its
-//! next check due within the wait, rate-limited until a time within the wait, or its
-//! request-path breaker half-opening within the wait (or its trial out) — the request waits up to
-//! `queue_timeout` for the health store to publish a change, then selects again. A drained
-//! endpoint, one unhealthy in a long backoff, or none at all is not waited for: the 503 goes
-//! out at once as before.
+//! a request's model is routable now but one of them is about to be — `unknown` while loading
+//! (or not checked at all yet), `recovering` (its one trial slot busy), `unhealthy` for less
+//! than `queue_timeout` with its next check due within the wait (a restart, a blip),
+//! rate-limited until a time within the wait, or its request-path breaker half-opening within
+//! the wait (or its trial out) — the request waits up to `queue_timeout` for the health store
+//! to publish a change, then selects again. A drained endpoint, one `unknown` because its
+//! startup checks fail, one unhealthy for longer than the wait (an outage, not a restart) or
+//! in a long backoff, or none at all is not waited for: the 503 goes out at once as before,
+//! so a model whose backend is down keeps getting fast answers.
 //!
 //! Waking: on the store's change signal ([`HealthStore::subscribe`](hale_core::HealthStore)),
 //! not by polling the snapshot. Two things turn an endpoint routable without a new snapshot —
@@ -20,7 +22,7 @@
 use crate::route::Route;
 use crate::runtime::EndpointRuntime;
 use crate::select::Excluded;
-use hale_core::{BreakerState, HealthState, Snapshot};
+use hale_core::{BreakerState, HealthState, Reason, Snapshot};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -102,7 +104,8 @@ impl Queue {
     ) -> Prospect {
         let mut p = Prospect::default();
         let horizon = now + self.timeout;
-        let wall_horizon = SystemTime::now() + self.timeout;
+        let wall_now = SystemTime::now();
+        let wall_horizon = wall_now + self.timeout;
         for status in snapshot.endpoints.iter() {
             let endpoint = &status.endpoint;
             if route.ollama_only() && !endpoint.kind.speaks_ollama() {
@@ -119,15 +122,20 @@ impl Queue {
                 continue;
             }
             match health.state {
-                HealthState::Unknown => p.worth = true,
+                HealthState::Unknown => {
+                    if matches!(health.reason, None | Some(Reason::Loading)) {
+                        p.worth = true;
+                    }
+                }
                 HealthState::Recovering => {
                     p.worth = true;
                     p.recheck = true;
                 }
                 HealthState::Unhealthy => {
-                    // A check due within the wait may bring it back (one that is not
-                    // checked at all, or only after the wait, will not).
-                    if health.next_check_at.is_some_and(|at| at <= wall_horizon) {
+                    // Just failed, with a check due within the wait that may bring it back
+                    // (one down for longer, or not checked before the wait ends, will not).
+                    let fresh = health.since + self.timeout >= wall_now;
+                    if fresh && health.next_check_at.is_some_and(|at| at <= wall_horizon) {
                         p.worth = true;
                     }
                 }

@@ -496,6 +496,15 @@ async fn a_wait_gives_up_at_queue_timeout_and_nothing_worth_waiting_is_refused_a
         "gave up at queue_timeout: {took:?}"
     );
 
+    // Down for longer than the wait (an outage, not a restart): the 503 at once, even with
+    // a check due.
+    h.store
+        .note_next_check("only", SystemTime::now() + Duration::from_millis(50));
+    let started = Instant::now();
+    let got = post(h.addr, CHAT).await;
+    assert_eq!(got.status, 503);
+    assert!(started.elapsed() < Duration::from_millis(300));
+
     // Its next check beyond the wait: nothing to wait for, the 503 at once.
     h.store
         .note_next_check("only", SystemTime::now() + Duration::from_secs(60));
