@@ -274,7 +274,11 @@ pub async fn forward(
                     started,
                 );
                 let reason = RetryOn::Status(status.as_u16());
-                if !retried
+                // (A 2xx, the common case, looks no further than its status.)
+                let failed_answer =
+                    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                if failed_answer
+                    && !retried
                     && shared.retries_on(reason)
                     && let Some((token, target)) =
                         retry_target(shared, &mut excluded, &sent, model, route)
