@@ -178,6 +178,21 @@ pub enum Handler {
 }
 
 impl Handler {
+    /// Whether it generates (chat, completion, embeddings): what `generation_only` fails.
+    pub fn generates(self) -> bool {
+        matches!(
+            self,
+            Self::Chat
+                | Self::Completion
+                | Self::Embeddings
+                | Self::OllamaChat
+                | Self::OllamaGenerate
+                | Self::OllamaEmbed
+        )
+    }
+}
+
+impl Handler {
     /// The one method this handler answers; anything else gets 405.
     pub fn method(self) -> Method {
         match self {

@@ -64,6 +64,10 @@ struct Cli {
     /// Answer 404 to requests for a model not in --models.
     #[arg(long)]
     strict_models: bool,
+    /// Start out loading for this many seconds (health 503 "loading"), as a backend that
+    /// restarts and loads its model.
+    #[arg(long)]
+    loading_for_s: Option<f64>,
 }
 
 #[tokio::main]
@@ -100,6 +104,12 @@ async fn main() -> anyhow::Result<()> {
     // The state lives as long as the process; leaking it gives every request a plain
     // `&'static` reference instead of a reference count to bump.
     let state: &'static State = Box::leak(Box::new(state));
+    if let Some(seconds) = cli.loading_for_s {
+        state
+            .mode
+            .start_loading(seconds)
+            .map_err(|e| anyhow::anyhow!("--loading-for-s: {e}"))?;
+    }
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     {

@@ -16,6 +16,9 @@
 //! - `drop_after_chunks` cuts a streamed answer after that many chunks (an error: the
 //!   connection is aborted); `stall_after_chunks` stops sending after that many chunks and
 //!   holds the connection open, never ending the stream (a backend stuck mid-generation);
+//! - `generation_only` (with `status` only) applies the status to generation requests alone:
+//!   health and model-list paths answer normally, so probes pass while inference fails (the
+//!   "healthy but not serving" backend of issue 12);
 //! - `close_on` (a marker of 1 to 256 bytes) closes the connection without answering any
 //!   generation request whose body contains the marker, and answers every other request
 //!   normally: a "query of death". `GET /__stats` counts the marked requests that arrived
@@ -101,6 +104,8 @@ pub struct Mode {
     pub stall_after_chunks: Option<u32>,
     /// Drop the connection of any generation request whose body contains this.
     pub close_on: Option<&'static str>,
+    /// The `status` failure hits generation requests only (see the module docs).
+    pub generation_only: bool,
     /// How many chunks a streamed answer has.
     pub chunks: u32,
     /// The pause between streamed chunks.
@@ -163,6 +168,7 @@ impl Mode {
             drop_after_chunks: this.drop_after_chunks,
             stall_after_chunks: this.stall_after_chunks,
             close_on: this.close_on,
+            generation_only: this.generation_only,
             chunks: this.chunks,
             chunk_delay_ms: this.chunk_delay_ms,
         })
@@ -181,6 +187,7 @@ struct ModeOut {
     drop_after_chunks: Option<u32>,
     stall_after_chunks: Option<u32>,
     close_on: Option<&'static str>,
+    generation_only: bool,
     chunks: u32,
     chunk_delay_ms: u64,
 }
@@ -198,6 +205,7 @@ pub struct ModeRequest {
     pub drop_after_chunks: Option<u32>,
     pub stall_after_chunks: Option<u32>,
     pub close_on: Option<String>,
+    pub generation_only: Option<bool>,
     pub chunks: Option<u32>,
     pub chunk_delay_ms: Option<u64>,
 }
@@ -226,6 +234,7 @@ impl ModeCell {
             drop_after_chunks: None,
             stall_after_chunks: None,
             close_on: None,
+            generation_only: false,
             chunks,
             chunk_delay_ms,
             generation: 0,
@@ -254,6 +263,16 @@ impl ModeCell {
         let (new, refuse) = next_mode(old, req, now)?;
         self.current.store(std::sync::Arc::new(new));
         Ok((new, refuse))
+    }
+
+    /// Starts out loading for `seconds` (`--loading-for-s`): health answers 503 "loading"
+    /// until then, as after a restart that loads a model.
+    pub fn start_loading(&self, seconds: f64) -> Result<(), String> {
+        let req = ModeRequest {
+            loading_for_s: Some(seconds),
+            ..ModeRequest::default()
+        };
+        self.apply(&req, Instant::now()).map(|_| ())
     }
 
     /// Back to the start-up state: healthy, command-line stream shape.
@@ -326,7 +345,8 @@ fn next_mode(
         || req.for_s.is_some()
         || req.drop_after_chunks.is_some()
         || req.stall_after_chunks.is_some()
-        || req.close_on.is_some();
+        || req.close_on.is_some()
+        || req.generation_only.is_some();
     if !touches_failure {
         return Ok((new, None));
     }
@@ -383,6 +403,10 @@ fn next_mode(
     if req.loading_for_s.is_some() && kind != Kind::Loading {
         return Err("loading_for_s only goes with mode loading".into());
     }
+    if req.generation_only == Some(true) && kind != Kind::Status {
+        return Err("generation_only only goes with mode status".into());
+    }
+    new.generation_only = req.generation_only.unwrap_or(false);
     if req.for_s.is_some() && kind != Kind::Refuse {
         return Err("for_s only goes with mode refuse".into());
     }
@@ -442,6 +466,27 @@ mod tests {
 
     fn start() -> Mode {
         ModeCell::new(5, 0).get()
+    }
+
+    #[test]
+    fn generation_only_goes_with_status_alone() {
+        let now = Instant::now();
+        let (m, _) = next_mode(
+            start(),
+            &req(r#"{"status":503,"generation_only":true}"#),
+            now,
+        )
+        .unwrap();
+        assert!(m.generation_only);
+        let (m, _) = next_mode(m, &req(r#"{"status":502}"#), now).unwrap();
+        assert!(!m.generation_only, "replaced with the failure");
+        for bad in [
+            r#"{"mode":"hang","generation_only":true}"#,
+            r#"{"loading_for_s":3,"generation_only":true}"#,
+            r#"{"generation_only":true}"#,
+        ] {
+            assert!(next_mode(start(), &req(bad), now).is_err(), "{bad}");
+        }
     }
 
     #[test]

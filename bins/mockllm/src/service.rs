@@ -136,6 +136,13 @@ async fn serve(
     if matches!(mode.failure, Failure::Loading { .. }) {
         mode = mode.effective(Instant::now());
     }
+    if mode.generation_only
+        && !known
+            .and_then(|k| flavor::route(st.flavor, k))
+            .is_some_and(|h| h.generates())
+    {
+        mode.failure = Failure::Healthy;
+    }
     match mode.failure {
         Failure::Healthy => {}
         Failure::Close | Failure::Refuse { .. } => return Err(DropConnection),

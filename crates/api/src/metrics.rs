@@ -205,7 +205,7 @@ fn describe_all() {
     );
     describe_counter!(
         PROXY_RETRIES_TOTAL,
-        "Requests moved to another endpoint after a connection failure."
+        "Requests sent once more to another endpoint, by the endpoint that failed them and the reason (connect_failure, 429, 502, 503, 504, first_byte_timeout)."
     );
     describe_gauge!(COORD_REDIS_UP, "1 while Redis answers, else 0.");
     describe_counter!(

@@ -45,6 +45,12 @@ pub trait SharedStatusView: Send + Sync + 'static {
 pub trait ModelStatsView: Send + Sync + 'static {
     /// Requests routed for `model` since the process started.
     fn requests_total(&self, model: &str) -> u64;
+
+    /// Retries for `model` since the process started: `(retries made, retries the retry
+    /// budget refused)`. Zero unless the view counts them.
+    fn retry_figures(&self, _model: &str) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// The operator's actions that need more than the store: re-reading the config (the binary

@@ -20,4 +20,9 @@ impl ModelStatsView for Proxy {
     fn requests_total(&self, model: &str) -> u64 {
         Proxy::requests_total(self, model)
     }
+
+    fn retry_figures(&self, model: &str) -> (u64, u64) {
+        let f = Proxy::retry_figures(self, model);
+        (f.retries, f.budget_exhausted)
+    }
 }

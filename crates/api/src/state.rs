@@ -159,6 +159,12 @@ impl ApiState {
             .as_ref()
             .map_or(0, |s| s.requests_total(model))
     }
+
+    pub(crate) fn retry_figures(&self, model: &str) -> (u64, u64) {
+        self.model_stats
+            .as_ref()
+            .map_or((0, 0), |s| s.retry_figures(model))
+    }
 }
 
 #[cfg(test)]

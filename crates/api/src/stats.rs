@@ -3,7 +3,9 @@
 //!
 //! Per model, sorted by name: the endpoints that serve it and the subset that may take traffic
 //! now (both in configuration order), their counts by state, the mean of their latest check
-//! latencies (null when none has been checked), and the requests routed for it (zero until a
+//! latencies (null when none has been checked), the requests routed for it and its `retry`
+//! figures — `{retries, budget_exhausted}`: requests sent once more to another endpoint, and
+//! retries not made because the retry budget was spent — (zero until a
 //! [`ModelStatsView`](crate::ModelStatsView) is wired in). A model is listed when an endpoint
 //! is configured for it or reported it at discovery, whatever that endpoint's state, so a model
 //! whose only backend is down shows up with no routable endpoints rather than vanishing.
@@ -34,6 +36,13 @@ struct ModelStats {
     endpoints_by_status: StateCounts,
     avg_check_latency_ms: Option<f64>,
     requests_total: u64,
+    retry: RetryStats,
+}
+
+#[derive(Serialize)]
+struct RetryStats {
+    retries: u64,
+    budget_exhausted: u64,
 }
 
 /// Latencies summed while walking the endpoints; the mean is taken at the end.
@@ -74,6 +83,13 @@ pub(crate) async fn models(State(state): State<ApiState>) -> Response {
         .into_iter()
         .map(|(name, b)| ModelStats {
             requests_total: state.requests_total(&name),
+            retry: {
+                let (retries, budget_exhausted) = state.retry_figures(&name);
+                RetryStats {
+                    retries,
+                    budget_exhausted,
+                }
+            },
             avg_check_latency_ms: (b.latency_count > 0)
                 .then(|| millis(b.latency_sum / b.latency_count)),
             name,
@@ -104,6 +120,9 @@ mod tests {
         fn requests_total(&self, model: &str) -> u64 {
             if model == "m2" { 7 } else { 0 }
         }
+        fn retry_figures(&self, model: &str) -> (u64, u64) {
+            if model == "m2" { (3, 1) } else { (0, 0) }
+        }
     }
 
     #[tokio::test]
@@ -129,6 +148,7 @@ mod tests {
         );
         assert_eq!(m1["avg_check_latency_ms"], 4.0);
         assert_eq!(m1["requests_total"], 0);
+        assert_eq!(m1["retry"], json!({"retries": 0, "budget_exhausted": 0}));
 
         let m2 = &models[1];
         assert_eq!(m2["name"], "m2");
@@ -136,6 +156,7 @@ mod tests {
         assert_eq!(m2["routable_endpoints"], json!([]));
         assert_eq!(m2["avg_check_latency_ms"], Value::Null);
         assert_eq!(m2["requests_total"], 7);
+        assert_eq!(m2["retry"], json!({"retries": 3, "budget_exhausted": 1}));
     }
 
     #[tokio::test]

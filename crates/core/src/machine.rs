@@ -241,6 +241,19 @@ impl HealthMachine {
         self.transition_from(from)
     }
 
+    /// A 429 answered on the request path, with its `Retry-After` (or none: one interval):
+    /// the endpoint is not routable until then, bounded by `max_backoff` as a probe's 429 is.
+    /// Not a failure: no counter moves and the state stays. A hold already longer is kept.
+    /// Returns whether the hold changed.
+    pub fn rate_limited_by_request(&mut self, retry_after: Option<Duration>, now: Instant) -> bool {
+        let until = now + self.retry_after_bound(retry_after.unwrap_or(self.interval));
+        if self.rate_limited_until.is_some_and(|held| held >= until) {
+            return false;
+        }
+        self.rate_limited_until = Some(until);
+        true
+    }
+
     /// Adopts a result another replica produced: state, phase, reason, error, the counters
     /// that thresholds and backoff read, the rate limit and any listed models. A check result
     /// also counts towards `checks_total`/`checks_ok`, as a check the fleet made. `now` and

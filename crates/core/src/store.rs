@@ -2,7 +2,8 @@
 //! immutable [`Snapshot`] that the proxy and the api read lock-free (`ArcSwap`), plus a change
 //! signal (`watch`) and the log of recent transitions.
 //!
-//! Writers are the scheduler (check outcomes), the proxy (passive failures) and, in shared
+//! Writers are the scheduler (check outcomes), the proxy (passive failures, and the hold of a
+//! 429's `Retry-After` answered to a request: [`HealthStore::rate_limited`]) and, in shared
 //! mode, coord (results from other replicas). Each write takes the lock for a few microseconds
 //! (no I/O, no await under it), updates one endpoint and publishes a new snapshot that shares
 //! every other endpoint's `Arc` with the previous one, so a write costs O(endpoints) pointer
@@ -597,6 +598,19 @@ impl HealthStore {
         })?;
         self.forward(local);
         event
+    }
+
+    /// A 429 answered to a request (not a probe): `name` is not routable until its
+    /// `Retry-After` has passed (bounded by `max_backoff`; one check interval when the answer
+    /// named none), without counting a failure or changing the state. Local to this replica.
+    /// Returns whether the hold changed (a longer one already held is kept).
+    pub fn rate_limited(&self, name: &str, retry_after: Option<Duration>, now: Now) -> bool {
+        self.with_slot(name, now.wall, |slot| {
+            slot.machine
+                .rate_limited_by_request(retry_after, now.mono)
+                .then_some(((), None))
+        })
+        .is_some()
     }
 
     /// Applies a result another replica produced, if its fence is newer than the one `name`

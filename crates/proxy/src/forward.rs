@@ -2,23 +2,44 @@
 //! model, then the failover loop over the candidates [`select`](crate::select) offers.
 //!
 //! The loop: select and claim an endpoint, send the buffered body there, and
-//! - on response headers (any status), stop: the answer goes to the client as it streams in,
-//!   and nothing about this request is retried from here on. A 5xx passes through to the
-//!   client but counts as a failure for the endpoint's breaker; anything below 500 resets it.
+//! - on response headers, the answer goes to the client as it streams in — unless it is a
+//!   status `proxy.retry_on` lists (default 429, 502, 503, 504), this request has not been
+//!   retried yet, the retry budget ([`crate::retry`]) has room, and another endpoint serving
+//!   the model can be claimed now: then the answer is read whole (at most 64 KiB within 2 s,
+//!   so a small error body keeps its connection; anything bigger or slower is dropped with
+//!   its connection) and the request goes to that endpoint once more. Its answer, whatever
+//!   it is, goes to the client; if it cannot be made after all (the new endpoint refuses the
+//!   connection and no other is left, or drops the request) the client gets the answer the
+//!   retry replaced, as the backend sent it. No byte reaches the client before this decision.
+//!   A 429 also holds the endpoint out of rotation until its `Retry-After` (whole seconds;
+//!   one check interval without one; bounded by `max_backoff`) through
+//!   [`HealthStore::rate_limited`](hale_core::HealthStore), without counting a failure. A 5xx
+//!   counts as a failure on the endpoint's breaker; anything below 500 resets it.
 //! - on a connect-level failure (refused, connect timeout, DNS, TLS handshake: nothing was
 //!   sent), mark the endpoint `unhealthy` at once through core (a passive signal that checks
 //!   and every other request see in the next snapshot), count the failure on its breaker,
-//!   and move on to the next candidate. Each endpoint is tried at most once.
-//! - once the request was sent, it is never sent anywhere again: a backend that dropped it
+//!   and move on to the next candidate (`connect_failure` in `retry_on`, the default; this
+//!   failover is not charged to the retry budget, since nothing reached a backend). Each
+//!   endpoint is tried at most once.
+//! - once the request was sent, it is never sent again after the backend dropped it
 //!   without an answer (closed or reset; the upstream client has already retried the one
 //!   case where the backend cannot have read it, a stale keep-alive connection) or answered
-//!   with a malformed head gets the client a 502, one that sent no head within its
-//!   `first_byte_timeout` a 504, each naming the endpoint. A backend may have acted on a
-//!   POST it then failed to answer, and a request that kills the backend it reaches (a query
-//!   of death) would otherwise take down every endpoint of its model in turn. Such a failure
-//!   does not mark the endpoint by itself: it counts on the breaker and asks core for a
-//!   prompt probe check ([`HealthStore::request_check`](hale_core::HealthStore)), whose
-//!   result decides.
+//!   with a malformed head: the client gets a 502 naming the endpoint. One that sent no head
+//!   within its `first_byte_timeout` gets a 504, or — only when `retry_on` lists
+//!   `first_byte_timeout` — one retry elsewhere under the same rules as a status. A backend
+//!   may have acted on a POST it then failed to answer, and a request that kills the
+//!   backend it reaches (a query of death) would otherwise take down every endpoint of its
+//!   model in turn. Such a failure does not mark the endpoint by itself: it counts on the
+//!   breaker and asks core for a prompt probe check
+//!   ([`HealthStore::request_check`](hale_core::HealthStore)), whose result decides.
+//! - when no candidate is left and some endpoint of the model is about to be routable
+//!   (loading, recovering, just failed with a check due, rate-limited or breaker
+//!   half-opening within the wait: see [`crate::queue`]), the request waits up to `proxy.queue_timeout` for the
+//!   store's next change and selects again (endpoints that were sent it stay excluded;
+//!   one that only refused the connection may be tried again).
+//!
+//! Every retry is counted in `hale_proxy_retries_total{endpoint,reason}` and per model for
+//! `/internal/stats/models`; a retry the budget refused is counted per model.
 //!
 //! The body is replayed from the same `Bytes` on every attempt (a reference-count increment),
 //! the client's headers are cleaned once and written into each attempt's request head, and
@@ -27,15 +48,18 @@
 //! No lock is held across an await: the store is read through its `ArcSwap`, the breaker lock
 //! is taken only inside a claim's calls.
 //!
-//! When no candidate is left: 404 if no endpoint serves the model on this route and nothing
-//! was tried, otherwise 503 with `Retry-After` (the shortest check interval of the endpoints
+//! When no candidate is left (and no wait helps): 404 if no endpoint serves the model on this
+//! route and nothing was tried, otherwise 503 with `Retry-After` (the shortest check interval of the endpoints
 //! that serve it: the soonest their state can change).
 
 use crate::body;
+use crate::config::RetryOn;
 use crate::error::ProxyError;
 use crate::hygiene::{self, UpstreamFilter, X_HALE_POD, X_REQUEST_ID};
 use crate::proxy::Shared;
+use crate::retry::RetryToken;
 use crate::route::Route;
+use crate::runtime::Claim;
 use crate::runtime::EndpointRuntime;
 use crate::select::{Excluded, Selection};
 use crate::stream::UpstreamBody;
@@ -44,8 +68,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use hale_core::{CheckResult, Now};
-use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, TRANSFER_ENCODING};
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 /// Why a request was answered by Hale itself, and whether its model is one some endpoint
@@ -96,44 +121,106 @@ pub async fn forward(
     let filter = UpstreamFilter::new(&parts.headers, shared.keys.enabled());
     let query = parts.uri.query();
 
+    // Endpoints this request must not be sent to: tried, or refused a claim just now.
     let mut excluded = Excluded::default();
-    let mut failed: Option<&'static EndpointRuntime> = None;
+    // Endpoints that were sent the request (a connect failure sent nothing): never again,
+    // even after a wait.
+    let mut sent = Excluded::default();
+    // The previous attempt's endpoint and why it failed, counted when the next one starts.
+    let mut failed: Option<(&'static EndpointRuntime, RetryOn)> = None;
+    // The one retry of a sent request (429, 5xx, first-byte timeout) was spent.
+    let mut retried = false;
+    // Holds the retry's place in the budget until its answer's head is in.
+    let mut _token: Option<RetryToken> = None;
+    // The backend answer a retry replaced, read whole: the client's answer if the retry
+    // cannot be made after all.
+    let mut fallback: Option<Response> = None;
+    // An endpoint already claimed for the next attempt (a retry picks its target before it
+    // gives up the answer it has).
+    let mut next: Option<Claim> = None;
+    // The queue wait, once started: its deadline and the store's change signal.
+    let mut waiting: Option<(Instant, tokio::sync::watch::Receiver<u64>)> = None;
     loop {
         // The first attempt starts when the request arrived; later ones read the clock again.
-        let now = if failed.is_none() {
+        let now = if failed.is_none() && waiting.is_none() {
             started
         } else {
             Instant::now()
         };
-        let snapshot = shared.store.snapshot();
-        let table = shared.table.load();
-        let selection =
-            shared
-                .selector
-                .select(&snapshot, &table.runtimes, model, route, &mut excluded, now);
-        drop(table);
-        let mut claim = match selection {
-            Selection::Picked { claim } => claim,
-            Selection::NotServed if failed.is_none() => {
-                let on = if route.ollama_only() {
-                    " on an ollama endpoint"
-                } else {
-                    ""
-                };
-                return Err(ProxyError::ModelNotFound(format!(
-                    "model '{model}' is not served by any configured endpoint{on}"
-                ))
-                .into());
-            }
-            Selection::NotServed => {
-                return Err(unavailable(model, std::time::Duration::from_secs(1)));
-            }
-            Selection::Unavailable { retry_after } => {
-                return Err(unavailable(model, retry_after));
+        let mut claim = match next.take() {
+            Some(claim) => claim,
+            None => {
+                let snapshot = shared.store.snapshot();
+                let table = shared.table.load();
+                let selection = shared.selector.select(
+                    &snapshot,
+                    &table.runtimes,
+                    model,
+                    route,
+                    &mut excluded,
+                    now,
+                );
+                match selection {
+                    Selection::Picked { claim } => claim,
+                    Selection::NotServed if failed.is_none() && waiting.is_none() => {
+                        let on = if route.ollama_only() {
+                            " on an ollama endpoint"
+                        } else {
+                            ""
+                        };
+                        return Err(ProxyError::ModelNotFound(format!(
+                            "model '{model}' is not served by any configured endpoint{on}"
+                        ))
+                        .into());
+                    }
+                    other => {
+                        if let Some(answer) = fallback.take() {
+                            return Ok(answer);
+                        }
+                        let retry_after = match other {
+                            Selection::Unavailable { retry_after } => retry_after,
+                            _ => std::time::Duration::from_secs(1),
+                        };
+                        // Wait for an endpoint about to be routable (see `queue`), then select
+                        // again; the 503 when there is none, or the wait runs out.
+                        let prospect = shared.queue.prospect(
+                            &snapshot,
+                            &table.runtimes,
+                            model,
+                            route,
+                            &sent,
+                            now,
+                        );
+                        drop(table);
+                        if !prospect.worth {
+                            return Err(unavailable(model, retry_after));
+                        }
+                        let Some(_place) = shared.queue.enter() else {
+                            return Err(unavailable(model, retry_after));
+                        };
+                        let (deadline, changes) = waiting.get_or_insert_with(|| {
+                            (now + shared.queue.timeout(), shared.store.subscribe())
+                        });
+                        // A change published since the snapshot above was read: select
+                        // again at once; otherwise wait for the next one.
+                        let seen = *changes.borrow_and_update();
+                        let changed = seen != snapshot.version;
+                        drop(snapshot);
+                        let out_of_time = Instant::now() >= *deadline;
+                        if out_of_time
+                            || (!changed && !crate::queue::wake(changes, prospect, *deadline).await)
+                        {
+                            return Err(unavailable(model, retry_after));
+                        }
+                        // Something changed: everything not sent the request is a candidate.
+                        excluded = sent.clone();
+                        continue;
+                    }
+                }
             }
         };
-        if let Some(previous) = failed.take() {
-            shared.stats.retried(previous.id);
+        if let Some((previous, reason)) = failed.take() {
+            shared.stats.retried(model, previous.id, reason.label());
         }
         // The claim holds the runtime for as long as the process lives; borrowing it
         // separately leaves the claim free to record its outcome below.
@@ -160,6 +247,7 @@ pub async fn forward(
         };
         match shared.upstream.send(&rt.dest, &outgoing, now).await {
             Ok((head, conn)) => {
+                sent.insert(rt.id);
                 let status = head.status;
                 if status.is_server_error() {
                     if claim.failure(Instant::now()) {
@@ -172,6 +260,9 @@ pub async fn forward(
                     claim.success();
                 }
                 shared.stats.answered(model, rt.id, status);
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    hold_rate_limited(shared, &rt.endpoint.name, &head.headers);
+                }
                 let mut headers = head.headers;
                 hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
                 let body = UpstreamBody::new(
@@ -182,6 +273,27 @@ pub async fn forward(
                     claim,
                     started,
                 );
+                let reason = RetryOn::Status(status.as_u16());
+                // (A 2xx, the common case, looks no further than its status.)
+                let failed_answer =
+                    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                if failed_answer
+                    && !retried
+                    && shared.retries_on(reason)
+                    && let Some((token, target)) =
+                        retry_target(shared, &mut excluded, &sent, model, route)
+                {
+                    tracing::debug!(endpoint = %rt.endpoint.name, status = status.as_u16(), to = target.runtime().name(), "request path: retrying a failed answer on another endpoint");
+                    // The answer is read whole (a small error body keeps its connection) to
+                    // be the client's if the retry cannot be made; the retry's own answer,
+                    // whatever it is, replaces it.
+                    fallback = buffer_answer(status, headers, body).await;
+                    retried = true;
+                    _token = Some(token);
+                    failed = Some((rt, reason));
+                    next = Some(target);
+                    continue;
+                }
                 let mut response = Response::new(Body::new(body));
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
@@ -198,13 +310,40 @@ pub async fn forward(
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
                 mark_unhealthy(shared, &name, &result);
-                failed = Some(rt);
+                if !shared.retries_on(RetryOn::ConnectFailure) {
+                    if let Some(answer) = fallback.take() {
+                        return Ok(answer);
+                    }
+                    return Err(unavailable(model, rt.endpoint.check_interval));
+                }
+                failed = Some((rt, RetryOn::ConnectFailure));
             }
-            Err(sent) => {
+            Err(send_error) => {
+                sent.insert(rt.id);
                 let opened = claim.failure(Instant::now());
                 drop(claim);
                 let name = &rt.endpoint.name;
-                let error = match &sent {
+                if opened {
+                    tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
+                }
+                shared.store.request_check(name);
+                // Only a first-byte timeout may be retried (when `retry_on` says so): the
+                // backend answered nothing in time. A request dropped after it was written,
+                // or answered with garbage, is never sent again.
+                if let SendError::TimedOut(_) = send_error
+                    && !retried
+                    && shared.retries_on(RetryOn::FirstByteTimeout)
+                    && let Some((token, target)) =
+                        retry_target(shared, &mut excluded, &sent, model, route)
+                {
+                    tracing::warn!(endpoint = %name, to = target.runtime().name(), "request path: no answer within first_byte_timeout; retrying on another endpoint");
+                    retried = true;
+                    _token = Some(token);
+                    failed = Some((rt, RetryOn::FirstByteTimeout));
+                    next = Some(target);
+                    continue;
+                }
+                let error = match &send_error {
                     SendError::TimedOut(after) => ProxyError::GatewayTimeout(format!(
                         "endpoint '{name}' sent no response within {} (first_byte_timeout)",
                         humantime::format_duration(*after)
@@ -219,11 +358,11 @@ pub async fn forward(
                         ))
                     }
                 };
-                tracing::warn!(endpoint = %name, error = ?sent, status = error.status().as_u16(), "request path: the backend failed a request it was sent; not sent again");
-                if opened {
-                    tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
+                tracing::warn!(endpoint = %name, error = ?send_error, status = error.status().as_u16(), "request path: the backend failed a request it was sent; not sent again");
+                // A retry that failed this way leaves the client the answer it replaced.
+                if let Some(answer) = fallback.take() {
+                    return Ok(answer);
                 }
-                shared.store.request_check(name);
                 return Err(Refusal {
                     error,
                     served_model: Some(model.to_owned()),
@@ -231,6 +370,85 @@ pub async fn forward(
                 });
             }
         }
+    }
+}
+
+/// The largest failed answer read whole to be kept while a retry runs; a bigger one is
+/// dropped (its connection closed) and the retry goes ahead without a fallback.
+const MAX_FALLBACK_BODY: usize = 64 * 1024;
+
+/// How long reading such an answer may take (an error body usually came with its head).
+const FALLBACK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A retry for a request that failed on every endpoint in `excluded`: a place in the retry
+/// budget and a claim on another endpoint that serves the model, or `None` (the budget is
+/// spent — counted — or no other endpoint can take it now).
+fn retry_target(
+    shared: &'static Shared,
+    excluded: &mut Excluded,
+    sent: &Excluded,
+    model: &str,
+    route: Route,
+) -> Option<(RetryToken, Claim)> {
+    let Some(token) = shared.budget.try_acquire(shared.in_flight()) else {
+        shared.stats.budget_exhausted(model);
+        tracing::debug!(
+            model,
+            "request path: retry budget spent; the answer goes to the client as it is"
+        );
+        return None;
+    };
+    let snapshot = shared.store.snapshot();
+    let table = shared.table.load();
+    let mut tried = excluded.clone();
+    match shared.selector.select(
+        &snapshot,
+        &table.runtimes,
+        model,
+        route,
+        &mut tried,
+        Instant::now(),
+    ) {
+        Selection::Picked { claim } if !sent.contains(claim.runtime().id) => {
+            *excluded = tried;
+            Some((token, claim))
+        }
+        _ => None,
+    }
+}
+
+/// Reads a failed answer whole (bounded in size and time) into a response the client can
+/// still be given; `None` when it is too big, too slow or broke off (its connection is then
+/// closed, never reused).
+async fn buffer_answer(
+    status: StatusCode,
+    mut headers: http::HeaderMap,
+    body: UpstreamBody,
+) -> Option<Response> {
+    let limited = http_body_util::Limited::new(body, MAX_FALLBACK_BODY);
+    let collected = tokio::time::timeout(FALLBACK_READ_TIMEOUT, limited.collect())
+        .await
+        .ok()?
+        .ok()?;
+    // The body is whole now: hyper frames it by its length.
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(TRANSFER_ENCODING);
+    let mut response = Response::new(Body::from(collected.to_bytes()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Some(response)
+}
+
+/// A 429's `Retry-After` (whole seconds; anything else reads as absent) holds the endpoint
+/// out of rotation until then (see [`HealthStore::rate_limited`](hale_core::HealthStore)).
+fn hold_rate_limited(shared: &Shared, name: &str, headers: &http::HeaderMap) {
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    if shared.store.rate_limited(name, retry_after, Now::capture()) {
+        tracing::info!(endpoint = name, retry_after = ?retry_after, "request path: 429, endpoint held out of rotation until its Retry-After");
     }
 }
 

@@ -5,8 +5,11 @@
 //! requests by the model named in the body, only to endpoints that are routable and serve that
 //! model: highest priority tier first, weighted within it. A connect failure moves the
 //! request to the next candidate before the client sees anything and marks the endpoint
-//! unhealthy at once (a passive signal through core); a request that reached a backend is
-//! never sent again (502 if dropped or answered with garbage, 504 past `first_byte_timeout`);
+//! unhealthy at once (a passive signal through core); an answer `proxy.retry_on` lists (429,
+//! 502, 503, 504 by default) is retried once on another endpoint within the retry budget,
+//! before any byte reaches the client; a request a backend dropped is never sent again (502
+//! if dropped or answered with garbage, 504 past `first_byte_timeout`); a request whose
+//! endpoints are all about to recover waits up to `queue_timeout` instead of a 503;
 //! streams pass through chunk by chunk and are cut after `idle_timeout` without data.
 //! The request path reads core's snapshot lock-free and never waits on Redis.
 //!
@@ -18,7 +21,8 @@
 //! `model`), `auth` (`server.api_keys`), `select` (candidate selection and balancing),
 //! `runtime` (per-endpoint live state: outstanding requests, breaker), `upstream` (the
 //! HTTP/1.1 client to the backends, driven in the request's own task, and its connection
-//! pools), `forward` (the failover loop), `stream` (the pass-through response body),
+//! pools), `forward` (the failover and retry loop), `retry` (the retry budget), `queue` (the
+//! short wait for an endpoint about to recover), `stream` (the pass-through response body),
 //! `hygiene` (headers and request ids), `catalog` (model lists), `error` (Hale's own
 //! answers), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry),
 //! `router` (the axum routes) and `worker` (which serving thread the code runs on). Each module's top comment records its decisions.
@@ -48,6 +52,8 @@ mod forward;
 mod hygiene;
 pub mod metrics;
 mod proxy;
+mod queue;
+mod retry;
 pub mod route;
 mod router;
 mod runtime;
@@ -56,7 +62,7 @@ mod stream;
 mod upstream;
 pub mod worker;
 
-pub use config::{Balancer, ProxyConfig};
+pub use config::{Balancer, ProxyConfig, RetryBudget, RetryOn};
 pub use error::{ProxyError, json_error};
 pub use hygiene::{X_HALE_ENDPOINT, X_REQUEST_ID};
 pub use proxy::{Proxy, ServerSettings};

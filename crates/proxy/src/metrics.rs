@@ -3,15 +3,23 @@
 //! `/internal/stats/models`.
 //!
 //! - `hale_proxy_requests_total{model,endpoint,status}`: every answer on a generation route,
-//!   the backend's or Hale's own. `model` is the requested name when some endpoint serves it
+//!   the backend's or Hale's own, including a backend's answer that a retry replaced (so a
+//!   retried request counts once per endpoint that answered it). `model` is the requested name when some endpoint serves it
 //!   and empty otherwise, so a client sending made-up model names cannot grow the label
 //!   space; `endpoint` is empty when Hale answered itself, except for the 502 and 504 that
 //!   report an endpoint's failure (dropped request, malformed answer, first-byte timeout),
 //!   which name it.
 //! - `hale_proxy_request_duration_seconds{endpoint}`: from the request's arrival to the last
 //!   byte of the backend's answer (streams included).
-//! - `hale_proxy_retries_total{endpoint}`: requests moved on after `endpoint` could not be
-//!   connected to (a request that reached a backend is never moved on).
+//! - `hale_proxy_retries_total{endpoint,reason}`: requests sent once more to another endpoint
+//!   after `endpoint` failed them, by `reason`: `connect_failure` (nothing was sent), the
+//!   status it answered (`429`, `502`, `503`, `504`, or another configured 5xx) or
+//!   `first_byte_timeout` (see `proxy.retry_on`). One series name with the endpoint label it
+//!   always had, so existing dashboards keep working and `sum by (reason)` gives DESIGN's
+//!   `proxy_retries_total{reason}`.
+//!
+//! Per model, for `retry` in `/internal/stats/models`: retries made and retries refused because
+//! the retry budget was spent ([`RequestStats::retry_figures`]).
 //!
 //! The common case — a 200 for a model seen before — touches no lock and allocates nothing:
 //! the counter handles for status 200 are made once per model and endpoint and kept in a
@@ -52,6 +60,18 @@ struct ModelCells {
     forwarded: Arc<Sharded>,
     /// The status-200 counter of each endpoint, by runtime id.
     ok: Arc<[Counter]>,
+    /// Retries made for this model, and retries the budget refused.
+    retries: Arc<Sharded>,
+    budget_exhausted: Arc<Sharded>,
+}
+
+/// A model's retry figures, for `/internal/stats/models`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryFigures {
+    /// Requests sent once more to another endpoint.
+    pub retries: u64,
+    /// Retries not made because the retry budget was spent.
+    pub budget_exhausted: u64,
 }
 
 impl RequestStats {
@@ -110,10 +130,40 @@ impl RequestStats {
         .increment(1);
     }
 
-    /// A request moved on after `endpoint` failed.
-    pub fn retried(&self, endpoint: usize) {
+    /// A request for `model` moved on after `endpoint` failed it for `reason` (a
+    /// `proxy.retry_on` label).
+    pub fn retried(&self, model: &str, endpoint: usize, reason: &'static str) {
         let name = self.endpoint_name(endpoint);
-        metrics::counter!(RETRIES_TOTAL, "endpoint" => name).increment(1);
+        metrics::counter!(RETRIES_TOTAL, "endpoint" => name, "reason" => reason).increment(1);
+        if let Some(cells) = self.cells(model) {
+            cells.retries.add(1);
+        }
+    }
+
+    /// A request for `model` was not retried because the retry budget was spent.
+    pub fn budget_exhausted(&self, model: &str) {
+        if let Some(cells) = self.cells(model) {
+            cells.budget_exhausted.add(1);
+        }
+    }
+
+    /// Retry figures for `model` (or a name [`same_model`] equates with it).
+    pub fn retry_figures(&self, model: &str) -> RetryFigures {
+        self.models
+            .load()
+            .iter()
+            .filter(|(name, _)| same_model(name, model))
+            .fold(RetryFigures::default(), |f, (_, c)| RetryFigures {
+                retries: f.retries + c.retries.sum(),
+                budget_exhausted: f.budget_exhausted + c.budget_exhausted.sum(),
+            })
+    }
+
+    fn cells(&self, model: &str) -> Option<ModelCells> {
+        match self.models.load().get(model) {
+            Some(cells) => Some(cells.clone()),
+            None => self.insert(model),
+        }
     }
 
     /// Requests for `model` (or a name [`same_model`] equates with it) that a backend
@@ -173,6 +223,8 @@ impl RequestStats {
             label,
             forwarded: Arc::new(Sharded::default()),
             ok,
+            retries: Arc::new(Sharded::default()),
+            budget_exhausted: Arc::new(Sharded::default()),
         };
         let mut next = HashMap::clone(&current);
         next.insert(Box::from(model), cells.clone());
@@ -232,6 +284,17 @@ mod tests {
         assert_eq!(s.requests_total("llama3:latest"), 3);
         assert_eq!(s.requests_total("m2"), 1);
         assert_eq!(s.requests_total("nope"), 0);
+        s.retried("llama3", 0, "503");
+        s.retried("llama3:latest", 1, "connect_failure");
+        s.budget_exhausted("llama3");
+        assert_eq!(
+            s.retry_figures("llama3"),
+            RetryFigures {
+                retries: 2,
+                budget_exhausted: 1
+            }
+        );
+        assert_eq!(s.retry_figures("m2"), RetryFigures::default());
     }
 
     #[test]

@@ -28,9 +28,11 @@
 //! to the recorder in place when they are made.
 
 use crate::auth::ApiKeys;
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, RetryOn};
 use crate::hygiene::RequestIds;
 use crate::metrics::RequestStats;
+use crate::queue::{MAX_WAITING, Queue};
+use crate::retry::Budget;
 use crate::runtime::EndpointRuntime;
 use crate::select::Selector;
 use crate::upstream::Upstream;
@@ -128,6 +130,10 @@ pub(crate) struct Shared {
     pub ids: RequestIds,
     pub pod: HeaderValue,
     pub stats: RequestStats,
+    /// `proxy.retry_on`, `proxy.retry_budget`, `proxy.queue_timeout` (issue 12).
+    pub retry_on: Box<[RetryOn]>,
+    pub budget: Budget,
+    pub queue: Queue,
     /// The start time for the catalogs, as Unix seconds and RFC 3339.
     pub started_unix: u64,
     pub started_rfc3339: String,
@@ -137,6 +143,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Requests in flight to any endpoint now (claims held, streams included): read only when
+    /// a retry is considered, for the retry budget.
+    pub fn in_flight(&self) -> usize {
+        self.table
+            .load()
+            .runtimes
+            .iter()
+            .map(|rt| rt.outstanding())
+            .sum()
+    }
+
+    /// Whether `proxy.retry_on` lists `what`.
+    pub fn retries_on(&self, what: RetryOn) -> bool {
+        self.retry_on.contains(&what)
+    }
+
     /// Starts, once, the task that closes idle upstream connections past their timeout, so an
     /// endpoint that stops getting traffic does not keep sockets open.
     pub fn ensure_sweeper(&'static self) {
@@ -191,6 +213,9 @@ impl Proxy {
             ids: RequestIds,
             pod,
             stats: RequestStats::new(names),
+            retry_on: config.retry_on.clone().into_boxed_slice(),
+            budget: Budget::new(config.retry_budget),
+            queue: Queue::new(config.queue_timeout, MAX_WAITING),
             started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             started_rfc3339: humantime::format_rfc3339_seconds(now).to_string(),
             sweeping: AtomicBool::new(false),
@@ -264,6 +289,11 @@ impl Proxy {
     /// Requests for `model` (`:latest` implied) a backend answered since start.
     pub fn requests_total(&self, model: &str) -> u64 {
         self.shared.stats.requests_total(model)
+    }
+
+    /// Retry figures for `model` (`:latest` implied) since start.
+    pub fn retry_figures(&self, model: &str) -> crate::metrics::RetryFigures {
+        self.shared.stats.retry_figures(model)
     }
 
     /// Requests in flight to `endpoint` (sent, answer not finished); 0 for an unknown one.

@@ -281,6 +281,37 @@ async fn a_hostile_retry_after_is_bounded_by_max_backoff() {
     assert!(here.is_routable(Instant::now()));
 }
 
+/// A 429 answered to a request: held out until its Retry-After (one interval without one),
+/// bounded by max_backoff, never a failure, and a shorter hold never shortens a longer one.
+#[tokio::test(start_paused = true)]
+async fn a_request_path_429_holds_without_failing_and_is_bounded() {
+    let max_backoff = HealthConfig::default().max_backoff;
+    let mut m = running(1, 2);
+    assert!(m.rate_limited_by_request(Some(Duration::from_secs(7)), Instant::now()));
+    assert_eq!(m.state(), HealthState::Healthy);
+    assert_eq!(m.consecutive_failures(), 0);
+    assert!(!m.is_routable(Instant::now()));
+    assert!(
+        !m.rate_limited_by_request(Some(Duration::from_secs(2)), Instant::now()),
+        "a shorter hold leaves the longer one"
+    );
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert!(m.is_routable(Instant::now()));
+
+    assert!(m.rate_limited_by_request(None, Instant::now()));
+    tokio::time::advance(S).await;
+    assert!(
+        m.is_routable(Instant::now()),
+        "one interval without a Retry-After"
+    );
+
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+    assert!(m.rate_limited_by_request(Some(ten_years), Instant::now()));
+    assert_eq!(m.next_delay(Instant::now(), 0.5), max_backoff);
+    tokio::time::advance(max_backoff).await;
+    assert!(m.is_routable(Instant::now()));
+}
+
 #[test]
 fn passive_failure_marks_unhealthy_at_once() {
     let mut m = running(3, 2);
