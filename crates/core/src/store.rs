@@ -20,6 +20,11 @@
 //! was checked no more than [`UNFENCED_SKEW`] before it: stale cache entries read back when
 //! Redis returns do not overwrite fresher local knowledge.
 //!
+//! Passive endpoints (`check: passive`) start `healthy` with `source: passive` and have no
+//! checks: the scheduler moves them from `unhealthy` to `recovering` when their hold time is
+//! over ([`HealthStore::allow_trial`]) and the proxy reports a successful trial request
+//! ([`HealthStore::passive_success`]); both are recorded and shared like a passive failure.
+//!
 //! Check requests: the proxy cannot reach the scheduler, so a request-path failure that does
 //! not change the state by itself (a request dropped after it was sent, a first-byte timeout)
 //! asks for a prompt check through [`HealthStore::request_check`]; the endpoint's check task
@@ -273,9 +278,10 @@ impl Slot {
     }
 
     /// A new endpoint's slot: `unknown` in its startup phase (or trusted `healthy` when
-    /// background checks are off).
+    /// background checks are off, and for a passive endpoint, shown as `source: passive`).
     fn fresh(endpoint: Arc<Endpoint>, health: &HealthConfig, now: Now) -> Self {
-        let machine = if health.background {
+        let passive = endpoint.check.is_passive();
+        let machine = if health.background && !passive {
             HealthMachine::new(&endpoint, health)
         } else {
             HealthMachine::trusted(&endpoint, health)
@@ -287,7 +293,11 @@ impl Slot {
             last_check: None,
             next_check_at: None,
             checked_by: None,
-            source: Source::None,
+            source: if passive {
+                Source::Passive
+            } else {
+                Source::None
+            },
             fence: 0,
             unfenced_at: None,
             drained: false,
@@ -582,6 +592,54 @@ impl HealthStore {
         let share = self.coordination.get().is_some();
         let (local, event) = self.with_slot(name, now.wall, |slot| {
             let t = slot.machine.passive_failure(result)?;
+            slot.checked_by = Some(pod);
+            slot.source = Source::Passive;
+            slot.unfenced_at = Some(now.wall);
+            let local = share.then(|| LocalResult {
+                endpoint: slot.endpoint.name.clone(),
+                result: SharedResult {
+                    checked_at: now.wall,
+                    ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
+                },
+                planned_next: slot.machine.next_delay(now.mono, 0.5),
+            });
+            Some((local, Some((t, Source::Passive))))
+        })?;
+        self.forward(local);
+        event
+    }
+
+    /// A passive endpoint's hold time is over (the scheduler says so): `unhealthy` →
+    /// `recovering`, one trial request at a time. Shared like a passive failure. Returns the
+    /// event if it changed; nothing for an active endpoint or another state.
+    pub fn allow_trial(&self, name: &str, now: Now) -> Option<Event> {
+        self.passive_step(name, now, HealthMachine::allow_trial)
+    }
+
+    /// A request to a `recovering` passive endpoint succeeded (the proxy says so);
+    /// `healthy_threshold` of them make it `healthy`. Shared like a passive failure once it
+    /// changes the state. Returns the event if it changed; nothing for an active endpoint
+    /// (its checks decide) or another state.
+    pub fn passive_success(&self, name: &str, now: Now) -> Option<Event> {
+        self.passive_step(name, now, HealthMachine::passive_success)
+    }
+
+    /// Applies `step` to the machine of passive endpoint `name`; records and shares it as a
+    /// passive result when it changed the state.
+    fn passive_step(
+        &self,
+        name: &str,
+        now: Now,
+        step: fn(&mut HealthMachine) -> Option<Transition>,
+    ) -> Option<Event> {
+        let pod = self.pod_id.clone();
+        let share = self.coordination.get().is_some();
+        let (local, event) = self.with_slot(name, now.wall, |slot| {
+            if !slot.endpoint.check.is_passive() {
+                return None;
+            }
+            let changed = step(&mut slot.machine);
+            let t = changed?;
             slot.checked_by = Some(pod);
             slot.source = Source::Passive;
             slot.unfenced_at = Some(now.wall);
@@ -1338,5 +1396,73 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_millis(50), signal.notified()).await;
         assert!(again.is_err(), "a second check was owed");
         assert!(Arc::ptr_eq(&signal, &s.check_requested("a").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn passive_endpoints_start_serving_and_return_through_trials() {
+        let mut p = EndpointConfig::new("p", "http://127.0.0.1:9", EndpointKind::Openai);
+        p.models = vec!["gpt".into()];
+        p.check = crate::endpoint::CheckMode::Passive;
+        let mut a = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        a.models = vec!["m1".into()];
+        let s = HealthStore::new(
+            "pod-1",
+            vec![p.resolve("e").unwrap(), a.resolve("e").unwrap()],
+            &HealthConfig::default(),
+            Now::capture(),
+        );
+        let rec = Arc::new(Recorder::default());
+        s.attach(rec.clone());
+        let h = s.snapshot().get("p").unwrap().health.clone();
+        assert_eq!(
+            (h.state, h.reason.clone(), h.source),
+            (HealthState::Healthy, None, Source::Passive)
+        );
+        assert!(h.is_routable(Instant::now()), "routable from the start");
+        assert!(s.allow_trial("p", Now::capture()).is_none());
+        assert!(s.passive_success("p", Now::capture()).is_none());
+
+        s.passive_failure("p", &CheckResult::ConnectRefused, Now::capture())
+            .unwrap();
+        let e = s.allow_trial("p", Now::capture()).unwrap();
+        assert_eq!((e.to, e.source), (HealthState::Recovering, Source::Passive));
+        assert!(s.passive_success("p", Now::capture()).is_none(), "1 of 2");
+        let e = s.passive_success("p", Now::capture()).unwrap();
+        assert_eq!(
+            (e.from, e.to),
+            (HealthState::Recovering, HealthState::Healthy)
+        );
+        let kinds: Vec<_> = rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| (l.result.kind, l.result.state))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ResultKind::Passive, HealthState::Unhealthy),
+                (ResultKind::Passive, HealthState::Recovering),
+                (ResultKind::Passive, HealthState::Healthy),
+            ],
+            "every change is shared; a success that changes nothing is not"
+        );
+
+        // An active endpoint is moved by its checks only.
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Unknown
+        );
+        s.observe("a", &CheckOutcome::ok(Duration::ZERO), Now::capture());
+        s.passive_failure("a", &CheckResult::ConnectRefused, Now::capture())
+            .unwrap();
+        assert!(s.allow_trial("a", Now::capture()).is_none());
+        assert!(s.passive_success("a", Now::capture()).is_none());
+        assert!(s.allow_trial("nope", Now::capture()).is_none());
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Unhealthy
+        );
     }
 }
