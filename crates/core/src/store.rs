@@ -306,7 +306,8 @@ impl Slot {
 }
 
 /// Whether `a` and `b` are the same backend, probed the same way: the health a check of one
-/// found holds for the other. Everything else (priority, weight, cadence, timeouts, the
+/// found holds for the other (a switch between `check: active` and `passive` starts over
+/// too). Everything else (priority, weight, cadence, timeouts, the
 /// static model list, the startup settings) can change without resetting health.
 fn same_backend(a: &Endpoint, b: &Endpoint) -> bool {
     a.url == b.url
@@ -314,6 +315,7 @@ fn same_backend(a: &Endpoint, b: &Endpoint) -> bool {
         && a.health_url == b.health_url
         && a.model_url == b.model_url
         && a.api_key == b.api_key
+        && a.check == b.check
 }
 
 /// What [`HealthStore::reconcile`] did with a new list of endpoints.
