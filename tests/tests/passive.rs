@@ -2,7 +2,8 @@
 //! `hale serve` and real mockllm processes.
 //!
 //! - A `check: passive` endpoint gets no probe traffic over 30 s (mockllm's `/__stats` counts
-//!   every path: only the chat requests the test sends arrive), is routable from the start,
+//!   every path: only the chat requests the test sends arrive; an operator's `/check` is a
+//!   409), is routable from the start,
 //!   is marked `unhealthy` by a connect failure on the request path when its backend is
 //!   killed, and after the backend returns a trial request brings it back.
 //! - A backend killed for 15 s and restarted (1 s interval): the gateway knocks on its port
@@ -10,13 +11,15 @@
 //!   1.5 s of the restart, and the HTTP checks it got while dead (`hale_health_checks_total`)
 //!   are no more than today's backoff schedule sends.
 
-use hale_testkit::{Gateway, HttpReply, MockLlm, eventually, http_post_json};
+use hale_testkit::{Gateway, HttpReply, MockLlm, eventually, http_post_json, http_request};
 use hale_tests::wait_status;
+use http::Method;
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 const POLL: Duration = Duration::from_millis(50);
+const TOKEN: &str = "passive-test-token";
 
 async fn chat(gw: &Gateway, model: &str) -> anyhow::Result<HttpReply> {
     http_post_json(
@@ -53,10 +56,10 @@ fn series(metrics: &str, name_and_labels: &str) -> f64 {
 async fn a_passive_endpoint_gets_no_probes_and_returns_through_a_trial() -> anyhow::Result<()> {
     let mut mock = MockLlm::start("openai", &["gpt-x"]).await?;
     let config = format!(
-        "server:\n  listen: 127.0.0.1:0\nhealth:\n  healthy_threshold: 2\n  max_backoff: 4s\n  jitter: 0\nendpoints:\n  - name: cloud\n    url: {}\n    type: openai\n    check: passive\n    models: [gpt-x]\n    check_interval: 1s\n    check_timeout: 500ms\n",
+        "server:\n  listen: 127.0.0.1:0\n  admin_token: {TOKEN}\nhealth:\n  healthy_threshold: 2\n  max_backoff: 4s\n  jitter: 0\nendpoints:\n  - name: cloud\n    url: {}\n    type: openai\n    check: passive\n    models: [gpt-x]\n    check_interval: 1s\n    check_timeout: 500ms\n",
         mock.url()
     );
-    let gw = Gateway::start(&config).await?;
+    let gw = Gateway::start(&config).await?.with_admin_token(TOKEN);
 
     // Routable from the start: healthy, no reason, source passive, and the gateway ready.
     let e = gw.endpoint("cloud").await?;
@@ -66,6 +69,16 @@ async fn a_passive_endpoint_gets_no_probes_and_returns_through_a_trial() -> anyh
         "{e}"
     );
     assert_eq!(gw.get("/readyz").await?.status, 200);
+    // An operator's check: refused, there is no probe.
+    let r = http_request(
+        Method::POST,
+        &format!("{}/internal/endpoints/cloud/check", gw.url()),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        None,
+    )
+    .await?;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("passive"), "{}", r.text);
     let r = chat(&gw, "gpt-x").await?;
     assert_eq!(
         (r.status, r.header("x-hale-endpoint")),
