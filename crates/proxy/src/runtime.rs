@@ -220,7 +220,7 @@ impl Drop for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hale_core::{EndpointConfig, EndpointKind};
+    use hale_core::{EndpointConfig, EndpointKind, HealthState};
     use std::time::Duration;
 
     fn runtime() -> &'static EndpointRuntime {
@@ -303,5 +303,54 @@ mod tests {
             .unwrap()
             .failure(Instant::now());
         assert_eq!(rt.breaker_state(Instant::now()), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_passive_endpoints_successful_trials_reach_the_store() {
+        let mut p = EndpointConfig::new("p", "http://127.0.0.1:9", EndpointKind::Openai);
+        p.models = vec!["gpt".into()];
+        p.check = hale_core::CheckMode::Passive;
+        let a = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        let store = Arc::new(HealthStore::new(
+            "pod-1",
+            vec![p.resolve("e").unwrap(), a.resolve("e").unwrap()],
+            &hale_core::HealthConfig::default(),
+            hale_core::Now::capture(),
+        ));
+        let snap = store.snapshot();
+        let rt = |name: &str| -> &'static EndpointRuntime {
+            let e = snap.get(name).unwrap().endpoint.clone();
+            Box::leak(Box::new(
+                EndpointRuntime::new(0, e, &ProxyConfig::default(), 1).with_store(&store),
+            ))
+        };
+        let (p_rt, a_rt) = (rt("p"), rt("a"));
+        assert!(
+            p_rt.passive.is_some() && a_rt.passive.is_none(),
+            "passive only"
+        );
+        let state = || store.snapshot().get("p").unwrap().health.state;
+        store.passive_failure(
+            "p",
+            &hale_core::CheckResult::ConnectRefused,
+            hale_core::Now::capture(),
+        );
+        store.allow_trial("p", hale_core::Now::capture()).unwrap();
+        // A request not claimed as the recovering endpoint's one (e.g. claimed just before
+        // the change) reports nothing; the trial requests do.
+        p_rt.try_claim(false, Instant::now()).unwrap().success();
+        assert_eq!(
+            store
+                .snapshot()
+                .get("p")
+                .unwrap()
+                .health
+                .consecutive_successes,
+            0
+        );
+        p_rt.try_claim(true, Instant::now()).unwrap().success();
+        assert_eq!(state(), HealthState::Recovering, "1 of healthy_threshold 2");
+        p_rt.try_claim(true, Instant::now()).unwrap().success();
+        assert_eq!(state(), HealthState::Healthy);
     }
 }
