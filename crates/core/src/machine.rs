@@ -257,12 +257,16 @@ impl HealthMachine {
     }
 
     /// A passive endpoint's hold time is over: `unhealthy` → `recovering`, so one trial
-    /// request at a time may go (see the module docs). Nothing for any other state.
+    /// request at a time may go (see the module docs). `unknown` too: a passive endpoint is
+    /// only ever `unknown` by adopting another replica's result (one that runs it as an
+    /// active endpoint, or a hostile one), and with no probe nothing else would end it.
+    /// Nothing for any other state.
     pub fn allow_trial(&mut self) -> Option<Transition> {
-        if self.state != HealthState::Unhealthy {
+        if !matches!(self.state, HealthState::Unhealthy | HealthState::Unknown) {
             return None;
         }
         let from = self.state;
+        self.phase = Phase::Running;
         self.consecutive_successes = 0;
         self.rate_limited_until = None;
         // The error stays shown: it says what took the endpoint out.

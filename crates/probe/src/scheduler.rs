@@ -479,8 +479,9 @@ impl EndpointTask {
         let requests = store.check_requested(&self.name);
         let requests = requests.as_deref();
         loop {
-            // Serving (or already on trial): wait for the request path to mark it down.
-            while !self.is_unhealthy() {
+            // Serving (or already on trial): wait for the request path (or the fleet) to mark
+            // it down.
+            while !self.is_down() {
                 if !self.idle_passive(&mut changes, requests).await {
                     return;
                 }
@@ -491,7 +492,7 @@ impl EndpointTask {
             };
             let due = Instant::now() + clock_safe(hold);
             let mut held = true;
-            while held && self.is_unhealthy() {
+            while held && self.is_down() {
                 tokio::select! {
                     () = sleep_until(due) => held = false,
                     alive = self.idle_passive(&mut changes, requests) => if !alive { return },
@@ -525,13 +526,19 @@ impl EndpointTask {
         }
     }
 
-    /// Whether the endpoint is `unhealthy` now.
-    fn is_unhealthy(&self) -> bool {
+    /// Whether a passive endpoint is out of rotation by its state: `unhealthy`, or `unknown`
+    /// (only by adopting another replica's result; with no probe, a trial ends it too).
+    fn is_down(&self) -> bool {
         self.common
             .store
             .snapshot()
             .get(&self.name)
-            .is_some_and(|e| e.health.state == hale_core::HealthState::Unhealthy)
+            .is_some_and(|e| {
+                matches!(
+                    e.health.state,
+                    hale_core::HealthState::Unhealthy | hale_core::HealthState::Unknown
+                )
+            })
     }
 
     /// Counts and logs a transition this task caused.

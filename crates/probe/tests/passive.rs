@@ -1,7 +1,8 @@
 //! Health that does not come from probing, on paused tokio time against real sockets:
 //! a `check: passive` endpoint is never sent a request by the scheduler (not by its schedule,
-//! not on request), is routable from the start, and after the request path marked it down it
-//! gets a trial when its hold time (the backoff) ends; and an endpoint backing off after
+//! not on request), is routable from the start, and after the request path (or an adopted
+//! result, even an `unknown` one) marked it down it gets a trial when its hold time (the
+//! backoff) ends; and an endpoint backing off after
 //! connection refusals is knocked on (bare TCP) every interval, so a backend whose port opens
 //! again is checked within one interval, with exactly the HTTP checks the backoff sends
 //! while it was closed.
@@ -12,13 +13,13 @@
 )]
 
 use hale_core::{
-    CheckMode, CheckResult, EndpointConfig, EndpointKind, HealthConfig, HealthState, HealthStore,
-    Now, Reason, Source,
+    CheckMode, CheckResult, EndpointConfig, EndpointKind, FenceToken, HealthConfig, HealthState,
+    HealthStore, Now, Phase, Reason, ResultKind, SharedResult, Source,
 };
 use hale_probe::{CheckNowError, ProbeClient, Scheduler};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -157,6 +158,31 @@ async fn a_passive_endpoint_is_never_probed_and_gets_trials_after_its_hold() {
     assert_eq!(state(&store, "p"), HealthState::Healthy);
     sleep(Duration::from_secs(30)).await;
     assert_eq!(state(&store, "p"), HealthState::Healthy);
+
+    // Another replica's result says `unknown` (it runs the endpoint as an active one, or
+    // Redis lies): with no probe to end it, a trial follows after the hold all the same.
+    let remote = SharedResult {
+        state: HealthState::Unknown,
+        phase: Phase::Startup,
+        reason: Some(Reason::Loading),
+        error: None,
+        latency: None,
+        checked_at: SystemTime::now(),
+        checked_by: Arc::from("pod-x"),
+        fence: FenceToken(5),
+        models: None,
+        consecutive_failures: 0,
+        consecutive_successes: 0,
+        unhealthy_failures: 0,
+        rate_limited_until: None,
+        kind: ResultKind::Check { ok: false },
+    };
+    store.apply_remote("p", &remote, Now::capture());
+    assert_eq!(state(&store, "p"), HealthState::Unknown);
+    until(5 * S, "trial after an adopted unknown", || {
+        state(&store, "p") == HealthState::Recovering
+    })
+    .await;
 
     handle.shutdown().await;
     assert!(

@@ -603,6 +603,40 @@ async fn passive_endpoints_return_through_trials() {
     assert_eq!(m.next_delay(Instant::now(), 0.5), S, "starts over at 1x");
 }
 
+/// A passive endpoint made `unknown` by another replica's result (nothing local makes it
+/// so) is let back in through a trial too: with no probe, nothing else would end it.
+#[tokio::test(start_paused = true)]
+async fn a_passive_endpoint_adopted_as_unknown_gets_a_trial() {
+    let mut m = HealthMachine::trusted(&endpoint(3), &health(3, 2));
+    let remote = SharedResult {
+        state: HealthState::Unknown,
+        phase: Phase::Startup,
+        reason: Some(Reason::Loading),
+        error: None,
+        latency: None,
+        checked_at: SystemTime::now(),
+        checked_by: Arc::from("pod-x"),
+        fence: crate::coordination::FenceToken(9),
+        models: None,
+        consecutive_failures: 0,
+        consecutive_successes: 0,
+        unhealthy_failures: 0,
+        rate_limited_until: None,
+        kind: ResultKind::Check { ok: false },
+    };
+    m.adopt(&remote, Instant::now(), SystemTime::now());
+    assert_eq!(m.state(), HealthState::Unknown);
+    let t = m.allow_trial().unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Unknown, HealthState::Recovering)
+    );
+    assert_eq!(m.phase(), Phase::Running);
+    m.passive_success();
+    m.passive_success();
+    assert_eq!(m.state(), HealthState::Healthy);
+}
+
 /// An active endpoint that fails again while recovering starts its backoff over, as before
 /// passive trials existed.
 #[tokio::test(start_paused = true)]
