@@ -268,7 +268,6 @@ impl HealthMachine {
         let from = self.state;
         self.phase = Phase::Running;
         self.consecutive_successes = 0;
-        self.rate_limited_until = None;
         // The error stays shown: it says what took the endpoint out.
         self.set(HealthState::Recovering, None);
         self.transition_from(from)
