@@ -2,8 +2,9 @@
 //! immutable [`Snapshot`] that the proxy and the api read lock-free (`ArcSwap`), plus a change
 //! signal (`watch`) and the log of recent transitions.
 //!
-//! Writers are the scheduler (check outcomes), the proxy (passive failures) and, in shared
-//! mode, coord (results from other replicas). Each write takes the lock for a few microseconds
+//! Writers are the scheduler (check outcomes, passive endpoints' trials), the proxy (passive
+//! failures, passive endpoints' successful trials) and, in shared mode, coord (results from
+//! other replicas). Each write takes the lock for a few microseconds
 //! (no I/O, no await under it), updates one endpoint and publishes a new snapshot that shares
 //! every other endpoint's `Arc` with the previous one, so a write costs O(endpoints) pointer
 //! copies and a read costs one atomic load.
