@@ -21,7 +21,11 @@
 //! the planned wait is a backoff longer than `check_interval`, the task knocks on the port
 //! every interval with a bare TCP connect ([`port_open`], bounded by `check_timeout`, closed
 //! at once, no HTTP) and, as soon as one opens, runs the full check at once instead of
-//! sleeping out the backoff. A knock is not a check: it changes no state, is not folded,
+//! sleeping out the backoff. That check runs like one the request path asks for: locally,
+//! under no lease, whatever the coordination says (in shared mode the fleet's round is not
+//! due until the backoff ends, so asking would only be told to wait): each replica learns
+//! the backend is back within one interval, at the cost of one check per replica per
+//! outage, and the fleet's rounds carry on as before. A knock is not a check: it changes no state, is not folded,
 //! and is not counted in `hale_health_checks_total`; the HTTP checks a dead backend gets
 //! are exactly the backoff's. (While a knock is in flight, at most `check_timeout`, a
 //! manual check waits for it.)
@@ -332,6 +336,8 @@ enum Woken {
     Command(Command),
     /// The request path asked for a check, and the rate limit lets it run.
     Requested,
+    /// The port of a backend that refused connections accepts one again.
+    PortOpen,
     /// The handle is gone: the task ends.
     Stop,
 }
@@ -386,14 +392,17 @@ impl EndpointTask {
         loop {
             // Wait until due, answering manual and requested checks meanwhile.
             loop {
-                let reply = match self.wait(wait, requests).await {
+                let (reply, why) = match self.wait(wait, requests).await {
                     Woken::Due => break,
                     Woken::Stop => return,
-                    Woken::Command(Command::CheckNow(reply)) => Some(reply),
-                    Woken::Requested => None,
+                    Woken::Command(Command::CheckNow(reply)) => {
+                        (Some(reply), "check run on request")
+                    }
+                    Woken::Requested => (None, "check run after a request-path failure"),
+                    Woken::PortOpen => (None, "check run as the port opened again"),
                 };
                 let Some(delay) = self
-                    .manual(probe.as_ref(), &duration, reply, first_check)
+                    .manual(probe.as_ref(), &duration, reply, first_check, why)
                     .await
                 else {
                     return;
@@ -418,8 +427,13 @@ impl EndpointTask {
                             None
                         }
                     };
+                    let why = if reply.is_some() {
+                        "check run on request"
+                    } else {
+                        "check run after a request-path failure"
+                    };
                     if self
-                        .manual(probe.as_ref(), &duration, reply, false)
+                        .manual(probe.as_ref(), &duration, reply, false, why)
                         .await
                         .is_none()
                     {
@@ -577,8 +591,7 @@ impl EndpointTask {
                     let Some(w) = &watch else { return Woken::Due };
                     knock = Some(Instant::now() + w.interval);
                     if port_open(&w.url, w.timeout).await {
-                        tracing::info!(endpoint = %self.name, "port open again after refusals: checking now");
-                        return Woken::Due;
+                        return Woken::PortOpen;
                     }
                     tracing::trace!(endpoint = %self.name, "port still closed");
                 }
@@ -627,14 +640,16 @@ impl EndpointTask {
     }
 
     /// Runs a check out of schedule — one an operator asked for (`reply`: its answer goes
-    /// there) or one the request path asked for (`None`) — folds it in and returns the wait
-    /// until the next scheduled check (`None`: the endpoint is gone).
+    /// there), one the request path asked for or one a knock on a refusing port called for
+    /// (`None`; `why` says which, for the log) — folds it in and returns the wait until the
+    /// next scheduled check (`None`: the endpoint is gone).
     async fn manual(
         &mut self,
         probe: &dyn Probe,
         duration: &Histogram,
         reply: Option<oneshot::Sender<ManualCheck>>,
         first_check: bool,
+        why: &str,
     ) -> Option<Duration> {
         let store = self.common.store.clone();
         let mut plan = store.plan(&self.name)?;
@@ -646,12 +661,7 @@ impl EndpointTask {
         } else {
             run_check(&self.common.client, probe, &plan).await
         };
-        let asked_by = if reply.is_some() {
-            "check run on request"
-        } else {
-            "check run after a request-path failure"
-        };
-        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "{asked_by}");
+        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "{why}");
         let event = self.fold(&outcome, duration, FenceToken::LOCAL);
         let delay = store.schedule_next(&self.name, Now::capture(), rand::random::<f64>())?;
         if let Some(reply) = reply {

@@ -2,10 +2,11 @@
 //! a `check: passive` endpoint is never sent a request by the scheduler (not by its schedule,
 //! not on request), is routable from the start, and after the request path (or an adopted
 //! result, even an `unknown` one) marked it down it gets a trial when its hold time (the
-//! backoff) ends; and an endpoint backing off after
-//! connection refusals is knocked on (bare TCP) every interval, so a backend whose port opens
-//! again is checked within one interval, with exactly the HTTP checks the backoff sends
-//! while it was closed.
+//! backoff) ends; and an endpoint backing off after connection refusals is knocked on (bare
+//! TCP) every interval, so a backend whose port opens again is checked within one interval,
+//! with exactly the HTTP checks the backoff sends while it was closed; never after other
+//! failures; and in shared mode too, where the knock's check runs locally while the fleet's
+//! round is not due.
 
 #![expect(
     clippy::unwrap_used,
@@ -323,5 +324,91 @@ async fn no_knocking_unless_the_backend_refused() {
     );
     assert_eq!(h.checks_total, backoff_checks_within(dead, S));
     assert_eq!(*hits.lock().unwrap() as u64, h.checks_total);
+    handle.shutdown().await;
+}
+
+/// The fleet covers every round (the coordination always says `Skip`, for 30 s).
+#[derive(Debug)]
+struct FleetChecks;
+
+impl hale_core::Coordination for FleetChecks {
+    fn may_check<'a>(
+        &'a self,
+        _endpoint: &'a str,
+    ) -> hale_core::coordination::BoxFuture<'a, hale_core::Decision> {
+        Box::pin(std::future::ready(hale_core::Decision::Skip {
+            retry_in: Duration::from_secs(30),
+        }))
+    }
+    fn publish(&self, _result: hale_core::LocalResult) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_shared_mode_a_refusal_adopted_from_the_fleet_is_knocked_on_and_checked_locally() {
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut c = EndpointConfig::new("e", format!("http://{addr}"), EndpointKind::Vllm);
+    c.check_interval = S;
+    c.check_timeout = Duration::from_millis(500);
+    let store = Arc::new(HealthStore::new(
+        "pod-1",
+        vec![c.resolve("e").unwrap()],
+        &health(2),
+        Now::capture(),
+    ));
+    // Another replica found it refusing, four failures into its backoff.
+    let remote = SharedResult {
+        state: HealthState::Unhealthy,
+        phase: Phase::Running,
+        reason: Some(Reason::ConnectRefused),
+        error: Some(Arc::from("connection refused")),
+        latency: None,
+        checked_at: SystemTime::now(),
+        checked_by: Arc::from("pod-2"),
+        fence: FenceToken(40),
+        models: None,
+        consecutive_failures: 7,
+        consecutive_successes: 0,
+        unhealthy_failures: 4,
+        rate_limited_until: None,
+        kind: ResultKind::Check { ok: false },
+    };
+    store.apply_remote("e", &remote, Now::capture());
+    let handle = Scheduler::new(store.clone(), ProbeClient::new(), true)
+        .with_coordination(Arc::new(FleetChecks))
+        .spawn();
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        store.snapshot().get("e").unwrap().health.checks_total,
+        1,
+        "only the adopted result: the fleet's rounds are skipped here"
+    );
+
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let opened = Instant::now();
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let _server = serve(listener, hits.clone());
+    until(2 * S, "checked after the port opened", || {
+        state(&store, "e") == HealthState::Recovering
+    })
+    .await;
+    assert!(opened.elapsed() <= S + Duration::from_millis(50));
+    let h = store.snapshot().get("e").unwrap().health.clone();
+    assert_eq!(
+        (h.source, h.fence),
+        (Source::Local, 0),
+        "a local check, no lease"
+    );
+    // Then the fleet's rounds again: nothing more from here while they are skipped.
+    sleep(Duration::from_secs(10)).await;
+    let health_hits = hits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("GET /health "))
+        .count();
+    assert_eq!(health_hits, 1, "{:?}", hits.lock().unwrap());
     handle.shutdown().await;
 }
