@@ -1468,4 +1468,30 @@ mod tests {
             HealthState::Unhealthy
         );
     }
+
+    #[tokio::test]
+    async fn switching_check_mode_on_reload_starts_the_endpoint_over() {
+        let s = store();
+        s.observe("a", &fail(), Now::capture());
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Unknown
+        );
+        let mut a = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        a.models = vec!["m1".into()];
+        a.check = crate::endpoint::CheckMode::Passive;
+        let mut b = EndpointConfig::new("b", "http://127.0.0.1:9", EndpointKind::Vllm);
+        b.models = vec!["m1".into()];
+        let report = s.reconcile(
+            vec![a.resolve("e").unwrap(), b.resolve("e").unwrap()],
+            Now::capture(),
+        );
+        assert_eq!(report.replaced, vec![Arc::<str>::from("a")]);
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(
+            (h.state, h.source),
+            (HealthState::Healthy, Source::Passive),
+            "not left unknown with no probe to end it"
+        );
+    }
 }
