@@ -25,10 +25,12 @@
 //! under no lease, whatever the coordination says (in shared mode the fleet's round is not
 //! due until the backoff ends, so asking would only be told to wait): each replica learns
 //! the backend is back within one interval, at the cost of one check per replica per
-//! outage, and the fleet's rounds carry on as before. A knock is not a check: it changes no state, is not folded,
-//! and is not counted in `hale_health_checks_total`; the HTTP checks a dead backend gets
-//! are exactly the backoff's. (While a knock is in flight, at most `check_timeout`, a
-//! manual check waits for it.)
+//! outage, and the fleet's rounds carry on as before. A knock is not a check: it changes no
+//! state, is not folded, and is not counted in `hale_health_checks_total`; the HTTP checks a
+//! dead backend gets are exactly the backoff's. Only a refusal starts knocking: a backend
+//! that times out or answers an error keeps its plain backoff (its port is open, or a knock
+//! would tell nothing). While a knock is in flight (at most `check_timeout`) a manual check
+//! waits for it.
 //!
 //! Passive endpoints (`check: passive`) are never checked: no health request, no model
 //! discovery, no coordination round, and a check on request is refused
