@@ -251,7 +251,7 @@ impl HealthMachine {
         self.enter_unhealthy();
         if from == HealthState::Recovering {
             // A failed trial: back off one step further (see the module docs).
-            self.unhealthy_failures = step.saturating_add(1).max(1);
+            self.unhealthy_failures = step.saturating_add(1);
         }
         self.transition_from(from)
     }
