@@ -119,6 +119,11 @@ pub(crate) async fn check(
     let found = admin.check(&name).await.map_err(|e| match e {
         CheckNowError::UnknownEndpoint => unknown_endpoint(&name),
         CheckNowError::Stopped => unavailable("checking (the gateway is stopping)"),
+        CheckNowError::Passive => ApiError::new(
+            StatusCode::CONFLICT,
+            crate::error::INVALID_REQUEST_ERROR,
+            format!("endpoint '{name}' is passive (check: passive): it has no probe"),
+        ),
     })?;
     let result = &found.outcome.result;
     let reason = result.reason();

@@ -97,6 +97,26 @@ impl fmt::Display for EndpointKind {
     }
 }
 
+/// How an endpoint's health is learnt (`check:`).
+///
+/// `active` (the default): the probe checks it on its schedule. `passive`: no probe traffic
+/// at all, for cloud APIs without a health path: it is routed for its static `models` (so
+/// that list must not be empty: there is no discovery request either), starts `healthy`,
+/// and only traffic marks it down; after its hold time one trial request decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckMode {
+    #[default]
+    Active,
+    Passive,
+}
+
+impl CheckMode {
+    pub fn is_passive(self) -> bool {
+        self == Self::Passive
+    }
+}
+
 /// One entry of `endpoints:` as written by the operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +162,9 @@ pub struct EndpointConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// `active` (probed) or `passive` (health from traffic only); see [`CheckMode`].
+    #[serde(default)]
+    pub check: CheckMode,
 }
 
 fn default_kind() -> EndpointKind {
@@ -178,6 +201,7 @@ impl EndpointConfig {
             startup: StartupConfig::default(),
             first_byte_timeout: None,
             idle_timeout: None,
+            check: CheckMode::Active,
         }
     }
 
@@ -248,6 +272,13 @@ impl EndpointConfig {
                 "must not be empty",
             ));
         }
+        if self.check.is_passive() && self.models.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.models"),
+                "must list the endpoint's models when check is passive (a passive endpoint \
+                 sends no model-list request, so nothing could be discovered)",
+            ));
+        }
         self.startup.validate(&format!("{path}.startup"))?;
         if let Some(t) = self.first_byte_timeout {
             crate::config::require_nonzero(path, "first_byte_timeout", t)?;
@@ -274,6 +305,7 @@ impl EndpointConfig {
             startup: self.startup.clone(),
             first_byte_timeout: self.first_byte_timeout,
             idle_timeout: self.idle_timeout,
+            check: self.check,
         })
     }
 }
@@ -342,6 +374,8 @@ pub struct Endpoint {
     pub first_byte_timeout: Option<Duration>,
     /// This endpoint's own `idle_timeout`, if it overrides the proxy's.
     pub idle_timeout: Option<Duration>,
+    /// Probed (`active`) or health from traffic only (`passive`).
+    pub check: CheckMode,
 }
 
 impl Endpoint {
@@ -435,6 +469,29 @@ mod tests {
         let err = c.resolve("e").unwrap_err();
         assert!(!err.message.contains("hunter2"), "{err}");
         assert!(err.message.contains("<redacted>@x:1"), "{err}");
+    }
+
+    #[test]
+    fn passive_check_needs_a_static_model_list() {
+        let c: EndpointConfig = serde_json::from_str(r#"{"name":"a","url":"http://h:1"}"#).unwrap();
+        assert_eq!(c.check, CheckMode::Active, "active by default");
+        let c: EndpointConfig =
+            serde_json::from_str(r#"{"name":"a","url":"http://h:1","check":"passive"}"#).unwrap();
+        let err = c.resolve("endpoints[3]").unwrap_err();
+        assert_eq!(err.path, "endpoints[3].models");
+        assert!(err.message.contains("passive"), "{err}");
+        let c: EndpointConfig = serde_json::from_str(
+            r#"{"name":"a","url":"http://h:1","check":"passive","models":["gpt-4o"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.resolve("e").unwrap().check, CheckMode::Passive);
+        for bad in [r#""Passive""#, r#""none""#, "1", "null"] {
+            let raw = format!(r#"{{"name":"a","url":"http://h:1","check":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<EndpointConfig>(&raw).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use config::{BreakerConfig, ConfigError, HealthConfig, StartupConfig};
 pub use coordination::{
     Coordination, Decision, FenceToken, LocalOnly, LocalResult, ResultKind, SharedResult,
 };
-pub use endpoint::{Endpoint, EndpointConfig, EndpointKind, same_model};
+pub use endpoint::{CheckMode, Endpoint, EndpointConfig, EndpointKind, same_model};
 pub use machine::{HealthMachine, Phase};
 pub use outcome::{CheckOutcome, CheckResult};
 pub use secret::Secret;

@@ -22,6 +22,16 @@
 //!   capped at `max_backoff` ([`Backoff`]); before that, checks keep the plain interval so
 //!   `unhealthy_threshold` failures are seen within `threshold × interval`.
 //!
+//! - **Passive endpoints** (`check: passive`, no probe): they start `healthy` in the running
+//!   phase, like trusted ones, and only the request path marks them down. Nothing probes them
+//!   back, so when the hold time the backoff plans for an `unhealthy` one has passed, the
+//!   scheduler allows a trial ([`HealthMachine::allow_trial`]: `unhealthy` → `recovering`,
+//!   which takes one request at a time); each trial request that succeeds counts
+//!   ([`HealthMachine::passive_success`]) and `healthy_threshold` of them make it `healthy`.
+//!   A failed trial sends it back to `unhealthy` one backoff step further on (a failure from
+//!   `recovering` continues the step count instead of starting over; an active endpoint's
+//!   count was already reset by the check that made it `recovering`, so it is unchanged).
+//!
 //! - **Adoption** (shared mode): a result another replica produced replaces state, phase,
 //!   reason and the counters that thresholds and backoff read ([`HealthMachine::adopt`]), so
 //!   the fleet counts consecutive failures together and whichever replica checks next
@@ -237,7 +247,47 @@ impl HealthMachine {
         self.error = result
             .error_text()
             .map(|e| Arc::from(format!("request path: {e}")));
+        let step = self.unhealthy_failures;
         self.enter_unhealthy();
+        if from == HealthState::Recovering {
+            // A failed trial: back off one step further (see the module docs).
+            self.unhealthy_failures = step.saturating_add(1);
+        }
+        self.transition_from(from)
+    }
+
+    /// A passive endpoint's hold time is over: `unhealthy` → `recovering`, so one trial
+    /// request at a time may go (see the module docs). `unknown` too: a passive endpoint is
+    /// only ever `unknown` by adopting another replica's result (one that runs it as an
+    /// active endpoint, or a hostile one), and with no probe nothing else would end it.
+    /// Nothing for any other state.
+    pub fn allow_trial(&mut self) -> Option<Transition> {
+        if !matches!(self.state, HealthState::Unhealthy | HealthState::Unknown) {
+            return None;
+        }
+        let from = self.state;
+        self.phase = Phase::Running;
+        self.consecutive_successes = 0;
+        // The error stays shown: it says what took the endpoint out.
+        self.set(HealthState::Recovering, None);
+        self.transition_from(from)
+    }
+
+    /// A request to a `recovering` passive endpoint succeeded: `healthy_threshold` of them
+    /// in a row make it `healthy`. Nothing in any other state (a serving endpoint's
+    /// successes change nothing, so they cost no write).
+    pub fn passive_success(&mut self) -> Option<Transition> {
+        if self.state != HealthState::Recovering {
+            return None;
+        }
+        let from = self.state;
+        self.consecutive_failures = 0;
+        self.consecutive_successes = self.consecutive_successes.saturating_add(1);
+        if self.consecutive_successes >= self.healthy_threshold {
+            self.unhealthy_failures = 0;
+            self.error = None;
+            self.set(HealthState::Healthy, None);
+        }
         self.transition_from(from)
     }
 

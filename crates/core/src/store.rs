@@ -2,9 +2,10 @@
 //! immutable [`Snapshot`] that the proxy and the api read lock-free (`ArcSwap`), plus a change
 //! signal (`watch`) and the log of recent transitions.
 //!
-//! Writers are the scheduler (check outcomes), the proxy (passive failures, and the hold of a
-//! 429's `Retry-After` answered to a request: [`HealthStore::rate_limited`]) and, in shared
-//! mode, coord (results from other replicas). Each write takes the lock for a few microseconds
+//! Writers are the scheduler (check outcomes, passive endpoints' trials), the proxy (passive
+//! failures, passive endpoints' successful trials, and the hold of a 429's `Retry-After`
+//! answered to a request: [`HealthStore::rate_limited`]) and, in shared mode, coord (results
+//! from other replicas). Each write takes the lock for a few microseconds
 //! (no I/O, no await under it), updates one endpoint and publishes a new snapshot that shares
 //! every other endpoint's `Arc` with the previous one, so a write costs O(endpoints) pointer
 //! copies and a read costs one atomic load.
@@ -20,6 +21,11 @@
 //! lease (Redis away), tokens cannot order anything, so a remote result is adopted only if it
 //! was checked no more than [`UNFENCED_SKEW`] before it: stale cache entries read back when
 //! Redis returns do not overwrite fresher local knowledge.
+//!
+//! Passive endpoints (`check: passive`) start `healthy` with `source: passive` and have no
+//! checks: the scheduler moves them from `unhealthy` to `recovering` when their hold time is
+//! over ([`HealthStore::allow_trial`]) and the proxy reports a successful trial request
+//! ([`HealthStore::passive_success`]); both are recorded and shared like a passive failure.
 //!
 //! Check requests: the proxy cannot reach the scheduler, so a request-path failure that does
 //! not change the state by itself (a request dropped after it was sent, a first-byte timeout)
@@ -274,9 +280,10 @@ impl Slot {
     }
 
     /// A new endpoint's slot: `unknown` in its startup phase (or trusted `healthy` when
-    /// background checks are off).
+    /// background checks are off, and for a passive endpoint, shown as `source: passive`).
     fn fresh(endpoint: Arc<Endpoint>, health: &HealthConfig, now: Now) -> Self {
-        let machine = if health.background {
+        let passive = endpoint.check.is_passive();
+        let machine = if health.background && !passive {
             HealthMachine::new(&endpoint, health)
         } else {
             HealthMachine::trusted(&endpoint, health)
@@ -288,7 +295,11 @@ impl Slot {
             last_check: None,
             next_check_at: None,
             checked_by: None,
-            source: Source::None,
+            source: if passive {
+                Source::Passive
+            } else {
+                Source::None
+            },
             fence: 0,
             unfenced_at: None,
             drained: false,
@@ -297,7 +308,8 @@ impl Slot {
 }
 
 /// Whether `a` and `b` are the same backend, probed the same way: the health a check of one
-/// found holds for the other. Everything else (priority, weight, cadence, timeouts, the
+/// found holds for the other (a switch between `check: active` and `passive` starts over
+/// too). Everything else (priority, weight, cadence, timeouts, the
 /// static model list, the startup settings) can change without resetting health.
 fn same_backend(a: &Endpoint, b: &Endpoint) -> bool {
     a.url == b.url
@@ -305,6 +317,7 @@ fn same_backend(a: &Endpoint, b: &Endpoint) -> bool {
         && a.health_url == b.health_url
         && a.model_url == b.model_url
         && a.api_key == b.api_key
+        && a.check == b.check
 }
 
 /// What [`HealthStore::reconcile`] did with a new list of endpoints.
@@ -611,6 +624,54 @@ impl HealthStore {
                 .then_some(((), None))
         })
         .is_some()
+    }
+
+    /// A passive endpoint's hold time is over (the scheduler says so): `unhealthy` →
+    /// `recovering`, one trial request at a time. Shared like a passive failure. Returns the
+    /// event if it changed; nothing for an active endpoint or another state.
+    pub fn allow_trial(&self, name: &str, now: Now) -> Option<Event> {
+        self.passive_step(name, now, HealthMachine::allow_trial)
+    }
+
+    /// A request to a `recovering` passive endpoint succeeded (the proxy says so);
+    /// `healthy_threshold` of them make it `healthy`. Shared like a passive failure once it
+    /// changes the state. Returns the event if it changed; nothing for an active endpoint
+    /// (its checks decide) or another state.
+    pub fn passive_success(&self, name: &str, now: Now) -> Option<Event> {
+        self.passive_step(name, now, HealthMachine::passive_success)
+    }
+
+    /// Applies `step` to the machine of passive endpoint `name`; records and shares it as a
+    /// passive result when it changed the state.
+    fn passive_step(
+        &self,
+        name: &str,
+        now: Now,
+        step: fn(&mut HealthMachine) -> Option<Transition>,
+    ) -> Option<Event> {
+        let pod = self.pod_id.clone();
+        let share = self.coordination.get().is_some();
+        let (local, event) = self.with_slot(name, now.wall, |slot| {
+            if !slot.endpoint.check.is_passive() {
+                return None;
+            }
+            let changed = step(&mut slot.machine);
+            let t = changed?;
+            slot.checked_by = Some(pod);
+            slot.source = Source::Passive;
+            slot.unfenced_at = Some(now.wall);
+            let local = share.then(|| LocalResult {
+                endpoint: slot.endpoint.name.clone(),
+                result: SharedResult {
+                    checked_at: now.wall,
+                    ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
+                },
+                planned_next: slot.machine.next_delay(now.mono, 0.5),
+            });
+            Some((local, Some((t, Source::Passive))))
+        })?;
+        self.forward(local);
+        event
     }
 
     /// Applies a result another replica produced, if its fence is newer than the one `name`
@@ -1352,5 +1413,99 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_millis(50), signal.notified()).await;
         assert!(again.is_err(), "a second check was owed");
         assert!(Arc::ptr_eq(&signal, &s.check_requested("a").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn passive_endpoints_start_serving_and_return_through_trials() {
+        let mut p = EndpointConfig::new("p", "http://127.0.0.1:9", EndpointKind::Openai);
+        p.models = vec!["gpt".into()];
+        p.check = crate::endpoint::CheckMode::Passive;
+        let mut a = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        a.models = vec!["m1".into()];
+        let s = HealthStore::new(
+            "pod-1",
+            vec![p.resolve("e").unwrap(), a.resolve("e").unwrap()],
+            &HealthConfig::default(),
+            Now::capture(),
+        );
+        let rec = Arc::new(Recorder::default());
+        s.attach(rec.clone());
+        let h = s.snapshot().get("p").unwrap().health.clone();
+        assert_eq!(
+            (h.state, h.reason.clone(), h.source),
+            (HealthState::Healthy, None, Source::Passive)
+        );
+        assert!(h.is_routable(Instant::now()), "routable from the start");
+        assert!(s.allow_trial("p", Now::capture()).is_none());
+        assert!(s.passive_success("p", Now::capture()).is_none());
+
+        s.passive_failure("p", &CheckResult::ConnectRefused, Now::capture())
+            .unwrap();
+        let e = s.allow_trial("p", Now::capture()).unwrap();
+        assert_eq!((e.to, e.source), (HealthState::Recovering, Source::Passive));
+        assert!(s.passive_success("p", Now::capture()).is_none(), "1 of 2");
+        let e = s.passive_success("p", Now::capture()).unwrap();
+        assert_eq!(
+            (e.from, e.to),
+            (HealthState::Recovering, HealthState::Healthy)
+        );
+        let kinds: Vec<_> = rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| (l.result.kind, l.result.state))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ResultKind::Passive, HealthState::Unhealthy),
+                (ResultKind::Passive, HealthState::Recovering),
+                (ResultKind::Passive, HealthState::Healthy),
+            ],
+            "every change is shared; a success that changes nothing is not"
+        );
+
+        // An active endpoint is moved by its checks only.
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Unknown
+        );
+        s.observe("a", &CheckOutcome::ok(Duration::ZERO), Now::capture());
+        s.passive_failure("a", &CheckResult::ConnectRefused, Now::capture())
+            .unwrap();
+        assert!(s.allow_trial("a", Now::capture()).is_none());
+        assert!(s.passive_success("a", Now::capture()).is_none());
+        assert!(s.allow_trial("nope", Now::capture()).is_none());
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Unhealthy
+        );
+    }
+
+    #[tokio::test]
+    async fn switching_check_mode_on_reload_starts_the_endpoint_over() {
+        let s = store();
+        s.observe("a", &fail(), Now::capture());
+        assert_eq!(
+            s.snapshot().get("a").unwrap().health.state,
+            HealthState::Unknown
+        );
+        let mut a = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        a.models = vec!["m1".into()];
+        a.check = crate::endpoint::CheckMode::Passive;
+        let mut b = EndpointConfig::new("b", "http://127.0.0.1:9", EndpointKind::Vllm);
+        b.models = vec!["m1".into()];
+        let report = s.reconcile(
+            vec![a.resolve("e").unwrap(), b.resolve("e").unwrap()],
+            Now::capture(),
+        );
+        assert_eq!(report.replaced, vec![Arc::<str>::from("a")]);
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(
+            (h.state, h.source),
+            (HealthState::Healthy, Source::Passive),
+            "not left unknown with no probe to end it"
+        );
     }
 }

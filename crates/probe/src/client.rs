@@ -10,6 +10,9 @@
 //! given one (so a backend's logs, and mockllm's stats, can tell which replica checked it)
 //! and, when the endpoint has an `api_key`, `Authorization: Bearer <key>`. Bodies are read up to [`MAX_BODY`]; a larger one is a bad
 //! response, not a memory problem. The whole exchange is bounded by the check's timeout.
+//!
+//! [`port_open`] is not a check: a bare TCP connect (no HTTP, no TLS), closed at once, that
+//! the scheduler uses to see a refusing backend's port open again.
 
 use bytes::Bytes;
 use hale_core::{CheckResult, Secret};
@@ -275,6 +278,24 @@ fn classify_hyper(e: &hyper::Error) -> CheckResult {
             message: e.to_string(),
         }
     }
+}
+
+/// Whether a bare TCP connection to `url`'s host and port opens within `limit` (it is closed
+/// at once; no byte is sent). It tells a refusing backend's port has opened again; it is not
+/// a check.
+pub async fn port_open(url: &Url, limit: Duration) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let connect = async {
+        let mut addrs = tokio::net::lookup_host((host.trim_matches(['[', ']']), port)).await?;
+        let addr = addrs
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses"))?;
+        TcpStream::connect(addr).await
+    };
+    matches!(timeout(limit, connect).await, Ok(Ok(_)))
 }
 
 /// Measures one probe: runs `f`, returns what it returned and how long it took.

@@ -16,6 +16,31 @@
 //! outage does not flood the log. Metrics: `hale_health_checks_total{endpoint,outcome}`,
 //! `hale_health_check_duration_seconds{endpoint}`, `hale_state_transitions_total{endpoint,from,to}`.
 //!
+//! Fast recovery without hammering: while an endpoint is `unhealthy` because its backend
+//! refused connections (reason `connect_refused`, found here or adopted from the fleet) and
+//! the planned wait is a backoff longer than `check_interval`, the task knocks on the port
+//! every interval with a bare TCP connect ([`port_open`], bounded by `check_timeout`, closed
+//! at once, no HTTP) and, as soon as one opens, runs the full check at once instead of
+//! sleeping out the backoff. That check runs like one the request path asks for: locally,
+//! under no lease, whatever the coordination says (in shared mode the fleet's round is not
+//! due until the backoff ends, so asking would only be told to wait): each replica learns
+//! the backend is back within one interval, at the cost of one check per replica per
+//! outage, and the fleet's rounds carry on as before. A knock is not a check: it changes no
+//! state, is not folded, and is not counted in `hale_health_checks_total`; the HTTP checks a
+//! dead backend gets are exactly the backoff's. Only a refusal starts knocking: a backend
+//! that times out or answers an error keeps its plain backoff (its port is open, or a knock
+//! would tell nothing). While a knock is in flight (at most `check_timeout`) a manual check
+//! waits for it.
+//!
+//! Passive endpoints (`check: passive`) are never checked: no health request, no model
+//! discovery, no coordination round, and a check on request is refused
+//! ([`CheckNowError::Passive`]); a check the request path asks for is dropped. They are
+//! trusted from the start, so readiness does not wait for them. Their task only waits for
+//! the request path to mark them `unhealthy`, sleeps the hold time core plans (the backoff
+//! of `unhealthy` endpoints, so failed trials wait longer each time), and then allows a
+//! trial ([`HealthStore::allow_trial`]: `recovering`, one request at a time); the proxy's
+//! successful trial requests bring it back to `healthy`.
+//!
 //! With `health.background: false` endpoints start trusted and only those the request path
 //! marked unhealthy are checked, until they are healthy again.
 //!
@@ -46,7 +71,7 @@
 //! check follows anyway), so a burst of failures costs one check, not one per failure.
 
 use crate::check::run_check;
-use crate::client::ProbeClient;
+use crate::client::{ProbeClient, port_open};
 use crate::kinds::{Probe, probe_for};
 use hale_core::config::clock_safe;
 use hale_core::store::EndpointStatus;
@@ -95,6 +120,8 @@ pub enum CheckNowError {
     UnknownEndpoint,
     #[error("the endpoint's checks are stopping")]
     Stopped,
+    #[error("the endpoint is passive (check: passive): it has no probe")]
+    Passive,
 }
 
 enum Command {
@@ -194,6 +221,15 @@ impl SchedulerHandle {
 
     /// Checks `name` now and returns what the check found; see the module docs.
     pub async fn check_now(&self, name: &str) -> Result<ManualCheck, CheckNowError> {
+        if self
+            .common
+            .store
+            .snapshot()
+            .get(name)
+            .is_some_and(|e| e.endpoint.check.is_passive())
+        {
+            return Err(CheckNowError::Passive);
+        }
         let commands = lock(&self.tasks)
             .get(name)
             .map(|t| t.commands.clone())
@@ -232,9 +268,15 @@ impl Scheduler {
     /// Starts one task per endpoint.
     pub fn spawn(self) -> SchedulerHandle {
         let names = self.store.endpoint_names();
+        let snapshot = self.store.snapshot();
         let pending: HashSet<Arc<str>> = names
             .iter()
             .filter(|n| self.store.first_delay(n).is_some_and(|d| d.is_zero()))
+            .filter(|n| {
+                !snapshot
+                    .get(n)
+                    .is_some_and(|e| e.endpoint.check.is_passive())
+            })
             .cloned()
             .collect();
         if pending.is_empty() {
@@ -296,8 +338,25 @@ enum Woken {
     Command(Command),
     /// The request path asked for a check, and the rate limit lets it run.
     Requested,
+    /// The port of a backend that refused connections accepts one again.
+    PortOpen,
     /// The handle is gone: the task ends.
     Stop,
+}
+
+/// Where and how often a backing-off task knocks (a bare TCP connect) on a refusing port.
+struct PortWatch {
+    url: url::Url,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Sleeps until `at`; never without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when `signal` is raised; never without one.
@@ -318,6 +377,9 @@ impl EndpointTask {
         let Some(plan) = store.plan(&self.name) else {
             return;
         };
+        if plan.endpoint.check.is_passive() {
+            return self.run_passive().await;
+        }
         let probe = probe_for(plan.endpoint.kind);
         let duration: Histogram = metrics::histogram!(
             "hale_health_check_duration_seconds",
@@ -332,14 +394,17 @@ impl EndpointTask {
         loop {
             // Wait until due, answering manual and requested checks meanwhile.
             loop {
-                let reply = match self.wait(wait, requests).await {
+                let (reply, why) = match self.wait(wait, requests).await {
                     Woken::Due => break,
                     Woken::Stop => return,
-                    Woken::Command(Command::CheckNow(reply)) => Some(reply),
-                    Woken::Requested => None,
+                    Woken::Command(Command::CheckNow(reply)) => {
+                        (Some(reply), "check run on request")
+                    }
+                    Woken::Requested => (None, "check run after a request-path failure"),
+                    Woken::PortOpen => (None, "check run as the port opened again"),
                 };
                 let Some(delay) = self
-                    .manual(probe.as_ref(), &duration, reply, first_check)
+                    .manual(probe.as_ref(), &duration, reply, first_check, why)
                     .await
                 else {
                     return;
@@ -364,8 +429,13 @@ impl EndpointTask {
                             None
                         }
                     };
+                    let why = if reply.is_some() {
+                        "check run on request"
+                    } else {
+                        "check run after a request-path failure"
+                    };
                     if self
-                        .manual(probe.as_ref(), &duration, reply, false)
+                        .manual(probe.as_ref(), &duration, reply, false, why)
                         .await
                         .is_none()
                     {
@@ -416,19 +486,138 @@ impl EndpointTask {
         }
     }
 
-    /// Sleeps `wait`, unless a command or an allowed check request (see the module docs)
-    /// comes first.
-    async fn wait(&mut self, wait: Duration, requests: Option<&Notify>) -> Woken {
-        let due = Instant::now() + clock_safe(wait);
+    /// The task of a passive endpoint (see the module docs): it never checks; once the
+    /// request path marked the endpoint `unhealthy`, it waits the hold time core plans and
+    /// then allows a trial (`recovering`).
+    async fn run_passive(mut self) {
+        let store = self.common.store.clone();
+        let mut changes = store.subscribe();
+        let requests = store.check_requested(&self.name);
+        let requests = requests.as_deref();
         loop {
+            // Serving (or already on trial): wait for the request path (or the fleet) to mark
+            // it down.
+            while !self.is_down() {
+                if !self.idle_passive(&mut changes, requests).await {
+                    return;
+                }
+            }
+            let Some(hold) = store.schedule_next(&self.name, Now::capture(), rand::random::<f64>())
+            else {
+                return;
+            };
+            let due = Instant::now() + clock_safe(hold);
+            let mut held = true;
+            while held && self.is_down() {
+                tokio::select! {
+                    () = sleep_until(due) => held = false,
+                    alive = self.idle_passive(&mut changes, requests) => if !alive { return },
+                }
+            }
+            if held {
+                // Someone else (another replica's result) moved it on meanwhile.
+                continue;
+            }
+            if let Some(event) = store.allow_trial(&self.name, Now::capture()) {
+                self.note_transition(&event);
+            }
+        }
+    }
+
+    /// One wake-up of an idle passive task: a store change, a command (a check on request is
+    /// refused before it gets here; one racing with a reload gets no answer) or a check
+    /// request (there is nothing to probe: dropped). Returns false when the task must end.
+    async fn idle_passive(
+        &mut self,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        requests: Option<&Notify>,
+    ) -> bool {
+        tokio::select! {
+            changed = changes.changed() => changed.is_ok(),
+            command = self.commands.recv() => command.is_some(),
+            () = raised(requests) => {
+                tracing::debug!(endpoint = %self.name, "check request dropped: the endpoint is passive");
+                true
+            }
+        }
+    }
+
+    /// Whether a passive endpoint is out of rotation by its state: `unhealthy`, or `unknown`
+    /// (only by adopting another replica's result; with no probe, a trial ends it too).
+    fn is_down(&self) -> bool {
+        self.common
+            .store
+            .snapshot()
+            .get(&self.name)
+            .is_some_and(|e| {
+                matches!(
+                    e.health.state,
+                    hale_core::HealthState::Unhealthy | hale_core::HealthState::Unknown
+                )
+            })
+    }
+
+    /// Counts and logs a transition this task caused.
+    fn note_transition(&mut self, event: &Event) {
+        metrics::counter!(
+            "hale_state_transitions_total",
+            "endpoint" => self.name.to_string(),
+            "from" => event.from.as_str(),
+            "to" => event.to.as_str()
+        )
+        .increment(1);
+        tracing::info!(
+            endpoint = %self.name,
+            from = %event.from,
+            to = %event.to,
+            reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
+            error = event.error.as_deref().unwrap_or(""),
+            "endpoint state changed"
+        );
+        self.last_logged = event.reason.clone();
+    }
+
+    /// Sleeps `wait`, unless a command or an allowed check request (see the module docs)
+    /// comes first. While backing off from a refusing backend, knocks on its port every
+    /// interval and ends the wait as soon as it opens (see the module docs).
+    async fn wait(&mut self, wait: Duration, requests: Option<&Notify>) -> Woken {
+        let start = Instant::now();
+        let due = start + clock_safe(wait);
+        let watch = self.port_watch(wait);
+        let mut knock = watch.as_ref().map(|w| start + w.interval);
+        loop {
+            let knock_at = knock.filter(|at| *at < due);
             tokio::select! {
                 () = sleep_until(due) => return Woken::Due,
+                () = sleep_until_some(knock_at) => {
+                    let Some(w) = &watch else { return Woken::Due };
+                    knock = Some(Instant::now() + w.interval);
+                    if port_open(&w.url, w.timeout).await {
+                        return Woken::PortOpen;
+                    }
+                    tracing::trace!(endpoint = %self.name, "port still closed");
+                }
                 command = self.commands.recv() => return command.map_or(Woken::Stop, Woken::Command),
                 () = raised(requests) => if self.take_requested() {
                     return Woken::Requested;
                 },
             }
         }
+    }
+
+    /// What to knock on while waiting `wait`: only when the endpoint is `unhealthy` because
+    /// its backend refused connections and the wait is a backoff longer than the interval.
+    fn port_watch(&self, wait: Duration) -> Option<PortWatch> {
+        let snapshot = self.common.store.snapshot();
+        let e = snapshot.get(&self.name)?;
+        let refused = e.health.state == hale_core::HealthState::Unhealthy
+            && e.health.reason == Some(Reason::ConnectRefused);
+        let interval = e.endpoint.check_interval;
+        (refused && wait > interval && !interval.is_zero()).then(|| PortWatch {
+            url: e.endpoint.health_url.clone(),
+            interval,
+            timeout: e.endpoint.check_timeout,
+        })
     }
 
     /// Whether a check the request path asked for may run now (at most one per
@@ -453,14 +642,16 @@ impl EndpointTask {
     }
 
     /// Runs a check out of schedule — one an operator asked for (`reply`: its answer goes
-    /// there) or one the request path asked for (`None`) — folds it in and returns the wait
-    /// until the next scheduled check (`None`: the endpoint is gone).
+    /// there), one the request path asked for or one a knock on a refusing port called for
+    /// (`None`; `why` says which, for the log) — folds it in and returns the wait until the
+    /// next scheduled check (`None`: the endpoint is gone).
     async fn manual(
         &mut self,
         probe: &dyn Probe,
         duration: &Histogram,
         reply: Option<oneshot::Sender<ManualCheck>>,
         first_check: bool,
+        why: &str,
     ) -> Option<Duration> {
         let store = self.common.store.clone();
         let mut plan = store.plan(&self.name)?;
@@ -472,12 +663,7 @@ impl EndpointTask {
         } else {
             run_check(&self.common.client, probe, &plan).await
         };
-        let asked_by = if reply.is_some() {
-            "check run on request"
-        } else {
-            "check run after a request-path failure"
-        };
-        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "{asked_by}");
+        tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "{why}");
         let event = self.fold(&outcome, duration, FenceToken::LOCAL);
         let delay = store.schedule_next(&self.name, Now::capture(), rand::random::<f64>())?;
         if let Some(reply) = reply {
@@ -511,24 +697,7 @@ impl EndpointTask {
             .store
             .observe_fenced(&self.name, outcome, Now::capture(), fence);
         match &event {
-            Some(event) => {
-                metrics::counter!(
-                    "hale_state_transitions_total",
-                    "endpoint" => self.name.to_string(),
-                    "from" => event.from.as_str(),
-                    "to" => event.to.as_str()
-                )
-                .increment(1);
-                tracing::info!(
-                    endpoint = %self.name,
-                    from = %event.from,
-                    to = %event.to,
-                    reason = %event.reason.as_ref().map(|r| r.as_str()).unwrap_or_default(),
-                    error = event.error.as_deref().unwrap_or(""),
-                    "endpoint state changed"
-                );
-                self.last_logged = event.reason.clone();
-            }
+            Some(event) => self.note_transition(event),
             None => self.log_check(outcome),
         }
         event

@@ -193,7 +193,7 @@ impl Proxy {
             .endpoints
             .iter()
             .enumerate()
-            .map(|(id, s)| new_runtime(id, &s.endpoint, config, server.workers))
+            .map(|(id, s)| new_runtime(id, &s.endpoint, config, server.workers, &store))
             .collect();
         let names = runtimes.iter().map(|rt| rt.endpoint.name.clone()).collect();
         // A pod id is printable text; the fallback only keeps this total.
@@ -247,8 +247,13 @@ impl Proxy {
                     Some(rt) => *rt,
                     None => {
                         made += 1;
-                        let rt =
-                            new_runtime(all.len(), &s.endpoint, &shared.config, shared.workers);
+                        let rt = new_runtime(
+                            all.len(),
+                            &s.endpoint,
+                            &shared.config,
+                            shared.workers,
+                            &shared.store,
+                        );
                         all.push(rt);
                         rt
                     }
@@ -312,8 +317,9 @@ fn new_runtime(
     endpoint: &Arc<Endpoint>,
     config: &ProxyConfig,
     workers: usize,
+    store: &Arc<HealthStore>,
 ) -> &'static EndpointRuntime {
-    let rt = EndpointRuntime::new(id, endpoint.clone(), config, workers);
+    let rt = EndpointRuntime::new(id, endpoint.clone(), config, workers).with_store(store);
     if !rt.usable() {
         tracing::warn!(
             endpoint = rt.name(),

@@ -17,6 +17,9 @@
 //!   is not closed with zero failures", and while it is false admission is `Allowed` and a
 //!   success has nothing to reset. The mirror is written under the lock after every change,
 //!   so a request racing with a change behaves as if it had come just before it.
+//! - A passive endpoint (`check: passive`) has no probe to bring it back: the success of a
+//!   request claimed while it was `recovering` is reported to core
+//!   ([`HealthStore::passive_success`]); no other request costs a store write.
 //! - A `recovering` endpoint gets at most one request in flight: the claim takes its
 //!   outstanding count from 0 to 1 with one compare-and-swap, or does not take it.
 //! - Runtimes live as long as the process (they are leaked, as the proxy's shared state is),
@@ -26,7 +29,7 @@
 
 use crate::config::ProxyConfig;
 use crate::upstream::Destination;
-use hale_core::{Admission, Breaker, BreakerState, Endpoint};
+use hale_core::{Admission, Breaker, BreakerState, Endpoint, HealthStore};
 use http::HeaderValue;
 use metrics::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +56,9 @@ pub struct EndpointRuntime {
     dirty: AtomicBool,
     /// `hale_proxy_request_duration_seconds{endpoint}`.
     pub duration: Histogram,
+    /// For a passive endpoint (`check: passive`) only: where its trial requests' successes
+    /// are reported (nothing else moves it from `recovering` back to `healthy`).
+    passive: Option<Arc<HealthStore>>,
 }
 
 impl EndpointRuntime {
@@ -77,7 +83,16 @@ impl EndpointRuntime {
             breaker: Mutex::new(Breaker::new(config.breaker.clone())),
             dirty: AtomicBool::new(false),
             duration,
+            passive: None,
         }
+    }
+
+    /// Reports this endpoint's successful trial requests to `store` if it is passive.
+    pub fn with_store(mut self, store: &Arc<HealthStore>) -> Self {
+        if self.endpoint.check.is_passive() {
+            self.passive = Some(store.clone());
+        }
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -129,6 +144,7 @@ impl EndpointRuntime {
             rt: self,
             trial: false,
             reported: false,
+            exclusive,
         };
         if self.dirty.load(Ordering::Acquire) {
             match self.lock().admit(now) {
@@ -155,6 +171,8 @@ pub struct Claim {
     rt: &'static EndpointRuntime,
     trial: bool,
     reported: bool,
+    /// Claimed as a `recovering` endpoint's one request.
+    exclusive: bool,
 }
 
 impl Claim {
@@ -170,6 +188,9 @@ impl Claim {
     /// The backend answered (below 500): the breaker's failure count starts over.
     pub fn success(&mut self) {
         self.reported = true;
+        if let (true, Some(store)) = (self.exclusive, &self.rt.passive) {
+            store.passive_success(self.rt.name(), hale_core::Now::capture());
+        }
         if self.rt.dirty.load(Ordering::Acquire) {
             let mut b = self.rt.lock();
             b.on_success();
@@ -199,7 +220,7 @@ impl Drop for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hale_core::{EndpointConfig, EndpointKind};
+    use hale_core::{EndpointConfig, EndpointKind, HealthState};
     use std::time::Duration;
 
     fn runtime() -> &'static EndpointRuntime {
@@ -282,5 +303,54 @@ mod tests {
             .unwrap()
             .failure(Instant::now());
         assert_eq!(rt.breaker_state(Instant::now()), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_passive_endpoints_successful_trials_reach_the_store() {
+        let mut p = EndpointConfig::new("p", "http://127.0.0.1:9", EndpointKind::Openai);
+        p.models = vec!["gpt".into()];
+        p.check = hale_core::CheckMode::Passive;
+        let a = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        let store = Arc::new(HealthStore::new(
+            "pod-1",
+            vec![p.resolve("e").unwrap(), a.resolve("e").unwrap()],
+            &hale_core::HealthConfig::default(),
+            hale_core::Now::capture(),
+        ));
+        let snap = store.snapshot();
+        let rt = |name: &str| -> &'static EndpointRuntime {
+            let e = snap.get(name).unwrap().endpoint.clone();
+            Box::leak(Box::new(
+                EndpointRuntime::new(0, e, &ProxyConfig::default(), 1).with_store(&store),
+            ))
+        };
+        let (p_rt, a_rt) = (rt("p"), rt("a"));
+        assert!(
+            p_rt.passive.is_some() && a_rt.passive.is_none(),
+            "passive only"
+        );
+        let state = || store.snapshot().get("p").unwrap().health.state;
+        store.passive_failure(
+            "p",
+            &hale_core::CheckResult::ConnectRefused,
+            hale_core::Now::capture(),
+        );
+        store.allow_trial("p", hale_core::Now::capture()).unwrap();
+        // A request not claimed as the recovering endpoint's one (e.g. claimed just before
+        // the change) reports nothing; the trial requests do.
+        p_rt.try_claim(false, Instant::now()).unwrap().success();
+        assert_eq!(
+            store
+                .snapshot()
+                .get("p")
+                .unwrap()
+                .health
+                .consecutive_successes,
+            0
+        );
+        p_rt.try_claim(true, Instant::now()).unwrap().success();
+        assert_eq!(state(), HealthState::Recovering, "1 of healthy_threshold 2");
+        p_rt.try_claim(true, Instant::now()).unwrap().success();
+        assert_eq!(state(), HealthState::Healthy);
     }
 }

@@ -585,3 +585,100 @@ proptest! {
         }
     }
 }
+
+/// A passive endpoint: serving from the start, marked down by the request path, let back
+/// in for trials by the scheduler, made healthy by successful trial requests; failed trials
+/// back off further each time.
+#[tokio::test(start_paused = true)]
+async fn passive_endpoints_return_through_trials() {
+    let mut m = HealthMachine::trusted(&endpoint(3), &health(3, 2));
+    assert_eq!(
+        (m.state(), m.phase()),
+        (HealthState::Healthy, Phase::Running)
+    );
+    assert!(m.allow_trial().is_none(), "nothing to allow while serving");
+    assert!(
+        m.passive_success().is_none(),
+        "serving successes change nothing"
+    );
+
+    let t = m.passive_failure(&CheckResult::ConnectRefused).unwrap();
+    assert_eq!(t.to, HealthState::Unhealthy);
+    assert_eq!(m.next_delay(Instant::now(), 0.5), S, "first hold: 1x");
+
+    let t = m.allow_trial().unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Unhealthy, HealthState::Recovering)
+    );
+    assert!(m.is_routable(Instant::now()));
+    assert!(m.error().is_some(), "what took it out stays shown");
+    // A failed trial: unhealthy again, one backoff step further; again: further still.
+    m.passive_failure(&CheckResult::ConnectRefused).unwrap();
+    assert_eq!(m.next_delay(Instant::now(), 0.5), 2 * S);
+    m.allow_trial().unwrap();
+    m.passive_failure(&CheckResult::ConnectRefused).unwrap();
+    assert_eq!(m.next_delay(Instant::now(), 0.5), 4 * S);
+
+    // Successful trials: healthy_threshold (2) of them make it healthy, backoff forgotten.
+    m.allow_trial().unwrap();
+    assert!(m.passive_success().is_none(), "one of two");
+    assert_eq!(m.state(), HealthState::Recovering);
+    let t = m.passive_success().unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Recovering, HealthState::Healthy)
+    );
+    assert_eq!((m.reason(), m.error()), (None, None));
+    m.passive_failure(&CheckResult::ConnectRefused).unwrap();
+    assert_eq!(m.next_delay(Instant::now(), 0.5), S, "starts over at 1x");
+}
+
+/// A passive endpoint made `unknown` by another replica's result (nothing local makes it
+/// so) is let back in through a trial too: with no probe, nothing else would end it.
+#[tokio::test(start_paused = true)]
+async fn a_passive_endpoint_adopted_as_unknown_gets_a_trial() {
+    let mut m = HealthMachine::trusted(&endpoint(3), &health(3, 2));
+    let remote = SharedResult {
+        state: HealthState::Unknown,
+        phase: Phase::Startup,
+        reason: Some(Reason::Loading),
+        error: None,
+        latency: None,
+        checked_at: SystemTime::now(),
+        checked_by: Arc::from("pod-x"),
+        fence: crate::coordination::FenceToken(9),
+        models: None,
+        consecutive_failures: 0,
+        consecutive_successes: 0,
+        unhealthy_failures: 0,
+        rate_limited_until: None,
+        kind: ResultKind::Check { ok: false },
+    };
+    m.adopt(&remote, Instant::now(), SystemTime::now());
+    assert_eq!(m.state(), HealthState::Unknown);
+    let t = m.allow_trial().unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Unknown, HealthState::Recovering)
+    );
+    assert_eq!(m.phase(), Phase::Running);
+    m.passive_success();
+    m.passive_success();
+    assert_eq!(m.state(), HealthState::Healthy);
+}
+
+/// An active endpoint that fails again while recovering starts its backoff over, as before
+/// passive trials existed.
+#[tokio::test(start_paused = true)]
+async fn an_active_recovering_failure_still_starts_backoff_over() {
+    let mut m = running(1, 3);
+    m.observe(&refused(), Instant::now());
+    m.observe(&refused(), Instant::now());
+    m.observe(&refused(), Instant::now());
+    assert_eq!(m.unhealthy_failures(), 3);
+    m.observe(&ok(), Instant::now());
+    assert_eq!(m.state(), HealthState::Recovering);
+    m.passive_failure(&CheckResult::ConnectRefused).unwrap();
+    assert_eq!(m.unhealthy_failures(), 1);
+}
