@@ -20,6 +20,18 @@
 //! was checked no more than [`UNFENCED_SKEW`] before it: stale cache entries read back when
 //! Redis returns do not overwrite fresher local knowledge.
 //!
+//! Ejections (outlier detection, [`crate::outlier`]): the proxy's detector says when traffic
+//! condemns an endpoint and [`HealthStore::eject`] decides, under the writer lock so that two
+//! ejections cannot both pass the check: it refuses (`Withheld`) an ejection that would leave
+//! more than `max_ejection_percent` of any model's endpoints out of rotation (drained, not
+//! routable, or ejected), counted over the endpoints serving that model, this one included;
+//! otherwise the endpoint turns `unhealthy` (reason `outlier`) through the same path as a
+//! passive failure, so in shared mode it is written and published like one and every replica
+//! holds it until `ejected_until` — bounded on adoption by this replica's own `max_ejection`
+//! ([`HealthStore::set_max_ejection`]). The ejecting replica shows it as `source: passive`,
+//! the others as `source: shared` with `checked_by` naming the ejecting replica, as for any
+//! passive result.
+//!
 //! Check requests: the proxy cannot reach the scheduler, so a request-path failure that does
 //! not change the state by itself (a request dropped after it was sent, a first-byte timeout)
 //! asks for a prompt check through [`HealthStore::request_check`]; the endpoint's check task
@@ -32,10 +44,12 @@ use crate::coordination::{Coordination, FenceToken, LocalResult, ResultKind, Sha
 use crate::endpoint::{Endpoint, same_model};
 use crate::machine::{HealthMachine, Phase};
 use crate::outcome::{CheckOutcome, CheckResult, Verdict};
+use crate::outlier::OutlierConfig;
 use crate::state::{HealthState, Reason, Transition};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
@@ -101,6 +115,9 @@ pub struct EndpointHealth {
     /// Fencing token of the shared result this came from (0 for local results).
     pub fence: u64,
     pub rate_limited_until: Option<Instant>,
+    /// Outlier detection holds it out until then (see [`crate::outlier`]); may lie in the
+    /// past until the next passing check clears it.
+    pub ejected_until: Option<Instant>,
     /// An operator drained it (`POST /internal/endpoints/{name}/drain`): it is still checked
     /// but gets no new requests until enabled again.
     pub drained: bool,
@@ -241,6 +258,10 @@ impl Slot {
                 .rate_limited_until()
                 .filter(|until| *until > now.mono)
                 .map(|until| now.wall + (until - now.mono)),
+            ejected_until: m
+                .ejected_until()
+                .filter(|until| *until > now.mono)
+                .map(|until| now.wall + (until - now.mono)),
             kind,
         }
     }
@@ -267,6 +288,7 @@ impl Slot {
                 source: self.source,
                 fence: self.fence,
                 rate_limited_until: m.rate_limited_until(),
+                ejected_until: m.ejected_until(),
                 drained: self.drained,
             },
         })
@@ -352,6 +374,24 @@ pub struct HealthStore {
     /// Per endpoint name, the signal [`HealthStore::request_check`] raises (see the module
     /// docs); made on first use.
     check_requests: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    /// The longest ejection adopted from another replica, in ms (`proxy.outlier.max_ejection`).
+    max_ejection_ms: AtomicU64,
+}
+
+/// What [`HealthStore::eject`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ejected {
+    /// The endpoint is out until the given time; the event records it.
+    Now(Event),
+    /// Ejecting it would leave too few of `model`'s endpoints: `out` of `total` would be out
+    /// of rotation, more than `max_ejection_percent` allows. Nothing changed.
+    Withheld {
+        model: Arc<str>,
+        out: usize,
+        total: usize,
+    },
+    /// It was not routable anyway (or is not configured): nothing changed.
+    NotRoutable,
 }
 
 /// What [`HealthStore::apply_remote`] did with a result from another replica.
@@ -417,6 +457,72 @@ impl HealthStore {
             changes: watch::Sender::new(0),
             coordination: OnceLock::new(),
             check_requests: Mutex::new(HashMap::new()),
+            max_ejection_ms: AtomicU64::new(millis_of(OutlierConfig::default().max_ejection)),
+        }
+    }
+
+    /// The longest ejection this replica holds when another replica's result says one:
+    /// its own `proxy.outlier.max_ejection`.
+    pub fn set_max_ejection(&self, max: Duration) {
+        self.max_ejection_ms
+            .store(millis_of(max), Ordering::Relaxed);
+    }
+
+    fn max_ejection(&self) -> Duration {
+        Duration::from_millis(self.max_ejection_ms.load(Ordering::Relaxed))
+    }
+
+    /// Ejects `name` for `length` from `now` (outlier detection), with `error` naming the
+    /// signal, unless that would leave more than `max_percent` of one of its models'
+    /// endpoints out of rotation (see the module docs). An ejection is told to the attached
+    /// coordination as a passive result.
+    pub fn eject(
+        &self,
+        name: &str,
+        length: Duration,
+        error: &str,
+        max_percent: u32,
+        now: Now,
+    ) -> Ejected {
+        let pod = self.pod_id.clone();
+        let share = self.coordination.get().is_some();
+        let mut w = self.lock();
+        let Some(&i) = w.index.get(name) else {
+            return Ejected::NotRoutable;
+        };
+        let Some(slot) = w.slots.get(i) else {
+            return Ejected::NotRoutable;
+        };
+        if !slot.machine.state().is_routable() {
+            return Ejected::NotRoutable;
+        }
+        if let Some(withheld) = too_many_out(&w.slots, i, max_percent, now.mono) {
+            return withheld;
+        }
+        let Some(slot) = w.slots.get_mut(i) else {
+            return Ejected::NotRoutable;
+        };
+        let until = now.mono + crate::config::clock_safe(length);
+        let Some(t) = slot.machine.eject(until, Arc::from(error)) else {
+            return Ejected::NotRoutable;
+        };
+        slot.checked_by = Some(pod);
+        slot.source = Source::Passive;
+        slot.unfenced_at = Some(now.wall);
+        let local = share.then(|| LocalResult {
+            endpoint: slot.endpoint.name.clone(),
+            result: SharedResult {
+                checked_at: now.wall,
+                ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
+            },
+            planned_next: slot.machine.next_delay(now.mono, 0.5),
+        });
+        let event = self.commit(&mut w, i, now.wall, Some((t, Source::Passive)));
+        drop(w);
+        self.forward(local);
+        match event {
+            Some(e) => Ejected::Now(e),
+            None => Ejected::NotRoutable,
         }
     }
 
@@ -604,6 +710,7 @@ impl HealthStore {
     pub fn apply_remote(&self, name: &str, result: &SharedResult, now: Now) -> Adoption {
         let own_passive =
             result.kind == ResultKind::Passive && result.checked_by.as_ref() == &*self.pod_id;
+        let max_ejection = self.max_ejection();
         let applied = self.with_slot(name, now.wall, |slot| {
             if result.fence.get() <= slot.fence {
                 return None;
@@ -613,7 +720,9 @@ impl HealthStore {
             {
                 return None;
             }
-            let t = slot.machine.adopt(result, now.mono, now.wall);
+            let t = slot
+                .machine
+                .adopt_bounded(result, now.mono, now.wall, max_ejection);
             slot.fence = result.fence.get();
             slot.unfenced_at = None;
             slot.last_check = Some(result.checked_at);
@@ -751,6 +860,20 @@ impl HealthStore {
         let i = *w.index.get(name)?;
         let slot = w.slots.get_mut(i)?;
         let (r, t) = f(slot)?;
+        let event = self.commit(&mut w, i, at, t);
+        Some((r, event))
+    }
+
+    /// After slot `i` changed: records transition `t` (if any) as an event at `at` and
+    /// republishes; returns the event.
+    fn commit(
+        &self,
+        w: &mut Writer,
+        i: usize,
+        at: SystemTime,
+        t: Option<(Transition, Source)>,
+    ) -> Option<Event> {
+        let slot = w.slots.get_mut(i)?;
         let event = t.map(|(t, source)| {
             slot.since = at;
             let pod_id = match (source, &slot.checked_by) {
@@ -775,8 +898,8 @@ impl HealthStore {
             }
             w.events.push_back(e.clone());
         }
-        self.publish_one(&mut w, i, status);
-        Some((r, event))
+        self.publish_one(w, i, status);
+        event
     }
 
     /// Hands a local result to the attached coordination, outside the writer lock.
@@ -811,6 +934,48 @@ impl HealthStore {
         }));
         self.changes.send_replace(w.version);
     }
+}
+
+/// Whether ejecting slot `i` would leave more than `max_percent` of one of its models'
+/// endpoints out of rotation at `now` (see the module docs); the refusal if so. An endpoint
+/// that lists no model protects no pool and may go.
+fn too_many_out(slots: &[Slot], i: usize, max_percent: u32, now: Instant) -> Option<Ejected> {
+    let me = slots.get(i)?;
+    let models: Vec<Arc<str>> = if me.endpoint.models.is_empty() {
+        me.machine
+            .discovered()
+            .map(|ms| ms.to_vec())
+            .unwrap_or_default()
+    } else {
+        me.endpoint.models.clone()
+    };
+    for model in models {
+        let serving = slots.iter().enumerate().filter(|(_, s)| serves(s, &model));
+        let (mut total, mut out) = (0usize, 0usize);
+        for (j, s) in serving {
+            total += 1;
+            if j == i || s.drained || !s.machine.is_routable(now) || s.machine.is_ejected(now) {
+                out += 1;
+            }
+        }
+        if out.saturating_mul(100) > total.saturating_mul(max_percent as usize) {
+            return Some(Ejected::Withheld { model, out, total });
+        }
+    }
+    None
+}
+
+fn serves(slot: &Slot, model: &str) -> bool {
+    if !slot.endpoint.models.is_empty() {
+        return slot.endpoint.models.iter().any(|m| same_model(m, model));
+    }
+    slot.machine
+        .discovered()
+        .is_some_and(|ms| ms.iter().any(|m| same_model(m, model)))
+}
+
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Position of every endpoint by name.
@@ -961,6 +1126,7 @@ mod tests {
             consecutive_successes: u32::from(state != HealthState::Unhealthy),
             unhealthy_failures: u32::from(state == HealthState::Unhealthy),
             rate_limited_until: None,
+            ejected_until: None,
             kind: ResultKind::Check {
                 ok: state != HealthState::Unhealthy,
             },
@@ -1320,6 +1486,151 @@ mod tests {
         assert_eq!(s.set_drained("a", false), Some(true));
         assert!(s.snapshot().get("a").unwrap().health.is_routable(now));
         assert_eq!(s.set_drained("nope", true), None);
+    }
+
+    fn serving(names: &[&str], model: &str) -> HealthStore {
+        let eps = names
+            .iter()
+            .map(|n| {
+                let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
+                c.models = vec![model.into()];
+                c.resolve("e").unwrap()
+            })
+            .collect();
+        let health = HealthConfig {
+            background: false,
+            ..Default::default()
+        };
+        HealthStore::new("pod-1", eps, &health, Now::capture())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_keep_at_least_half_of_a_models_endpoints() {
+        let s = serving(&["a", "b"], "m");
+        let rec = Arc::new(Recorder::default());
+        s.attach(rec.clone());
+        let len = Duration::from_secs(3);
+        let Ejected::Now(e) = s.eject(
+            "b",
+            len,
+            "5 consecutive 503 on /v1/chat/completions",
+            50,
+            Now::capture(),
+        ) else {
+            panic!("b should go");
+        };
+        assert_eq!(
+            (e.to, e.reason.clone(), e.source),
+            (
+                HealthState::Unhealthy,
+                Some(Reason::Outlier),
+                Source::Passive
+            )
+        );
+        assert_eq!(
+            e.error.as_deref(),
+            Some("5 consecutive 503 on /v1/chat/completions")
+        );
+        // Ejecting a as well would leave none of m's two endpoints.
+        assert_eq!(
+            s.eject("a", len, "x", 50, Now::capture()),
+            Ejected::Withheld {
+                model: Arc::from("m"),
+                out: 2,
+                total: 2
+            }
+        );
+        assert!(
+            s.snapshot()
+                .get("a")
+                .unwrap()
+                .health
+                .is_routable(Instant::now())
+        );
+        assert_eq!(
+            s.eject("b", len, "x", 50, Now::capture()),
+            Ejected::NotRoutable
+        );
+        assert_eq!(
+            s.eject("nope", len, "x", 50, Now::capture()),
+            Ejected::NotRoutable
+        );
+        // At 100 % both may go.
+        assert!(matches!(
+            s.eject("a", len, "x", 100, Now::capture()),
+            Ejected::Now(_)
+        ));
+        // The ejection went to the coordination as a passive result with its end.
+        let got = rec.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].result.kind, ResultKind::Passive);
+        assert_eq!(got[0].result.reason, Some(Reason::Outlier));
+        let until = got[0].result.ejected_until.unwrap();
+        let left = until.duration_since(got[0].result.checked_at).unwrap();
+        assert!(
+            left <= len && left > len - Duration::from_millis(50),
+            "{left:?}"
+        );
+
+        // A sole endpoint is never ejected at 50 %; a drained one counts as out.
+        let s = serving(&["a", "b", "c", "d"], "m");
+        s.set_drained("c", true);
+        assert!(matches!(
+            s.eject("a", len, "x", 50, Now::capture()),
+            Ejected::Now(_)
+        ));
+        assert!(matches!(
+            s.eject("b", len, "x", 50, Now::capture()),
+            Ejected::Withheld {
+                out: 3,
+                total: 4,
+                ..
+            }
+        ));
+        let one = serving(&["a"], "m");
+        assert!(matches!(
+            one.eject("a", len, "x", 50, Now::capture()),
+            Ejected::Withheld { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_stays_out_while_its_probe_passes() {
+        let s = store_with(3);
+        let ok = CheckOutcome::ok(Duration::ZERO);
+        s.observe("a", &ok, Now::capture());
+        assert!(matches!(
+            s.eject("a", Duration::from_secs(3), "x", 100, Now::capture()),
+            Ejected::Now(_)
+        ));
+        s.observe("a", &ok, Now::capture());
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(
+            (h.state, h.reason),
+            (HealthState::Unhealthy, Some(Reason::Outlier))
+        );
+        assert!(h.ejected_until.is_some());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let e = s.observe("a", &ok, Now::capture()).unwrap();
+        assert_eq!(e.to, HealthState::Recovering);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_ejection_is_held_for_this_replicas_max_at_most() {
+        let s = store_with(3);
+        s.set_max_ejection(Duration::from_secs(10));
+        let now = Now::capture();
+        let mut r = remote(5, HealthState::Unhealthy, now.wall);
+        r.reason = Some(Reason::Outlier);
+        r.kind = ResultKind::Passive;
+        r.ejected_until = Some(now.wall + Duration::from_secs(3600));
+        s.apply_remote("a", &r, now);
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(h.ejected_until, Some(now.mono + Duration::from_secs(10)));
+        assert_eq!(
+            (h.source, h.checked_by.as_deref()),
+            (Source::Shared, Some("pod-2"))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -493,8 +493,74 @@ fn shared_of(m: &HealthMachine, now: Instant, wall: std::time::SystemTime) -> Sh
             .rate_limited_until()
             .filter(|u| *u > now)
             .map(|u| wall + (u - now)),
+        ejected_until: m
+            .ejected_until()
+            .filter(|u| *u > now)
+            .map(|u| wall + (u - now)),
         kind: ResultKind::Check { ok: true },
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_outlasts_passing_checks_and_returns_through_recovering() {
+    let mut m = running(3, 2);
+    let until = Instant::now() + Duration::from_secs(3);
+    let t = m
+        .eject(
+            until,
+            Arc::from("5 consecutive 503 on /v1/chat/completions"),
+        )
+        .unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Healthy, HealthState::Unhealthy)
+    );
+    assert_eq!(t.reason, Some(Reason::Outlier));
+    assert!(m.eject(until, Arc::from("again")).is_none(), "already out");
+    // The probe passes (it is an outlier: health fine, traffic failing): it stays out, and
+    // is checked at the plain interval.
+    for _ in 0..3 {
+        assert!(m.observe(&ok(), Instant::now()).is_none());
+        assert_eq!(m.state(), HealthState::Unhealthy);
+        assert_eq!(m.reason(), Some(&Reason::Outlier));
+        assert!(m.is_ejected(Instant::now()));
+        assert_eq!(m.next_delay(Instant::now(), 0.5), S);
+        tokio::time::advance(S).await;
+    }
+    assert!(!m.is_ejected(Instant::now()));
+    // After the ejection: through recovering, as from any failure.
+    let t = m.observe(&ok(), Instant::now()).unwrap();
+    assert_eq!(t.to, HealthState::Recovering);
+    assert_eq!(m.ejected_until(), None);
+    assert_eq!(
+        m.observe(&ok(), Instant::now()).unwrap().to,
+        HealthState::Healthy
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_ejection_is_bounded_by_the_receivers_max() {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let mut peer = running(3, 2);
+    peer.eject(now + Duration::from_secs(30), Arc::from("x"));
+    let mut here = running(3, 2);
+    here.adopt_bounded(
+        &shared_of(&peer, now, wall),
+        now,
+        wall,
+        Duration::from_secs(300),
+    );
+    assert_eq!(here.ejected_until(), Some(now + Duration::from_secs(30)));
+    assert_eq!(here.reason(), Some(&Reason::Outlier));
+    // A hostile peer says a year: held for this replica's max_ejection at most.
+    let mut forged = shared_of(&peer, now, wall);
+    forged.ejected_until = Some(wall + Duration::from_secs(365 * 86_400));
+    here.adopt_bounded(&forged, now, wall, Duration::from_secs(300));
+    assert_eq!(here.ejected_until(), Some(now + Duration::from_secs(300)));
+    forged.ejected_until = Some(std::time::SystemTime::UNIX_EPOCH);
+    here.adopt(&forged, now, wall);
+    assert_eq!(here.ejected_until(), None, "a past moment holds nothing");
 }
 
 #[test]
