@@ -3,8 +3,11 @@
 //! request to the response head; default 600 s, since a non-streamed generation can take
 //! minutes) and `idle_timeout` (the longest pause between two reads of a response body;
 //! default 120 s). An endpoint may override the last two with its own keys of the same names.
+//! `outlier` is outlier detection from real traffic (core's
+//! [`OutlierConfig`](hale_core::OutlierConfig): which failures eject an endpoint, for how long,
+//! and at most which share of a model's endpoints).
 
-use hale_core::{BreakerConfig, ConfigError, Endpoint};
+use hale_core::{BreakerConfig, ConfigError, Endpoint, OutlierConfig};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ pub enum Balancer {
     RoundRobin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub balancer: Balancer,
@@ -31,6 +34,8 @@ pub struct ProxyConfig {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     pub breaker: BreakerConfig,
+    /// Outlier detection from real traffic (`proxy.outlier`).
+    pub outlier: OutlierConfig,
 }
 
 impl Default for ProxyConfig {
@@ -41,6 +46,7 @@ impl Default for ProxyConfig {
             first_byte_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(120),
             breaker: BreakerConfig::default(),
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -50,7 +56,8 @@ impl ProxyConfig {
         hale_core::config::require_nonzero(path, "connect_timeout", self.connect_timeout)?;
         hale_core::config::require_nonzero(path, "first_byte_timeout", self.first_byte_timeout)?;
         hale_core::config::require_nonzero(path, "idle_timeout", self.idle_timeout)?;
-        self.breaker.validate(&format!("{path}.breaker"))
+        self.breaker.validate(&format!("{path}.breaker"))?;
+        self.outlier.validate(&format!("{path}.outlier"))
     }
 
     /// The deadlines that apply to `endpoint`: its own overrides, else these.
@@ -101,5 +108,41 @@ mod tests {
             let c: ProxyConfig = serde_json::from_str(bad).unwrap();
             assert!(c.validate("proxy").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn outlier_section_defaults_and_is_validated() {
+        let c: ProxyConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.outlier, OutlierConfig::default());
+        assert_eq!(c.outlier.consecutive_failures, 5);
+        assert_eq!(c.outlier.max_ejection, Duration::from_secs(300));
+        let c: ProxyConfig = serde_json::from_str(
+            r#"{"outlier":{"consecutive_failures":3,"base_ejection":"3s","window":"5s"}}"#,
+        )
+        .unwrap();
+        assert!(c.validate("proxy").is_ok());
+        assert_eq!(c.outlier.base_ejection, Duration::from_secs(3));
+        for (bad, key) in [
+            (
+                r#"{"outlier":{"consecutive_failures":0}}"#,
+                "proxy.outlier.consecutive_failures",
+            ),
+            (
+                r#"{"outlier":{"failure_rate":0}}"#,
+                "proxy.outlier.failure_rate",
+            ),
+            (
+                r#"{"outlier":{"max_ejection":"2days"}}"#,
+                "proxy.outlier.max_ejection",
+            ),
+            (
+                r#"{"outlier":{"max_ejection_percent":150}}"#,
+                "proxy.outlier.max_ejection_percent",
+            ),
+        ] {
+            let c: ProxyConfig = serde_json::from_str(bad).unwrap();
+            assert_eq!(c.validate("proxy").unwrap_err().path, key, "{bad}");
+        }
+        assert!(serde_json::from_str::<ProxyConfig>(r#"{"outlier":{"windw":"1s"}}"#).is_err());
     }
 }

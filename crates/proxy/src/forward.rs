@@ -20,6 +20,11 @@
 //!   prompt probe check ([`HealthStore::request_check`](hale_core::HealthStore)), whose
 //!   result decides.
 //!
+//! Every outcome is also recorded for outlier detection (one call per site: a 502/503/504 or
+//! a failure after sending here, the rest when the body ends; see `runtime`), which may
+//! eject the endpoint through core. Connect failures are not recorded there: they mark the
+//! endpoint at once already.
+//!
 //! The body is replayed from the same `Bytes` on every attempt (a reference-count increment),
 //! the client's headers are cleaned once and written into each attempt's request head, and
 //! each attempt reads a fresh snapshot so it sees what the previous failure (or another
@@ -172,6 +177,7 @@ pub async fn forward(
                     claim.success();
                 }
                 shared.stats.answered(model, rt.id, status);
+                let watch = rt.watch(&shared.store, route.path(), status.as_u16());
                 let mut headers = head.headers;
                 hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
                 let body = UpstreamBody::new(
@@ -181,6 +187,7 @@ pub async fn forward(
                     &rt.dest.pool,
                     claim,
                     started,
+                    watch,
                 );
                 let mut response = Response::new(Body::new(body));
                 *response.status_mut() = status;
@@ -224,6 +231,11 @@ pub async fn forward(
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
                 shared.store.request_check(name);
+                rt.record_outcome(
+                    &shared.store,
+                    crate::runtime::sent_failure(&sent),
+                    route.path(),
+                );
                 return Err(Refusal {
                     error,
                     served_model: Some(model.to_owned()),

@@ -12,6 +12,11 @@
 //!   byte of the backend's answer (streams included).
 //! - `hale_proxy_retries_total{endpoint}`: requests moved on after `endpoint` could not be
 //!   connected to (a request that reached a backend is never moved on).
+//! - `hale_outlier_ejections_total{endpoint,signal}`: ejections this replica made from its
+//!   traffic; `signal` is `consecutive_5xx`, `consecutive_reset`, `consecutive_timeout` or
+//!   `failure_rate` ([`hale_core::Trigger::label`]).
+//! - `hale_outlier_ejections_withheld_total{endpoint}`: ejections refused because they would
+//!   leave too few of a model's endpoints (`proxy.outlier.max_ejection_percent`).
 //!
 //! The common case — a 200 for a model seen before — touches no lock and allocates nothing:
 //! the counter handles for status 200 are made once per model and endpoint and kept in a
@@ -32,6 +37,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub const REQUESTS_TOTAL: &str = "hale_proxy_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "hale_proxy_request_duration_seconds";
 pub const RETRIES_TOTAL: &str = "hale_proxy_retries_total";
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "hale_outlier_ejections_total";
+pub const OUTLIER_WITHHELD_TOTAL: &str = "hale_outlier_ejections_withheld_total";
 
 /// Past this many distinct model names the per-model map stops growing; later names are
 /// still counted in Prometheus, through the slow path.
