@@ -4,7 +4,9 @@
 //! The loop: select and claim an endpoint, send the buffered body there, and
 //! - on response headers (any status), stop: the answer goes to the client as it streams in,
 //!   and nothing about this request is retried from here on. A 5xx passes through to the
-//!   client but counts as a failure for the endpoint's breaker; anything below 500 resets it.
+//!   client. A 502/503/504 is outlier detection's signal (it ejects through core, within
+//!   `max_ejection_percent`), so for the breaker it is an answer like any other; another
+//!   5xx counts as a failure on the breaker; any other answer resets it.
 //! - on a connect-level failure (refused, connect timeout, DNS, TLS handshake: nothing was
 //!   sent), mark the endpoint `unhealthy` at once through core (a passive signal that checks
 //!   and every other request see in the next snapshot), count the failure on its breaker,
@@ -48,7 +50,7 @@ use crate::upstream::{Outgoing, SendError};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use hale_core::{CheckResult, Now};
+use hale_core::{CheckResult, Now, Signal};
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue};
 use tokio::time::Instant;
@@ -166,7 +168,7 @@ pub async fn forward(
         match shared.upstream.send(&rt.dest, &outgoing, now).await {
             Ok((head, conn)) => {
                 let status = head.status;
-                if status.is_server_error() {
+                if status.is_server_error() && Signal::of_status(status.as_u16()).is_none() {
                     if claim.failure(Instant::now()) {
                         tracing::warn!(endpoint = %rt.endpoint.name, status = status.as_u16(), "circuit breaker opened after repeated failures");
                     }
