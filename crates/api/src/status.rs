@@ -1,4 +1,5 @@
-//! `/internal/status` (the summary of this replica) and `/internal/status/endpoints` (every
+//! `/internal/status` (the summary of this replica, with `replicas`: the live replicas it
+//! knows of, itself included) and `/internal/status/endpoints` (every
 //! endpoint's health in detail, in configuration order).
 //!
 //! Per endpoint the fields are DESIGN §5's — `name, url, type, status, reason, priority,
@@ -37,6 +38,8 @@ struct Summary<'a> {
     ready: bool,
     draining: bool,
     mode: String,
+    /// Replicas known to be live, this one included (1 alone; see `HealthStore::fleet_size`).
+    replicas: usize,
     endpoints: StateCounts,
     routable_models: Vec<Arc<str>>,
 }
@@ -52,6 +55,7 @@ pub(crate) async fn summary(State(state): State<ApiState>) -> Response {
         ready: snapshot.ready,
         draining: state.is_draining(),
         mode: state.mode(),
+        replicas: state.store().fleet_size(),
         endpoints: snapshot.endpoints.iter().map(|e| e.health.state).collect(),
         routable_models: routable_models(&snapshot, Instant::now()),
     })
@@ -386,6 +390,7 @@ mod tests {
         assert_eq!(body["ready"], false);
         assert_eq!(body["draining"], false);
         assert_eq!(body["mode"], "local");
+        assert_eq!(body["replicas"], 1);
         assert_eq!(body["endpoints"]["unknown"], 3);
         assert_eq!(body["endpoints"]["total"], 3);
         assert_eq!(body["routable_models"], json!([]));

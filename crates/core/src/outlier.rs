@@ -9,7 +9,14 @@
 //!   and like any 2xx/3xx it ends a run of consecutive failures ([`Outcome::Success`]). Other
 //!   5xx (500, 501, …) are [`Outcome::Neutral`]: counted as requests in the window, neither
 //!   failure nor success.
-//! - **Consecutive**: `consecutive_failures` failures in a row trigger.
+//! - **Consecutive**: `consecutive_failures` failures in a row trigger. In a fleet sharing its
+//!   health (shared mode), that budget is the fleet's, not each replica's: a replica that
+//!   knows of `n` live replicas ([`HealthStore::fleet_size`](crate::HealthStore::fleet_size))
+//!   triggers after its share, `ceil(consecutive_failures / n)` failures in a row on its own
+//!   traffic, and its ejection reaches the others at once. With load spread evenly the fleet
+//!   then spends about `consecutive_failures` failed requests on an outlier, not that many per
+//!   replica; the price is that one replica's short run decides for all (each replica still
+//!   sees only its slice of the traffic). The rate signal stays per replica.
 //! - **Rate**: over the last `window` (ten buckets, so the window slides in tenths), at least
 //!   `min_requests` requests of which at least `failure_rate` failed trigger.
 //! - **Ejection time**: `base_ejection` × the number of recent ejections (this one included),
@@ -163,11 +170,13 @@ impl Outcome {
 /// Why the detector wants the endpoint out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    /// `count` failures in a row; `signal` is the last one, `same` whether all were alike.
+    /// `count` failures in a row; `signal` is the last one, `same` whether all were alike;
+    /// `replicas` the fleet whose budget it was a share of (1 alone).
     Consecutive {
         count: u32,
         signal: Signal,
         same: bool,
+        replicas: usize,
     },
     /// `failures` of `requests` failed within `window`.
     Rate {
@@ -198,12 +207,23 @@ impl Trigger {
             Self::Consecutive {
                 count,
                 signal,
-                same: true,
-            } => format!("{count} consecutive {} on {path}", signal.describe()),
-            Self::Consecutive { count, signal, .. } => format!(
-                "{count} consecutive failures on {path} (last: {})",
-                signal.describe()
-            ),
+                same,
+                replicas,
+            } => {
+                let what = if *same {
+                    format!("{count} consecutive {} on {path}", signal.describe())
+                } else {
+                    format!(
+                        "{count} consecutive failures on {path} (last: {})",
+                        signal.describe()
+                    )
+                };
+                if *replicas > 1 {
+                    format!("{what}, this replica's share of the fleet's ({replicas} replicas)")
+                } else {
+                    what
+                }
+            }
             Self::Rate {
                 failures,
                 requests,
@@ -284,6 +304,12 @@ impl OutlierDetector {
         &self.config
     }
 
+    /// This replica's share of the consecutive budget in a fleet of `replicas` (module docs).
+    pub fn consecutive_share(&self, replicas: usize) -> u32 {
+        let n = u32::try_from(replicas.max(1)).unwrap_or(u32::MAX);
+        self.config.consecutive_failures.div_ceil(n).max(1)
+    }
+
     fn epoch(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin).as_nanos();
         let len = self.bucket_len.as_nanos().max(1);
@@ -305,6 +331,17 @@ impl OutlierDetector {
     /// Records one request's outcome at `now`; returns the trigger if the endpoint should
     /// be ejected now.
     pub fn record(&mut self, outcome: Outcome, now: Instant) -> Option<Trigger> {
+        self.record_in_fleet(outcome, now, 1)
+    }
+
+    /// [`OutlierDetector::record`] on one of `replicas` replicas sharing the consecutive
+    /// budget (module docs).
+    pub fn record_in_fleet(
+        &mut self,
+        outcome: Outcome,
+        now: Instant,
+        replicas: usize,
+    ) -> Option<Trigger> {
         let e = self.epoch(now);
         let bucket = &mut self.buckets[(e % BUCKETS as u64) as usize];
         if bucket.epoch != e {
@@ -332,12 +369,13 @@ impl OutlierDetector {
             }
         }
         if let Some(signal) = self.run_signal
-            && self.consecutive >= self.config.consecutive_failures
+            && self.consecutive >= self.consecutive_share(replicas)
         {
             return Some(Trigger::Consecutive {
                 count: self.consecutive,
                 signal,
                 same: !self.run_mixed,
+                replicas: replicas.max(1),
             });
         }
         let (requests, failures) = self.window(now);

@@ -32,6 +32,13 @@
 //! the others as `source: shared` with `checked_by` naming the ejecting replica, as for any
 //! passive result.
 //!
+//! Fleet size: every result another replica produced that reaches
+//! [`HealthStore::apply_remote`] (adopted or not) names its replica; those seen with a result
+//! checked within [`FLEET_MEMORY`] count as live, and [`HealthStore::fleet_size`] (one atomic
+//! load) is them plus this one. Outlier detection shares its consecutive budget over them
+//! ([`crate::outlier`]). The set is bounded ([`MAX_PEERS`]); a replica that stops publishing
+//! drops out after [`FLEET_MEMORY`].
+//!
 //! Check requests: the proxy cannot reach the scheduler, so a request-path failure that does
 //! not change the state by itself (a request dropped after it was sent, a first-byte timeout)
 //! asks for a prompt check through [`HealthStore::request_check`]; the endpoint's check task
@@ -49,7 +56,7 @@ use crate::state::{HealthState, Reason, Transition};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
@@ -61,6 +68,13 @@ pub const EVENT_LOG_CAPACITY: usize = 1024;
 /// How much older than this replica's own unfenced result a remote result may be and still be
 /// adopted: the clock skew tolerated between replicas.
 pub const UNFENCED_SKEW: Duration = Duration::from_secs(1);
+
+/// How long a replica counts towards [`HealthStore::fleet_size`] after the check time of
+/// its last result seen here.
+pub const FLEET_MEMORY: Duration = Duration::from_secs(60);
+
+/// The most other replicas [`HealthStore::fleet_size`] keeps track of.
+pub const MAX_PEERS: usize = 1024;
 
 /// A moment, as both clocks see it: `mono` decides, `wall` is shown to people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,6 +390,10 @@ pub struct HealthStore {
     check_requests: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
     /// The longest ejection adopted from another replica, in ms (`proxy.outlier.max_ejection`).
     max_ejection_ms: AtomicU64,
+    /// Other replicas by pod id, with when their last result was checked (see the module
+    /// docs), and the fleet size they make.
+    peers: Mutex<HashMap<Arc<str>, SystemTime>>,
+    fleet: AtomicUsize,
 }
 
 /// What [`HealthStore::eject`] did.
@@ -458,7 +476,32 @@ impl HealthStore {
             coordination: OnceLock::new(),
             check_requests: Mutex::new(HashMap::new()),
             max_ejection_ms: AtomicU64::new(millis_of(OutlierConfig::default().max_ejection)),
+            peers: Mutex::new(HashMap::new()),
+            fleet: AtomicUsize::new(1),
         }
+    }
+
+    /// The replicas known to be live, this one included (see the module docs); 1 alone.
+    pub fn fleet_size(&self) -> usize {
+        self.fleet.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Notes that `pod` produced a result checked at `checked_at`, as of `now`.
+    fn saw_peer(&self, pod: &Arc<str>, checked_at: SystemTime, now: SystemTime) {
+        if pod.is_empty() || **pod == *self.pod_id {
+            return;
+        }
+        let fresh = |at: SystemTime| {
+            now.duration_since(at)
+                .map_or(true, |age| age < FLEET_MEMORY)
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.retain(|_, at| fresh(*at));
+        if fresh(checked_at) && (peers.len() < MAX_PEERS || peers.contains_key(pod)) {
+            let at = peers.entry(pod.clone()).or_insert(checked_at);
+            *at = (*at).max(checked_at);
+        }
+        self.fleet.store(peers.len() + 1, Ordering::Relaxed);
     }
 
     /// The longest ejection this replica holds when another replica's result says one:
@@ -711,6 +754,7 @@ impl HealthStore {
         let own_passive =
             result.kind == ResultKind::Passive && result.checked_by.as_ref() == &*self.pod_id;
         let max_ejection = self.max_ejection();
+        self.saw_peer(&result.checked_by, result.checked_at, now.wall);
         let applied = self.with_slot(name, now.wall, |slot| {
             if result.fence.get() <= slot.fence {
                 return None;
@@ -1613,6 +1657,66 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         let e = s.observe("a", &ok, Now::capture()).unwrap();
         assert_eq!(e.to, HealthState::Recovering);
+    }
+
+    #[test]
+    fn the_fleet_is_the_replicas_heard_from_lately() {
+        let s = store_with(3);
+        assert_eq!(s.fleet_size(), 1, "alone");
+        let now = SystemTime::now();
+        let mut fence = 10;
+        let mut from = |pod: &str, checked_at: SystemTime| {
+            let mut r = remote(fence, HealthState::Healthy, checked_at);
+            r.checked_by = Arc::from(pod);
+            fence += 1;
+            s.apply_remote(
+                "a",
+                &r,
+                Now {
+                    mono: Instant::now(),
+                    wall: now,
+                },
+            );
+        };
+        from("pod-2", now);
+        from("pod-3", now);
+        from("pod-2", now);
+        assert_eq!(s.fleet_size(), 3);
+        from("pod-1", now);
+        assert_eq!(s.fleet_size(), 3, "our own echo is not a peer");
+        from("pod-old", now - FLEET_MEMORY - Duration::from_secs(1));
+        assert_eq!(
+            s.fleet_size(),
+            3,
+            "a result from long ago names no live replica"
+        );
+        // A minute later, with nothing heard from pod-3, only pod-2 (heard from now) counts.
+        let later = now + FLEET_MEMORY - Duration::from_millis(1);
+        let mut r = remote(100, HealthState::Healthy, later);
+        r.checked_by = Arc::from("pod-2");
+        s.apply_remote(
+            "a",
+            &r,
+            Now {
+                mono: Instant::now(),
+                wall: now + FLEET_MEMORY + Duration::from_secs(1),
+            },
+        );
+        assert_eq!(s.fleet_size(), 2);
+        // A flood of made-up names is bounded.
+        for i in 0..(MAX_PEERS + 50) {
+            let mut r = remote(200 + i as u64, HealthState::Healthy, later);
+            r.checked_by = Arc::from(format!("fake-{i}"));
+            s.apply_remote(
+                "a",
+                &r,
+                Now {
+                    mono: Instant::now(),
+                    wall: later,
+                },
+            );
+        }
+        assert_eq!(s.fleet_size(), MAX_PEERS + 1);
     }
 
     #[tokio::test(start_paused = true)]

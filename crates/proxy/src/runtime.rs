@@ -17,7 +17,8 @@
 //! answer when its body ends ([`Watch`]: complete → by its status, cut by the backend or idle
 //! → a failure, dropped by the client → nothing). When the detector triggers, the ejection is
 //! asked of core's store ([`HealthStore::eject`]), which applies `max_ejection_percent` and
-//! shares it; ejections are counted in `hale_outlier_ejections_total{endpoint,signal}` and
+//! shares it (in a shared fleet the consecutive budget is split over the replicas the store
+//! knows of, [`HealthStore::fleet_size`]); ejections are counted in `hale_outlier_ejections_total{endpoint,signal}` and
 //! logged, withheld ones in `hale_outlier_ejections_withheld_total{endpoint}` and logged at
 //! most once per window. The detector sits behind a `std` mutex held for one record (a few
 //! additions), and, on the rare trigger, across the store's short writer lock; nothing takes
@@ -144,7 +145,7 @@ impl EndpointRuntime {
     /// endpoint through `store` when the detector says so (see the module docs).
     pub fn record_outcome(&self, store: &HealthStore, outcome: Outcome, path: &str) {
         let mut d = self.detector();
-        let Some(trigger) = d.record(outcome, Instant::now()) else {
+        let Some(trigger) = d.record_in_fleet(outcome, Instant::now(), store.fleet_size()) else {
             return;
         };
         let now = Now::capture();

@@ -34,7 +34,8 @@ async fn five_consecutive_failures_trigger_and_a_4xx_resets_the_run() {
         Trigger::Consecutive {
             count: 5,
             signal: Signal::Status(503),
-            same: true
+            same: true,
+            replicas: 1
         }
     );
     assert_eq!(t.label(), "consecutive_5xx");
@@ -146,6 +147,7 @@ async fn ejection_time_grows_with_recent_ejections_and_is_capped() {
         count: 5,
         signal: Signal::Status(503),
         same: true,
+        replicas: 1,
     };
     let mut lengths = Vec::new();
     for _ in 0..5 {
@@ -179,6 +181,25 @@ async fn a_verdict_starts_the_counts_over_and_withheld_logs_are_bounded() {
     tokio::time::advance(Duration::from_secs(10)).await;
     assert!(d.withheld(&t, Instant::now()));
     assert_eq!(d.stats(Instant::now()).ejections, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_fleet_each_replica_spends_its_share_of_the_run() {
+    let mut d = OutlierDetector::new(&config(), Instant::now());
+    assert_eq!(
+        [1, 2, 3, 5, 9].map(|n| d.consecutive_share(n)),
+        [5, 3, 2, 1, 1],
+        "ceil(5 / n), at least 1"
+    );
+    assert_eq!(d.consecutive_share(0), 5, "no fleet reads as alone");
+    assert_eq!(d.record_in_fleet(F503, Instant::now(), 3), None);
+    let t = d.record_in_fleet(F503, Instant::now(), 3).unwrap();
+    assert_eq!(
+        t.describe("/v1/chat/completions"),
+        "2 consecutive 503 on /v1/chat/completions, this replica's share of the fleet's \
+         (3 replicas)"
+    );
+    assert_eq!(t.label(), "consecutive_5xx");
 }
 
 #[test]
@@ -345,7 +366,7 @@ proptest! {
         let start = Instant::now();
         let mut d = OutlierDetector::new(&c, start);
         let mut now = start;
-        let t = Trigger::Consecutive { count: 5, signal: Signal::Dropped, same: true };
+        let t = Trigger::Consecutive { count: 5, signal: Signal::Dropped, same: true, replicas: 1 };
         for step in steps {
             now += Duration::from_secs(step);
             let len = d.ejection_time(now);
