@@ -238,7 +238,7 @@ impl HealthMachine {
         self.checks_total += 1;
         self.last_latency = Some(outcome.latency);
         match outcome.result.verdict() {
-            Verdict::Pass if self.is_ejected(now) => self.on_pass_while_ejected(),
+            Verdict::Pass if self.is_ejected(now) => self.on_pass_while_ejected(&outcome.result),
             Verdict::Pass => self.on_pass(outcome),
             Verdict::Loading => self.on_loading(&outcome.result),
             Verdict::RateLimited => self.on_rate_limited(&outcome.result, now),
@@ -384,8 +384,15 @@ impl HealthMachine {
     }
 
     /// A passing check while ejected: counted, and the endpoint stays out (module docs).
-    fn on_pass_while_ejected(&mut self) {
+    fn on_pass_while_ejected(&mut self, result: &CheckResult) {
         self.checks_ok += 1;
+        if let CheckResult::Ok {
+            models: Some(models),
+        } = result
+        {
+            self.discovered = Some(models.iter().cloned().collect());
+            self.discovery_due = false;
+        }
         self.consecutive_failures = 0;
         self.consecutive_successes = 0;
         // One interval between checks, not a backoff: the backend answers its probe.
