@@ -1659,6 +1659,62 @@ mod tests {
         assert_eq!(e.to, HealthState::Recovering);
     }
 
+    proptest::proptest! {
+        /// Whatever endpoints try to go, in whatever order, no model ever has more than
+        /// `max_percent` of its endpoints ejected, and an ejection is withheld only when it
+        /// would break that.
+        #[test]
+        fn no_model_loses_more_than_its_share(
+            serves in proptest::collection::vec(1u8..8, 1..8),
+            attempts in proptest::collection::vec(0usize..8, 0..24),
+            max_percent in 0u32..=100,
+        ) {
+            let models = |mask: u8| -> Vec<String> {
+                (0..3).filter(|b| mask & (1 << b) != 0).map(|b| format!("m{b}")).collect()
+            };
+            let eps = serves
+                .iter()
+                .enumerate()
+                .map(|(i, mask)| {
+                    let mut c = EndpointConfig::new(format!("e{i}"), "http://127.0.0.1:9", EndpointKind::Vllm);
+                    c.models = models(*mask);
+                    c.resolve("e").unwrap()
+                })
+                .collect();
+            let health = HealthConfig { background: false, ..Default::default() };
+            let s = HealthStore::new("pod-1", eps, &health, Now::capture());
+            let mut out = vec![false; serves.len()];
+            for a in attempts {
+                let i = a % serves.len();
+                let before = out.clone();
+                match s.eject(&format!("e{i}"), Duration::from_secs(30), "x", max_percent, Now::capture()) {
+                    Ejected::Now(_) => {
+                        proptest::prop_assert!(!before[i]);
+                        out[i] = true;
+                    }
+                    Ejected::NotRoutable => proptest::prop_assert!(before[i]),
+                    Ejected::Withheld { .. } => {
+                        proptest::prop_assert!(!before[i]);
+                        // Going would have broken the limit for some model of it.
+                        let mut after = before.clone();
+                        after[i] = true;
+                        let broken = models(serves[i]).iter().any(|m| {
+                            let of: Vec<usize> = (0..serves.len()).filter(|j| models(serves[*j]).contains(m)).collect();
+                            let n = of.iter().filter(|j| after[**j]).count();
+                            n * 100 > of.len() * max_percent as usize
+                        });
+                        proptest::prop_assert!(broken);
+                    }
+                }
+                for m in ["m0", "m1", "m2"] {
+                    let of: Vec<usize> = (0..serves.len()).filter(|j| models(serves[*j]).iter().any(|x| x == m)).collect();
+                    let n = of.iter().filter(|j| out[**j]).count();
+                    proptest::prop_assert!(n * 100 <= of.len() * max_percent as usize, "{m}: {n} of {}", of.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_fleet_is_the_replicas_heard_from_lately() {
         let s = store_with(3);
