@@ -1,6 +1,6 @@
 //! `/internal/status` (the summary of this replica, with `replicas`: the live replicas it
-//! knows of, itself included) and `/internal/status/endpoints` (every
-//! endpoint's health in detail, in configuration order).
+//! knows of, itself included) and `/internal/status/endpoints` (every endpoint's health in
+//! detail, in configuration order).
 //!
 //! Per endpoint the fields are DESIGN §5's — `name, url, type, status, reason, priority,
 //! last_check, last_latency_ms, consecutive_failures, consecutive_successes,
@@ -8,8 +8,8 @@
 //! `weight, phase, since, checks_total, drained` and `outlier` (`{ejected_until, ejections,
 //! recent_requests, recent_failure_rate, last_signal}`: `ejected_until` from the health
 //! state, so an ejection another replica made shows too, null when none is in force; the
-//! rest is what this replica's traffic recorded, zeros and null without the proxy). Times are RFC 3339 with milliseconds or null;
-//! `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
+//! rest is what this replica's traffic recorded, zeros and null without the proxy).
+//! Times are RFC 3339 with milliseconds or null; `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
 //! two decimals. Nothing secret is rendered: the endpoint's `api_key` is not a field at all,
 //! and credentials written into the URL (`http://user:pass@host`) are stripped from `url`.
 

@@ -136,8 +136,9 @@ impl UpstreamBody {
         }
     }
 
-    /// The body broke off: the connection is closed, the client's answer cut, the failure
-    /// counted on the endpoint's breaker.
+    /// The body broke off (`signal`): the connection is closed, the client's answer cut, the
+    /// failure counted on the endpoint's breaker and for outlier detection, and a prompt
+    /// probe check asked for.
     fn fail(
         &mut self,
         signal: Signal,
