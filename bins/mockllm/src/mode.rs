@@ -8,7 +8,7 @@
 //! - failure fields — `mode` (`healthy`, `status`, `hang`, `slow`, `loading`, `refuse`,
 //!   `close`, `drop`, `stall`), `status`, `retry_after_s`, `slow_ms`, `loading_for_s`,
 //!   `for_s`, `drop_after_chunks`, `stall_after_chunks`, `close_on` — replace the whole
-//!   failure state when any of them is present: `{"slow_ms":100}` followed by
+//!   failure state when any of them is present (and so does `generation_status`): `{"slow_ms":100}` followed by
 //!   `{"status":503}` leaves a fast 503, not a slow one. The kind comes from `mode`, or is
 //!   implied by `status` or `loading_for_s`; `slow_ms`, `drop_after_chunks`,
 //!   `stall_after_chunks` and `close_on` are modifiers that combine with any kind (`slow`,
@@ -24,6 +24,10 @@
 //!   normally: a "query of death". `GET /__stats` counts the marked requests that arrived
 //!   (`closed_on_marker`). Markers are kept for the life of the process (at most
 //!   [`MAX_MARKERS`] distinct ones), so the mode stays a `Copy` value;
+//! - `generation_status` (200 to 599) answers every generation request with that status and a
+//!   JSON error body while the health path, model lists and everything else answer
+//!   normally: a backend whose `/health` is fine while its inference is broken. It is a
+//!   modifier like `close_on` (with the plain healthy kind it reads as mode `generation`);
 //! - `chunks` and `chunk_delay_ms` shape streamed answers and persist across mode changes.
 //!
 //! Contradictions (`{"mode":"hang","status":503}`), parameters without their mode
@@ -106,6 +110,8 @@ pub struct Mode {
     pub close_on: Option<&'static str>,
     /// The `status` failure hits generation requests only (see the module docs).
     pub generation_only: bool,
+    /// Answer every generation request with this status (health and lists stay fine).
+    pub generation_status: Option<u16>,
     /// How many chunks a streamed answer has.
     pub chunks: u32,
     /// The pause between streamed chunks.
@@ -131,6 +137,7 @@ impl Mode {
             Failure::Healthy if self.slow_ms.is_some() => "slow",
             Failure::Healthy if self.drop_after_chunks.is_some() => "drop",
             Failure::Healthy if self.stall_after_chunks.is_some() => "stall",
+            Failure::Healthy if self.generation_status.is_some() => "generation",
             Failure::Healthy => "healthy",
             Failure::Status { .. } => "status",
             Failure::Hang => "hang",
@@ -169,6 +176,7 @@ impl Mode {
             stall_after_chunks: this.stall_after_chunks,
             close_on: this.close_on,
             generation_only: this.generation_only,
+            generation_status: this.generation_status,
             chunks: this.chunks,
             chunk_delay_ms: this.chunk_delay_ms,
         })
@@ -188,6 +196,7 @@ struct ModeOut {
     stall_after_chunks: Option<u32>,
     close_on: Option<&'static str>,
     generation_only: bool,
+    generation_status: Option<u16>,
     chunks: u32,
     chunk_delay_ms: u64,
 }
@@ -206,6 +215,7 @@ pub struct ModeRequest {
     pub stall_after_chunks: Option<u32>,
     pub close_on: Option<String>,
     pub generation_only: Option<bool>,
+    pub generation_status: Option<u16>,
     pub chunks: Option<u32>,
     pub chunk_delay_ms: Option<u64>,
 }
@@ -235,6 +245,7 @@ impl ModeCell {
             stall_after_chunks: None,
             close_on: None,
             generation_only: false,
+            generation_status: None,
             chunks,
             chunk_delay_ms,
             generation: 0,
@@ -346,7 +357,8 @@ fn next_mode(
         || req.drop_after_chunks.is_some()
         || req.stall_after_chunks.is_some()
         || req.close_on.is_some()
-        || req.generation_only.is_some();
+        || req.generation_only.is_some()
+        || req.generation_status.is_some();
     if !touches_failure {
         return Ok((new, None));
     }
@@ -382,6 +394,10 @@ fn next_mode(
             return Err("mode stall needs stall_after_chunks".into());
         }
         Some("stall") => Kind::Healthy,
+        Some("generation") if req.generation_status.is_none() => {
+            return Err("mode generation needs generation_status".into());
+        }
+        Some("generation") => Kind::Healthy,
         Some("status") => Kind::Status,
         Some("hang") => Kind::Hang,
         Some("loading") => Kind::Loading,
@@ -390,7 +406,7 @@ fn next_mode(
         Some(other) => {
             return Err(format!(
                 "unknown mode {other:?} (expected healthy, status, hang, slow, loading, \
-                 refuse, close, drop or stall)"
+                 refuse, close, drop, stall or generation)"
             ));
         }
     };
@@ -418,6 +434,12 @@ fn next_mode(
     new.drop_after_chunks = req.drop_after_chunks;
     new.stall_after_chunks = req.stall_after_chunks;
     new.close_on = req.close_on.as_deref().map(intern).transpose()?;
+    new.generation_status = match req.generation_status {
+        Some(code) if !(200..=599).contains(&code) => {
+            return Err("generation_status must be between 200 and 599".into());
+        }
+        other => other,
+    };
     new.generation = old.generation + 1;
     let mut refuse = None;
     new.failure = match kind {
@@ -581,5 +603,29 @@ mod tests {
         let (again, _) = next_mode(start(), &back, now).unwrap();
         assert_eq!(again.failure, m.failure);
         assert_eq!(again.slow_ms, m.slow_ms);
+    }
+
+    #[test]
+    fn generation_status_is_a_modifier_that_leaves_the_rest_healthy() {
+        let now = Instant::now();
+        let (m, _) = next_mode(start(), &req(r#"{"generation_status":503}"#), now).unwrap();
+        assert_eq!(m.failure, Failure::Healthy);
+        assert_eq!(m.generation_status, Some(503));
+        let echo: serde_json::Value = serde_json::from_slice(&m.render(now).unwrap()).unwrap();
+        assert_eq!(echo["mode"], "generation");
+        assert_eq!(echo["generation_status"], 503);
+        let back: ModeRequest = serde_json::from_value(echo).unwrap();
+        let (again, _) = next_mode(start(), &back, now).unwrap();
+        assert_eq!(again.generation_status, Some(503));
+        // Any failure change without it clears it.
+        let (m, _) = next_mode(m, &req(r#"{"mode":"healthy"}"#), now).unwrap();
+        assert_eq!(m.generation_status, None);
+        for bad in [
+            r#"{"generation_status":99}"#,
+            r#"{"generation_status":600}"#,
+            r#"{"mode":"generation"}"#,
+        ] {
+            assert!(next_mode(start(), &req(bad), now).is_err(), "{bad}");
+        }
     }
 }

@@ -203,6 +203,9 @@ async fn generate(
         Ok(body) => body,
         Err(resp) => return Ok(resp),
     };
+    if let Some(code) = mode.generation_status {
+        return Ok(body::mock_status(code, None));
+    }
     if let Some(marker) = mode.close_on
         && body.windows(marker.len()).any(|w| w == marker.as_bytes())
     {

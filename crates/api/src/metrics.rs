@@ -216,6 +216,14 @@ fn describe_all() {
         COORD_REJECTED_TOTAL,
         "Values read from Redis or its channel that were refused, by kind (due, fence, malformed, signature)."
     );
+    describe_counter!(
+        hale_proxy::metrics::OUTLIER_EJECTIONS_TOTAL,
+        "Endpoints this replica ejected from its traffic, by endpoint and signal."
+    );
+    describe_counter!(
+        hale_proxy::metrics::OUTLIER_WITHHELD_TOTAL,
+        "Ejections refused because too few of a model's endpoints would remain."
+    );
 }
 
 /// `GET /metrics`: the gauges are set from the current snapshot, then everything is rendered.

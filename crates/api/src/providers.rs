@@ -7,16 +7,24 @@
 //! two-line fake.
 
 use hale_core::coordination::BoxFuture;
-use hale_core::{BreakerState, Reconciled};
+use hale_core::{BreakerState, OutlierStats, Reconciled};
 use hale_probe::{CheckNowError, ManualCheck};
 use serde::Serialize;
 use std::sync::Arc;
 
-/// The request-path circuit breakers, read for `breaker` in `/internal/status/endpoints` and
-/// for `hale_breaker_open`. Absent means every breaker reads closed.
+/// The request path's per-endpoint state: the circuit breakers, read for `breaker` in
+/// `/internal/status/endpoints` and for `hale_breaker_open`, and outlier detection, read for
+/// `outlier` there. Absent means every breaker reads closed and no traffic was recorded.
 pub trait BreakerView: Send + Sync + 'static {
     /// The state of `endpoint`'s breaker now; an endpoint the view does not know reads closed.
     fn breaker_state(&self, endpoint: &str) -> BreakerState;
+
+    /// What outlier detection on this replica has recorded for `endpoint`; `None` (the
+    /// default) reads as nothing recorded.
+    fn outlier(&self, endpoint: &str) -> Option<OutlierStats> {
+        let _ = endpoint;
+        None
+    }
 }
 
 /// The shared (Redis) coordination status. Absent means local mode, and

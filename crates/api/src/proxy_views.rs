@@ -1,4 +1,5 @@
-//! The proxy's side of the status pages: [`BreakerView`] and [`ModelStatsView`] for
+//! The proxy's side of the status pages: [`BreakerView`] (breakers and outlier detection)
+//! and [`ModelStatsView`] for
 //! [`hale_proxy::Proxy`], so the binary can hand its proxy to [`ApiState`](crate::ApiState)
 //! as is (`with_breakers(Arc::new(proxy))`, `with_model_stats(Arc::new(proxy))`).
 //!
@@ -7,12 +8,16 @@
 //! breaker lock is taken only while an endpoint's breaker is not plainly closed).
 
 use crate::providers::{BreakerView, ModelStatsView};
-use hale_core::BreakerState;
+use hale_core::{BreakerState, OutlierStats};
 use hale_proxy::Proxy;
 
 impl BreakerView for Proxy {
     fn breaker_state(&self, endpoint: &str) -> BreakerState {
         Proxy::breaker_state(self, endpoint)
+    }
+
+    fn outlier(&self, endpoint: &str) -> Option<OutlierStats> {
+        Proxy::outlier(self, endpoint)
     }
 }
 

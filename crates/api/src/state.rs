@@ -143,6 +143,11 @@ impl ApiState {
             .map_or(BreakerState::Closed, |b| b.breaker_state(endpoint))
     }
 
+    /// What outlier detection recorded for `endpoint`; `None` when no view is wired in.
+    pub fn outlier(&self, endpoint: &str) -> Option<hale_core::OutlierStats> {
+        self.breakers.as_ref().and_then(|b| b.outlier(endpoint))
+    }
+
     pub(crate) fn shared(&self) -> Option<&Arc<dyn SharedStatusView>> {
         self.shared.as_ref()
     }

@@ -1,11 +1,15 @@
-//! `/internal/status` (the summary of this replica) and `/internal/status/endpoints` (every
-//! endpoint's health in detail, in configuration order).
+//! `/internal/status` (the summary of this replica, with `replicas`: the live replicas it
+//! knows of, itself included) and `/internal/status/endpoints` (every endpoint's health in
+//! detail, in configuration order).
 //!
 //! Per endpoint the fields are DESIGN §5's — `name, url, type, status, reason, priority,
 //! last_check, last_latency_ms, consecutive_failures, consecutive_successes,
 //! uptime_percentage, error, next_check_at, breaker, models, checked_by, source` — plus
-//! `weight, phase, since, checks_total, drained`. Times are RFC 3339 with milliseconds or null;
-//! `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
+//! `weight, phase, since, checks_total, drained` and `outlier` (`{ejected_until, ejections,
+//! recent_requests, recent_failure_rate, last_signal}`: `ejected_until` from the health
+//! state, so an ejection another replica made shows too, null when none is in force; the
+//! rest is what this replica's traffic recorded, zeros and null without the proxy).
+//! Times are RFC 3339 with milliseconds or null; `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
 //! two decimals. Nothing secret is rendered: the endpoint's `api_key` is not a field at all,
 //! and credentials written into the URL (`http://user:pass@host`) are stripped from `url`.
 
@@ -16,10 +20,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hale_core::store::EndpointStatus;
-use hale_core::{BreakerState, EndpointKind, HealthState, Phase, Reason, Snapshot, Source};
+use hale_core::{
+    BreakerState, EndpointKind, HealthState, OutlierStats, Phase, Reason, Snapshot, Source,
+};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 #[derive(Serialize)]
@@ -31,6 +38,8 @@ struct Summary<'a> {
     ready: bool,
     draining: bool,
     mode: String,
+    /// Replicas known to be live, this one included (1 alone; see `HealthStore::fleet_size`).
+    replicas: usize,
     endpoints: StateCounts,
     routable_models: Vec<Arc<str>>,
 }
@@ -46,6 +55,7 @@ pub(crate) async fn summary(State(state): State<ApiState>) -> Response {
         ready: snapshot.ready,
         draining: state.is_draining(),
         mode: state.mode(),
+        replicas: state.store().fleet_size(),
         endpoints: snapshot.endpoints.iter().map(|e| e.health.state).collect(),
         routable_models: routable_models(&snapshot, Instant::now()),
     })
@@ -94,10 +104,42 @@ struct EndpointView<'a> {
     checked_by: Option<&'a str>,
     source: Source,
     drained: bool,
+    outlier: OutlierView,
+}
+
+#[derive(Serialize)]
+struct OutlierView {
+    ejected_until: Option<String>,
+    ejections: u64,
+    recent_requests: u32,
+    recent_failure_rate: f64,
+    last_signal: Option<&'static str>,
+}
+
+impl OutlierView {
+    fn new(ejected_until: Option<Instant>, stats: Option<OutlierStats>) -> Self {
+        let now = Instant::now();
+        let ejected_until = ejected_until
+            .filter(|until| *until > now)
+            .map(|until| rfc3339_ms(SystemTime::now() + (until - now)));
+        let stats = stats.unwrap_or(OutlierStats {
+            ejections: 0,
+            recent_requests: 0,
+            recent_failure_rate: 0.0,
+            last_signal: None,
+        });
+        Self {
+            ejected_until,
+            ejections: stats.ejections,
+            recent_requests: stats.recent_requests,
+            recent_failure_rate: percent(stats.recent_failure_rate * 100.0) / 100.0,
+            last_signal: stats.last_signal,
+        }
+    }
 }
 
 impl<'a> EndpointView<'a> {
-    fn new(e: &'a EndpointStatus, breaker: BreakerState) -> Self {
+    fn new(e: &'a EndpointStatus, breaker: BreakerState, outlier: Option<OutlierStats>) -> Self {
         let h = &e.health;
         Self {
             name: &e.endpoint.name,
@@ -122,6 +164,7 @@ impl<'a> EndpointView<'a> {
             checked_by: h.checked_by.as_deref(),
             source: h.source,
             drained: h.drained,
+            outlier: OutlierView::new(h.ejected_until, outlier),
         }
     }
 }
@@ -144,7 +187,10 @@ pub(crate) async fn endpoints(State(state): State<ApiState>) -> Response {
     let endpoints = snapshot
         .endpoints
         .iter()
-        .map(|e| EndpointView::new(e, state.breaker_state(&e.endpoint.name)))
+        .map(|e| {
+            let name = &e.endpoint.name;
+            EndpointView::new(e, state.breaker_state(name), state.outlier(name))
+        })
         .collect();
     Json(EndpointList { endpoints }).into_response()
 }
@@ -158,7 +204,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::time::Duration;
 
-    const FIELDS: [&str; 22] = [
+    const FIELDS: [&str; 23] = [
         "name",
         "url",
         "type",
@@ -181,6 +227,7 @@ mod tests {
         "since",
         "checks_total",
         "drained",
+        "outlier",
     ];
 
     fn is_rfc3339_ms(v: &Value) -> bool {
@@ -233,6 +280,11 @@ mod tests {
         assert_eq!(a["models"], json!(["m1"]));
         assert_eq!(a["checked_by"], "pod-1");
         assert_eq!(a["source"], "local");
+        assert_eq!(
+            a["outlier"],
+            json!({"ejected_until": null, "ejections": 0, "recent_requests": 0,
+                   "recent_failure_rate": 0.0, "last_signal": null})
+        );
 
         let b = &list[1];
         assert_eq!(b["status"], "unknown");
@@ -275,6 +327,56 @@ mod tests {
         assert_eq!(body["endpoints"][1]["breaker"], "closed");
     }
 
+    /// Outlier detection as the proxy would report it for `b`.
+    struct Traffic;
+    impl crate::BreakerView for Traffic {
+        fn breaker_state(&self, _: &str) -> BreakerState {
+            BreakerState::Closed
+        }
+        fn outlier(&self, endpoint: &str) -> Option<OutlierStats> {
+            (endpoint == "b").then_some(OutlierStats {
+                ejections: 2,
+                recent_requests: 24,
+                recent_failure_rate: 0.625,
+                last_signal: Some("consecutive_5xx"),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ejection_shows_its_end_and_the_traffic_behind_it() {
+        let f = Fixture::with_state("", |s| s.with_breakers(Arc::new(Traffic)));
+        f.ok("b");
+        let ejected = f.store.eject(
+            "b",
+            Duration::from_secs(30),
+            "5 consecutive 503 on /v1/chat/completions",
+            100,
+            Now::capture(),
+        );
+        assert!(matches!(ejected, hale_core::Ejected::Now(_)), "{ejected:?}");
+        let body = f.get("/internal/status/endpoints", None).await.json();
+        let b = &body["endpoints"][1];
+        assert_eq!(b["status"], "unhealthy", "{b}");
+        assert_eq!(b["reason"], "outlier");
+        assert_eq!(b["error"], "5 consecutive 503 on /v1/chat/completions");
+        assert_eq!(b["source"], "passive");
+        assert_eq!(b["checked_by"], "pod-1");
+        let o = &b["outlier"];
+        assert!(is_rfc3339_ms(&o["ejected_until"]), "{o}");
+        let until = humantime::parse_rfc3339(o["ejected_until"].as_str().unwrap()).unwrap();
+        let left = until.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
+            "{left:?}"
+        );
+        assert_eq!(o["ejections"], 2);
+        assert_eq!(o["recent_requests"], 24);
+        assert_eq!(o["recent_failure_rate"], 0.625);
+        assert_eq!(o["last_signal"], "consecutive_5xx");
+        assert_eq!(body["endpoints"][0]["outlier"]["ejections"], 0);
+    }
+
     #[tokio::test]
     async fn summary_reports_replica_and_routable_models() {
         let f = Fixture::new("");
@@ -288,6 +390,7 @@ mod tests {
         assert_eq!(body["ready"], false);
         assert_eq!(body["draining"], false);
         assert_eq!(body["mode"], "local");
+        assert_eq!(body["replicas"], 1);
         assert_eq!(body["endpoints"]["unknown"], 3);
         assert_eq!(body["endpoints"]["total"], 3);
         assert_eq!(body["routable_models"], json!([]));

@@ -5,7 +5,10 @@
 //!
 //! What the signature covers: the endpoint name, the fence, and every field the writer
 //! supplies ([`SIGNED_FIELDS`]: state, phase, reason, error, latency, checked_at, checked_by,
-//! counters, rate limit, kind, models, and `planned_ms`, the delay the writer planned). Lua
+//! counters, rate limit, kind, models, and `planned_ms`, the delay the writer planned), plus
+//! [`OPTIONAL_SIGNED`] (`ej_until`, the end of an outlier ejection) when present: fed only
+//! then, so results without it sign exactly as before it existed, while adding, removing or
+//! changing it still breaks the signature. Lua
 //! cannot compute an HMAC, so the fence is signed as the writer knows it: a round's fence
 //! comes from its grant, and a passive result takes its fence first (one extra script call)
 //! instead of inside the write.
@@ -44,6 +47,9 @@ pub const SIGNED_FIELDS: [&str; 14] = [
     "models",
     "planned_ms",
 ];
+
+/// Fields covered only when present (see the module docs).
+pub const OPTIONAL_SIGNED: [&str; 1] = ["ej_until"];
 
 /// The field holding the signature.
 pub const SIG_FIELD: &str = "sig";
@@ -89,6 +95,12 @@ impl Signer {
                     feed(&v);
                 }
                 None => feed(&format!("{key}-")),
+            }
+        }
+        for key in OPTIONAL_SIGNED {
+            if let Some(v) = get(key) {
+                feed(key);
+                feed(&v);
             }
         }
         mac
@@ -162,6 +174,20 @@ mod tests {
         let mut added = map(&f, &sig);
         added.insert("models".into(), "[]".into());
         assert!(!s.verify("e", 7, &added), "an added field");
+        let mut ejected = map(&f, &sig);
+        ejected.insert("ej_until".into(), "1718000030000".into());
+        assert!(!s.verify("e", 7, &ejected), "an added ejection");
+        let mut with_ej = f.clone();
+        with_ej.push(("ej_until", "1718000030000".to_owned()));
+        let sig_ej = s.sign("e", 7, &with_ej);
+        assert_ne!(sig_ej, sig);
+        assert!(s.verify("e", 7, &map(&with_ej, &sig_ej)));
+        let mut stripped = map(&with_ej, &sig_ej);
+        stripped.remove("ej_until");
+        assert!(!s.verify("e", 7, &stripped), "a stripped ejection");
+        let mut moved = map(&with_ej, &sig_ej);
+        moved.insert("ej_until".into(), "1718000090000".into());
+        assert!(!s.verify("e", 7, &moved), "a moved ejection");
         let other = Signer::new("another key").unwrap();
         assert!(!other.verify("e", 7, &map(&f, &sig)), "another key");
         assert!(!s.verify("e", 7, &map(&f, "zz")), "garbage");

@@ -16,6 +16,7 @@
 //! | `phase`       | `running`          | `startup` or `running`                              |
 //! | `cf`,`cs`,`uf`| `0`                | consecutive failures, successes, failures while unhealthy |
 //! | `rl_until`    | `1718000005000`    | rate-limited until (ms since the epoch), empty for none |
+//! | `ej_until`    | `1718000030000`    | ejected by outlier detection until (ms since the epoch); absent (or empty) for none |
 //! | `kind`        | `check_ok`         | `check_ok`, `check_failed` or `passive`             |
 //! | `due_at`      | `1718000001000`    | when the next round is due (Redis clock, ms)        |
 //! | `written_at`  | `1718000000125`    | when it was written (Redis clock, ms)               |
@@ -31,8 +32,11 @@
 //! [`from_message`] accept only known enum values, numbers in range and bounded lengths
 //! ([`MAX_MESSAGE`], [`MAX_TEXT`], [`MAX_NAME`], [`MAX_MODELS`]), and fences in
 //! `1..2^53`; anything else is a [`WireError`] (counted as `malformed`). A `checked_at` or
-//! `rl_until` further ahead of this replica's clock than [`MAX_AHEAD`] /
-//! [`RETRY_AFTER_CAP`] is refused too. Writing truncates to the same bounds, so what one
+//! `rl_until` / `ej_until` further ahead of this replica's clock than [`MAX_AHEAD`] /
+//! [`RETRY_AFTER_CAP`] / [`EJECTION_CAP`] is refused too (the store then holds an adopted
+//! ejection for at most its own `proxy.outlier.max_ejection`).
+//! `ej_until` is written only when there is an ejection, so a result without one reads, and
+//! signs, exactly as before the field existed (replicas of the previous version accept it). Writing truncates to the same bounds, so what one
 //! replica writes another always accepts. Whether a fence or due time is plausible is
 //! decided by the coordinator, which knows the endpoint's config.
 
@@ -56,6 +60,9 @@ pub const MAX_FIELDS: usize = 64;
 pub const MAX_AHEAD: Duration = Duration::from_secs(3600);
 /// The longest rate limit (Retry-After) a shared result may carry.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// The longest ejection a shared result may carry: the largest `max_ejection` a config may
+/// set (1 day).
+pub const EJECTION_CAP: Duration = Duration::from_secs(24 * 3600);
 /// Fences are below 2^53, so Lua's numbers hold them exactly.
 pub const FENCE_LIMIT: u64 = 1 << 53;
 
@@ -163,6 +170,9 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
         ),
         ("kind", kind_str(r.kind).to_owned()),
     ];
+    if let Some(until) = r.ejected_until {
+        fields.push(("ej_until", millis(until).to_string()));
+    }
     if let Some(models) = &r.models {
         let names: Vec<&str> = models
             .iter()
@@ -288,6 +298,10 @@ pub fn from_fields(
         "" => None,
         _ => Some(from_millis(wall_ms(f, "rl_until", RETRY_AFTER_CAP)?)),
     };
+    let ejected_until = match get(f, "ej_until") {
+        "" => None,
+        _ => Some(from_millis(wall_ms(f, "ej_until", EJECTION_CAP)?)),
+    };
     let reason = bounded(f, "reason", MAX_NAME)?;
     let error = bounded(f, "error", MAX_TEXT)?;
     let checked_by = bounded(f, "checked_by", MAX_NAME)?;
@@ -308,6 +322,7 @@ pub fn from_fields(
         consecutive_successes: parse_num(f, "cs")?,
         unhealthy_failures: parse_num(f, "uf")?,
         rate_limited_until,
+        ejected_until,
         kind,
     })
 }
@@ -412,6 +427,7 @@ mod tests {
             consecutive_successes: 0,
             unhealthy_failures: 2,
             rate_limited_until: Some(UNIX_EPOCH + Duration::from_millis(1_718_000_005_000)),
+            ejected_until: Some(UNIX_EPOCH + Duration::from_millis(1_718_000_030_000)),
             kind: ResultKind::Check { ok: false },
         }
     }
@@ -437,6 +453,7 @@ mod tests {
         let mut r = sample();
         r.models = None;
         r.rate_limited_until = None;
+        r.ejected_until = None;
         r.latency = None;
         r.reason = None;
         r.error = None;
@@ -458,6 +475,30 @@ mod tests {
             "1 2 3\nnot json",
         ] {
             assert!(from_message(bad, None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ejections_are_bounded_and_absent_when_none() {
+        let mut r = sample();
+        r.ejected_until = None;
+        assert!(to_fields(&r).iter().all(|(k, _)| *k != "ej_until"));
+        let fields = |until: &str| {
+            let mut map: HashMap<String, String> = to_fields(&sample())
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            map.insert("ej_until".into(), until.into());
+            map.insert("fence".into(), "7".into());
+            map
+        };
+        let soon = millis(SystemTime::now() + Duration::from_secs(30));
+        let back = from_fields(&fields(&soon.to_string()), None).unwrap();
+        assert_eq!(back.ejected_until, Some(from_millis(soon)));
+        assert_eq!(from_fields(&fields(""), None).unwrap().ejected_until, None);
+        let far = millis(SystemTime::now() + EJECTION_CAP + Duration::from_secs(60));
+        for bad in [far.to_string(), "-5".into(), "soon".into(), "1e99".into()] {
+            assert!(from_fields(&fields(&bad), None).is_err(), "{bad}");
         }
     }
 }

@@ -77,6 +77,7 @@ fn result(by: &str, fence: FenceToken, state: HealthState) -> SharedResult {
         consecutive_successes: 1,
         unhealthy_failures: 0,
         rate_limited_until: None,
+        ejected_until: None,
         kind: ResultKind::Check {
             ok: state == HealthState::Healthy,
         },

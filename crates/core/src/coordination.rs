@@ -60,7 +60,7 @@ pub enum Decision {
 pub enum ResultKind {
     /// A health check; `ok` when it passed.
     Check { ok: bool },
-    /// A connection failure on the request path.
+    /// A failure on the request path: a connection failure, or an outlier ejection.
     Passive,
 }
 
@@ -86,6 +86,9 @@ pub struct SharedResult {
     pub unhealthy_failures: u32,
     /// Not routable before this moment (429 with Retry-After).
     pub rate_limited_until: Option<SystemTime>,
+    /// Ejected by outlier detection until this moment: probe successes do not bring it back
+    /// before then. A receiver bounds it by its own `proxy.outlier.max_ejection`.
+    pub ejected_until: Option<SystemTime>,
     pub kind: ResultKind,
 }
 

@@ -4,7 +4,8 @@
 //! the endpoint model resolved from configuration ([`Endpoint`]), what one health check saw
 //! ([`CheckOutcome`]), the per-endpoint state machine that folds outcomes into one of five
 //! states ([`HealthMachine`]), the backoff schedule for failing backends ([`Backoff`]), the
-//! request-path circuit breaker ([`Breaker`]) and the shared snapshot that the proxy reads
+//! request-path circuit breaker ([`Breaker`]), outlier detection from real traffic
+//! ([`OutlierDetector`]) and the shared snapshot that the proxy reads
 //! lock-free ([`HealthStore`], [`Snapshot`]), and the seam to shared coordination across
 //! replicas ([`Coordination`], [`Decision`], [`SharedResult`]), with no Redis behind it here.
 //!
@@ -19,6 +20,7 @@ pub mod coordination;
 pub mod endpoint;
 pub mod machine;
 pub mod outcome;
+pub mod outlier;
 pub mod secret;
 pub mod state;
 pub mod store;
@@ -32,6 +34,9 @@ pub use coordination::{
 pub use endpoint::{CheckMode, Endpoint, EndpointConfig, EndpointKind, same_model};
 pub use machine::{HealthMachine, Phase};
 pub use outcome::{CheckOutcome, CheckResult};
+pub use outlier::{Outcome, OutlierConfig, OutlierDetector, OutlierStats, Signal, Trigger};
 pub use secret::Secret;
 pub use state::{HealthState, Reason, Transition};
-pub use store::{Adoption, EndpointHealth, Event, HealthStore, Now, Reconciled, Snapshot, Source};
+pub use store::{
+    Adoption, Ejected, EndpointHealth, Event, HealthStore, Now, Reconciled, Snapshot, Source,
+};

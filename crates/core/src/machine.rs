@@ -18,6 +18,12 @@
 //!   until Retry-After (or one interval) has passed, and is not checked before then.
 //! - **Passive failure**: a connection failure on the request path makes a routable endpoint
 //!   `unhealthy` at once.
+//! - **Ejection** (outlier detection, [`crate::outlier`]): traffic that keeps failing makes a
+//!   routable endpoint `unhealthy` with reason `outlier` until `ejected_until`. Passing checks
+//!   before then do not end it (the probe passing is exactly what an outlier does): they are
+//!   counted, keep the plain interval, and leave it `unhealthy`. The first passing check after
+//!   that moment brings it back through `recovering`, as from any other failure. An adopted
+//!   ejection is bounded by the receiver's own `max_ejection` (the store passes it in).
 //! - **Backoff**: while `unhealthy`, the n-th failure waits `interval × min(2^(n-1), 12)`,
 //!   capped at `max_backoff` ([`Backoff`]); before that, checks keep the plain interval so
 //!   `unhealthy_threshold` failures are seen within `threshold × interval`.
@@ -50,6 +56,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+/// The longest ejection [`HealthMachine::adopt`] accepts from another replica when the caller
+/// does not pass its own bound: `proxy.outlier.max_ejection`'s largest valid value (1 day).
+pub const MAX_ADOPTED_EJECTION: Duration = crate::config::MAX_DURATION;
+
 /// Which cadence and thresholds apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +88,8 @@ pub struct HealthMachine {
     /// Failures since the endpoint entered `unhealthy` (drives the backoff).
     unhealthy_failures: u32,
     rate_limited_until: Option<Instant>,
+    /// Ejected by outlier detection until then (see the module docs).
+    ejected_until: Option<Instant>,
     discovery_due: bool,
     discovered: Option<Arc<[Arc<str>]>>,
     last_latency: Option<Duration>,
@@ -110,6 +122,7 @@ impl HealthMachine {
             consecutive_successes: 0,
             unhealthy_failures: 0,
             rate_limited_until: None,
+            ejected_until: None,
             discovery_due: true,
             discovered: None,
             last_latency: None,
@@ -166,6 +179,15 @@ impl HealthMachine {
     }
     pub fn rate_limited_until(&self) -> Option<Instant> {
         self.rate_limited_until
+    }
+    /// Until when outlier detection holds it out (a past moment may linger until the next
+    /// passing check).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until
+    }
+    /// Whether an ejection holds it out at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
     }
     /// Failures since the endpoint entered `unhealthy` (the backoff step).
     pub fn unhealthy_failures(&self) -> u32 {
@@ -226,6 +248,7 @@ impl HealthMachine {
         self.checks_total += 1;
         self.last_latency = Some(outcome.latency);
         match outcome.result.verdict() {
+            Verdict::Pass if self.is_ejected(now) => self.on_pass_while_ejected(&outcome.result),
             Verdict::Pass => self.on_pass(outcome),
             Verdict::Loading => self.on_loading(&outcome.result),
             Verdict::RateLimited => self.on_rate_limited(&outcome.result, now),
@@ -261,8 +284,12 @@ impl HealthMachine {
     /// only ever `unknown` by adopting another replica's result (one that runs it as an
     /// active endpoint, or a hostile one), and with no probe nothing else would end it.
     /// Nothing for any other state.
-    pub fn allow_trial(&mut self) -> Option<Transition> {
-        if !matches!(self.state, HealthState::Unhealthy | HealthState::Unknown) {
+    /// While an outlier ejection still holds (`now` before `ejected_until`), nothing: the
+    /// trial waits for the ejection's end as an active endpoint's probes do.
+    pub fn allow_trial(&mut self, now: Instant) -> Option<Transition> {
+        if !matches!(self.state, HealthState::Unhealthy | HealthState::Unknown)
+            || self.is_ejected(now)
+        {
             return None;
         }
         let from = self.state;
@@ -304,6 +331,23 @@ impl HealthMachine {
         true
     }
 
+    /// Ejects a routable endpoint until `until` (outlier detection): `unhealthy` with reason
+    /// `outlier` and `error` naming the signal. Returns the transition; `None` (and no
+    /// change) if it was not routable.
+    pub fn eject(&mut self, until: Instant, error: Arc<str>) -> Option<Transition> {
+        if !self.state.is_routable() {
+            return None;
+        }
+        let from = self.state;
+        self.consecutive_successes = 0;
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.reason = Some(Reason::Outlier);
+        self.error = Some(error);
+        self.ejected_until = Some(until);
+        self.enter_unhealthy();
+        self.transition_from(from)
+    }
+
     /// Adopts a result another replica produced: state, phase, reason, error, the counters
     /// that thresholds and backoff read, the rate limit and any listed models. A check result
     /// also counts towards `checks_total`/`checks_ok`, as a check the fleet made. `now` and
@@ -314,6 +358,18 @@ impl HealthMachine {
         result: &SharedResult,
         now: Instant,
         wall: SystemTime,
+    ) -> Option<Transition> {
+        self.adopt_bounded(result, now, wall, MAX_ADOPTED_EJECTION)
+    }
+
+    /// [`HealthMachine::adopt`], holding an adopted ejection for at most `max_ejection` from
+    /// now (a value from another replica is input this one did not make).
+    pub fn adopt_bounded(
+        &mut self,
+        result: &SharedResult,
+        now: Instant,
+        wall: SystemTime,
+        max_ejection: Duration,
     ) -> Option<Transition> {
         let from = self.state;
         self.state = result.state;
@@ -330,6 +386,10 @@ impl HealthMachine {
             .rate_limited_until
             .and_then(|until| until.duration_since(wall).ok())
             .map(|left| now + self.retry_after_bound(left));
+        self.ejected_until = result
+            .ejected_until
+            .and_then(|until| until.duration_since(wall).ok())
+            .map(|left| now + crate::config::clock_safe(left.min(max_ejection)));
         if let Some(models) = &result.models {
             self.discovered = Some(models.clone());
             self.discovery_due = false;
@@ -359,6 +419,7 @@ impl HealthMachine {
         self.consecutive_failures = 0;
         self.unhealthy_failures = 0;
         self.rate_limited_until = None;
+        self.ejected_until = None;
         self.error = None;
         self.consecutive_successes = self.consecutive_successes.saturating_add(1);
 
@@ -387,6 +448,23 @@ impl HealthMachine {
             }
             (Phase::Running, _) => self.set(serving, serving_reason),
         }
+    }
+
+    /// A passing check while ejected: counted, and the endpoint stays out (module docs).
+    fn on_pass_while_ejected(&mut self, result: &CheckResult) {
+        self.checks_ok += 1;
+        if let CheckResult::Ok {
+            models: Some(models),
+        } = result
+        {
+            self.discovered = Some(models.iter().cloned().collect());
+            self.discovery_due = false;
+        }
+        self.consecutive_failures = 0;
+        self.consecutive_successes = 0;
+        // One interval between checks, not a backoff: the backend answers its probe.
+        self.unhealthy_failures = 1;
+        self.rate_limited_until = None;
     }
 
     fn on_loading(&mut self, result: &CheckResult) {

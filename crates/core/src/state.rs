@@ -90,6 +90,9 @@ pub enum Reason {
     Slow,
     /// A request on the proxy path failed to connect; the endpoint was marked at once.
     RequestFailed,
+    /// Real traffic failed on it (consecutive gateway failures or a high failure rate): it
+    /// is ejected for a while ([`crate::outlier`]).
+    Outlier,
     /// Anything else, named.
     Other(Arc<str>),
 }
@@ -110,6 +113,7 @@ impl Reason {
             Self::BadResponse => "bad_response",
             Self::Slow => "slow",
             Self::RequestFailed => "request_failed",
+            Self::Outlier => "outlier",
             Self::Other(s) => return Cow::Owned(s.to_string()),
         })
     }
@@ -129,6 +133,7 @@ impl Reason {
             "bad_response" => Self::BadResponse,
             "slow" => Self::Slow,
             "request_failed" => Self::RequestFailed,
+            "outlier" => Self::Outlier,
             other => match other.strip_prefix("http_").and_then(|c| c.parse().ok()) {
                 Some(code) => Self::Http(code),
                 None => Self::Other(Arc::from(other)),
@@ -171,6 +176,7 @@ mod tests {
             Reason::ConnectRefused,
             Reason::Http(503),
             Reason::AuthError,
+            Reason::Outlier,
             Reason::Other(Arc::from("weird")),
         ] {
             assert_eq!(Reason::parse(&r.as_str()), r);

@@ -27,6 +27,25 @@
 //! over ([`HealthStore::allow_trial`]) and the proxy reports a successful trial request
 //! ([`HealthStore::passive_success`]); both are recorded and shared like a passive failure.
 //!
+//! Ejections (outlier detection, [`crate::outlier`]): the proxy's detector says when traffic
+//! condemns an endpoint and [`HealthStore::eject`] decides, under the writer lock so that two
+//! ejections cannot both pass the check: it refuses (`Withheld`) an ejection that would leave
+//! more than `max_ejection_percent` of any model's endpoints out of rotation (drained, not
+//! routable, or ejected), counted over the endpoints serving that model, this one included;
+//! otherwise the endpoint turns `unhealthy` (reason `outlier`) through the same path as a
+//! passive failure, so in shared mode it is written and published like one and every replica
+//! holds it until `ejected_until` — bounded on adoption by this replica's own `max_ejection`
+//! ([`HealthStore::set_max_ejection`]). The ejecting replica shows it as `source: passive`,
+//! the others as `source: shared` with `checked_by` naming the ejecting replica, as for any
+//! passive result.
+//!
+//! Fleet size: every result another replica produced that reaches
+//! [`HealthStore::apply_remote`] (adopted or not) names its replica; those seen with a result
+//! checked within [`FLEET_MEMORY`] count as live, and [`HealthStore::fleet_size`] (one atomic
+//! load) is them plus this one. Outlier detection shares its consecutive budget over them
+//! ([`crate::outlier`]). The set is bounded ([`MAX_PEERS`]); a replica that stops publishing
+//! drops out after [`FLEET_MEMORY`].
+//!
 //! Check requests: the proxy cannot reach the scheduler, so a request-path failure that does
 //! not change the state by itself (a request dropped after it was sent, a first-byte timeout)
 //! asks for a prompt check through [`HealthStore::request_check`]; the endpoint's check task
@@ -39,10 +58,12 @@ use crate::coordination::{Coordination, FenceToken, LocalResult, ResultKind, Sha
 use crate::endpoint::{Endpoint, same_model};
 use crate::machine::{HealthMachine, Phase};
 use crate::outcome::{CheckOutcome, CheckResult, Verdict};
+use crate::outlier::OutlierConfig;
 use crate::state::{HealthState, Reason, Transition};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
@@ -54,6 +75,13 @@ pub const EVENT_LOG_CAPACITY: usize = 1024;
 /// How much older than this replica's own unfenced result a remote result may be and still be
 /// adopted: the clock skew tolerated between replicas.
 pub const UNFENCED_SKEW: Duration = Duration::from_secs(1);
+
+/// How long a replica counts towards [`HealthStore::fleet_size`] after the check time of
+/// its last result seen here.
+pub const FLEET_MEMORY: Duration = Duration::from_secs(60);
+
+/// The most other replicas [`HealthStore::fleet_size`] keeps track of.
+pub const MAX_PEERS: usize = 1024;
 
 /// A moment, as both clocks see it: `mono` decides, `wall` is shown to people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +136,9 @@ pub struct EndpointHealth {
     /// Fencing token of the shared result this came from (0 for local results).
     pub fence: u64,
     pub rate_limited_until: Option<Instant>,
+    /// Outlier detection holds it out until then (see [`crate::outlier`]); may lie in the
+    /// past until the next passing check clears it.
+    pub ejected_until: Option<Instant>,
     /// An operator drained it (`POST /internal/endpoints/{name}/drain`): it is still checked
     /// but gets no new requests until enabled again.
     pub drained: bool,
@@ -248,6 +279,10 @@ impl Slot {
                 .rate_limited_until()
                 .filter(|until| *until > now.mono)
                 .map(|until| now.wall + (until - now.mono)),
+            ejected_until: m
+                .ejected_until()
+                .filter(|until| *until > now.mono)
+                .map(|until| now.wall + (until - now.mono)),
             kind,
         }
     }
@@ -274,6 +309,7 @@ impl Slot {
                 source: self.source,
                 fence: self.fence,
                 rate_limited_until: m.rate_limited_until(),
+                ejected_until: m.ejected_until(),
                 drained: self.drained,
             },
         })
@@ -366,6 +402,28 @@ pub struct HealthStore {
     /// Per endpoint name, the signal [`HealthStore::request_check`] raises (see the module
     /// docs); made on first use.
     check_requests: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    /// The longest ejection adopted from another replica, in ms (`proxy.outlier.max_ejection`).
+    max_ejection_ms: AtomicU64,
+    /// Other replicas by pod id, with when their last result was checked (see the module
+    /// docs), and the fleet size they make.
+    peers: Mutex<HashMap<Arc<str>, SystemTime>>,
+    fleet: AtomicUsize,
+}
+
+/// What [`HealthStore::eject`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ejected {
+    /// The endpoint is out until the given time; the event records it.
+    Now(Event),
+    /// Ejecting it would leave too few of `model`'s endpoints: `out` of `total` would be out
+    /// of rotation, more than `max_ejection_percent` allows. Nothing changed.
+    Withheld {
+        model: Arc<str>,
+        out: usize,
+        total: usize,
+    },
+    /// It was not routable anyway (or is not configured): nothing changed.
+    NotRoutable,
 }
 
 /// What [`HealthStore::apply_remote`] did with a result from another replica.
@@ -431,6 +489,97 @@ impl HealthStore {
             changes: watch::Sender::new(0),
             coordination: OnceLock::new(),
             check_requests: Mutex::new(HashMap::new()),
+            max_ejection_ms: AtomicU64::new(millis_of(OutlierConfig::default().max_ejection)),
+            peers: Mutex::new(HashMap::new()),
+            fleet: AtomicUsize::new(1),
+        }
+    }
+
+    /// The replicas known to be live, this one included (see the module docs); 1 alone.
+    pub fn fleet_size(&self) -> usize {
+        self.fleet.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Notes that `pod` produced a result checked at `checked_at`, as of `now`.
+    fn saw_peer(&self, pod: &Arc<str>, checked_at: SystemTime, now: SystemTime) {
+        if pod.is_empty() || **pod == *self.pod_id {
+            return;
+        }
+        let fresh = |at: SystemTime| {
+            now.duration_since(at)
+                .map_or(true, |age| age < FLEET_MEMORY)
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.retain(|_, at| fresh(*at));
+        if fresh(checked_at) && (peers.len() < MAX_PEERS || peers.contains_key(pod)) {
+            let at = peers.entry(pod.clone()).or_insert(checked_at);
+            *at = (*at).max(checked_at);
+        }
+        self.fleet.store(peers.len() + 1, Ordering::Relaxed);
+    }
+
+    /// The longest ejection this replica holds when another replica's result says one:
+    /// its own `proxy.outlier.max_ejection`.
+    pub fn set_max_ejection(&self, max: Duration) {
+        self.max_ejection_ms
+            .store(millis_of(max), Ordering::Relaxed);
+    }
+
+    fn max_ejection(&self) -> Duration {
+        Duration::from_millis(self.max_ejection_ms.load(Ordering::Relaxed))
+    }
+
+    /// Ejects `name` for `length` from `now` (outlier detection), with `error` naming the
+    /// signal, unless that would leave more than `max_percent` of one of its models'
+    /// endpoints out of rotation (see the module docs). An ejection is told to the attached
+    /// coordination as a passive result.
+    pub fn eject(
+        &self,
+        name: &str,
+        length: Duration,
+        error: &str,
+        max_percent: u32,
+        now: Now,
+    ) -> Ejected {
+        let pod = self.pod_id.clone();
+        let share = self.coordination.get().is_some();
+        let mut w = self.lock();
+        let Some(&i) = w.index.get(name) else {
+            return Ejected::NotRoutable;
+        };
+        let Some(slot) = w.slots.get(i) else {
+            return Ejected::NotRoutable;
+        };
+        if !slot.machine.state().is_routable() {
+            return Ejected::NotRoutable;
+        }
+        if let Some(withheld) = too_many_out(&w.slots, i, max_percent, now.mono) {
+            return withheld;
+        }
+        let Some(slot) = w.slots.get_mut(i) else {
+            return Ejected::NotRoutable;
+        };
+        let until = now.mono + crate::config::clock_safe(length);
+        let Some(t) = slot.machine.eject(until, Arc::from(error)) else {
+            return Ejected::NotRoutable;
+        };
+        slot.checked_by = Some(pod);
+        slot.source = Source::Passive;
+        slot.unfenced_at = Some(now.wall);
+        let local = share.then(|| LocalResult {
+            endpoint: slot.endpoint.name.clone(),
+            result: SharedResult {
+                checked_at: now.wall,
+                ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
+            },
+            planned_next: slot.machine.next_delay(now.mono, 0.5),
+        });
+        let event = self.commit(&mut w, i, now.wall, Some((t, Source::Passive)));
+        drop(w);
+        self.forward(local);
+        match event {
+            Some(e) => Ejected::Now(e),
+            None => Ejected::NotRoutable,
         }
     }
 
@@ -630,7 +779,7 @@ impl HealthStore {
     /// `recovering`, one trial request at a time. Shared like a passive failure. Returns the
     /// event if it changed; nothing for an active endpoint or another state.
     pub fn allow_trial(&self, name: &str, now: Now) -> Option<Event> {
-        self.passive_step(name, now, HealthMachine::allow_trial)
+        self.passive_step(name, now, |m| m.allow_trial(now.mono))
     }
 
     /// A request to a `recovering` passive endpoint succeeded (the proxy says so);
@@ -638,7 +787,7 @@ impl HealthStore {
     /// changes the state. Returns the event if it changed; nothing for an active endpoint
     /// (its checks decide) or another state.
     pub fn passive_success(&self, name: &str, now: Now) -> Option<Event> {
-        self.passive_step(name, now, HealthMachine::passive_success)
+        self.passive_step(name, now, |m| m.passive_success())
     }
 
     /// Applies `step` to the machine of passive endpoint `name`; records and shares it as a
@@ -647,7 +796,7 @@ impl HealthStore {
         &self,
         name: &str,
         now: Now,
-        step: fn(&mut HealthMachine) -> Option<Transition>,
+        step: impl FnOnce(&mut HealthMachine) -> Option<Transition>,
     ) -> Option<Event> {
         let pod = self.pod_id.clone();
         let share = self.coordination.get().is_some();
@@ -679,6 +828,8 @@ impl HealthStore {
     pub fn apply_remote(&self, name: &str, result: &SharedResult, now: Now) -> Adoption {
         let own_passive =
             result.kind == ResultKind::Passive && result.checked_by.as_ref() == &*self.pod_id;
+        let max_ejection = self.max_ejection();
+        self.saw_peer(&result.checked_by, result.checked_at, now.wall);
         let applied = self.with_slot(name, now.wall, |slot| {
             if result.fence.get() <= slot.fence {
                 return None;
@@ -688,7 +839,9 @@ impl HealthStore {
             {
                 return None;
             }
-            let t = slot.machine.adopt(result, now.mono, now.wall);
+            let t = slot
+                .machine
+                .adopt_bounded(result, now.mono, now.wall, max_ejection);
             slot.fence = result.fence.get();
             slot.unfenced_at = None;
             slot.last_check = Some(result.checked_at);
@@ -826,6 +979,20 @@ impl HealthStore {
         let i = *w.index.get(name)?;
         let slot = w.slots.get_mut(i)?;
         let (r, t) = f(slot)?;
+        let event = self.commit(&mut w, i, at, t);
+        Some((r, event))
+    }
+
+    /// After slot `i` changed: records transition `t` (if any) as an event at `at` and
+    /// republishes; returns the event.
+    fn commit(
+        &self,
+        w: &mut Writer,
+        i: usize,
+        at: SystemTime,
+        t: Option<(Transition, Source)>,
+    ) -> Option<Event> {
+        let slot = w.slots.get_mut(i)?;
         let event = t.map(|(t, source)| {
             slot.since = at;
             let pod_id = match (source, &slot.checked_by) {
@@ -850,8 +1017,8 @@ impl HealthStore {
             }
             w.events.push_back(e.clone());
         }
-        self.publish_one(&mut w, i, status);
-        Some((r, event))
+        self.publish_one(w, i, status);
+        event
     }
 
     /// Hands a local result to the attached coordination, outside the writer lock.
@@ -886,6 +1053,48 @@ impl HealthStore {
         }));
         self.changes.send_replace(w.version);
     }
+}
+
+/// Whether ejecting slot `i` would leave more than `max_percent` of one of its models'
+/// endpoints out of rotation at `now` (see the module docs); the refusal if so. An endpoint
+/// that lists no model protects no pool and may go.
+fn too_many_out(slots: &[Slot], i: usize, max_percent: u32, now: Instant) -> Option<Ejected> {
+    let me = slots.get(i)?;
+    let models: Vec<Arc<str>> = if me.endpoint.models.is_empty() {
+        me.machine
+            .discovered()
+            .map(|ms| ms.to_vec())
+            .unwrap_or_default()
+    } else {
+        me.endpoint.models.clone()
+    };
+    for model in models {
+        let serving = slots.iter().enumerate().filter(|(_, s)| serves(s, &model));
+        let (mut total, mut out) = (0usize, 0usize);
+        for (j, s) in serving {
+            total += 1;
+            if j == i || s.drained || !s.machine.is_routable(now) || s.machine.is_ejected(now) {
+                out += 1;
+            }
+        }
+        if out.saturating_mul(100) > total.saturating_mul(max_percent as usize) {
+            return Some(Ejected::Withheld { model, out, total });
+        }
+    }
+    None
+}
+
+fn serves(slot: &Slot, model: &str) -> bool {
+    if !slot.endpoint.models.is_empty() {
+        return slot.endpoint.models.iter().any(|m| same_model(m, model));
+    }
+    slot.machine
+        .discovered()
+        .is_some_and(|ms| ms.iter().any(|m| same_model(m, model)))
+}
+
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Position of every endpoint by name.
@@ -1036,6 +1245,7 @@ mod tests {
             consecutive_successes: u32::from(state != HealthState::Unhealthy),
             unhealthy_failures: u32::from(state == HealthState::Unhealthy),
             rate_limited_until: None,
+            ejected_until: None,
             kind: ResultKind::Check {
                 ok: state != HealthState::Unhealthy,
             },
@@ -1395,6 +1605,267 @@ mod tests {
         assert_eq!(s.set_drained("a", false), Some(true));
         assert!(s.snapshot().get("a").unwrap().health.is_routable(now));
         assert_eq!(s.set_drained("nope", true), None);
+    }
+
+    fn serving(names: &[&str], model: &str) -> HealthStore {
+        let eps = names
+            .iter()
+            .map(|n| {
+                let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
+                c.models = vec![model.into()];
+                c.resolve("e").unwrap()
+            })
+            .collect();
+        let health = HealthConfig {
+            background: false,
+            ..Default::default()
+        };
+        HealthStore::new("pod-1", eps, &health, Now::capture())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_keep_at_least_half_of_a_models_endpoints() {
+        let s = serving(&["a", "b"], "m");
+        let rec = Arc::new(Recorder::default());
+        s.attach(rec.clone());
+        let len = Duration::from_secs(3);
+        let Ejected::Now(e) = s.eject(
+            "b",
+            len,
+            "5 consecutive 503 on /v1/chat/completions",
+            50,
+            Now::capture(),
+        ) else {
+            panic!("b should go");
+        };
+        assert_eq!(
+            (e.to, e.reason.clone(), e.source),
+            (
+                HealthState::Unhealthy,
+                Some(Reason::Outlier),
+                Source::Passive
+            )
+        );
+        assert_eq!(
+            e.error.as_deref(),
+            Some("5 consecutive 503 on /v1/chat/completions")
+        );
+        // Ejecting a as well would leave none of m's two endpoints.
+        assert_eq!(
+            s.eject("a", len, "x", 50, Now::capture()),
+            Ejected::Withheld {
+                model: Arc::from("m"),
+                out: 2,
+                total: 2
+            }
+        );
+        assert!(
+            s.snapshot()
+                .get("a")
+                .unwrap()
+                .health
+                .is_routable(Instant::now())
+        );
+        assert_eq!(
+            s.eject("b", len, "x", 50, Now::capture()),
+            Ejected::NotRoutable
+        );
+        assert_eq!(
+            s.eject("nope", len, "x", 50, Now::capture()),
+            Ejected::NotRoutable
+        );
+        // At 100 % both may go.
+        assert!(matches!(
+            s.eject("a", len, "x", 100, Now::capture()),
+            Ejected::Now(_)
+        ));
+        // The ejection went to the coordination as a passive result with its end.
+        let got = rec.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].result.kind, ResultKind::Passive);
+        assert_eq!(got[0].result.reason, Some(Reason::Outlier));
+        let until = got[0].result.ejected_until.unwrap();
+        let left = until.duration_since(got[0].result.checked_at).unwrap();
+        assert!(
+            left <= len && left > len - Duration::from_millis(50),
+            "{left:?}"
+        );
+
+        // A sole endpoint is never ejected at 50 %; a drained one counts as out.
+        let s = serving(&["a", "b", "c", "d"], "m");
+        s.set_drained("c", true);
+        assert!(matches!(
+            s.eject("a", len, "x", 50, Now::capture()),
+            Ejected::Now(_)
+        ));
+        assert!(matches!(
+            s.eject("b", len, "x", 50, Now::capture()),
+            Ejected::Withheld {
+                out: 3,
+                total: 4,
+                ..
+            }
+        ));
+        let one = serving(&["a"], "m");
+        assert!(matches!(
+            one.eject("a", len, "x", 50, Now::capture()),
+            Ejected::Withheld { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_stays_out_while_its_probe_passes() {
+        let s = store_with(3);
+        let ok = CheckOutcome::ok(Duration::ZERO);
+        s.observe("a", &ok, Now::capture());
+        assert!(matches!(
+            s.eject("a", Duration::from_secs(3), "x", 100, Now::capture()),
+            Ejected::Now(_)
+        ));
+        s.observe("a", &ok, Now::capture());
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(
+            (h.state, h.reason),
+            (HealthState::Unhealthy, Some(Reason::Outlier))
+        );
+        assert!(h.ejected_until.is_some());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let e = s.observe("a", &ok, Now::capture()).unwrap();
+        assert_eq!(e.to, HealthState::Recovering);
+    }
+
+    proptest::proptest! {
+        /// Whatever endpoints try to go, in whatever order, no model ever has more than
+        /// `max_percent` of its endpoints ejected, and an ejection is withheld only when it
+        /// would break that.
+        #[test]
+        fn no_model_loses_more_than_its_share(
+            serves in proptest::collection::vec(1u8..8, 1..8),
+            attempts in proptest::collection::vec(0usize..8, 0..24),
+            max_percent in 0u32..=100,
+        ) {
+            let models = |mask: u8| -> Vec<String> {
+                (0..3).filter(|b| mask & (1 << b) != 0).map(|b| format!("m{b}")).collect()
+            };
+            let eps = serves
+                .iter()
+                .enumerate()
+                .map(|(i, mask)| {
+                    let mut c = EndpointConfig::new(format!("e{i}"), "http://127.0.0.1:9", EndpointKind::Vllm);
+                    c.models = models(*mask);
+                    c.resolve("e").unwrap()
+                })
+                .collect();
+            let health = HealthConfig { background: false, ..Default::default() };
+            let s = HealthStore::new("pod-1", eps, &health, Now::capture());
+            let mut out = vec![false; serves.len()];
+            for a in attempts {
+                let i = a % serves.len();
+                let before = out.clone();
+                match s.eject(&format!("e{i}"), Duration::from_secs(30), "x", max_percent, Now::capture()) {
+                    Ejected::Now(_) => {
+                        proptest::prop_assert!(!before[i]);
+                        out[i] = true;
+                    }
+                    Ejected::NotRoutable => proptest::prop_assert!(before[i]),
+                    Ejected::Withheld { .. } => {
+                        proptest::prop_assert!(!before[i]);
+                        // Going would have broken the limit for some model of it.
+                        let mut after = before.clone();
+                        after[i] = true;
+                        let broken = models(serves[i]).iter().any(|m| {
+                            let of: Vec<usize> = (0..serves.len()).filter(|j| models(serves[*j]).contains(m)).collect();
+                            let n = of.iter().filter(|j| after[**j]).count();
+                            n * 100 > of.len() * max_percent as usize
+                        });
+                        proptest::prop_assert!(broken);
+                    }
+                }
+                for m in ["m0", "m1", "m2"] {
+                    let of: Vec<usize> = (0..serves.len()).filter(|j| models(serves[*j]).iter().any(|x| x == m)).collect();
+                    let n = of.iter().filter(|j| out[**j]).count();
+                    proptest::prop_assert!(n * 100 <= of.len() * max_percent as usize, "{m}: {n} of {}", of.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fleet_is_the_replicas_heard_from_lately() {
+        let s = store_with(3);
+        assert_eq!(s.fleet_size(), 1, "alone");
+        let now = SystemTime::now();
+        let mut fence = 10;
+        let mut from = |pod: &str, checked_at: SystemTime| {
+            let mut r = remote(fence, HealthState::Healthy, checked_at);
+            r.checked_by = Arc::from(pod);
+            fence += 1;
+            s.apply_remote(
+                "a",
+                &r,
+                Now {
+                    mono: Instant::now(),
+                    wall: now,
+                },
+            );
+        };
+        from("pod-2", now);
+        from("pod-3", now);
+        from("pod-2", now);
+        assert_eq!(s.fleet_size(), 3);
+        from("pod-1", now);
+        assert_eq!(s.fleet_size(), 3, "our own echo is not a peer");
+        from("pod-old", now - FLEET_MEMORY - Duration::from_secs(1));
+        assert_eq!(
+            s.fleet_size(),
+            3,
+            "a result from long ago names no live replica"
+        );
+        // A minute later, with nothing heard from pod-3, only pod-2 (heard from now) counts.
+        let later = now + FLEET_MEMORY - Duration::from_millis(1);
+        let mut r = remote(100, HealthState::Healthy, later);
+        r.checked_by = Arc::from("pod-2");
+        s.apply_remote(
+            "a",
+            &r,
+            Now {
+                mono: Instant::now(),
+                wall: now + FLEET_MEMORY + Duration::from_secs(1),
+            },
+        );
+        assert_eq!(s.fleet_size(), 2);
+        // A flood of made-up names is bounded.
+        for i in 0..(MAX_PEERS + 50) {
+            let mut r = remote(200 + i as u64, HealthState::Healthy, later);
+            r.checked_by = Arc::from(format!("fake-{i}"));
+            s.apply_remote(
+                "a",
+                &r,
+                Now {
+                    mono: Instant::now(),
+                    wall: later,
+                },
+            );
+        }
+        assert_eq!(s.fleet_size(), MAX_PEERS + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_ejection_is_held_for_this_replicas_max_at_most() {
+        let s = store_with(3);
+        s.set_max_ejection(Duration::from_secs(10));
+        let now = Now::capture();
+        let mut r = remote(5, HealthState::Unhealthy, now.wall);
+        r.reason = Some(Reason::Outlier);
+        r.kind = ResultKind::Passive;
+        r.ejected_until = Some(now.wall + Duration::from_secs(3600));
+        s.apply_remote("a", &r, now);
+        let h = s.snapshot().get("a").unwrap().health.clone();
+        assert_eq!(h.ejected_until, Some(now.mono + Duration::from_secs(10)));
+        assert_eq!(
+            (h.source, h.checked_by.as_deref()),
+            (Source::Shared, Some("pod-2"))
+        );
     }
 
     #[tokio::test(start_paused = true)]

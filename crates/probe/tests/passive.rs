@@ -176,6 +176,7 @@ async fn a_passive_endpoint_is_never_probed_and_gets_trials_after_its_hold() {
         consecutive_successes: 0,
         unhealthy_failures: 0,
         rate_limited_until: None,
+        ejected_until: None,
         kind: ResultKind::Check { ok: false },
     };
     store.apply_remote("p", &remote, Now::capture());
@@ -373,6 +374,7 @@ async fn in_shared_mode_a_refusal_adopted_from_the_fleet_is_knocked_on_and_check
         consecutive_successes: 0,
         unhealthy_failures: 4,
         rate_limited_until: None,
+        ejected_until: None,
         kind: ResultKind::Check { ok: false },
     };
     store.apply_remote("e", &remote, Now::capture());

@@ -197,6 +197,7 @@ async fn a_result_from_the_fleet_makes_the_replica_ready() {
         consecutive_successes: 1,
         unhealthy_failures: 0,
         rate_limited_until: None,
+        ejected_until: None,
         kind: ResultKind::Check { ok: true },
     };
     store.apply_remote("e", &remote, Now::capture());

@@ -12,8 +12,12 @@
 //! flight to `max(min_concurrent, percent % of the requests in flight)`; `queue_timeout`
 //! (default 10 s, 0 disables) is how long a request may wait for an endpoint of its model
 //! that is loading or about to recover instead of getting a 503 at once.
+//!
+//! `outlier` is outlier detection from real traffic (core's
+//! [`OutlierConfig`](hale_core::OutlierConfig): which failures eject an endpoint, for how long,
+//! and at most which share of a model's endpoints).
 
-use hale_core::{BreakerConfig, ConfigError, Endpoint};
+use hale_core::{BreakerConfig, ConfigError, Endpoint, OutlierConfig};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::Duration;
 
@@ -26,7 +30,7 @@ pub enum Balancer {
     RoundRobin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub balancer: Balancer,
@@ -47,6 +51,8 @@ pub struct ProxyConfig {
     /// How long a request may wait for an endpoint about to become routable (0: no wait).
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Outlier detection from real traffic (`proxy.outlier`).
+    pub outlier: OutlierConfig,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +66,7 @@ impl Default for ProxyConfig {
             retry_on: RetryOn::defaults(),
             retry_budget: RetryBudget::default(),
             queue_timeout: Duration::from_secs(10),
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -72,7 +79,8 @@ impl ProxyConfig {
         hale_core::config::require_duration(path, "queue_timeout", self.queue_timeout)?;
         self.retry_budget
             .validate(&format!("{path}.retry_budget"))?;
-        self.breaker.validate(&format!("{path}.breaker"))
+        self.breaker.validate(&format!("{path}.breaker"))?;
+        self.outlier.validate(&format!("{path}.outlier"))
     }
 
     /// The deadlines that apply to `endpoint`: its own overrides, else these.
@@ -303,5 +311,41 @@ mod tests {
             let c: ProxyConfig = serde_yaml::from_str(bad).unwrap();
             assert!(c.validate("proxy").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn outlier_section_defaults_and_is_validated() {
+        let c: ProxyConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.outlier, OutlierConfig::default());
+        assert_eq!(c.outlier.consecutive_failures, 5);
+        assert_eq!(c.outlier.max_ejection, Duration::from_secs(300));
+        let c: ProxyConfig = serde_json::from_str(
+            r#"{"outlier":{"consecutive_failures":3,"base_ejection":"3s","window":"5s"}}"#,
+        )
+        .unwrap();
+        assert!(c.validate("proxy").is_ok());
+        assert_eq!(c.outlier.base_ejection, Duration::from_secs(3));
+        for (bad, key) in [
+            (
+                r#"{"outlier":{"consecutive_failures":0}}"#,
+                "proxy.outlier.consecutive_failures",
+            ),
+            (
+                r#"{"outlier":{"failure_rate":0}}"#,
+                "proxy.outlier.failure_rate",
+            ),
+            (
+                r#"{"outlier":{"max_ejection":"2days"}}"#,
+                "proxy.outlier.max_ejection",
+            ),
+            (
+                r#"{"outlier":{"max_ejection_percent":150}}"#,
+                "proxy.outlier.max_ejection_percent",
+            ),
+        ] {
+            let c: ProxyConfig = serde_json::from_str(bad).unwrap();
+            assert_eq!(c.validate("proxy").unwrap_err().path, key, "{bad}");
+        }
+        assert!(serde_json::from_str::<ProxyConfig>(r#"{"outlier":{"windw":"1s"}}"#).is_err());
     }
 }

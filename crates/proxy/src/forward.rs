@@ -13,8 +13,11 @@
 //!   retry replaced, as the backend sent it. No byte reaches the client before this decision.
 //!   A 429 also holds the endpoint out of rotation until its `Retry-After` (whole seconds;
 //!   one check interval without one; bounded by `max_backoff`) through
-//!   [`HealthStore::rate_limited`](hale_core::HealthStore), without counting a failure. A 5xx
-//!   counts as a failure on the endpoint's breaker; anything below 500 resets it.
+//!   [`HealthStore::rate_limited`](hale_core::HealthStore), without counting a failure. A
+//!   502/503/504 is outlier detection's signal (recorded before the retry decision, so a
+//!   retried answer counts too; it ejects through core, within `max_ejection_percent`), so
+//!   for the breaker it is an answer like any other; another 5xx counts as a failure on the
+//!   breaker; any other answer resets it.
 //! - on a connect-level failure (refused, connect timeout, DNS, TLS handshake: nothing was
 //!   sent), mark the endpoint `unhealthy` at once through core (a passive signal that checks
 //!   and every other request see in the next snapshot), count the failure on its breaker,
@@ -40,6 +43,11 @@
 //!
 //! Every retry is counted in `hale_proxy_retries_total{endpoint,reason}` and per model for
 //! `/internal/stats/models`; a retry the budget refused is counted per model.
+//!
+//! Every outcome is also recorded for outlier detection (one call per site: a 502/503/504 or
+//! a failure after sending here, the rest when the body ends; see `runtime`), which may
+//! eject the endpoint through core. Connect failures are not recorded there: they mark the
+//! endpoint at once already.
 //!
 //! The body is replayed from the same `Bytes` on every attempt (a reference-count increment),
 //! the client's headers are cleaned once and written into each attempt's request head, and
@@ -67,7 +75,7 @@ use crate::upstream::{Outgoing, SendError};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use hale_core::{CheckResult, Now};
+use hale_core::{CheckResult, Now, Signal};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt as _;
@@ -249,7 +257,7 @@ pub async fn forward(
             Ok((head, conn)) => {
                 sent.insert(rt.id);
                 let status = head.status;
-                if status.is_server_error() {
+                if status.is_server_error() && Signal::of_status(status.as_u16()).is_none() {
                     if claim.failure(Instant::now()) {
                         tracing::warn!(endpoint = %rt.endpoint.name, status = status.as_u16(), "circuit breaker opened after repeated failures");
                     }
@@ -263,6 +271,8 @@ pub async fn forward(
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     hold_rate_limited(shared, &rt.endpoint.name, &head.headers);
                 }
+                // Outlier detection sees every answer, a retried one included.
+                let watch = rt.watch(&shared.store, route.path(), status.as_u16());
                 let mut headers = head.headers;
                 hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
                 let body = UpstreamBody::new(
@@ -272,6 +282,7 @@ pub async fn forward(
                     &rt.dest.pool,
                     claim,
                     started,
+                    watch,
                 );
                 let reason = RetryOn::Status(status.as_u16());
                 // (A 2xx, the common case, looks no further than its status.)
@@ -327,6 +338,11 @@ pub async fn forward(
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
                 shared.store.request_check(name);
+                rt.record_outcome(
+                    &shared.store,
+                    crate::runtime::sent_failure(&send_error),
+                    route.path(),
+                );
                 // Only a first-byte timeout may be retried (when `retry_on` says so): the
                 // backend answered nothing in time. A request dropped after it was written,
                 // or answered with garbage, is never sent again.

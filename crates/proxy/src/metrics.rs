@@ -21,6 +21,12 @@
 //! Per model, for `retry` in `/internal/stats/models`: retries made and retries refused because
 //! the retry budget was spent ([`RequestStats::retry_figures`]).
 //!
+//! - `hale_outlier_ejections_total{endpoint,signal}`: ejections this replica made from its
+//!   traffic; `signal` is `consecutive_5xx`, `consecutive_reset`, `consecutive_timeout` or
+//!   `failure_rate` ([`hale_core::Trigger::label`]).
+//! - `hale_outlier_ejections_withheld_total{endpoint}`: ejections refused because they would
+//!   leave too few of a model's endpoints (`proxy.outlier.max_ejection_percent`).
+//!
 //! The common case — a 200 for a model seen before — touches no lock and allocates nothing:
 //! the counter handles for status 200 are made once per model and endpoint and kept in a
 //! copy-on-write map (one `ArcSwap` load per request); any other status goes through the
@@ -40,6 +46,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub const REQUESTS_TOTAL: &str = "hale_proxy_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "hale_proxy_request_duration_seconds";
 pub const RETRIES_TOTAL: &str = "hale_proxy_retries_total";
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "hale_outlier_ejections_total";
+pub const OUTLIER_WITHHELD_TOTAL: &str = "hale_outlier_ejections_withheld_total";
 
 /// Past this many distinct model names the per-model map stops growing; later names are
 /// still counted in Prometheus, through the slow path.

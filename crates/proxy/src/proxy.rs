@@ -1,7 +1,7 @@
 //! [`Proxy`]: the crate's public entry. It is built once from the health store, the `proxy:`
 //! section and the parts of `server:` the proxy enforces ([`ServerSettings`]), and hands out
 //! the axum [`Router`] of the proxy routes plus read accessors for the status pages (breaker
-//! state per endpoint, requests per model).
+//! state and outlier detection per endpoint, requests per model).
 //!
 //! Everything a request needs is in one `Shared`, built up front: the table of per-endpoint
 //! runtimes (in the order of the store's snapshot, so a snapshot index is a table index), the
@@ -199,6 +199,7 @@ impl Proxy {
         // A pod id is printable text; the fallback only keeps this total.
         let pod = HeaderValue::from_bytes(store.pod_id().as_bytes())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        store.set_max_ejection(config.outlier.max_ejection);
         let now = SystemTime::now();
         let shared = Shared {
             all: Mutex::new(runtimes.clone()),
@@ -304,6 +305,12 @@ impl Proxy {
     /// Requests in flight to `endpoint` (sent, answer not finished); 0 for an unknown one.
     pub fn outstanding(&self, endpoint: &str) -> usize {
         self.runtime(endpoint).map_or(0, |rt| rt.outstanding())
+    }
+
+    /// What outlier detection on this replica shows for `endpoint`; `None` for an unknown
+    /// one.
+    pub fn outlier(&self, endpoint: &str) -> Option<hale_core::OutlierStats> {
+        self.runtime(endpoint).map(|rt| rt.outlier_stats())
     }
 
     fn runtime(&self, endpoint: &str) -> Option<&'static EndpointRuntime> {

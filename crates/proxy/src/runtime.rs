@@ -1,5 +1,5 @@
 //! The live state the proxy keeps per endpoint, next to core's health snapshot: requests in
-//! flight, the request-path circuit breaker, the pool of idle upstream connections, and what
+//! flight, the request-path circuit breaker, the outlier detector, the pool of idle upstream connections, and what
 //! is prepared once so the request path does not rebuild it (the upstream request lines per
 //! route and `host` value, the `x-hale-endpoint` value, the `Authorization` value of the
 //! endpoint's key, the duration histogram handle).
@@ -10,6 +10,19 @@
 //! breaker's verdict back: [`Claim::success`] or [`Claim::failure`] when the answer (or the
 //! transport error) is known; a claim dropped without either — the client went away — frees a
 //! half-open breaker's trial slot for another request.
+//!
+//! Outlier detection: every request's outcome is recorded into the endpoint's
+//! [`OutlierDetector`] ([`EndpointRuntime::record_outcome`]) where it is known — a
+//! 502/503/504 or a failure after sending when the head is (or is not) there, any other
+//! answer when its body ends ([`Watch`]: complete → by its status, cut by the backend or idle
+//! → a failure, dropped by the client → nothing). When the detector triggers, the ejection is
+//! asked of core's store ([`HealthStore::eject`]), which applies `max_ejection_percent` and
+//! shares it (in a shared fleet the consecutive budget is split over the replicas the store
+//! knows of, [`HealthStore::fleet_size`]); ejections are counted in `hale_outlier_ejections_total{endpoint,signal}` and
+//! logged, withheld ones in `hale_outlier_ejections_withheld_total{endpoint}` and logged at
+//! most once per window. The detector sits behind a `std` mutex held for one record (a few
+//! additions), and, on the rare trigger, across the store's short writer lock; nothing takes
+//! them in the other order.
 //!
 //! Decisions:
 //! - The breaker is core's [`Breaker`] behind a `std` mutex held only for one call, never
@@ -28,8 +41,11 @@
 //!   still hold it.
 
 use crate::config::ProxyConfig;
-use crate::upstream::Destination;
-use hale_core::{Admission, Breaker, BreakerState, Endpoint, HealthStore};
+use crate::upstream::{Destination, SendError};
+use hale_core::{
+    Admission, Breaker, BreakerState, Ejected, Endpoint, HealthStore, Now, Outcome,
+    OutlierDetector, OutlierStats, Signal,
+};
 use http::HeaderValue;
 use metrics::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,6 +70,7 @@ pub struct EndpointRuntime {
     outstanding: Padded<AtomicUsize>,
     breaker: Mutex<Breaker>,
     dirty: AtomicBool,
+    outlier: Mutex<OutlierDetector>,
     /// `hale_proxy_request_duration_seconds{endpoint}`.
     pub duration: Histogram,
     /// For a passive endpoint (`check: passive`) only: where its trial requests' successes
@@ -82,6 +99,7 @@ impl EndpointRuntime {
             outstanding: Padded(AtomicUsize::new(0)),
             breaker: Mutex::new(Breaker::new(config.breaker.clone())),
             dirty: AtomicBool::new(false),
+            outlier: Mutex::new(OutlierDetector::new(&config.outlier, Instant::now())),
             duration,
             passive: None,
         }
@@ -128,6 +146,93 @@ impl EndpointRuntime {
         }
     }
 
+    fn detector(&self) -> MutexGuard<'_, OutlierDetector> {
+        // Every detector call leaves it consistent, so a poisoned lock is still usable.
+        self.outlier.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What outlier detection shows for this endpoint now.
+    pub fn outlier_stats(&self) -> OutlierStats {
+        self.detector().stats(Instant::now())
+    }
+
+    /// Records one request's `outcome` on route `path` for outlier detection, and ejects the
+    /// endpoint through `store` when the detector says so (see the module docs).
+    pub fn record_outcome(&self, store: &HealthStore, outcome: Outcome, path: &str) {
+        let mut d = self.detector();
+        let Some(trigger) = d.record_in_fleet(outcome, Instant::now(), store.fleet_size()) else {
+            return;
+        };
+        let now = Now::capture();
+        let length = d.ejection_time(now.mono);
+        let error = trigger.describe(path);
+        let max_percent = d.config().max_ejection_percent;
+        match store.eject(self.name(), length, &error, max_percent, now) {
+            Ejected::Now(event) => {
+                d.ejected(&trigger, length, now.mono);
+                drop(d);
+                metrics::counter!(
+                    crate::metrics::OUTLIER_EJECTIONS_TOTAL,
+                    "endpoint" => self.endpoint.name.clone(),
+                    "signal" => trigger.label()
+                )
+                .increment(1);
+                metrics::counter!(
+                    "hale_state_transitions_total",
+                    "endpoint" => self.endpoint.name.to_string(),
+                    "from" => event.from.as_str(),
+                    "to" => event.to.as_str()
+                )
+                .increment(1);
+                tracing::warn!(
+                    endpoint = self.name(),
+                    signal = trigger.label(),
+                    error = %error,
+                    ejected_for = %humantime::format_duration(length),
+                    from = %event.from,
+                    "outlier detection: endpoint ejected"
+                );
+            }
+            Ejected::Withheld { model, out, total } => {
+                let log = d.withheld(&trigger, now.mono);
+                drop(d);
+                metrics::counter!(
+                    crate::metrics::OUTLIER_WITHHELD_TOTAL,
+                    "endpoint" => self.endpoint.name.clone()
+                )
+                .increment(1);
+                if log {
+                    tracing::warn!(
+                        endpoint = self.name(),
+                        signal = trigger.label(),
+                        error = %error,
+                        model = %model,
+                        "outlier detection: ejection withheld, it would leave {out} of {total} \
+                         endpoints of the model out of rotation (max_ejection_percent {max_percent})"
+                    );
+                }
+            }
+            Ejected::NotRoutable => d.start_over(),
+        }
+    }
+
+    /// Records an answer with `status` on `path` whose head just arrived: a 502/503/504 is a
+    /// failure now; anything else is left to the body, through the returned [`Watch`].
+    pub fn watch(&self, store: &'static HealthStore, path: &'static str, status: u16) -> Watch {
+        let on_end = match Outcome::of_status(status) {
+            failure @ Outcome::Failure(_) => {
+                self.record_outcome(store, failure, path);
+                None
+            }
+            other => Some(other),
+        };
+        Watch {
+            store,
+            path,
+            on_end,
+        }
+    }
+
     /// Claims the endpoint for one request: counts it outstanding (only if nothing is in
     /// flight, when `exclusive`) and asks the breaker. `None` when either says no.
     pub fn try_claim(&'static self, exclusive: bool, now: Instant) -> Option<Claim> {
@@ -157,6 +262,44 @@ impl EndpointRuntime {
             }
         }
         Some(claim)
+    }
+}
+
+/// The outlier outcome of a request that was sent and got no usable head: a first-byte
+/// timeout, or a drop (closed, reset, malformed head). A connect failure sent nothing and is
+/// not the detector's (it marks the endpoint at once); it reads as a drop if it comes here.
+pub fn sent_failure(sent: &SendError) -> Outcome {
+    Outcome::Failure(match sent {
+        SendError::TimedOut(_) => Signal::FirstByteTimeout,
+        SendError::Dropped(_) | SendError::Malformed(_) | SendError::Connect(_) => Signal::Dropped,
+    })
+}
+
+/// What a response body still has to tell outlier detection when it ends; see the module
+/// docs.
+#[derive(Debug)]
+pub struct Watch {
+    store: &'static HealthStore,
+    path: &'static str,
+    /// The outcome to record when the body ends in full; `None` once recorded.
+    on_end: Option<Outcome>,
+}
+
+impl Watch {
+    /// The body ended in full.
+    pub fn ended(&mut self, rt: &EndpointRuntime) {
+        if let Some(outcome) = self.on_end.take() {
+            rt.record_outcome(self.store, outcome, self.path);
+        }
+    }
+
+    /// The backend broke the body off (`signal`): a failure, unless the answer already
+    /// counted as one, and a prompt probe check is asked for.
+    pub fn cut(&mut self, rt: &EndpointRuntime, signal: Signal) {
+        if self.on_end.take().is_some() {
+            rt.record_outcome(self.store, Outcome::Failure(signal), self.path);
+        }
+        self.store.request_check(rt.name());
     }
 }
 
@@ -220,6 +363,7 @@ impl Drop for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Route;
     use hale_core::{EndpointConfig, EndpointKind, HealthState};
     use std::time::Duration;
 
@@ -290,6 +434,128 @@ mod tests {
         assert_eq!(rt.breaker_state(Instant::now()), BreakerState::Closed);
         let c = rt.try_claim(false, Instant::now()).unwrap();
         assert!(!c.is_trial());
+    }
+
+    fn serving_m(names: &[&str]) -> &'static HealthStore {
+        let eps = names
+            .iter()
+            .map(|n| {
+                let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
+                c.models = vec!["m".into()];
+                c.resolve("e").unwrap()
+            })
+            .collect();
+        let health = hale_core::HealthConfig {
+            background: false,
+            ..Default::default()
+        };
+        Box::leak(Box::new(HealthStore::new(
+            "pod-1",
+            eps,
+            &health,
+            Now::capture(),
+        )))
+    }
+
+    fn runtime_of(store: &HealthStore, name: &str) -> &'static EndpointRuntime {
+        let e = store.snapshot().get(name).unwrap().endpoint.clone();
+        Box::leak(Box::new(EndpointRuntime::new(
+            0,
+            e,
+            &ProxyConfig::default(),
+            1,
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gateway_failures_eject_through_the_store_but_never_the_last_half() {
+        let store = serving_m(&["a", "b"]);
+        let (a, b) = (runtime_of(store, "a"), runtime_of(store, "b"));
+        let path = Route::ChatCompletions.path();
+        // 4xx and 500 do not count; four 503 in a row do not eject yet.
+        b.record_outcome(store, Outcome::of_status(429), path);
+        b.record_outcome(store, Outcome::of_status(500), path);
+        for _ in 0..4 {
+            let mut w = b.watch(store, path, 503);
+            w.ended(b);
+        }
+        assert!(
+            store
+                .snapshot()
+                .get("b")
+                .unwrap()
+                .health
+                .is_routable(Instant::now())
+        );
+        // The fifth: ejected, with the signal named.
+        b.watch(store, path, 503);
+        let h = store.snapshot().get("b").unwrap().health.clone();
+        assert_eq!(h.state, hale_core::HealthState::Unhealthy);
+        assert_eq!(h.reason, Some(hale_core::Reason::Outlier));
+        assert_eq!(
+            h.error.as_deref(),
+            Some("5 consecutive 503 on /v1/chat/completions")
+        );
+        let stats = b.outlier_stats();
+        assert_eq!(stats.ejections, 1);
+        assert_eq!(stats.last_signal, Some("consecutive_5xx"));
+
+        // a fails as well: withheld, a stays routable.
+        for _ in 0..5 {
+            a.record_outcome(
+                store,
+                sent_failure(&SendError::TimedOut(Duration::ZERO)),
+                path,
+            );
+        }
+        assert!(
+            store
+                .snapshot()
+                .get("a")
+                .unwrap()
+                .health
+                .is_routable(Instant::now())
+        );
+        assert_eq!(a.outlier_stats().ejections, 0);
+        assert_eq!(a.outlier_stats().last_signal, Some("consecutive_timeout"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_cuts_count_and_complete_bodies_reset_the_run() {
+        let store = serving_m(&["a", "b", "c", "d"]);
+        let b = runtime_of(store, "b");
+        let path = Route::OllamaChat.path();
+        for _ in 0..4 {
+            let mut w = b.watch(store, path, 200);
+            w.cut(b, Signal::StreamCut);
+            // A second report of the same body changes nothing.
+            w.ended(b);
+        }
+        let mut w = b.watch(store, path, 200);
+        w.ended(b);
+        for _ in 0..4 {
+            b.watch(store, path, 200).cut(b, Signal::IdleTimeout);
+        }
+        assert!(
+            store
+                .snapshot()
+                .get("b")
+                .unwrap()
+                .health
+                .is_routable(Instant::now())
+        );
+        b.watch(store, path, 200).cut(b, Signal::StreamCut);
+        let h = store.snapshot().get("b").unwrap().health.clone();
+        assert_eq!(h.reason, Some(hale_core::Reason::Outlier));
+        assert_eq!(
+            h.error.as_deref(),
+            Some("5 consecutive failures on /api/chat (last: stream cut)")
+        );
+        // Each cut asked for a prompt probe check (one permit is kept).
+        let signal = store.check_requested("b").unwrap();
+        tokio::time::timeout(Duration::from_millis(10), signal.notified())
+            .await
+            .expect("a check was asked for");
     }
 
     #[tokio::test(start_paused = true)]

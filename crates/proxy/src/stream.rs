@@ -17,12 +17,18 @@
 //! off mid-body (reset, closed before the declared length, malformed chunks) ends the body
 //! with an error, which makes hyper cut the client's connection too, so a truncated answer
 //! never looks complete.
+//!
+//! Outlier detection: the body carries the request's [`Watch`]. A body read to its end records
+//! the answer's outcome; one the backend broke off (reset, truncated, malformed chunks) or
+//! left idle past `idle_timeout` records a failure (`stream cut` / `idle timeout`) and asks
+//! core for one prompt probe check; one the client dropped records nothing.
 
-use crate::runtime::Claim;
+use crate::runtime::{Claim, Watch};
 use crate::upstream::chunked::{ChunkedDecoder, Gathered};
 use crate::upstream::head::Framing;
 use crate::upstream::{Conn, Pool};
 use bytes::Bytes;
+use hale_core::Signal;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future as _;
 use std::io;
@@ -52,6 +58,7 @@ pub struct UpstreamBody {
 struct Open {
     claim: Claim,
     started: Instant,
+    watch: Watch,
 }
 
 #[derive(Debug)]
@@ -70,6 +77,7 @@ impl UpstreamBody {
         pool: &'static Pool,
         claim: Claim,
         started: Instant,
+        watch: Watch,
     ) -> Self {
         let decoder = match framing {
             Framing::Empty | Framing::Length(0) => Decoder::Done,
@@ -83,7 +91,11 @@ impl UpstreamBody {
             decoder,
             reusable,
             pool,
-            open: Some(Open { claim, started }),
+            open: Some(Open {
+                claim,
+                started,
+                watch,
+            }),
             idle,
             idle_timer: None,
             progressed: false,
@@ -97,6 +109,9 @@ impl UpstreamBody {
     /// The body has ended: the connection goes back to the pool if it can carry another
     /// request (reusable, nothing unread in its buffer), and the bookkeeping ends.
     fn release(&mut self) {
+        if let Some(open) = &mut self.open {
+            open.watch.ended(open.claim.runtime());
+        }
         let now = Instant::now();
         if let Some(conn) = self.conn.take()
             && self.reusable
@@ -121,10 +136,16 @@ impl UpstreamBody {
         }
     }
 
-    /// The body broke off: the connection is closed, the client's answer cut, the failure
-    /// counted on the endpoint's breaker.
-    fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    /// The body broke off (`signal`): the connection is closed, the client's answer cut, the
+    /// failure counted on the endpoint's breaker and for outlier detection, and a prompt
+    /// probe check asked for.
+    fn fail(
+        &mut self,
+        signal: Signal,
+        message: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(open) = &mut self.open {
+            open.watch.cut(open.claim.runtime(), signal);
             tracing::debug!(
                 endpoint = open.claim.runtime().name(),
                 error = %message,
@@ -159,10 +180,13 @@ impl UpstreamBody {
         };
         self.progressed = false;
         if timer.as_mut().poll(cx).is_ready() {
-            return self.fail(format!(
-                "the backend sent nothing for {} (idle_timeout)",
-                humantime::format_duration(idle)
-            ));
+            return self.fail(
+                Signal::IdleTimeout,
+                format!(
+                    "the backend sent nothing for {} (idle_timeout)",
+                    humantime::format_duration(idle)
+                ),
+            );
         }
         Poll::Pending
     }
@@ -197,7 +221,7 @@ impl Body for UpstreamBody {
                 }
                 Decoder::Chunked(d) => {
                     if let Err(e) = d.decode(&mut conn.buf, &mut out) {
-                        return this.fail(e.to_string());
+                        return this.fail(Signal::StreamCut, e.to_string());
                     }
                     d.is_done()
                 }
@@ -229,11 +253,12 @@ impl Body for UpstreamBody {
                 }
                 Ok(0) => {
                     return this.fail(
+                        Signal::StreamCut,
                         "the backend closed the connection before the end of the body".into(),
                     );
                 }
                 Ok(_) => this.progressed = true,
-                Err(e) => return this.fail(format!("reading the body: {e}")),
+                Err(e) => return this.fail(Signal::StreamCut, format!("reading the body: {e}")),
             }
         }
     }

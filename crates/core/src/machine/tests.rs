@@ -524,8 +524,74 @@ fn shared_of(m: &HealthMachine, now: Instant, wall: std::time::SystemTime) -> Sh
             .rate_limited_until()
             .filter(|u| *u > now)
             .map(|u| wall + (u - now)),
+        ejected_until: m
+            .ejected_until()
+            .filter(|u| *u > now)
+            .map(|u| wall + (u - now)),
         kind: ResultKind::Check { ok: true },
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_outlasts_passing_checks_and_returns_through_recovering() {
+    let mut m = running(3, 2);
+    let until = Instant::now() + Duration::from_secs(3);
+    let t = m
+        .eject(
+            until,
+            Arc::from("5 consecutive 503 on /v1/chat/completions"),
+        )
+        .unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthState::Healthy, HealthState::Unhealthy)
+    );
+    assert_eq!(t.reason, Some(Reason::Outlier));
+    assert!(m.eject(until, Arc::from("again")).is_none(), "already out");
+    // The probe passes (it is an outlier: health fine, traffic failing): it stays out, and
+    // is checked at the plain interval.
+    for _ in 0..3 {
+        assert!(m.observe(&ok(), Instant::now()).is_none());
+        assert_eq!(m.state(), HealthState::Unhealthy);
+        assert_eq!(m.reason(), Some(&Reason::Outlier));
+        assert!(m.is_ejected(Instant::now()));
+        assert_eq!(m.next_delay(Instant::now(), 0.5), S);
+        tokio::time::advance(S).await;
+    }
+    assert!(!m.is_ejected(Instant::now()));
+    // After the ejection: through recovering, as from any failure.
+    let t = m.observe(&ok(), Instant::now()).unwrap();
+    assert_eq!(t.to, HealthState::Recovering);
+    assert_eq!(m.ejected_until(), None);
+    assert_eq!(
+        m.observe(&ok(), Instant::now()).unwrap().to,
+        HealthState::Healthy
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_ejection_is_bounded_by_the_receivers_max() {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let mut peer = running(3, 2);
+    peer.eject(now + Duration::from_secs(30), Arc::from("x"));
+    let mut here = running(3, 2);
+    here.adopt_bounded(
+        &shared_of(&peer, now, wall),
+        now,
+        wall,
+        Duration::from_secs(300),
+    );
+    assert_eq!(here.ejected_until(), Some(now + Duration::from_secs(30)));
+    assert_eq!(here.reason(), Some(&Reason::Outlier));
+    // A hostile peer says a year: held for this replica's max_ejection at most.
+    let mut forged = shared_of(&peer, now, wall);
+    forged.ejected_until = Some(wall + Duration::from_secs(365 * 86_400));
+    here.adopt_bounded(&forged, now, wall, Duration::from_secs(300));
+    assert_eq!(here.ejected_until(), Some(now + Duration::from_secs(300)));
+    forged.ejected_until = Some(std::time::SystemTime::UNIX_EPOCH);
+    here.adopt(&forged, now, wall);
+    assert_eq!(here.ejected_until(), None, "a past moment holds nothing");
 }
 
 #[test]
@@ -596,7 +662,10 @@ async fn passive_endpoints_return_through_trials() {
         (m.state(), m.phase()),
         (HealthState::Healthy, Phase::Running)
     );
-    assert!(m.allow_trial().is_none(), "nothing to allow while serving");
+    assert!(
+        m.allow_trial(Instant::now()).is_none(),
+        "nothing to allow while serving"
+    );
     assert!(
         m.passive_success().is_none(),
         "serving successes change nothing"
@@ -606,7 +675,7 @@ async fn passive_endpoints_return_through_trials() {
     assert_eq!(t.to, HealthState::Unhealthy);
     assert_eq!(m.next_delay(Instant::now(), 0.5), S, "first hold: 1x");
 
-    let t = m.allow_trial().unwrap();
+    let t = m.allow_trial(Instant::now()).unwrap();
     assert_eq!(
         (t.from, t.to),
         (HealthState::Unhealthy, HealthState::Recovering)
@@ -616,12 +685,12 @@ async fn passive_endpoints_return_through_trials() {
     // A failed trial: unhealthy again, one backoff step further; again: further still.
     m.passive_failure(&CheckResult::ConnectRefused).unwrap();
     assert_eq!(m.next_delay(Instant::now(), 0.5), 2 * S);
-    m.allow_trial().unwrap();
+    m.allow_trial(Instant::now()).unwrap();
     m.passive_failure(&CheckResult::ConnectRefused).unwrap();
     assert_eq!(m.next_delay(Instant::now(), 0.5), 4 * S);
 
     // Successful trials: healthy_threshold (2) of them make it healthy, backoff forgotten.
-    m.allow_trial().unwrap();
+    m.allow_trial(Instant::now()).unwrap();
     assert!(m.passive_success().is_none(), "one of two");
     assert_eq!(m.state(), HealthState::Recovering);
     let t = m.passive_success().unwrap();
@@ -653,11 +722,12 @@ async fn a_passive_endpoint_adopted_as_unknown_gets_a_trial() {
         consecutive_successes: 0,
         unhealthy_failures: 0,
         rate_limited_until: None,
+        ejected_until: None,
         kind: ResultKind::Check { ok: false },
     };
     m.adopt(&remote, Instant::now(), SystemTime::now());
     assert_eq!(m.state(), HealthState::Unknown);
-    let t = m.allow_trial().unwrap();
+    let t = m.allow_trial(Instant::now()).unwrap();
     assert_eq!(
         (t.from, t.to),
         (HealthState::Unknown, HealthState::Recovering)
@@ -681,4 +751,20 @@ async fn an_active_recovering_failure_still_starts_backoff_over() {
     assert_eq!(m.state(), HealthState::Recovering);
     m.passive_failure(&CheckResult::ConnectRefused).unwrap();
     assert_eq!(m.unhealthy_failures(), 1);
+}
+
+/// A passive endpoint ejected by outlier detection gets its trial only once the ejection is
+/// over: its scheduler's hold is the backoff, which can end sooner.
+#[tokio::test(start_paused = true)]
+async fn a_passive_endpoints_trial_waits_for_the_end_of_its_ejection() {
+    let mut m = HealthMachine::trusted(&endpoint(3), &health(3, 2));
+    let until = Instant::now() + Duration::from_secs(3);
+    m.eject(until, Arc::from("5 consecutive 503")).unwrap();
+    assert_eq!(m.state(), HealthState::Unhealthy);
+    assert!(m.allow_trial(Instant::now()).is_none());
+    tokio::time::advance(Duration::from_millis(2999)).await;
+    assert!(m.allow_trial(Instant::now()).is_none());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let t = m.allow_trial(Instant::now()).unwrap();
+    assert_eq!(t.to, HealthState::Recovering);
 }

@@ -434,6 +434,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 struct Hale {
     upstream: Upstream,
     rt: &'static EndpointRuntime,
+    /// Where the bodies report to outlier detection (nothing routes by it here).
+    store: &'static hale_core::HealthStore,
     listener: TcpListener,
 }
 
@@ -444,6 +446,12 @@ impl Hale {
         let endpoint = EndpointConfig::new("diff", url, EndpointKind::Vllm)
             .resolve("e")
             .unwrap();
+        let store = Box::leak(Box::new(hale_core::HealthStore::new(
+            "diff",
+            vec![endpoint.clone()],
+            &hale_core::HealthConfig::default(),
+            hale_core::Now::capture(),
+        )));
         let rt = Box::leak(Box::new(EndpointRuntime::new(
             0,
             Arc::new(endpoint),
@@ -461,6 +469,7 @@ impl Hale {
         Self {
             upstream: Upstream::new(Duration::from_secs(2), 1),
             rt,
+            store,
             listener,
         }
     }
@@ -498,6 +507,11 @@ impl Hale {
                 &self.rt.dest.pool,
                 claim,
                 now,
+                self.rt.watch(
+                    self.store,
+                    Route::ChatCompletions.path(),
+                    head.status.as_u16(),
+                ),
             );
             let (body, complete) = match body.collect().await {
                 Ok(b) => (b.to_bytes(), true),
