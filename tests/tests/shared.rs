@@ -343,18 +343,13 @@ async fn a_failure_seen_by_one_replica_reaches_all_within_300ms() {
     // A connection failure on replica 0's request path.
     fleet.mocks[1].kill().await.unwrap();
     let t2 = wall_secs();
-    let r = http_post_json(
-        &format!("{}/v1/chat/completions", fleet.gateways[0].url()),
-        &json!({"model": "m-1", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
-    .unwrap();
-    assert!(
-        r.status >= 500,
-        "no backend left for m-1: {} {}",
-        r.status,
-        r.text
-    );
+    // The request itself may wait up to `queue_timeout` for m-1's only endpoint to come back
+    // (it just failed, so it may be restarting) before its 503; the mark does not wait.
+    let url = format!("{}/v1/chat/completions", fleet.gateways[0].url());
+    let request = tokio::spawn(async move {
+        let body = json!({"model": "m-1", "messages": [{"role": "user", "content": "hi"}]});
+        http_post_json(&url, &body).await
+    });
     let spread = match spread_of(&fleet, "ep-1", "unhealthy", t2).await {
         Ok(s) => s,
         Err(e) => {
@@ -377,6 +372,13 @@ async fn a_failure_seen_by_one_replica_reaches_all_within_300ms() {
     assert!(
         wall_secs() - t2 < 5.0,
         "found by the request path, not by a check"
+    );
+    let r = request.await.unwrap().unwrap();
+    assert!(
+        r.status >= 500,
+        "no backend left for m-1: {} {}",
+        r.status,
+        r.text
     );
     let seen_by = fleet.gateways[1].endpoint("ep-1").await.unwrap();
     assert_eq!(seen_by["checked_by"], "pod-0", "{seen_by}");
