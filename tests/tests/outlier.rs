@@ -4,7 +4,8 @@
 //! Load is 50 requests per second, each on a fresh connection, spread over the backends by the
 //! round-robin balancer; every answer is recorded with the endpoint that gave it
 //! (`x-hale-endpoint`). The scenarios:
-//! - one backend's chat fails: it is ejected after at most 5 failures (consecutive 503), gets
+//! - one backend's chat fails: no client sees it (each failed answer is retried on the other
+//!   backend); it is ejected after at most 5 failures (consecutive 503), gets
 //!   no chat traffic while ejected although its probe keeps passing, and after its chat is
 //!   fixed it is healthy again within the ejection time plus two checks;
 //! - both backends' chat fails: only one is ejected (`max_ejection_percent` 50), and every
@@ -220,13 +221,27 @@ async fn an_outlier_is_ejected_stays_out_and_comes_back() {
         .iter()
         .filter(|r| r.status != 200 && !(r.status == 503 && r.endpoint == "b"))
         .collect();
+    let retried: f64 = gw
+        .get("/metrics")
+        .await
+        .unwrap()
+        .text
+        .lines()
+        .filter(|l| l.starts_with("hale_proxy_retries_total{") && l.contains("endpoint=\"b\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     println!(
-        "{} requests, {} client-visible 503 from b, {} other errors",
+        "{} requests, {} client-visible 503 from b, {} other errors, {retried} retried after b failed them",
         answers.len(),
         from_b.len(),
         other_errors.len()
     );
-    assert!(from_b.len() <= 5, "{from_b:?}");
+    assert!(
+        retried >= failures as f64,
+        "{retried} retries for {failures} failures"
+    );
+    // Each of b's failed answers was retried on a (`retry_on` has 503): no client saw one.
+    assert!(from_b.is_empty(), "{from_b:?}");
     assert!(other_errors.is_empty(), "{other_errors:?}");
     let metrics = gw.get("/metrics").await.unwrap().text;
     assert!(

@@ -373,13 +373,6 @@ async fn a_failure_seen_by_one_replica_reaches_all_within_300ms() {
         wall_secs() - t2 < 5.0,
         "found by the request path, not by a check"
     );
-    let r = request.await.unwrap().unwrap();
-    assert!(
-        r.status >= 500,
-        "no backend left for m-1: {} {}",
-        r.status,
-        r.text
-    );
     let seen_by = fleet.gateways[1].endpoint("ep-1").await.unwrap();
     assert_eq!(seen_by["checked_by"], "pod-0", "{seen_by}");
     assert_eq!(seen_by["source"], "shared", "{seen_by}");
@@ -392,6 +385,13 @@ async fn a_failure_seen_by_one_replica_reaches_all_within_300ms() {
     assert_eq!(
         (e["source"].as_str(), e["pod_id"].as_str()),
         (Some("shared"), Some("pod-0"))
+    );
+    let r = request.await.unwrap().unwrap();
+    assert!(
+        r.status >= 500,
+        "no backend left for m-1: {} {}",
+        r.status,
+        r.text
     );
 }
 

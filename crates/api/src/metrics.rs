@@ -43,6 +43,8 @@ pub const PROXY_RETRIES_TOTAL: &str = "hale_proxy_retries_total";
 pub const COORD_REDIS_UP: &str = "hale_coord_redis_up";
 pub const COORD_CHECKS_SKIPPED_TOTAL: &str = "hale_coord_checks_skipped_total";
 pub const COORD_REJECTED_TOTAL: &str = "hale_coord_rejected_total";
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "hale_outlier_ejections_total";
+pub const OUTLIER_WITHHELD_TOTAL: &str = "hale_outlier_ejections_withheld_total";
 
 /// Buckets of `hale_health_check_duration_seconds`: a local check answers in a millisecond, a
 /// check that times out takes seconds.
@@ -217,11 +219,11 @@ fn describe_all() {
         "Values read from Redis or its channel that were refused, by kind (due, fence, malformed, signature)."
     );
     describe_counter!(
-        hale_proxy::metrics::OUTLIER_EJECTIONS_TOTAL,
+        OUTLIER_EJECTIONS_TOTAL,
         "Endpoints this replica ejected from its traffic, by endpoint and signal."
     );
     describe_counter!(
-        hale_proxy::metrics::OUTLIER_WITHHELD_TOTAL,
+        OUTLIER_WITHHELD_TOTAL,
         "Ejections refused because too few of a model's endpoints would remain."
     );
 }
