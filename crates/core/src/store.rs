@@ -259,6 +259,23 @@ struct Slot {
 }
 
 impl Slot {
+    /// Records that this replica's traffic (not a check) just changed the state: the verdict
+    /// is `pod`'s own, `source: passive`, fresher than any fenced result; and, when results
+    /// are shared, the passive result to publish.
+    fn took_passive(&mut self, pod: Arc<str>, share: bool, now: Now) -> Option<LocalResult> {
+        self.checked_by = Some(pod);
+        self.source = Source::Passive;
+        self.unfenced_at = Some(now.wall);
+        share.then(|| LocalResult {
+            endpoint: self.endpoint.name.clone(),
+            result: SharedResult {
+                checked_at: now.wall,
+                ..self.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
+            },
+            planned_next: self.machine.next_delay(now.mono, 0.5),
+        })
+    }
+
     /// The slot's health in the form replicas exchange.
     fn shared_result(&self, kind: ResultKind, fence: FenceToken, now: Now) -> SharedResult {
         let m = &self.machine;
@@ -563,17 +580,7 @@ impl HealthStore {
         let Some(t) = slot.machine.eject(until, Arc::from(error)) else {
             return Ejected::NotRoutable;
         };
-        slot.checked_by = Some(pod);
-        slot.source = Source::Passive;
-        slot.unfenced_at = Some(now.wall);
-        let local = share.then(|| LocalResult {
-            endpoint: slot.endpoint.name.clone(),
-            result: SharedResult {
-                checked_at: now.wall,
-                ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
-            },
-            planned_next: slot.machine.next_delay(now.mono, 0.5),
-        });
+        let local = slot.took_passive(pod, share, now);
         let event = self.commit(&mut w, i, now.wall, Some((t, Source::Passive)));
         drop(w);
         self.forward(local);
@@ -741,25 +748,7 @@ impl HealthStore {
     /// A connection failure on the request path: `name` turns unhealthy at once if it was
     /// routable, and the attached coordination is told. Returns the event if it changed.
     pub fn passive_failure(&self, name: &str, result: &CheckResult, now: Now) -> Option<Event> {
-        let pod = self.pod_id.clone();
-        let share = self.coordination.get().is_some();
-        let (local, event) = self.with_slot(name, now.wall, |slot| {
-            let t = slot.machine.passive_failure(result)?;
-            slot.checked_by = Some(pod);
-            slot.source = Source::Passive;
-            slot.unfenced_at = Some(now.wall);
-            let local = share.then(|| LocalResult {
-                endpoint: slot.endpoint.name.clone(),
-                result: SharedResult {
-                    checked_at: now.wall,
-                    ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
-                },
-                planned_next: slot.machine.next_delay(now.mono, 0.5),
-            });
-            Some((local, Some((t, Source::Passive))))
-        })?;
-        self.forward(local);
-        event
+        self.traffic_step(name, now, false, |m| m.passive_failure(result))
     }
 
     /// A 429 answered to a request (not a probe): `name` is not routable until its
@@ -779,7 +768,7 @@ impl HealthStore {
     /// `recovering`, one trial request at a time. Shared like a passive failure. Returns the
     /// event if it changed; nothing for an active endpoint or another state.
     pub fn allow_trial(&self, name: &str, now: Now) -> Option<Event> {
-        self.passive_step(name, now, |m| m.allow_trial(now.mono))
+        self.traffic_step(name, now, true, |m| m.allow_trial(now.mono))
     }
 
     /// A request to a `recovering` passive endpoint succeeded (the proxy says so);
@@ -787,36 +776,27 @@ impl HealthStore {
     /// changes the state. Returns the event if it changed; nothing for an active endpoint
     /// (its checks decide) or another state.
     pub fn passive_success(&self, name: &str, now: Now) -> Option<Event> {
-        self.passive_step(name, now, |m| m.passive_success())
+        self.traffic_step(name, now, true, |m| m.passive_success())
     }
 
-    /// Applies `step` to the machine of passive endpoint `name`; records and shares it as a
-    /// passive result when it changed the state.
-    fn passive_step(
+    /// Applies `step`, something traffic told about `name` (only for `check: passive`
+    /// endpoints when `passive_only`), to its machine; records and shares it as a passive
+    /// result when it changed the state.
+    fn traffic_step(
         &self,
         name: &str,
         now: Now,
+        passive_only: bool,
         step: impl FnOnce(&mut HealthMachine) -> Option<Transition>,
     ) -> Option<Event> {
         let pod = self.pod_id.clone();
         let share = self.coordination.get().is_some();
         let (local, event) = self.with_slot(name, now.wall, |slot| {
-            if !slot.endpoint.check.is_passive() {
+            if passive_only && !slot.endpoint.check.is_passive() {
                 return None;
             }
-            let changed = step(&mut slot.machine);
-            let t = changed?;
-            slot.checked_by = Some(pod);
-            slot.source = Source::Passive;
-            slot.unfenced_at = Some(now.wall);
-            let local = share.then(|| LocalResult {
-                endpoint: slot.endpoint.name.clone(),
-                result: SharedResult {
-                    checked_at: now.wall,
-                    ..slot.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
-                },
-                planned_next: slot.machine.next_delay(now.mono, 0.5),
-            });
+            let t = step(&mut slot.machine)?;
+            let local = slot.took_passive(pod, share, now);
             Some((local, Some((t, Source::Passive))))
         })?;
         self.forward(local);
