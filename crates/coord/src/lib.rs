@@ -42,7 +42,7 @@
 //! Every replica asks for a round `offset` after it is due, where `spread` = a quarter
 //! interval, at most 2 s ([`rounds`]). The offset comes from the replica's rank among the
 //! replicas it knows to be live, by a hash of (pod id, endpoint, round): rank 0 asks at once,
-//! rank 1 at half the spread, the rest at three quarters. So the winner is a fair draw among
+//! rank 1 at half the spread, the rest after the whole spread. So the winner is a fair draw among
 //! the live replicas, with no membership list to configure (pods are learned from the
 //! results and announcements they publish), and a dead replica simply stops being ranked.
 //! The winner's grant is announced on the channel (`taken`), and its result follows: the
