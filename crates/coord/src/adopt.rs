@@ -149,7 +149,7 @@ impl Adopter {
 
     /// Another replica announced it took `endpoint`'s round for at most `lease` (bounded by
     /// this replica's own longest lease: a forged announcement delays nothing past that, and
-    /// never past the watchdog's deadline).
+    /// never more than the round lease past the watchdog's deadline).
     pub fn taken(&self, endpoint: &str, owner: &str, lease: Duration) {
         let Some(r) = self.book.rounds_of(endpoint) else {
             return;

@@ -6,7 +6,9 @@
 //! The watchdog: per endpoint, when this replica last saw a *fresh* result (its own check,
 //! or a remote result its store adopted) and the delay its own config planned after it.
 //! Every wait this module hands out ends by `fresh + planned + spread` (the *deadline*),
-//! whatever Redis said; see [`crate::coordinator`] for what happens past it.
+//! whatever Redis said, with one bounded exception: a round another replica announced it
+//! took (`taken`) is waited for up to the round lease past the deadline, as a `Busy` answer
+//! is; see [`crate::coordinator`] for what happens past it.
 
 use crate::cache::RoundLease;
 use crate::lock;
@@ -294,7 +296,16 @@ impl Book {
             (st.known_due, st.round, st.held_until)
         };
         if now >= deadline {
-            return Err(deadline);
+            // A round another replica announced it took is demonstrably in flight: its
+            // result may come up to the round lease past the deadline (the same slack a
+            // `Busy` answer gets), never later, however often the announcement repeats.
+            let limit = deadline + r.lease_ttl;
+            return match held {
+                Some(until) if now < until && now < limit => {
+                    Ok(until.min(limit).saturating_duration_since(now))
+                }
+                _ => Err(deadline),
+            };
         }
         if let Some(due) = known {
             let at = due + self.offset(r, round, holder);
@@ -357,5 +368,55 @@ impl Book {
 
     pub fn lock_ttl(&self) -> Duration {
         self.lock_ttl
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hale_core::{EndpointConfig, EndpointKind};
+
+    fn book() -> (Book, Arc<Rounds>) {
+        let mut c = EndpointConfig::new("e", "http://127.0.0.1:9", EndpointKind::Vllm);
+        c.check_interval = Duration::from_secs(1);
+        c.check_timeout = Duration::from_millis(500);
+        c.startup.timeout = Duration::from_millis(500);
+        let e = Arc::new(c.resolve("e").unwrap());
+        let book = Book::new(Arc::from("me"), &[e], Duration::from_secs(60));
+        let r = book.rounds_of("e").unwrap();
+        (book, r)
+    }
+
+    /// A `taken` announcement may hold this replica past its deadline by at most the round
+    /// lease, however often it is repeated (a forged one included).
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_round_is_waited_for_at_most_a_lease_past_the_deadline() {
+        let (book, r) = book();
+        r.fresh(Duration::from_secs(1));
+        let deadline = r.deadline();
+        let limit = deadline + r.lease_ttl;
+        assert_eq!(r.lease_ttl, Duration::from_secs(1));
+        // Not announced: past the deadline it asks.
+        tokio::time::advance(Duration::from_millis(1300)).await;
+        assert_eq!(book.cached(&r, Instant::now(), None), Err(deadline));
+        // Announced over and over (each for a whole minute): it waits, but only to the limit.
+        loop {
+            r.taken(Duration::from_secs(60));
+            let now = Instant::now();
+            match book.cached(&r, now, None) {
+                Ok(wait) => {
+                    assert!(now < limit && now + wait <= limit, "{wait:?}");
+                    tokio::time::advance(Duration::from_millis(100)).await;
+                }
+                Err(d) => {
+                    assert_eq!(d, deadline);
+                    assert!(now >= limit);
+                    break;
+                }
+            }
+        }
+        // A fresh result resets the deadline and the announcement.
+        r.adopted(None, Duration::from_secs(1));
+        assert!(book.cached(&r, Instant::now(), None).is_err());
     }
 }

@@ -161,11 +161,12 @@ impl ResultCache {
         &self.conn
     }
 
-    /// One small write (see the PROBE script): Redis answers and accepts writes.
+    /// One small write (see the PROBE script): Redis answers and accepts writes, within
+    /// [`REJOIN_OP_TIMEOUT`](crate::conn::REJOIN_OP_TIMEOUT) (only the rejoin probes).
     pub async fn probe(&self) -> Result<(), RedisFailure> {
         let key = self.keys.probe();
         self.conn
-            .run(async |c| {
+            .run_within(crate::conn::REJOIN_OP_TIMEOUT, async |c| {
                 PROBE_SCRIPT
                     .key(&key)
                     .arg(&*self.owner)
@@ -424,10 +425,21 @@ impl ResultCache {
         &self,
         endpoints: &[Arc<str>],
     ) -> Result<Vec<(Arc<str>, Result<StoredResult, WireError>)>, RedisFailure> {
+        self.read_all_within(endpoints, crate::conn::OP_TIMEOUT)
+            .await
+    }
+
+    /// [`read_all`](Self::read_all) within `limit` instead of the usual bound (the rejoin's
+    /// re-read).
+    pub async fn read_all_within(
+        &self,
+        endpoints: &[Arc<str>],
+        limit: std::time::Duration,
+    ) -> Result<Vec<(Arc<str>, Result<StoredResult, WireError>)>, RedisFailure> {
         let keys: Vec<String> = endpoints.iter().map(|e| self.keys.result(e)).collect();
         let replies: Vec<Value> = self
             .conn
-            .run(async |c| {
+            .run_within(limit, async |c| {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 pipe.cmd("TIME");

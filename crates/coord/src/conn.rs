@@ -8,7 +8,7 @@
 //! - Nothing is opened at start; the first operation connects, bounded by [`CONNECT_TIMEOUT`],
 //!   so the gateway starts and serves with Redis unreachable. Concurrent operations wait for
 //!   that one connect rather than opening their own.
-//! - Every command is bounded by [`OP_TIMEOUT`]. A timeout is a failed operation but keeps the
+//! - Every command is bounded by [`OP_TIMEOUT`] (the rejoin's by [`REJOIN_OP_TIMEOUT`]). A timeout is a failed operation but keeps the
 //!   connection (the answer may just be late); a transport error (reset, refused, closed)
 //!   drops it, and the next operation reconnects. A generation number makes sure a failure
 //!   on an old connection never drops a newer one.
@@ -27,6 +27,11 @@ use tokio::time::timeout;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest one command or script may take.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest the rejoin's probe and re-reads may take. They delay no check (every round is
+/// local until the rejoin is done), and a replica checking every endpoint itself on a
+/// saturated host reads answers late: with [`OP_TIMEOUT`] it could never prove Redis usable
+/// again and stayed in local fallback, checking everything, for good.
+pub const REJOIN_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a Redis operation did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +164,17 @@ impl RedisConn {
     where
         F: AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     {
+        self.run_within(OP_TIMEOUT, op).await
+    }
+
+    /// [`run`](Self::run) with another bound than [`OP_TIMEOUT`] (the rejoin's
+    /// [`REJOIN_OP_TIMEOUT`]).
+    pub async fn run_within<T, F>(&self, limit: Duration, op: F) -> Result<T, RedisFailure>
+    where
+        F: AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    {
         let (generation, mut conn) = self.get().await?;
-        let result = match timeout(OP_TIMEOUT, op(&mut conn)).await {
+        let result = match timeout(limit, op(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(RedisFailure::from_redis(e)),
             Err(_) => Err(RedisFailure::Timeout),

@@ -16,10 +16,15 @@
 //!
 //! # Errors never speed a replica up
 //!
-//! A Redis operation that fails for any reason (unreachable, timeout, script error, an answer
-//! of the wrong shape) makes that round local: `Check` with [`FenceToken::LOCAL`], the due
-//! time this replica knew is forgotten, and `next_wait` returns the state machine's own
-//! `planned` delay — never a wait computed from a due time that has passed.
+//! A Redis operation that fails (unreachable, script error, an answer of the wrong shape, a
+//! timeout past the watchdog's deadline) makes that round local: `Check` with
+//! [`FenceToken::LOCAL`], the due time this replica knew is forgotten, and `next_wait` returns
+//! the state machine's own `planned` delay — never a wait computed from a due time that has
+//! passed. An acquire that *timed out* before the deadline is the one exception: it is a
+//! `Skip` until the deadline (never later), because on a starved host the answer is merely
+//! late — the round is being checked, maybe under a lease this replica was granted without
+//! hearing of it — and a replica that cannot keep up should lean on the fleet's results,
+//! not add checks. At the deadline it asks again, and a second failure is a local round.
 //!
 //! # The watchdog
 //!
@@ -324,6 +329,17 @@ impl Core {
         let now = Instant::now();
         let watchdog = now >= deadline;
         match reply {
+            // A timeout on a host too busy to read the answer in time, before the watchdog's
+            // deadline: the round may well be checked (even granted to this replica, the
+            // lease then runs out), so lean on the fleet's result until the deadline rather
+            // than add a check. Past the deadline, and for every other failure, the round is
+            // local.
+            Err(e @ RedisFailure::Timeout) if now < deadline => {
+                self.health.failed("acquiring a round", &e);
+                Decision::Skip {
+                    retry_in: deadline.saturating_duration_since(now).max(MIN_RETRY),
+                }
+            }
             Err(e) => {
                 self.health.failed("acquiring a round", &e);
                 self.local(&r)

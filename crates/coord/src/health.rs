@@ -8,7 +8,12 @@
 //! *down* on evidence that persists — [`FAILS_TO_DOWN`] consecutive failed operations, or
 //! more than half of at least [`WINDOW_MIN_OPS`] operations in the last [`WINDOW`] — and at
 //! most once per [`MIN_DOWN_GAP`]: failures within that time of the last outage keep the
-//! replica coordinating, each failed round checked locally. While down no task touches
+//! replica coordinating, each failed round checked locally. A *timeout* is evidence only
+//! when Redis has answered nothing for [`SILENT_FOR`]: while other operations on the same
+//! connection get answers, a late one is a starved event loop (a replica sharing a
+//! saturated host), not an unreachable Redis, and declaring an outage then would make the
+//! replica check every endpoint itself, the opposite of what an overloaded fleet needs.
+//! While down no task touches
 //! Redis except the subscriber, which probes with a small write every
 //! [`RECONNECT_EVERY`](crate::RECONNECT_EVERY); Redis is *up* again once the probes have
 //! succeeded for [`REJOIN_AFTER`] without a failure and the subscriber has re-subscribed and
@@ -40,6 +45,8 @@ pub const REJOIN_AFTER: Duration = Duration::from_secs(2);
 pub const MIN_DOWN_GAP: Duration = Duration::from_secs(60);
 /// How often one kind of failure or refusal is logged at WARN at most.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
+/// A timeout counts toward an outage only when no operation succeeded for this long.
+pub const SILENT_FOR: Duration = Duration::from_secs(3);
 /// Operations remembered for the failure rate (the window is also bounded by time).
 const WINDOW_CAP: usize = 1024;
 
@@ -59,6 +66,7 @@ pub struct Detector {
     window: VecDeque<(Instant, bool)>,
     last_down: Option<Instant>,
     healthy_since: Option<Instant>,
+    last_ok: Option<Instant>,
 }
 
 impl Default for Detector {
@@ -77,6 +85,7 @@ impl Detector {
             window: VecDeque::new(),
             last_down: None,
             healthy_since: None,
+            last_ok: None,
         }
     }
 
@@ -96,6 +105,7 @@ impl Detector {
         }
         self.window.push_back((now, ok));
         if ok {
+            self.last_ok = Some(now);
             self.consecutive = 0;
             return None;
         }
@@ -116,6 +126,18 @@ impl Detector {
             return Some(Flip::Down);
         }
         None
+    }
+
+    /// An operation timed out: recorded as a failure only if Redis has answered nothing for
+    /// [`SILENT_FOR`] (see the module docs); returns `Down` if this makes an outage.
+    pub fn timed_out(&mut self, now: Instant) -> Option<Flip> {
+        if self
+            .last_ok
+            .is_some_and(|at| now.saturating_duration_since(at) < SILENT_FOR)
+        {
+            return None;
+        }
+        self.record(false, now)
     }
 
     /// The subscriber's probe succeeded; returns whether Redis has now been healthy long
@@ -229,7 +251,13 @@ impl Health {
             tracing::debug!(error = %text, "Redis operation failed");
         }
         *lock(&self.last_error) = Some(text.clone());
-        let flip = lock(&self.detector).record(false, Instant::now());
+        let flip = {
+            let mut detector = lock(&self.detector);
+            match e {
+                RedisFailure::Timeout => detector.timed_out(Instant::now()),
+                _ => detector.record(false, Instant::now()),
+            }
+        };
         if flip == Some(Flip::Down) && self.available.swap(false, Ordering::AcqRel) {
             self.redis_up.set(0.0);
             tracing::warn!(
@@ -297,6 +325,26 @@ mod tests {
         assert_eq!(d.record(false, Instant::now()), Some(Flip::Down));
         assert!(!d.is_up());
         assert_eq!(d.record(false, Instant::now()), None, "declared once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_while_redis_answers_are_no_outage_but_silence_is() {
+        let mut d = up();
+        // A starved event loop: most operations time out, a few get their answer.
+        for _ in 0..50 {
+            d.record(true, Instant::now());
+            for _ in 0..10 {
+                assert_eq!(d.timed_out(Instant::now()), None);
+            }
+            advance(Duration::from_millis(200)).await;
+        }
+        assert!(d.is_up());
+        // A Redis that answers nothing: after SILENT_FOR, three timeouts in a row are one.
+        advance(SILENT_FOR).await;
+        assert_eq!(d.timed_out(Instant::now()), None);
+        assert_eq!(d.timed_out(Instant::now()), None);
+        assert_eq!(d.timed_out(Instant::now()), Some(Flip::Down));
+        assert!(!d.is_up());
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,14 +6,18 @@
 //! comes from a *rank*: every replica draws a hash of (pod id, endpoint, round) for itself and
 //! for every replica it knows to be live ([`Members`]: pods whose results or round
 //! announcements it saw recently), and ranks itself among them. Rank 0 asks at once (within
-//! an eighth of the spread), rank 1 at half the spread, everyone else at three quarters: the
-//! first to ask — who wins — is a fair draw among the live replicas, and the others normally
-//! learn the result (or the winner's `taken` announcement) before their turn comes, so a
-//! round costs one acquire however many replicas run (with independent uniform offsets, the
-//! gap between the first two asks shrinks as 1/N and more and more replicas ask while the
-//! round is being checked). A dead rank 0 costs the round half a spread; a replica others
-//! do not know yet ranks itself among those it knows, so at worst two ask at once until its
-//! first result makes it known. The hash (not a random number) keeps it reproducible.
+//! an eighth of the spread), rank 1 at half the spread, everyone else after the whole
+//! spread: the first to ask — who wins — is a fair draw among the live replicas, and the
+//! others normally learn the result (or the winner's `taken` announcement) before their turn
+//! comes, so a round costs one acquire however many replicas run (with independent uniform
+//! offsets, the gap between the first two asks shrinks as 1/N and more and more replicas ask
+//! while the round is being checked). Ranks 2 and up ask only as late as the watchdog lets
+//! them (about when their deadline comes): they are the fallback for two dead replicas, and
+//! on a saturated host, where announcements arrive a few hundred ms late, asking earlier
+//! (it was three quarters of the spread) made every round cost several `Busy` answers. A
+//! dead rank 0 costs the round half a spread; a replica others do not know yet ranks itself
+//! among those it knows, so at worst two ask at once until its first result makes it known.
+//! The hash (not a random number) keeps it reproducible.
 //!
 //! In global mode the lease holder asks at offset 0 and everyone else only after `spread`
 //! (plus their own hashed offset): the holder checks every round while it lives, and if it
@@ -89,7 +93,7 @@ pub fn offset(
             let base = match rank {
                 0 => 0.0,
                 1 => 0.5,
-                _ => 0.75,
+                _ => 1.0,
             };
             spread.mul_f64(base + mine / 8.0)
         }

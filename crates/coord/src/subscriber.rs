@@ -18,7 +18,7 @@
 use crate::adopt::Adopter;
 use crate::book::Book;
 use crate::cache::ResultCache;
-use crate::conn::{CONNECT_TIMEOUT, OP_TIMEOUT, RedisFailure};
+use crate::conn::{CONNECT_TIMEOUT, REJOIN_OP_TIMEOUT, RedisFailure};
 use crate::health::Health;
 use crate::rejected::Kind;
 use crate::wire;
@@ -31,6 +31,9 @@ use tokio::time::{sleep, timeout};
 
 /// How often a replica without Redis tries to reach it again.
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// How many result keys one re-read reads per round trip.
+pub const RESYNC_CHUNK: usize = 100;
 
 /// The subscriber task's handles; it alone says when the first contact is done.
 #[derive(Debug)]
@@ -91,16 +94,19 @@ impl Subscriber {
     /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
     async fn subscribe(&self) -> Result<PubSub, RedisFailure> {
         let mut pubsub = timeout(
-            CONNECT_TIMEOUT,
+            CONNECT_TIMEOUT.max(REJOIN_OP_TIMEOUT),
             self.cache.conn().client().get_async_pubsub(),
         )
         .await
         .map_err(|_| RedisFailure::Unreachable("pub/sub connect timed out".to_owned()))?
         .map_err(RedisFailure::from_redis)?;
-        timeout(OP_TIMEOUT, pubsub.subscribe(self.cache.keys().channel()))
-            .await
-            .map_err(|_| RedisFailure::Timeout)?
-            .map_err(RedisFailure::from_redis)?;
+        timeout(
+            REJOIN_OP_TIMEOUT,
+            pubsub.subscribe(self.cache.keys().channel()),
+        )
+        .await
+        .map_err(|_| RedisFailure::Timeout)?
+        .map_err(RedisFailure::from_redis)?;
         Ok(pubsub)
     }
 
@@ -127,20 +133,25 @@ impl Subscriber {
         true
     }
 
-    /// Re-reads the result of every configured endpoint and applies it.
+    /// Re-reads the result of every configured endpoint and applies it, [`RESYNC_CHUNK`]
+    /// keys per round trip, each within [`REJOIN_OP_TIMEOUT`]: one pipeline of every key
+    /// (thousands) could not be answered and parsed within one operation's timeout on a
+    /// starved host, so a replica would never rejoin.
     async fn resync(&self) -> Result<(), RedisFailure> {
         let roster = self.book.roster();
-        let stored = self.cache.read_all(&roster.order).await?;
-        self.health.ok();
-        let found = stored.len();
-        let mut adopted = 0;
-        for (name, parsed) in stored {
-            match parsed {
-                Ok(s) => adopted += usize::from(self.adopter.apply(s)),
-                Err(e) => self
-                    .adopter
-                    .rejected()
-                    .reject(Kind::of(&e), &name, &e.to_string()),
+        let (mut found, mut adopted) = (0, 0);
+        for chunk in roster.order.chunks(RESYNC_CHUNK) {
+            let stored = self.cache.read_all_within(chunk, REJOIN_OP_TIMEOUT).await?;
+            self.health.ok();
+            found += stored.len();
+            for (name, parsed) in stored {
+                match parsed {
+                    Ok(s) => adopted += usize::from(self.adopter.apply(s)),
+                    Err(e) => self
+                        .adopter
+                        .rejected()
+                        .reject(Kind::of(&e), &name, &e.to_string()),
+                }
             }
         }
         tracing::debug!(

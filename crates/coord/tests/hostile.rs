@@ -725,3 +725,76 @@ async fn a_slow_answer_is_one_local_round_not_an_outage() {
     assert!(matches!(d, Decision::Check { .. }));
     assert!(a.coord.redis_available());
 }
+
+/// An acquire that times out before the watchdog's deadline (a starved host reading its
+/// answers late) is a `Skip` until that deadline, not an extra check; the round after is
+/// coordinated as before.
+#[tokio::test]
+async fn an_acquire_timeout_before_the_deadline_skips_to_it_instead_of_checking() {
+    const SLOW: Duration = Duration::from_secs(4);
+    let redis = RedisServer::start().await.unwrap();
+    let mut raw = redis.client().await.unwrap();
+    let mut c = EndpointConfig::new("e", "http://127.0.0.1:9", EndpointKind::Vllm);
+    c.check_interval = SLOW;
+    c.check_timeout = Duration::from_millis(200);
+    c.startup.period = SLOW;
+    c.startup.timeout = Duration::from_millis(200);
+    let health = HealthConfig {
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        jitter: 0.0,
+        ..HealthConfig::default()
+    };
+    let store = Arc::new(HealthStore::new(
+        "pod-a",
+        vec![c.resolve("e").unwrap()],
+        &health,
+        Now::capture(),
+    ));
+    let coord = Coordinator::start(&config(&redis), "pod-a", &store).unwrap();
+    coord.first_contact(Duration::from_secs(2)).await;
+    let a = Replica { store, coord };
+    let checked = tokio::time::Instant::now();
+    assert!(matches!(a.check(&ok()).await, Decision::Check { fence } if !fence.is_local()));
+    stored_by(&redis, &a).await;
+    // The next round is due 4 s on (this replica asks within an eighth of the 1 s spread
+    // after that); the deadline (fresh + planned + spread) 5 s on.
+    tokio::time::sleep_until(checked + SLOW + SLOW / 32 + Duration::from_millis(50)).await;
+    cmd(&mut raw, &["CLIENT", "PAUSE", "700", "ALL"]).await;
+    let asked = tokio::time::Instant::now();
+    match a.check(&ok()).await {
+        Decision::Skip { retry_in } => {
+            let deadline = checked + SLOW + SLOW / 4;
+            assert!(
+                asked + Duration::from_millis(500) + retry_in
+                    <= deadline + Duration::from_millis(100),
+                "skips to the deadline, not past it: {retry_in:?}"
+            );
+        }
+        d => panic!("a timed-out acquire before the deadline checks nothing: {d:?}"),
+    }
+    let s = a.coord.status();
+    assert_eq!(s.errors_total, 1, "{s:?}");
+    assert!(
+        a.coord.redis_available(),
+        "one late answer is not an outage"
+    );
+    // Redis answers again: the round is coordinated (granted), not local.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = eventually(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || async {
+            match a.check(&ok()).await {
+                d @ Decision::Check { .. } => Some(d),
+                Decision::Skip { .. } => None,
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(d, Decision::Check { fence } if !fence.is_local()),
+        "{d:?}"
+    );
+}
