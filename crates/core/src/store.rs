@@ -922,6 +922,13 @@ impl HealthStore {
             report.removed = old.into_keys().collect();
             report.removed.sort();
             w.index = index_of(&slots);
+            // A removed endpoint's check-request signal goes with it (its task has ended), so
+            // years of reloads with changing names keep the map at the configured size.
+            let index = w.index.clone();
+            self.check_requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|name, _| index.contains_key(name));
             if slots.is_empty() {
                 w.ready = true;
             }
@@ -1848,6 +1855,26 @@ mod tests {
         );
     }
 
+    /// Reloads that remove endpoints drop their check-request signals: the map holds the
+    /// configured endpoints only, however many names came and went.
+    #[test]
+    fn removed_endpoints_leave_no_check_request_signal_behind() {
+        let url = "http://127.0.0.1:9";
+        let s = store();
+        s.request_check("a");
+        s.request_check("b");
+        for round in 0..100 {
+            let name = format!("gone-{round}");
+            s.reconcile(
+                vec![endpoint("a", url, 1.0), endpoint(&name, url, 1.0)],
+                Now::capture(),
+            );
+            s.request_check(&name);
+        }
+        s.reconcile(vec![endpoint("a", url, 1.0)], Now::capture());
+        let names: Vec<Arc<str>> = s.check_requests.lock().unwrap().keys().cloned().collect();
+        assert_eq!(names, [Arc::<str>::from("a")]);
+    }
     #[tokio::test(start_paused = true)]
     async fn check_requests_reach_the_waiting_task_and_are_kept_until_then() {
         let s = store();
