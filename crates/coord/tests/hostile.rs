@@ -338,10 +338,10 @@ impl Replica {
         decision
     }
 
-    /// Checks `e` in a coordinated round (within 3 s) and waits until `other` holds the
-    /// result's fence: the subscriber on the other side is alive and adopting.
-    async fn coordinated_result_reaches(&self, other: &Replica) {
-        let fence = eventually(
+    /// Asks until a round is granted under a real fence (within 3 s) and records a good
+    /// check under it: Redis coordinates this replica again. Returns the fence.
+    async fn coordinated_check(&self) -> FenceToken {
+        eventually(
             Duration::from_secs(3),
             Duration::from_millis(50),
             || async {
@@ -352,7 +352,13 @@ impl Replica {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Checks `e` in a coordinated round (within 3 s) and waits until `other` holds the
+    /// result's fence: the subscriber on the other side is alive and adopting.
+    async fn coordinated_result_reaches(&self, other: &Replica) {
+        let fence = self.coordinated_check().await;
         eventually(Duration::from_secs(2), POLL, || async {
             (other.store.fence("e").unwrap() == fence).then_some(())
         })
@@ -539,19 +545,7 @@ async fn a_script_error_is_a_local_round_at_the_own_cadence_then_an_outage() {
     .await
     .unwrap();
     tokio::time::sleep(INTERVAL).await;
-    let d = eventually(
-        Duration::from_secs(3),
-        Duration::from_millis(50),
-        || async {
-            match a.check(&ok()).await {
-                d @ Decision::Check { fence } if !fence.is_local() => Some(d),
-                _ => None,
-            }
-        },
-    )
-    .await
-    .unwrap();
-    assert!(matches!(d, Decision::Check { .. }));
+    a.coordinated_check().await;
 }
 
 #[tokio::test]
@@ -710,19 +704,7 @@ async fn a_slow_answer_is_one_local_round_not_an_outage() {
     );
     // Once Redis answers again, the next round is coordinated as before.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let d = eventually(
-        Duration::from_secs(3),
-        Duration::from_millis(50),
-        || async {
-            match a.check(&ok()).await {
-                d @ Decision::Check { fence } if !fence.is_local() => Some(d),
-                _ => None,
-            }
-        },
-    )
-    .await
-    .unwrap();
-    assert!(matches!(d, Decision::Check { .. }));
+    a.coordinated_check().await;
     assert!(a.coord.redis_available());
 }
 
