@@ -355,7 +355,10 @@ async fn killing_a_backend_under_load_fails_only_what_it_had_read() -> anyhow::R
     let gw = Gateway::start(&config(
         "",
         "  unhealthy_threshold: 3\n  healthy_threshold: 1\n  max_backoff: 2s\n",
-        "  breaker: { failure_threshold: 5, open_for: 3s }\n",
+        // When several requests b had read fail at the kill, outlier detection may eject it
+        // before a connect failure marks it; a short ejection keeps its return within reach
+        // of the restart below (the default 30 s would outlast it).
+        "  breaker: { failure_threshold: 5, open_for: 3s }\n  outlier: { base_ejection: 1s, max_ejection: 1s }\n",
         &[
             endpoint("a", &a.url(), "vllm", ""),
             endpoint("b", &b.url(), "vllm", ""),
@@ -452,11 +455,11 @@ async fn killing_a_backend_under_load_fails_only_what_it_had_read() -> anyhow::R
         .find(|e| e["endpoint"] == "b" && e["to"] == "unhealthy")
         .ok_or_else(|| anyhow::anyhow!("no unhealthy event for b: {events:?}"))?;
     assert_eq!(down["source"], "passive", "{down}");
+    let down_reason = down["reason"].as_str().unwrap_or("").to_owned();
     assert!(
         // A connect failure marks it at once; or, when requests it had read were dropped
         // first (several in flight at the kill), outlier detection ejects it after five.
-        ["connect_refused", "connection_reset", "outlier"]
-            .contains(&down["reason"].as_str().unwrap_or("")),
+        ["connect_refused", "connection_reset", "outlier"].contains(&down_reason.as_str()),
         "{down}"
     );
 
@@ -541,7 +544,11 @@ async fn killing_a_backend_under_load_fails_only_what_it_had_read() -> anyhow::R
     assert!(ok > 1000, "only {ok} requests in {LOAD:?}");
     assert!(before_kill > 0, "b took no traffic before the kill");
     assert!(b_after > 0, "b got no traffic after it was healthy again");
-    assert!(retries >= 1.0, "no retry was counted:\n{metrics}");
+    // A connect failure is retried on another endpoint; an outlier ejection (from requests
+    // b had read, answered 502 and not resent) may leave nothing to retry.
+    if down_reason != "outlier" {
+        assert!(retries >= 1.0, "no retry was counted:\n{metrics}");
+    }
     assert!(peak_mib < 32.0, "hale RSS peaked at {peak_mib:.1} MiB");
     Ok(())
 }
