@@ -37,6 +37,7 @@ mod coord_views;
 mod counts;
 pub mod error;
 mod events;
+pub mod events_stream;
 mod format;
 mod health_routes;
 pub mod metrics;
@@ -50,6 +51,7 @@ mod stats;
 mod status;
 #[cfg(test)]
 mod testing;
+pub mod ui;
 
 pub use config::ServerConfig;
 pub use error::ApiError;
