@@ -464,6 +464,9 @@ pub enum Gap {
 pub struct EventFollow {
     pub backlog: Vec<Event>,
     pub gap: Gap,
+    /// The `seq` of the newest event recorded before `live` was taken (0 for none): `live`
+    /// starts with the one after it.
+    pub newest: u64,
     pub live: broadcast::Receiver<Event>,
 }
 
@@ -708,17 +711,18 @@ impl HealthStore {
     pub fn follow_events(&self, from: Resume) -> EventFollow {
         let w = self.lock();
         let live = self.event_feed.subscribe();
+        let newest = w.next_seq.saturating_sub(1);
         let after = match from {
             Resume::Live => {
                 return EventFollow {
                     backlog: Vec::new(),
                     gap: Gap::None,
+                    newest,
                     live,
                 };
             }
             Resume::After(seq) => seq,
         };
-        let newest = w.next_seq.saturating_sub(1);
         let oldest = w.events.front().map_or(w.next_seq, |e| e.seq);
         let (gap, skip) = if after > newest {
             (Gap::Unknown, 0)
@@ -736,6 +740,7 @@ impl HealthStore {
         EventFollow {
             backlog: w.events.iter().skip(skip).cloned().collect(),
             gap,
+            newest,
             live,
         }
     }

@@ -52,6 +52,7 @@ async fn events_are_numbered_from_one_and_sent_live() {
     let mut follow = s.follow_events(Resume::Live);
     assert!(follow.backlog.is_empty());
     assert_eq!(follow.gap, Gap::None);
+    assert_eq!(follow.newest, 0);
     flip(&s, 3);
     assert_eq!(seqs(&s.events()), vec![1, 2, 3]);
     for expected in 1..=3 {
@@ -71,6 +72,7 @@ async fn resume_sends_what_follows_without_gap_or_repeat() {
     let mut follow = s.follow_events(Resume::After(2));
     assert_eq!(seqs(&follow.backlog), vec![3, 4, 5]);
     assert_eq!(follow.gap, Gap::None);
+    assert_eq!(follow.newest, 5);
     flip(&s, 1);
     assert_eq!(follow.live.try_recv().unwrap().seq, 6);
 
