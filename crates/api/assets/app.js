@@ -162,7 +162,7 @@
       if (!running) return;
       endpoints = list.endpoints;
       renderFleet(summary, shared);
-      renderEndpoints(list.endpoints, summary);
+      renderEndpoints(list.endpoints);
       renderModels(models.models);
       renderFilter();
       $('updated').textContent = 'updated ' + new Date().toLocaleTimeString(undefined, { hour12: false });
@@ -290,8 +290,9 @@
       ['Version', summary.version],
       ['Ready', summary.ready ? 'yes' : 'no', summary.ready ? 'yes' : 'no'],
       ['Shared mode', shared.shared_health_check_enabled ? (st.mode || summary.mode) : 'off (local checks)'],
-      ['Redis available', st.redis_available === undefined ? '–' : (st.redis_available ? 'yes' : 'no'),
-        st.redis_available === false ? 'no' : (st.redis_available ? 'yes' : '')],
+      shared.shared_health_check_enabled
+        ? ['Redis available', st.redis_available ? 'yes' : 'no', st.redis_available ? 'yes' : 'no']
+        : ['Redis available', '– (not used)'],
       ['Lease owner', st.lock_owner || '–'],
       ['Replicas seen', summary.replicas],
       ['Checks performed', st.checks_performed ?? '–'],
@@ -323,15 +324,12 @@
     const failures = checks.filter((c) => !c.ok).length;
     svg.setAttribute('data-checks', checks.length);
     svg.setAttribute('data-failures', failures);
-    const base = document.createElementNS(SVG, 'line');
-    base.setAttribute('x1', 0); base.setAttribute('x2', w);
-    base.setAttribute('y1', h - 0.5); base.setAttribute('y2', h - 0.5);
-    svg.append(base);
     const max = Math.max(1, ...checks.filter((c) => c.ok && c.latency_ms !== null).map((c) => c.latency_ms));
     const offset = 60 - checks.length;
     checks.forEach((c, i) => {
       const r = document.createElementNS(SVG, 'rect');
-      const bh = c.ok ? Math.max(2, ((c.latency_ms || 0) / max) * (h - 2)) : h;
+      // Square-root scale: one slow check does not flatten all the others.
+      const bh = c.ok ? Math.max(2, Math.sqrt((c.latency_ms || 0) / max) * (h - 2)) : h;
       r.setAttribute('x', ((offset + i) * slot).toFixed(2));
       r.setAttribute('y', (h - bh).toFixed(2));
       r.setAttribute('width', Math.max(1, slot - 1).toFixed(2));
@@ -350,7 +348,7 @@
     tr.dataset.endpoint = name;
     const cells = {};
     for (const k of ['ident', 'state', 'check', 'spark', 'models', 'traffic', 'actions']) {
-      cells[k] = el('td', k);
+      cells[k] = el('td', 'col-' + k);
       tr.append(cells[k]);
     }
     const toggle = el('button', 'drain', 'Drain');
@@ -368,7 +366,7 @@
     return rows.get(name);
   }
 
-  function renderEndpoints(list, summary) {
+  function renderEndpoints(list) {
     const tbody = document.querySelector('#endpoints tbody');
     const names = new Set(list.map((e) => e.name));
     for (const [name, row] of rows) {
@@ -424,7 +422,6 @@
       row.toggle.textContent = e.drained ? 'Enable' : 'Drain';
       row.toggle.className = e.drained ? 'enable' : 'drain';
     });
-    void summary;
   }
 
   function renderModels(models) {
