@@ -558,6 +558,51 @@ async fn with_a_token_the_page_asks_for_it_then_drains_from_the_page() -> anyhow
         .await?;
     assert_eq!(gw.endpoint("vllm").await?["drained"], false);
 
+    // Cancel leaves it alone; enable (confirmed) puts it back; check now reports its check.
+    browser
+        .click(Locator::Css("tr[data-endpoint=ollama] button.enable"))
+        .await?;
+    browser.click(Locator::Id("confirm-cancel")).await?;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('confirm').open;", vec![])
+            .await?,
+        false
+    );
+    assert_eq!(gw.endpoint("ollama").await?["drained"], true);
+    browser
+        .click(Locator::Css("tr[data-endpoint=ollama] button.enable"))
+        .await?;
+    browser.click(Locator::Id("confirm-ok")).await?;
+    eventually(Duration::from_secs(10), POLL, || async {
+        let e = gw.endpoint("ollama").await?;
+        anyhow::ensure!(e["drained"] == false, "ollama: drained {}", e["drained"]);
+        Ok(())
+    })
+    .await?;
+    let checks_before = gw.endpoint("llamacpp").await?["checks_total"]
+        .as_u64()
+        .unwrap();
+    browser
+        .click(Locator::Css("tr[data-endpoint=llamacpp] button.check"))
+        .await?;
+    browser.click(Locator::Id("confirm-ok")).await?;
+    let notice = browser
+        .until(
+            Duration::from_secs(10),
+            "the check's outcome",
+            "const n = document.getElementById('notice');
+             return !n.hidden && n.textContent.startsWith('check llamacpp: done') && n.textContent;",
+        )
+        .await?;
+    assert!(notice.as_str().unwrap().contains(": ok in "), "{notice}");
+    assert!(
+        gw.endpoint("llamacpp").await?["checks_total"]
+            .as_u64()
+            .unwrap()
+            > checks_before
+    );
+
     // The token never went into a URL, and nothing left 127.0.0.1.
     for u in browser.loaded_urls().await? {
         assert!(!u.contains(TOKEN), "token in a URL: {u}");

@@ -508,8 +508,14 @@
       }
       const body = await r.json().catch(() => ({}));
       if (r.ok) {
-        notice(todo.action + ' ' + todo.name + ': done' +
-          (body.state ? ' (now ' + body.state + ')' : ''), false);
+        let detail = '';
+        if (todo.action === 'check') {
+          detail = ': ' + (body.outcome || '?') + ' in ' + ms(body.latency_ms) +
+            (body.status ? ', now ' + body.status : '');
+        } else if (body.changed === false) {
+          detail = ': it already was';
+        }
+        notice(todo.action + ' ' + todo.name + ': done' + detail, false);
       } else {
         notice(todo.action + ' ' + todo.name + ' failed: ' +
           ((body.error && body.error.message) || 'HTTP ' + r.status), true);
