@@ -20,12 +20,14 @@
 //! as the client reads it. A subscriber that falls behind by more than the ring resumes from
 //! the log where it stood (no event lost while the log holds it), or gets a gap marker for
 //! what the log no longer has. The stream ends within [`DRAIN_CHECK`] of the process starting
-//! to drain, so an open page never holds a shutdown up to `shutdown_grace`.
+//! to drain, so an open page never holds a shutdown up to `shutdown_grace`. At most
+//! [`MAX_STREAMS`] streams are open at once per process; one more is a 503 with
+//! `Retry-After`, so open streams cannot add up without bound either.
 
 use crate::ApiState;
 use crate::error::ApiError;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
@@ -40,6 +42,9 @@ use tokio::sync::broadcast::error::RecvError;
 /// How long the stream may go without sending anything before a keep-alive comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The most event streams open at once.
+pub const MAX_STREAMS: usize = 256;
+
 /// How often an idle stream looks whether the process is draining.
 pub const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
@@ -49,6 +54,18 @@ pub(crate) async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let from = resume_point(&headers)?;
+    if state.store().event_followers() >= MAX_STREAMS {
+        let busy = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_error",
+            format!("{MAX_STREAMS} event streams are open already; try again later"),
+        );
+        let mut response = busy.into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok(response);
+    }
     let follow = state.store().follow_events(from);
     let opening = SseEvent::default().comment(format!("newest {}", follow.newest));
     let follower = Follower::new(state, follow, opening);
@@ -225,9 +242,14 @@ mod tests {
     }
 
     async fn open(f: &Fixture, last_event_id: Option<&str>) -> (StatusCode, Reader) {
+        open_bytes(f, last_event_id.map(str::as_bytes)).await
+    }
+
+    /// Opens the stream, with a `Last-Event-ID` of exactly these bytes if given.
+    async fn open_bytes(f: &Fixture, last_event_id: Option<&[u8]>) -> (StatusCode, Reader) {
         let mut request = Request::get("/internal/events/stream");
         if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
+            request = request.header("last-event-id", HeaderValue::from_bytes(id).unwrap());
         }
         let response = f.raw_request(request.body(Body::empty()).unwrap()).await;
         let status = response.status();
@@ -305,6 +327,8 @@ mod tests {
             let (status, _) = open(&f, Some(id)).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{id:?}");
         }
+        let (status, _) = open_bytes(&f, Some(b"\xff\xfe")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "not UTF-8");
         let r = f
             .request(
                 Request::get("/internal/events/stream")
@@ -318,6 +342,25 @@ mod tests {
             r.json()["error"]["message"],
             "Last-Event-ID must be the decimal id of an event"
         );
+    }
+
+    #[tokio::test]
+    async fn open_streams_are_bounded() {
+        let f = Fixture::new("");
+        let mut open_now = Vec::new();
+        for _ in 0..MAX_STREAMS {
+            let (status, r) = open(&f, None).await;
+            assert_eq!(status, StatusCode::OK);
+            open_now.push(r);
+        }
+        let r = f.get("/internal/events/stream", None).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.header("retry-after"), "5");
+        assert_eq!(r.json()["error"]["code"], 503);
+        // A closed one makes room.
+        open_now.pop();
+        let (status, _r) = open(&f, None).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -745,6 +745,11 @@ impl HealthStore {
         }
     }
 
+    /// How many followers ([`HealthStore::follow_events`]) are live now.
+    pub fn event_followers(&self) -> usize {
+        self.event_feed.receiver_count()
+    }
+
     /// The names of all endpoints, in configuration order.
     pub fn endpoint_names(&self) -> Vec<Arc<str>> {
         self.snapshot()
