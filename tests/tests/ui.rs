@@ -8,7 +8,7 @@
 //! timeline. With `admin_token` set the page shows only the token prompt until given the
 //! token (a wrong one is refused), then the data, and drains an endpoint from the page after
 //! a confirmation. The event stream delivers a transition to curl within 100 ms of the event
-//! and resumes from `Last-Event-ID`.
+//! and resumes from `Last-Event-ID`, and an open stream does not hold a SIGTERM shutdown.
 //!
 //! `HALE_UPDATE_SCREENSHOT=1` writes the page (three endpoints, one unhealthy) to
 //! `docs/ui.png`; without it the screenshot is taken and checked but not written, so a test
@@ -741,6 +741,28 @@ async fn the_event_stream_reaches_curl_within_100_ms_and_resumes() -> anyhow::Re
     assert_eq!(lines[3], "data: {\"missed\":null}", "{lines:?}");
     let (first, _, _) = unknown.event(|_| true).await?;
     assert_eq!(first, 1, "the whole log follows");
-    unknown.stop().await?;
+
+    // An open stream does not hold a shutdown for `shutdown_grace` (30 s): it ends when the
+    // drain starts, and the process exits 0.
+    let mut gw = gw;
+    let stopping = tokio::time::Instant::now();
+    gw.terminate().await?;
+    let status = gw.wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "{status}");
+    println!(
+        "exited {:?} after SIGTERM with a stream open",
+        stopping.elapsed()
+    );
+    // curl saw its stream end.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match unknown.lines.next_line().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "curl's stream did not end");
     Ok(())
 }
