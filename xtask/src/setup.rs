@@ -89,6 +89,28 @@ const REQUIREMENTS: &[Requirement] = &[
             packages: &["openai"],
         },
     },
+    // The status page suite (tests/tests/ui.rs) drives Debian's Chromium headless through
+    // chromedriver (WebDriver, the `fantoccini` crate).
+    // The same suite reads the event stream with the real `curl -N`.
+    Requirement {
+        name: "curl",
+        check: &["curl", "--version"],
+        source: Source::Apt { package: "curl" },
+    },
+    Requirement {
+        name: "chromium",
+        check: &["chromium", "--version"],
+        source: Source::Apt {
+            package: "chromium",
+        },
+    },
+    Requirement {
+        name: "chromedriver",
+        check: &["chromedriver", "--version"],
+        source: Source::Apt {
+            package: "chromium-driver",
+        },
+    },
     // `cargo xtask k8s` validates the manifests against the Kubernetes JSON schemas that ship
     // inside this package (k8s/schema.rs), offline. Pinned: which Kubernetes versions it
     // knows comes with the release, and the validation names the newest of them.

@@ -1,7 +1,8 @@
 //! `/internal/events`: the recent state transitions this replica knows of, newest last.
 //!
-//! Each event is core's [`Event`](hale_core::Event): `endpoint, from, to, reason, error, at,
-//! pod_id, source`. `?endpoint=NAME` keeps one endpoint's events (an endpoint that is not
+//! Each event is core's [`Event`](hale_core::Event): `seq, endpoint, from, to, reason, error,
+//! at, pod_id, source` (`seq` numbers this process's events from 1; the live feed of the same
+//! events is [`events_stream`](crate::events_stream)). `?endpoint=NAME` keeps one endpoint's events (an endpoint that is not
 //! configured is a 404, so a typo does not read as "nothing happened"), and `?limit=N` keeps
 //! the last N after filtering. A malformed query is a 400 in the usual error shape.
 

@@ -2,7 +2,9 @@
 //!
 //! Liveness and readiness for Kubernetes (`/livez`, `/readyz` and aliases), status and stats
 //! JSON (`/internal/status`, `/internal/status/endpoints`, `/internal/stats/models`), the event
-//! log of transitions (`/internal/events`), the shared coordination status
+//! log of transitions (`/internal/events`) and its live feed as Server-Sent Events
+//! (`/internal/events/stream`, [`events_stream`]), the status page (`/ui`, [`ui`]: embedded
+//! HTML/CSS/JS that reads those routes; open itself, it holds no data), the shared coordination status
 //! (`/health/shared-status`), Prometheus metrics (`/metrics`) and the operator's actions
 //! (`POST /internal/reload`, `/internal/endpoints/{name}/drain|enable|check`). `server.admin_token` guards
 //! `/internal/*` except `/internal/health`, compared in constant time.
@@ -20,6 +22,8 @@
 //!   report in Olla's shape, not a probe: `/readyz` is the probe.
 //! - The admin token also guards paths under `/internal/` that do not exist (401 before 404),
 //!   so the set of admin paths cannot be probed without it.
+//! - `/ui` needs no token (a browser cannot send one when it navigates); the data the page
+//!   reads does, and the page asks for it (see [`ui`]).
 //! - `/internal/events?endpoint=X` for an endpoint that is not configured is a 404, not an
 //!   empty list, so a typo does not read as "nothing happened".
 //! - `/internal/stats/models` lists a model while any endpoint is configured for it or has
@@ -37,6 +41,7 @@ mod coord_views;
 mod counts;
 pub mod error;
 mod events;
+pub mod events_stream;
 mod format;
 mod health_routes;
 pub mod metrics;
@@ -50,6 +55,7 @@ mod stats;
 mod status;
 #[cfg(test)]
 mod testing;
+pub mod ui;
 
 pub use config::ServerConfig;
 pub use error::ApiError;

@@ -2,15 +2,20 @@
 //! proxy's routes by the binary.
 //!
 //! Open routes (no token, ever): `/livez`, `/readyz`, `/health/liveliness`,
-//! `/health/readiness`, `/health/shared-status`, `/internal/health`, `/metrics`. Guarded routes
-//! (the admin token, when one is set): everything else under `/internal/`, including paths that
-//! do not exist, so that without the token nobody can even probe which admin paths exist.
+//! `/health/readiness`, `/health/shared-status`, `/internal/health`, `/metrics`, and the status
+//! page `/ui` with its assets `/ui/{name}` (code only, no data: see [`ui`]). Guarded routes
+//! (the admin token, when one is set): everything else under `/internal/` (the event stream
+//! `/internal/events/stream` too), including paths that do not exist, so that without the
+//! token nobody can even probe which admin paths exist.
 //! Unknown paths under `/internal/` and `/health/` are a JSON 404 and a wrong method a JSON 405,
 //! both in [`ApiError`]'s shape. The router sets no fallback of its own: the binary merges it
 //! with the proxy's router, and axum allows only one fallback in a merge.
 
 use crate::error::ApiError;
-use crate::{ApiState, admin, auth, events, health_routes, metrics, shared_status, stats, status};
+use crate::{
+    ApiState, admin, auth, events, events_stream, health_routes, metrics, shared_status, stats,
+    status, ui,
+};
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::{Method, Uri};
@@ -24,6 +29,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/internal/status/endpoints", get_only(status::endpoints))
         .route("/internal/stats/models", get_only(stats::models))
         .route("/internal/events", get_only(events::list))
+        .route("/internal/events/stream", get_only(events_stream::stream))
         .route("/internal/reload", post_only(admin::reload))
         .route("/internal/endpoints/{name}/drain", post_only(admin::drain))
         .route(
@@ -42,6 +48,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/health/shared-status", get_only(shared_status::show))
         .route("/health/{*rest}", any(not_found))
         .route("/metrics", get_only(metrics::scrape))
+        .route("/ui", get_only(ui::page))
+        .route("/ui/{name}", get_only(ui::asset))
         .merge(guarded)
         .with_state(state)
 }

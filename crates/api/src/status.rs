@@ -8,7 +8,9 @@
 //! `weight, phase, since, checks_total, drained` and `outlier` (`{ejected_until, ejections,
 //! recent_requests, recent_failure_rate, last_signal}`: `ejected_until` from the health
 //! state, so an ejection another replica made shows too, null when none is in force; the
-//! rest is what this replica's traffic recorded, zeros and null without the proxy).
+//! rest is what this replica's traffic recorded, zeros and null without the proxy) and
+//! `recent_checks` (the last 60 checks, oldest first, each `{at, latency_ms, ok}`; this
+//! replica's and, in shared mode, the adopted checks of others; see `hale_core::history`).
 //! Times are RFC 3339 with milliseconds or null; `last_latency_ms` is a float with microsecond precision; `uptime_percentage` is rounded to
 //! two decimals. Nothing secret is rendered: the endpoint's `api_key` is not a field at all,
 //! and credentials written into the URL (`http://user:pass@host`) are stripped from `url`.
@@ -105,6 +107,14 @@ struct EndpointView<'a> {
     source: Source,
     drained: bool,
     outlier: OutlierView,
+    recent_checks: Vec<CheckView>,
+}
+
+#[derive(Serialize)]
+struct CheckView {
+    at: String,
+    latency_ms: Option<f64>,
+    ok: bool,
 }
 
 #[derive(Serialize)]
@@ -165,6 +175,15 @@ impl<'a> EndpointView<'a> {
             source: h.source,
             drained: h.drained,
             outlier: OutlierView::new(h.ejected_until, outlier),
+            recent_checks: h
+                .checks
+                .iter()
+                .map(|c| CheckView {
+                    at: rfc3339_ms(c.at),
+                    latency_ms: c.latency.map(millis),
+                    ok: c.ok,
+                })
+                .collect(),
         }
     }
 }
@@ -204,7 +223,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::time::Duration;
 
-    const FIELDS: [&str; 23] = [
+    const FIELDS: [&str; 24] = [
         "name",
         "url",
         "type",
@@ -228,6 +247,7 @@ mod tests {
         "checks_total",
         "drained",
         "outlier",
+        "recent_checks",
     ];
 
     fn is_rfc3339_ms(v: &Value) -> bool {
@@ -280,6 +300,11 @@ mod tests {
         assert_eq!(a["models"], json!(["m1"]));
         assert_eq!(a["checked_by"], "pod-1");
         assert_eq!(a["source"], "local");
+        let checks = a["recent_checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 1, "{a}");
+        assert!(is_rfc3339_ms(&checks[0]["at"]), "{a}");
+        assert_eq!(checks[0]["latency_ms"], 15.042);
+        assert_eq!(checks[0]["ok"], true);
         assert_eq!(
             a["outlier"],
             json!({"ejected_until": null, "ejections": 0, "recent_requests": 0,
@@ -296,6 +321,7 @@ mod tests {
         assert_eq!(b["next_check_at"], Value::Null);
         assert_eq!(b["checked_by"], Value::Null);
         assert_eq!(b["source"], "none");
+        assert_eq!(b["recent_checks"], json!([]));
         assert_eq!(b["models"], json!(["m1", "m2"]));
         assert_eq!(list[2]["models"], json!([]), "nothing discovered yet");
     }
@@ -325,6 +351,14 @@ mod tests {
         assert_eq!(a["uptime_percentage"], 50.0);
         assert_eq!(a["breaker"], "open");
         assert_eq!(body["endpoints"][1]["breaker"], "closed");
+        let oks: Vec<&Value> = a["recent_checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["ok"])
+            .collect();
+        assert_eq!(oks, [&json!(true), &json!(false)]);
+        assert_eq!(a["recent_checks"][1]["latency_ms"], 2.0);
     }
 
     /// Outlier detection as the proxy would report it for `b`.

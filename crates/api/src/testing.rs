@@ -112,6 +112,11 @@ impl Fixture {
         self.request(req.body(Body::empty()).unwrap()).await
     }
 
+    /// The response as the router made it, its body unread (for streams).
+    pub async fn raw_request(&self, req: Request<Body>) -> axum::response::Response {
+        self.router.clone().oneshot(req).await.unwrap()
+    }
+
     pub async fn request(&self, req: Request<Body>) -> Reply {
         let res = self.router.clone().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();

@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod config;
 pub mod coordination;
 pub mod endpoint;
+pub mod history;
 pub mod machine;
 pub mod outcome;
 pub mod outlier;
@@ -32,11 +33,13 @@ pub use coordination::{
     Coordination, Decision, FenceToken, LocalOnly, LocalResult, ResultKind, SharedResult,
 };
 pub use endpoint::{CheckMode, Endpoint, EndpointConfig, EndpointKind, same_model};
+pub use history::{CHECK_HISTORY, CheckHistory, CheckSample};
 pub use machine::{HealthMachine, Phase};
 pub use outcome::{CheckOutcome, CheckResult};
 pub use outlier::{Outcome, OutlierConfig, OutlierDetector, OutlierStats, Signal, Trigger};
 pub use secret::Secret;
 pub use state::{HealthState, Reason, Transition};
 pub use store::{
-    Adoption, Ejected, EndpointHealth, Event, HealthStore, Now, Reconciled, Snapshot, Source,
+    Adoption, Ejected, EndpointHealth, Event, EventFollow, Gap, HealthStore, Now, Reconciled,
+    Resume, Snapshot, Source,
 };

@@ -52,10 +52,20 @@
 //! waits on [`HealthStore::check_requested`] next to its timer and decides (rate limit
 //! included) whether to check early. A request made while no task waits is kept (one
 //! `Notify` permit), so it is not lost between two waits.
+//!
+//! Following the event log: every event carries `seq`, a number that grows by one per event
+//! of this process (from 1; it starts over when the process does), and is also sent on a
+//! bounded `broadcast` channel as it is recorded, under the writer lock, so order and numbers
+//! agree. [`HealthStore::follow_events`] hands out the log after a given `seq` and a live
+//! receiver taken under the same lock, so nothing falls between the two; a receiver that
+//! falls more than [`EVENT_STREAM_BUFFER`] events behind is told so by the channel and
+//! follows again from the log. Each endpoint also keeps its last checks
+//! ([`crate::history`]), published in the snapshot as `checks`.
 
 use crate::config::HealthConfig;
 use crate::coordination::{Coordination, FenceToken, LocalResult, ResultKind, SharedResult};
 use crate::endpoint::{Endpoint, same_model};
+use crate::history::{CheckHistory, CheckSample};
 use crate::machine::{HealthMachine, Phase};
 use crate::outcome::{CheckOutcome, CheckResult, Verdict};
 use crate::outlier::OutlierConfig;
@@ -66,11 +76,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 
 /// How many transitions `/internal/events` keeps.
 pub const EVENT_LOG_CAPACITY: usize = 1024;
+
+/// How many events a follower of the log ([`HealthStore::follow_events`]) may fall behind
+/// before its receiver reports a lag.
+pub const EVENT_STREAM_BUFFER: usize = 256;
 
 /// How much older than this replica's own unfenced result a remote result may be and still be
 /// adopted: the clock skew tolerated between replicas.
@@ -142,6 +156,8 @@ pub struct EndpointHealth {
     /// An operator drained it (`POST /internal/endpoints/{name}/drain`): it is still checked
     /// but gets no new requests until enabled again.
     pub drained: bool,
+    /// The last checks of this endpoint (see [`crate::history`]), oldest first.
+    pub checks: Arc<CheckHistory>,
 }
 
 impl EndpointHealth {
@@ -225,9 +241,11 @@ impl Snapshot {
 
 /// A state transition of one endpoint, as listed by `/internal/events`. `pod_id` is the
 /// replica whose result caused it (this one, except for `source: shared`); `at` is when this
-/// replica recorded it.
+/// replica recorded it; `seq` numbers the events of this process, from 1 (see the module
+/// docs).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
+    pub seq: u64,
     pub endpoint: Arc<str>,
     pub from: HealthState,
     pub to: HealthState,
@@ -256,6 +274,7 @@ struct Slot {
     /// any fenced result.
     unfenced_at: Option<SystemTime>,
     drained: bool,
+    checks: Arc<CheckHistory>,
 }
 
 impl Slot {
@@ -328,6 +347,7 @@ impl Slot {
                 rate_limited_until: m.rate_limited_until(),
                 ejected_until: m.ejected_until(),
                 drained: self.drained,
+                checks: self.checks.clone(),
             },
         })
     }
@@ -356,7 +376,13 @@ impl Slot {
             fence: 0,
             unfenced_at: None,
             drained: false,
+            checks: Arc::default(),
         }
+    }
+
+    /// Adds a check to the endpoint's recent checks.
+    fn record_check(&mut self, sample: CheckSample) {
+        Arc::make_mut(&mut self.checks).record(sample);
     }
 }
 
@@ -407,6 +433,41 @@ struct Writer {
     version: u64,
     ready: bool,
     events: VecDeque<Event>,
+    /// The `seq` of the next event.
+    next_seq: u64,
+}
+
+/// Where [`HealthStore::follow_events`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Only events recorded from now on.
+    Live,
+    /// The events after the one numbered `seq` that the log still holds, then live ones.
+    After(u64),
+}
+
+/// What [`HealthStore::follow_events`] found in the log for a [`Resume::After`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// Every event after the requested one is in the backlog (or it was [`Resume::Live`]).
+    None,
+    /// Events after the requested one have left the log: `missed` of them are not in the
+    /// backlog, which starts with the oldest one held.
+    Lost { missed: u64 },
+    /// The requested `seq` was never issued by this process (it is from an earlier run, or
+    /// made up): the backlog is the whole log.
+    Unknown,
+}
+
+/// The log after a point, and a receiver of the events recorded after it.
+#[derive(Debug)]
+pub struct EventFollow {
+    pub backlog: Vec<Event>,
+    pub gap: Gap,
+    /// The `seq` of the newest event recorded before `live` was taken (0 for none): `live`
+    /// starts with the one after it.
+    pub newest: u64,
+    pub live: broadcast::Receiver<Event>,
 }
 
 /// The owner of every endpoint's health; see the module docs.
@@ -425,6 +486,8 @@ pub struct HealthStore {
     /// docs), and the fleet size they make.
     peers: Mutex<HashMap<Arc<str>, SystemTime>>,
     fleet: AtomicUsize,
+    /// Every event as it is recorded, for [`HealthStore::follow_events`].
+    event_feed: broadcast::Sender<Event>,
 }
 
 /// What [`HealthStore::eject`] did.
@@ -491,6 +554,7 @@ impl HealthStore {
             version: 0,
             ready: !health.background || slots.is_empty(),
             events: VecDeque::with_capacity(64),
+            next_seq: 1,
             slots,
         };
         let snapshot = Snapshot {
@@ -509,6 +573,7 @@ impl HealthStore {
             max_ejection_ms: AtomicU64::new(millis_of(OutlierConfig::default().max_ejection)),
             peers: Mutex::new(HashMap::new()),
             fleet: AtomicUsize::new(1),
+            event_feed: broadcast::Sender::new(EVENT_STREAM_BUFFER),
         }
     }
 
@@ -641,6 +706,50 @@ impl HealthStore {
         self.lock().events.iter().cloned().collect()
     }
 
+    /// The log from `from` on and a receiver of every event recorded after it, taken under one
+    /// lock so that nothing is missed or repeated between the two (see [`Gap`]).
+    pub fn follow_events(&self, from: Resume) -> EventFollow {
+        let w = self.lock();
+        let live = self.event_feed.subscribe();
+        let newest = w.next_seq.saturating_sub(1);
+        let after = match from {
+            Resume::Live => {
+                return EventFollow {
+                    backlog: Vec::new(),
+                    gap: Gap::None,
+                    newest,
+                    live,
+                };
+            }
+            Resume::After(seq) => seq,
+        };
+        let oldest = w.events.front().map_or(w.next_seq, |e| e.seq);
+        let (gap, skip) = if after > newest {
+            (Gap::Unknown, 0)
+        } else if after.saturating_add(1) < oldest {
+            (
+                Gap::Lost {
+                    missed: oldest - after - 1,
+                },
+                0,
+            )
+        } else {
+            (Gap::None, after.saturating_add(1) - oldest)
+        };
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        EventFollow {
+            backlog: w.events.iter().skip(skip).cloned().collect(),
+            gap,
+            newest,
+            live,
+        }
+    }
+
+    /// How many followers ([`HealthStore::follow_events`]) are live now.
+    pub fn event_followers(&self) -> usize {
+        self.event_feed.receiver_count()
+    }
+
     /// The names of all endpoints, in configuration order.
     pub fn endpoint_names(&self) -> Vec<Arc<str>> {
         self.snapshot()
@@ -729,6 +838,11 @@ impl HealthStore {
         let ok = outcome.result.verdict() == Verdict::Pass;
         let (local, event) = self.with_slot(name, now.wall, |slot| {
             let t = slot.machine.observe(outcome, now.mono);
+            slot.record_check(CheckSample {
+                at: now.wall,
+                latency: Some(outcome.latency),
+                ok,
+            });
             slot.last_check = Some(now.wall);
             slot.checked_by = Some(pod);
             slot.source = Source::Local;
@@ -824,6 +938,13 @@ impl HealthStore {
                 .adopt_bounded(result, now.mono, now.wall, max_ejection);
             slot.fence = result.fence.get();
             slot.unfenced_at = None;
+            if let ResultKind::Check { ok } = result.kind {
+                slot.record_check(CheckSample {
+                    at: result.checked_at,
+                    latency: result.latency,
+                    ok,
+                });
+            }
             slot.last_check = Some(result.checked_at);
             slot.checked_by = Some(result.checked_by.clone());
             // Our own passive failure coming back through Redis keeps its name.
@@ -987,6 +1108,7 @@ impl HealthStore {
                 _ => self.pod_id.clone(),
             };
             Event {
+                seq: 0,
                 endpoint: slot.endpoint.name.clone(),
                 from: t.from,
                 to: t.to,
@@ -998,13 +1120,21 @@ impl HealthStore {
             }
         });
         let status = slot.status();
-        if let Some(e) = &event {
+        let event = event.map(|mut e| {
+            e.seq = w.next_seq;
+            w.next_seq = w.next_seq.saturating_add(1);
             if w.events.len() == EVENT_LOG_CAPACITY {
                 w.events.pop_front();
             }
             w.events.push_back(e.clone());
-        }
+            e
+        });
         self.publish_one(w, i, status);
+        if let Some(e) = &event {
+            // Sent after the snapshot that shows it, so a follower that reads the status on
+            // an event sees the new state. No follower is no error: the log keeps the event.
+            let _ = self.event_feed.send(e.clone());
+        }
         event
     }
 
