@@ -718,6 +718,45 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn rediscovery_asks_the_routes_discovering_endpoints_and_waits_bounded() {
+        // `d` (vllm) and `o` (ollama) discover; `s` has a static list.
+        let f = fixture(&[
+            ("d", EndpointKind::Vllm, 100, 1.0, &[]),
+            ("o", EndpointKind::Ollama, 100, 1.0, &[]),
+            ("s", EndpointKind::Vllm, 100, 1.0, &["m1"]),
+        ]);
+        let snapshot = f.store.snapshot();
+        let d = f.store.discovery_requests("d").unwrap();
+        assert!(f.store.discovery_requests("s").is_none());
+        // An Ollama-native route asks only `o`; nobody serves it, so the wait runs out at
+        // twice the check timeout (2 s by default).
+        let started = Instant::now();
+        assert!(rediscover(&f.store, &snapshot, Route::OllamaChat).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(4));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), d.requested())
+                .await
+                .is_err(),
+            "d does not speak the Ollama API"
+        );
+        // An OpenAI route asks `d` (and joins `o`'s pending one); `d`'s task answers at once.
+        let task = tokio::spawn(async move {
+            d.requested().await;
+            d.finished();
+        });
+        let started = Instant::now();
+        let waiting = rediscover(&f.store, &snapshot, Route::ChatCompletions);
+        let o = f.store.discovery_requests("o").unwrap();
+        o.finished();
+        assert!(waiting.await);
+        assert!(started.elapsed() < Duration::from_millis(10));
+        task.await.unwrap();
+        // Within the interval nothing is asked: answered at once, nothing to select again.
+        assert!(!rediscover(&f.store, &snapshot, Route::ChatCompletions).await);
+        assert!(!rediscover(&f.store, &snapshot, Route::OllamaChat).await);
+    }
+
     #[test]
     fn excluded_set_beyond_64() {
         let mut e = Excluded::default();
