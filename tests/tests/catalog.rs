@@ -35,9 +35,9 @@ const CHAT: &str = "/v1/chat/completions";
 const POLL: Duration = Duration::from_millis(50);
 const WITHIN: Duration = Duration::from_secs(20);
 
-/// One `endpoints:` entry: checked every second, models re-read hourly on schedule.
+/// One `endpoints:` entry: checked every 2 s within 1 s, models re-read hourly on schedule.
 fn endpoint(name: &str, url: &str, kind: &str, extra: &str) -> String {
-    endpoint_timed(name, url, kind, ("1s", "500ms"), extra)
+    endpoint_timed(name, url, kind, ("2s", "1s"), extra)
 }
 
 /// [`endpoint`] checked every `interval`, within `timeout`.

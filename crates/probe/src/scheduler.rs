@@ -73,7 +73,9 @@
 //! Model discovery: a scheduled check also re-reads the model list when core says it is due
 //! (the first success, after a recovery or a loading phase) or when the task's last
 //! discovery is `discovery_interval` old (the endpoint's own, else
-//! `health.discovery_interval`, default 30 s). The request path asks for a rediscovery at
+//! `health.discovery_interval`, default 30 s; in shared mode a replica whose list came from
+//! the fleet before its own first discovery counts that as one, so a joining replica does
+//! not re-read what the fleet just told it). The request path asks for a rediscovery at
 //! once through [`HealthStore::request_discovery`] (a request naming a model no endpoint
 //! serves, a backend's "model not found"; rate limited there, see
 //! [`hale_core::discovery`]): the task waits on that signal next to its timer, runs a check
@@ -500,6 +502,11 @@ impl EndpointTask {
                     let every = store
                         .discovery_interval(&self.name)
                         .unwrap_or(Duration::MAX);
+                    if self.last_discovery.is_none() && self.has_adopted_models() {
+                        // The fleet's list is in: this replica's own re-reads start from
+                        // now, not with a discovery of its own.
+                        self.last_discovery = Some(Instant::now());
+                    }
                     if self.last_discovery.is_none_or(|t| t.elapsed() >= every) {
                         plan.discover = true;
                     }
@@ -776,6 +783,17 @@ impl EndpointTask {
             None => self.log_check(outcome),
         }
         event
+    }
+
+    /// Whether the endpoint's model list came from another replica's result.
+    fn has_adopted_models(&self) -> bool {
+        self.common
+            .store
+            .snapshot()
+            .get(&self.name)
+            .is_some_and(|e| {
+                e.health.source == hale_core::Source::Shared && e.health.discovered.is_some()
+            })
     }
 
     /// Whether the endpoint has a result yet: a check of ours or one adopted from the fleet.

@@ -12,13 +12,13 @@
 
 use hale_core::coordination::BoxFuture;
 use hale_core::{
-    Coordination, Decision, EndpointConfig, EndpointKind, FenceToken, HealthConfig, HealthStore,
-    LocalResult, Now,
+    Coordination, Decision, EndpointConfig, EndpointKind, FenceToken, HealthConfig, HealthState,
+    HealthStore, LocalResult, Now, Phase, ResultKind, SharedResult,
 };
 use hale_probe::{ProbeClient, Scheduler};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
@@ -254,5 +254,43 @@ async fn a_rediscovery_is_handed_to_the_fleet_as_one() {
         .map(|m| &**m)
         .collect();
     assert_eq!(models, ["m1", "m2"]);
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_adopted_from_the_fleet_is_not_read_again_at_once() {
+    let b = backend(&["m1"]).await;
+    let store = store(&b.url, true);
+    let fleet = Arc::new(Recorder::default());
+    store.attach(fleet.clone());
+    // Another replica's result, with its discovery, arrives before this replica checks.
+    let remote = SharedResult {
+        state: HealthState::Healthy,
+        phase: Phase::Running,
+        reason: None,
+        error: None,
+        latency: Some(Duration::from_millis(1)),
+        checked_at: SystemTime::now(),
+        checked_by: Arc::from("pod-1"),
+        fence: FenceToken(3),
+        models: Some(Arc::from(vec![Arc::<str>::from("m1")])),
+        consecutive_failures: 0,
+        consecutive_successes: 1,
+        unhealthy_failures: 0,
+        rate_limited_until: None,
+        ejected_until: None,
+        kind: ResultKind::Check { ok: true },
+    };
+    store.apply_remote("e", &remote, Now::capture());
+    assert!(serves(&store, "m1"));
+    let handle = Scheduler::new(store.clone(), ProbeClient::new(), true)
+        .with_coordination(fleet.clone())
+        .spawn();
+    // Checks every 5 s; the list is this replica's to re-read only 20 s on.
+    sleep(Duration::from_secs(16)).await;
+    assert!(fleet.published.lock().unwrap().len() >= 3, "checked");
+    assert_eq!(b.lists(), 0, "the fleet's list is not read again at once");
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(b.lists(), 1, "then at the endpoint's own interval");
     handle.shutdown().await;
 }
