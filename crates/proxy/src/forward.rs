@@ -313,6 +313,10 @@ pub async fn forward(
                     && len <= crate::model_gone::MAX_BODY
                 {
                     let Some(bytes) = read_whole(body).await else {
+                        // A retry whose answer broke off leaves the client the one it replaced.
+                        if let Some(answer) = fallback.take() {
+                            return Ok(answer);
+                        }
                         return Err(Refusal {
                             error: ProxyError::BadGateway(format!(
                                 "endpoint '{}' did not send its 404 answer whole in time",
