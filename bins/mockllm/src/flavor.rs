@@ -134,6 +134,7 @@ pub enum Admin {
     Stats,
     Reset,
     Mode,
+    Models,
 }
 
 impl Admin {
@@ -143,6 +144,7 @@ impl Admin {
             "/__stats" => Some(Admin::Stats),
             "/__reset" => Some(Admin::Reset),
             "/__mode" => Some(Admin::Mode),
+            "/__models" => Some(Admin::Models),
             _ => None,
         }
     }

@@ -12,12 +12,16 @@
 //! the proxy and not the mock. Decisions beyond the design page:
 //! - requests for any model are answered unless `--strict-models` is given, in which case
 //!   a model outside `--models` gets 404 (`model_not_found`);
-//! - `POST /__reset` also restores the command-line `--chunks` and `--chunk-delay-ms`;
+//! - `POST /__models` changes the served models at run time, `GET /__models` shows them
+//!   (see [`catalog`]);
+//! - `POST /__reset` also restores the command-line `--chunks`, `--chunk-delay-ms` and
+//!   `--models`;
 //! - `GET /__mode` shows the current mode in the same shape `POST /__mode` echoes;
 //! - a few extra real paths are served: llama.cpp `/v1/health` and `/models`, vLLM `/ping`
 //!   and `/version`.
 
 mod body;
+mod catalog;
 mod chat;
 mod flavor;
 mod mode;

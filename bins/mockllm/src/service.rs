@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::body::{self, NDJSON, RespBody, SSE, TEXT};
+use crate::catalog::{Catalog, ModelsRequest};
 use crate::chat::{self, ChunkStream, Gen, GenRequest, StreamKind, unix_ms};
 use crate::flavor::{self, Admin, Bodies, Flavor, Handler, Known};
 use crate::mode::{Failure, ModeCell, ModeRequest, RefuseOrder};
@@ -42,9 +43,10 @@ static X_HALE_POD: HeaderName = HeaderName::from_static("x-hale-pod");
 #[derive(Debug)]
 pub struct State {
     pub flavor: Flavor,
-    /// Served models; never empty (the first is the default for requests without one).
-    pub models: Vec<String>,
-    /// Whether a request for a model not in `models` gets 404.
+    /// Served models, changeable at run time; never empty (the first is the default for
+    /// requests without one). Their list bodies live there, not in `bodies`.
+    pub catalog: Catalog,
+    /// Whether a request for a model not in the catalog gets 404.
     pub strict_models: bool,
     pub bodies: Bodies,
     pub stats: Stats,
@@ -70,7 +72,7 @@ impl State {
         Ok(State {
             flavor,
             bodies: Bodies::new(flavor, &models)?,
-            models,
+            catalog: Catalog::new(flavor, models)?,
             strict_models,
             stats: Stats::new(),
             mode: ModeCell::new(chunks, chunk_delay_ms),
@@ -178,8 +180,8 @@ async fn serve(
             Response::new(RespBody::Full(None))
         }
         Handler::Health => body::json(ok, st.bodies.health.clone()),
-        Handler::ModelList => body::json(ok, st.bodies.model_list.clone()),
-        Handler::OllamaTags => body::json(ok, st.bodies.ollama_tags.clone()),
+        Handler::ModelList => body::json(ok, st.catalog.get().bodies.model_list.clone()),
+        Handler::OllamaTags => body::json(ok, st.catalog.get().bodies.ollama_tags.clone()),
         Handler::OllamaVersion => body::json(ok, st.bodies.ollama_version.clone()),
         Handler::VllmVersion => body::json(ok, st.bodies.vllm_version.clone()),
         Handler::Chat
@@ -226,13 +228,14 @@ fn answer(
         Ok(parsed) => parsed,
         Err(message) => return bad_request(&message),
     };
-    let default_model = st.models.first().map_or("mock-model", String::as_str);
+    let models = st.catalog.get();
+    let default_model = models.names.first().map_or("mock-model", String::as_str);
     let model = parsed
         .model
         .as_deref()
         .filter(|m| !m.is_empty())
         .unwrap_or(default_model);
-    if st.strict_models && !st.models.iter().any(|m| m == model) {
+    if st.strict_models && !models.names.iter().any(|m| m == model) {
         return body::error(
             StatusCode::NOT_FOUND,
             &format!("model '{model}' not found"),
@@ -312,6 +315,7 @@ async fn admin_route(
             }
             st.stats.reset();
             st.mode.reset();
+            st.catalog.reset();
             body::json(StatusCode::OK, Bytes::from_static(br#"{"ok":true}"#))
         }
         (Admin::Mode, &Method::GET) => echo_mode(st.mode.get()),
@@ -342,9 +346,30 @@ async fn admin_route(
                 Err(message) => body::error(StatusCode::BAD_REQUEST, &message, "invalid_mode"),
             }
         }
+        (Admin::Models, &Method::GET) => match st.catalog.render() {
+            Ok(bytes) => body::json(StatusCode::OK, bytes),
+            Err(e) => internal_error(&e),
+        },
+        (Admin::Models, &Method::POST) => {
+            let body = match read_body(req).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            };
+            let parsed: ModelsRequest = match parse_object(&body) {
+                Ok(parsed) => parsed,
+                Err(message) => return bad_request(&message),
+            };
+            match st.catalog.set(parsed.models) {
+                Ok(_) => match st.catalog.render() {
+                    Ok(bytes) => body::json(StatusCode::OK, bytes),
+                    Err(e) => internal_error(&e),
+                },
+                Err(message) => bad_request(&message),
+            }
+        }
         (Admin::Stats, _) => method_not_allowed(Method::GET),
         (Admin::Reset, _) => method_not_allowed(Method::POST),
-        (Admin::Mode, _) => {
+        (Admin::Mode | Admin::Models, _) => {
             let mut resp = method_not_allowed(Method::POST);
             resp.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, POST"));

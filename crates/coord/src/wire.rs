@@ -37,7 +37,8 @@
 //! ejection for at most its own `proxy.outlier.max_ejection`).
 //! `ej_until` is written only when there is an ejection, so a result without one reads, and
 //! signs, exactly as before the field existed (replicas of the previous version accept it). Writing truncates to the same bounds, so what one
-//! replica writes another always accepts. Whether a fence or due time is plausible is
+//! replica writes another always accepts (a model list is cut at [`MAX_MODELS_JSON`] bytes of
+//! JSON, so the message carrying it fits [`MAX_MESSAGE`]). Whether a fence or due time is plausible is
 //! decided by the coordinator, which knows the endpoint's config.
 
 use crate::signing::Signer;
@@ -54,6 +55,9 @@ pub const MAX_TEXT: usize = 2048;
 pub const MAX_NAME: usize = 256;
 /// The most models one result may list.
 pub const MAX_MODELS: usize = 4096;
+/// The longest model list (as JSON) a result is written with; longer lists are cut, so a
+/// replica never writes what the others refuse.
+pub const MAX_MODELS_JSON: usize = 96 * 1024;
 /// The most fields a result hash or message may have.
 pub const MAX_FIELDS: usize = 64;
 /// How far ahead of this replica's clock a `checked_at` may be (clock skew).
@@ -174,11 +178,19 @@ pub fn to_fields(r: &SharedResult) -> Vec<(&'static str, String)> {
         fields.push(("ej_until", millis(until).to_string()));
     }
     if let Some(models) = &r.models {
+        // The list as JSON stays within MAX_MODELS_JSON, so the message carrying it (where
+        // it is escaped once more, at most doubling it) stays within MAX_MESSAGE.
+        let mut budget = MAX_MODELS_JSON;
         let names: Vec<&str> = models
             .iter()
             .map(|m| m.as_ref())
             .filter(|m| m.len() <= MAX_NAME)
             .take(MAX_MODELS)
+            .take_while(|m| {
+                let cost = serde_json::to_string(m).map_or(usize::MAX, |j| j.len() + 1);
+                budget = budget.saturating_sub(cost);
+                cost <= MAX_MODELS_JSON && budget > 0
+            })
             .collect();
         fields.push((
             "models",
@@ -446,6 +458,43 @@ mod tests {
         assert_eq!(back.result, r);
         assert_eq!((back.due_at, back.due_in_ms), (1_718_000_001_000, 500));
         assert_eq!(back.written_at, 1_718_000_000_125);
+    }
+
+    #[test]
+    fn the_longest_model_lists_are_cut_to_what_every_replica_accepts() {
+        let mut r = sample();
+        // 4096 names of 256 bytes full of characters JSON escapes: 1 MiB raw, far more
+        // escaped.
+        let name = "\"\u{1}".repeat(MAX_NAME / 2);
+        assert_eq!(name.len(), MAX_NAME);
+        r.models = Some(
+            (0..MAX_MODELS)
+                .map(|_| Arc::<str>::from(name.as_str()))
+                .collect(),
+        );
+        let body = message_body("e", &r);
+        assert!(body.len() <= MAX_MESSAGE, "{} bytes", body.len());
+        let payload = format!("{} 1718000001000 -20\n{body}", r.fence);
+        let back = from_message(&payload, None).unwrap();
+        let kept = back.result.models.unwrap();
+        assert!(
+            !kept.is_empty() && kept.len() < MAX_MODELS,
+            "{}",
+            kept.len()
+        );
+        assert!(kept.iter().all(|m| **m == *name));
+        // Ordinary lists are written whole.
+        r.models = Some(
+            (0..MAX_MODELS)
+                .map(|i| Arc::<str>::from(format!("m{i}")))
+                .collect(),
+        );
+        let fields: HashMap<String, String> = to_fields(&r)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let back = from_fields(&fields, Some(1)).unwrap();
+        assert_eq!(back.models.unwrap().len(), MAX_MODELS);
     }
 
     #[test]

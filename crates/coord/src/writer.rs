@@ -15,6 +15,9 @@
 //! - A passive failure takes a fresh fence inside the script, so it is newer than any result
 //!   already stored, and leaves the round's due time and lease alone.
 //! - A check made without a lease (Redis was away) is not written: its fence orders nothing.
+//!   Except a check run for a rediscovery (the request path asked for the models now): it is
+//!   written like a passive result (a fresh fence, the round left alone), so one replica's
+//!   rediscovery gives the whole fleet the new model list.
 //!
 //! Log lines, after LiteLLM's: "Cached health check results for N healthy and M unhealthy
 //! endpoints" at INFO when those counts change, or once a minute at most; DEBUG otherwise.
@@ -124,7 +127,9 @@ impl Writer {
         let Some(r) = self.book.rounds_of(&local.endpoint) else {
             return;
         };
-        let passive = local.result.kind == ResultKind::Passive;
+        // A passive result, or a check run for a rediscovery, takes a fresh fence and leaves
+        // the round alone.
+        let passive = local.result.kind == ResultKind::Passive || local.discovery;
         // A check's round lease is spent by this write whatever happens to it.
         let lease = if passive { None } else { r.take_lease() };
         if !passive && (local.result.fence.is_local() || lease.is_none()) {

@@ -128,6 +128,11 @@ pub struct HealthConfig {
     pub max_backoff: Duration,
     /// Spread of each wait, as a fraction of it (0 ≤ jitter < 1); 0 makes schedules exact.
     pub jitter: f64,
+    /// How often an endpoint's model list is re-read (an endpoint's own
+    /// `discovery_interval` overrides it); also the least time between two rediscoveries
+    /// asked for by requests naming a model no endpoint has.
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
 }
 
 impl Default for HealthConfig {
@@ -139,6 +144,7 @@ impl Default for HealthConfig {
             degraded_latency: Duration::from_secs(2),
             max_backoff: Duration::from_secs(60),
             jitter: 0.1,
+            discovery_interval: Duration::from_secs(30),
         }
     }
 }
@@ -149,6 +155,7 @@ impl HealthConfig {
         require_at_least_one(path, "healthy_threshold", self.healthy_threshold)?;
         require_nonzero(path, "degraded_latency", self.degraded_latency)?;
         require_nonzero(path, "max_backoff", self.max_backoff)?;
+        require_nonzero(path, "discovery_interval", self.discovery_interval)?;
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(ConfigError::new(
                 format!("{path}.jitter"),
@@ -311,6 +318,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(h.validate("health").unwrap_err().path, "health.max_backoff");
+        let h = HealthConfig {
+            discovery_interval: huge,
+            ..Default::default()
+        };
+        assert_eq!(
+            h.validate("health").unwrap_err().path,
+            "health.discovery_interval"
+        );
+        let h = HealthConfig {
+            discovery_interval: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(
+            h.validate("health").unwrap_err().path,
+            "health.discovery_interval"
+        );
         let s = StartupConfig {
             initial_delay: huge,
             ..Default::default()

@@ -100,6 +100,10 @@ pub struct LocalResult {
     /// The wait until the next check that the state machine plans after this result, without
     /// jitter: the fleet's next round is due this long after this round was due.
     pub planned_next: Duration,
+    /// A check run out of schedule to re-read the endpoint's models (the request path asked):
+    /// made under no lease, yet worth sharing, so it is written under a fresh fence like a
+    /// passive result and the fleet adopts the model list.
+    pub discovery: bool,
 }
 
 /// A boxed future, so the trait stays object-safe without an async-trait dependency.

@@ -165,6 +165,14 @@ pub struct EndpointConfig {
     /// `active` (probed) or `passive` (health from traffic only); see [`CheckMode`].
     #[serde(default)]
     pub check: CheckMode,
+    /// Overrides `health.discovery_interval` for this endpoint: how often its model list is
+    /// re-read, and the least time between two rediscoveries requests ask for.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub discovery_interval: Option<Duration>,
 }
 
 fn default_kind() -> EndpointKind {
@@ -202,6 +210,7 @@ impl EndpointConfig {
             first_byte_timeout: None,
             idle_timeout: None,
             check: CheckMode::Active,
+            discovery_interval: None,
         }
     }
 
@@ -286,6 +295,9 @@ impl EndpointConfig {
         if let Some(t) = self.idle_timeout {
             crate::config::require_nonzero(path, "idle_timeout", t)?;
         }
+        if let Some(t) = self.discovery_interval {
+            crate::config::require_nonzero(path, "discovery_interval", t)?;
+        }
         Ok(Endpoint {
             name: Arc::from(name),
             url: base,
@@ -306,6 +318,7 @@ impl EndpointConfig {
             first_byte_timeout: self.first_byte_timeout,
             idle_timeout: self.idle_timeout,
             check: self.check,
+            discovery_interval: self.discovery_interval,
         })
     }
 }
@@ -376,6 +389,16 @@ pub struct Endpoint {
     pub idle_timeout: Option<Duration>,
     /// Probed (`active`) or health from traffic only (`passive`).
     pub check: CheckMode,
+    /// This endpoint's own `discovery_interval`, if it overrides `health.discovery_interval`.
+    pub discovery_interval: Option<Duration>,
+}
+
+impl Endpoint {
+    /// Whether its models are discovered (no static list, a model URL to read): only then
+    /// can a rediscovery learn anything.
+    pub fn discovers(&self) -> bool {
+        self.models.is_empty() && self.model_url.is_some() && !self.check.is_passive()
+    }
 }
 
 impl Endpoint {
@@ -441,6 +464,16 @@ mod tests {
         c.first_byte_timeout = Some(Duration::from_secs(30));
         c.idle_timeout = Some(Duration::ZERO);
         assert_eq!(c.resolve("e").unwrap_err().path, "e.idle_timeout");
+        c.idle_timeout = None;
+        c.discovery_interval = Some(Duration::ZERO);
+        assert_eq!(c.resolve("e").unwrap_err().path, "e.discovery_interval");
+        c.discovery_interval = Some(Duration::from_secs(u64::MAX));
+        assert_eq!(c.resolve("e").unwrap_err().path, "e.discovery_interval");
+        c.discovery_interval = Some(Duration::from_secs(10));
+        assert_eq!(
+            c.resolve("e").unwrap().discovery_interval,
+            Some(Duration::from_secs(10))
+        );
     }
 
     #[test]

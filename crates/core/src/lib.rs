@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod config;
 pub mod coordination;
+pub mod discovery;
 pub mod endpoint;
 pub mod history;
 pub mod machine;

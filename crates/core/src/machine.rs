@@ -197,6 +197,24 @@ impl HealthMachine {
     pub fn discovered(&self) -> Option<&Arc<[Arc<str>]>> {
         self.discovered.as_ref()
     }
+    /// Drops `model` (`:latest` implied) from the discovered list: a backend said it does not
+    /// serve it. Returns whether it was listed.
+    pub fn forget_model(&mut self, model: &str) -> bool {
+        let Some(list) = &self.discovered else {
+            return false;
+        };
+        if !list.iter().any(|m| crate::endpoint::same_model(m, model)) {
+            return false;
+        }
+        let kept: Vec<Arc<str>> = list
+            .iter()
+            .filter(|m| !crate::endpoint::same_model(m, model))
+            .cloned()
+            .collect();
+        self.discovered = Some(kept.into());
+        true
+    }
+
     /// Whether the next check should also list models (first success, after recovery).
     pub fn discovery_due(&self) -> bool {
         self.discovery_due

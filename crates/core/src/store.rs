@@ -61,9 +61,17 @@
 //! falls more than [`EVENT_STREAM_BUFFER`] events behind is told so by the channel and
 //! follows again from the log. Each endpoint also keeps its last checks
 //! ([`crate::history`]), published in the snapshot as `checks`.
+//!
+//! Model lists: the proxy asks for a rediscovery ([`HealthStore::request_discovery`], rate
+//! limited per `discovery_interval`, see [`crate::discovery`]) when a request names a model
+//! no endpoint serves, and waits for it with its own deadline; when a backend answers a
+//! routed request "model not found", [`HealthStore::forget_model`] drops that model from the
+//! endpoint's discovered list at once (the next request goes elsewhere) before the
+//! rediscovery says what the backend serves now.
 
 use crate::config::HealthConfig;
 use crate::coordination::{Coordination, FenceToken, LocalResult, ResultKind, SharedResult};
+use crate::discovery::{DiscoveryWait, Rediscovery};
 use crate::endpoint::{Endpoint, same_model};
 use crate::history::{CheckHistory, CheckSample};
 use crate::machine::{HealthMachine, Phase};
@@ -292,6 +300,7 @@ impl Slot {
                 ..self.shared_result(ResultKind::Passive, FenceToken::LOCAL, now)
             },
             planned_next: self.machine.next_delay(now.mono, 0.5),
+            discovery: false,
         })
     }
 
@@ -480,6 +489,11 @@ pub struct HealthStore {
     /// Per endpoint name, the signal [`HealthStore::request_check`] raises (see the module
     /// docs); made on first use.
     check_requests: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    /// Per endpoint name, its rediscovery requests (see [`crate::discovery`]); made on first
+    /// use, dropped with the endpoint.
+    discoveries: Mutex<HashMap<Arc<str>, Arc<Rediscovery>>>,
+    /// `health.discovery_interval` (not reloaded, like the rest of `health:`).
+    default_discovery: Duration,
     /// The longest ejection adopted from another replica, in ms (`proxy.outlier.max_ejection`).
     max_ejection_ms: AtomicU64,
     /// Other replicas by pod id, with when their last result was checked (see the module
@@ -570,6 +584,8 @@ impl HealthStore {
             changes: watch::Sender::new(0),
             coordination: OnceLock::new(),
             check_requests: Mutex::new(HashMap::new()),
+            discoveries: Mutex::new(HashMap::new()),
+            default_discovery: health.discovery_interval,
             max_ejection_ms: AtomicU64::new(millis_of(OutlierConfig::default().max_ejection)),
             peers: Mutex::new(HashMap::new()),
             fleet: AtomicUsize::new(1),
@@ -679,6 +695,64 @@ impl HealthStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Some(signals.entry(entry).or_default().clone())
+    }
+
+    /// `name`'s `discovery_interval` (its own, else `health.discovery_interval`); `None` for
+    /// an unknown name.
+    pub fn discovery_interval(&self, name: &str) -> Option<Duration> {
+        self.snapshot().get(name).map(|e| {
+            e.endpoint
+                .discovery_interval
+                .unwrap_or(self.default_discovery)
+        })
+    }
+
+    /// Asks `name`'s check task to re-read its model list now (see [`crate::discovery`]):
+    /// what to wait for, or `None` when there is nothing to wait for (one ran within its
+    /// `discovery_interval`, the endpoint has a static list or no model URL, or no such
+    /// endpoint).
+    pub fn request_discovery(&self, name: &str, now: Instant) -> Option<DiscoveryWait> {
+        let (interval, signal) = self.discovery_signal(name)?;
+        signal.request(interval, now)
+    }
+
+    /// The rediscovery requests of `name` that its check task serves; `None` for an unknown
+    /// name or one whose models are not discovered.
+    pub fn discovery_requests(&self, name: &str) -> Option<Arc<Rediscovery>> {
+        self.discovery_signal(name).map(|(_, signal)| signal)
+    }
+
+    fn discovery_signal(&self, name: &str) -> Option<(Duration, Arc<Rediscovery>)> {
+        let (key, interval) = {
+            let snapshot = self.snapshot.load();
+            let e = &snapshot.get(name)?.endpoint;
+            if !e.discovers() {
+                return None;
+            }
+            (
+                e.name.clone(),
+                e.discovery_interval.unwrap_or(self.default_discovery),
+            )
+        };
+        let mut signals = self
+            .discoveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some((interval, signals.entry(key).or_default().clone()))
+    }
+
+    /// A backend answered a request for `model` "model not found": `name` is no longer routed
+    /// for it until a discovery lists it again. Only discovered lists change (a static list
+    /// is the operator's; its checks report `model_missing`). Local to this replica, like the
+    /// rediscovery that follows. Returns whether the list changed.
+    pub fn forget_model(&self, name: &str, model: &str, now: Now) -> bool {
+        self.with_slot(name, now.wall, |slot| {
+            if !slot.endpoint.models.is_empty() {
+                return None;
+            }
+            slot.machine.forget_model(model).then_some(((), None))
+        })
+        .is_some()
     }
 
     /// Attaches the coordination that is told about every local result from now on. Only the
@@ -833,6 +907,24 @@ impl HealthStore {
         now: Now,
         fence: FenceToken,
     ) -> Option<Event> {
+        self.observe_as(name, outcome, now, fence, false)
+    }
+
+    /// Folds a check this replica ran without a lease to re-read `name`'s models (the request
+    /// path asked) and tells the attached coordination it is a discovery, which the fleet
+    /// adopts (see [`LocalResult::discovery`]). Returns the event if the state changed.
+    pub fn observe_discovery(&self, name: &str, outcome: &CheckOutcome, now: Now) -> Option<Event> {
+        self.observe_as(name, outcome, now, FenceToken::LOCAL, true)
+    }
+
+    fn observe_as(
+        &self,
+        name: &str,
+        outcome: &CheckOutcome,
+        now: Now,
+        fence: FenceToken,
+        discovery: bool,
+    ) -> Option<Event> {
         let pod = self.pod_id.clone();
         let share = self.coordination.get().is_some();
         let ok = outcome.result.verdict() == Verdict::Pass;
@@ -852,6 +944,7 @@ impl HealthStore {
                 endpoint: slot.endpoint.name.clone(),
                 result: slot.shared_result(ResultKind::Check { ok }, fence, now),
                 planned_next: slot.machine.next_delay(now.mono, 0.5),
+                discovery,
             });
             Some((local, t.map(|t| (t, Source::Local))))
         })?;
@@ -920,8 +1013,7 @@ impl HealthStore {
     /// Applies a result another replica produced, if its fence is newer than the one `name`
     /// holds (see the module docs). `now` is when this replica applies it.
     pub fn apply_remote(&self, name: &str, result: &SharedResult, now: Now) -> Adoption {
-        let own_passive =
-            result.kind == ResultKind::Passive && result.checked_by.as_ref() == &*self.pod_id;
+        let own = result.checked_by.as_ref() == &*self.pod_id;
         let max_ejection = self.max_ejection();
         self.saw_peer(&result.checked_by, result.checked_at, now.wall);
         let applied = self.with_slot(name, now.wall, |slot| {
@@ -947,11 +1039,12 @@ impl HealthStore {
             }
             slot.last_check = Some(result.checked_at);
             slot.checked_by = Some(result.checked_by.clone());
-            // Our own passive failure coming back through Redis keeps its name.
-            let source = if own_passive {
-                Source::Passive
-            } else {
-                Source::Shared
+            // Our own passive failure (or rediscovery) coming back through Redis keeps its
+            // name.
+            let source = match (own, result.kind) {
+                (true, ResultKind::Passive) => Source::Passive,
+                (true, _) => Source::Local,
+                (false, _) => Source::Shared,
             };
             slot.source = source;
             Some(((), t.map(|t| (t, source))))
@@ -1047,6 +1140,10 @@ impl HealthStore {
             // years of reloads with changing names keep the map at the configured size.
             let index = w.index.clone();
             self.check_requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|name, _| index.contains_key(name));
+            self.discoveries
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|name, _| index.contains_key(name));
@@ -2005,6 +2102,77 @@ mod tests {
         let names: Vec<Arc<str>> = s.check_requests.lock().unwrap().keys().cloned().collect();
         assert_eq!(names, [Arc::<str>::from("a")]);
     }
+    /// A store of two endpoints whose models are discovered: `d` (own interval 10 s) and
+    /// `e` (the default), plus `s` with a static list.
+    fn discovering_store() -> HealthStore {
+        let url = "http://127.0.0.1:9";
+        let mut d = EndpointConfig::new("d", url, EndpointKind::Vllm);
+        d.discovery_interval = Some(Duration::from_secs(10));
+        let e = EndpointConfig::new("e", url, EndpointKind::Ollama);
+        let mut st = EndpointConfig::new("s", url, EndpointKind::Vllm);
+        st.models = vec!["m1".into()];
+        let eps = [d, e, st].iter().map(|c| c.resolve("x").unwrap()).collect();
+        HealthStore::new("pod-1", eps, &HealthConfig::default(), Now::capture())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rediscovery_follows_each_endpoints_interval() {
+        let s = discovering_store();
+        assert_eq!(s.discovery_interval("d"), Some(Duration::from_secs(10)));
+        assert_eq!(s.discovery_interval("e"), Some(Duration::from_secs(30)));
+        assert!(
+            s.request_discovery("s", Instant::now()).is_none(),
+            "static list"
+        );
+        assert!(s.request_discovery("nope", Instant::now()).is_none());
+        for name in ["d", "e"] {
+            let w = s.request_discovery(name, Instant::now()).expect("asked");
+            let r = s.discovery_requests(name).expect("the task's side");
+            r.requested().await;
+            r.finished();
+            w.done().await;
+            assert!(s.request_discovery(name, Instant::now()).is_none());
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(s.request_discovery("d", Instant::now()).is_some());
+        assert!(s.request_discovery("e", Instant::now()).is_none());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(s.request_discovery("e", Instant::now()).is_some());
+        // Removed endpoints take their signal with them.
+        s.reconcile(
+            vec![
+                EndpointConfig::new("d", "http://127.0.0.1:9", EndpointKind::Vllm)
+                    .resolve("x")
+                    .unwrap(),
+            ],
+            Now::capture(),
+        );
+        let names: Vec<Arc<str>> = s.discoveries.lock().unwrap().keys().cloned().collect();
+        assert_eq!(names, [Arc::<str>::from("d")]);
+    }
+
+    #[test]
+    fn a_model_the_backend_disowns_is_dropped_from_the_discovered_list() {
+        let s = discovering_store();
+        let found = CheckOutcome {
+            latency: Duration::from_millis(1),
+            result: CheckResult::Ok {
+                models: Some(vec![Arc::from("m1:latest"), Arc::from("m2")]),
+            },
+        };
+        s.observe("e", &found, Now::capture());
+        assert!(s.snapshot().get("e").unwrap().serves("m1"));
+        assert!(s.forget_model("e", "m1", Now::capture()));
+        assert!(!s.forget_model("e", "m1", Now::capture()), "already gone");
+        let snap = s.snapshot();
+        let e = snap.get("e").unwrap();
+        assert!(!e.serves("m1") && e.serves("m2"));
+        // A static list is the operator's.
+        assert!(!s.forget_model("s", "m1", Now::capture()));
+        assert!(s.snapshot().get("s").unwrap().serves("m1"));
+        assert!(!s.forget_model("nope", "m1", Now::capture()));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn check_requests_reach_the_waiting_task_and_are_kept_until_then() {
         let s = store();

@@ -6,6 +6,12 @@
 //! `model_missing`. To see that promptly, endpoints with a static list and a model URL list
 //! their models on every check (one extra request per interval); others list them only when
 //! core says discovery is due, or when the health URL is the model list anyway.
+//!
+//! A model list is input like any other: the body is read up to the client's bound
+//! ([`crate::client::MAX_BODY`]; a bigger one fails the check), and of what it lists only
+//! names of at most [`MAX_MODEL_NAME`] bytes are kept, the first [`MAX_MODELS`] of them
+//! (the same bounds shared results carry between replicas); what is left out is logged at
+//! WARN with its count.
 
 use crate::client::{ProbeClient, timed};
 use crate::kinds::{Probe, expect_success};
@@ -13,6 +19,30 @@ use hale_core::store::CheckPlan;
 use hale_core::{CheckOutcome, CheckResult, same_model};
 use std::sync::Arc;
 use tokio::time::Instant;
+
+/// The most models one endpoint is routed for from its discovery.
+pub const MAX_MODELS: usize = 4096;
+/// The longest model name kept from a discovery (bytes).
+pub const MAX_MODEL_NAME: usize = 256;
+
+/// Keeps the names of at most [`MAX_MODEL_NAME`] bytes, at most [`MAX_MODELS`] of them.
+fn bounded(endpoint: &str, models: Vec<Arc<str>>) -> Vec<Arc<str>> {
+    let listed = models.len();
+    let kept: Vec<Arc<str>> = models
+        .into_iter()
+        .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME)
+        .take(MAX_MODELS)
+        .collect();
+    if kept.len() < listed {
+        tracing::warn!(
+            endpoint,
+            listed,
+            kept = kept.len(),
+            "model list out of bounds: only names of at most {MAX_MODEL_NAME} bytes, and at most {MAX_MODELS} of them, are routed"
+        );
+    }
+    kept
+}
 
 /// Runs one check as `plan` says and returns its outcome. Never fails: every failure is an
 /// outcome with a reason.
@@ -50,7 +80,7 @@ pub async fn run_check(client: &ProbeClient, probe: &dyn Probe, plan: &CheckPlan
         }
     };
     let models = match probe.models(&body) {
-        Ok(m) => m,
+        Ok(m) => bounded(&endpoint.name, m),
         Err(message) => {
             return CheckOutcome {
                 latency,
@@ -75,5 +105,23 @@ pub async fn run_check(client: &ProbeClient, probe: &dyn Probe, plan: &CheckPlan
         result: CheckResult::Ok {
             models: Some(models),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovered_lists_are_bounded() {
+        let mut listed: Vec<Arc<str>> = (0..100_000).map(|i| Arc::from(format!("m{i}"))).collect();
+        listed.insert(0, Arc::from("x".repeat(MAX_MODEL_NAME + 1)));
+        listed.insert(1, Arc::from(""));
+        let kept = bounded("e", listed);
+        assert_eq!(kept.len(), MAX_MODELS);
+        assert_eq!(&*kept[0], "m0");
+        assert!(kept.iter().all(|m| m.len() <= MAX_MODEL_NAME));
+        let few: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
+        assert_eq!(bounded("e", few.clone()), few);
     }
 }

@@ -69,11 +69,27 @@
 //! most one such check runs per `check_interval`: a request within one interval of the last
 //! requested check is dropped (the endpoint was checked moments ago, and the next scheduled
 //! check follows anyway), so a burst of failures costs one check, not one per failure.
+//!
+//! Model discovery: a scheduled check also re-reads the model list when core says it is due
+//! (the first success, after a recovery or a loading phase) or when the task's last
+//! discovery is `discovery_interval` old (the endpoint's own, else
+//! `health.discovery_interval`, default 30 s; in shared mode a replica whose list came from
+//! the fleet before its own first discovery counts that as one, so a joining replica does
+//! not re-read what the fleet just told it). The request path asks for a rediscovery at
+//! once through [`HealthStore::request_discovery`] (a request naming a model no endpoint
+//! serves, a backend's "model not found"; rate limited there, see
+//! [`hale_core::discovery`]): the task waits on that signal next to its timer, runs a check
+//! with discovery like a requested check (locally, under no lease) and then ends the wait
+//! of every request that asked ([`hale_core::discovery::Rediscovery::finished`]), whatever
+//! it found. In shared mode that result is handed to the coordination marked as a
+//! discovery, which writes it under a fresh fence like a passive result, so the other
+//! replicas adopt the new model list without a discovery of their own.
 
 use crate::check::run_check;
 use crate::client::{ProbeClient, port_open};
 use crate::kinds::{Probe, probe_for};
 use hale_core::config::clock_safe;
+use hale_core::discovery::Rediscovery;
 use hale_core::store::EndpointStatus;
 use hale_core::{
     CheckOutcome, Coordination, Decision, Event, FenceToken, HealthStore, LocalOnly, Now, Reason,
@@ -87,12 +103,11 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
+/// What a check run because the request path asked for a rediscovery logs.
+const DISCOVERY_ASKED: &str = "check with discovery run on request of the request path";
+
 /// How many first checks may run at once at start-up.
 pub const FIRST_SWEEP_CONCURRENCY: usize = 64;
-
-/// Model lists are re-read at least this often, so a model pulled onto a healthy backend is
-/// routed to without waiting for an outage.
-pub const MODEL_REFRESH: Duration = Duration::from_secs(300);
 
 /// Runs the health checks of every endpoint in a [`HealthStore`].
 #[derive(Debug)]
@@ -340,6 +355,8 @@ enum Woken {
     Requested,
     /// The port of a backend that refused connections accepts one again.
     PortOpen,
+    /// The request path asked for a rediscovery of the models.
+    Discover,
     /// The handle is gone: the task ends.
     Stop,
 }
@@ -355,6 +372,15 @@ struct PortWatch {
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when a rediscovery is asked for; never without a signal (the endpoint's models
+/// are static).
+async fn asked(signal: Option<&Rediscovery>) {
+    match signal {
+        Some(signal) => signal.requested().await,
         None => std::future::pending().await,
     }
 }
@@ -389,12 +415,14 @@ impl EndpointTask {
         let mut changes = store.subscribe();
         let requests = store.check_requested(&self.name);
         let requests = requests.as_deref();
+        let discoveries = store.discovery_requests(&self.name);
+        let discoveries = discoveries.as_deref();
         let mut wait = first;
 
         loop {
             // Wait until due, answering manual and requested checks meanwhile.
             loop {
-                let (reply, why) = match self.wait(wait, requests).await {
+                let (reply, why) = match self.wait(wait, requests, discoveries).await {
                     Woken::Due => break,
                     Woken::Stop => return,
                     Woken::Command(Command::CheckNow(reply)) => {
@@ -402,6 +430,7 @@ impl EndpointTask {
                     }
                     Woken::Requested => (None, "check run after a request-path failure"),
                     Woken::PortOpen => (None, "check run as the port opened again"),
+                    Woken::Discover => (None, DISCOVERY_ASKED),
                 };
                 let Some(delay) = self
                     .manual(probe.as_ref(), &duration, reply, first_check, why)
@@ -409,6 +438,11 @@ impl EndpointTask {
                 else {
                     return;
                 };
+                if why == DISCOVERY_ASKED
+                    && let Some(d) = discoveries
+                {
+                    d.finished();
+                }
                 first_check = false;
                 wait = delay;
             }
@@ -427,6 +461,19 @@ impl EndpointTask {
                                 continue;
                             }
                             None
+                        }
+                        () = asked(discoveries) => {
+                            if self
+                                .manual(probe.as_ref(), &duration, None, false, DISCOVERY_ASKED)
+                                .await
+                                .is_none()
+                            {
+                                return;
+                            }
+                            if let Some(d) = discoveries {
+                                d.finished();
+                            }
+                            continue;
                         }
                     };
                     let why = if reply.is_some() {
@@ -452,10 +499,15 @@ impl EndpointTask {
                     let Some(mut plan) = store.plan(&self.name) else {
                         return;
                     };
-                    if self
-                        .last_discovery
-                        .is_none_or(|t| t.elapsed() >= MODEL_REFRESH)
-                    {
+                    let every = store
+                        .discovery_interval(&self.name)
+                        .unwrap_or(Duration::MAX);
+                    if self.last_discovery.is_none() && self.has_adopted_models() {
+                        // The fleet's list is in: this replica's own re-reads start from
+                        // now, not with a discovery of its own.
+                        self.last_discovery = Some(Instant::now());
+                    }
+                    if self.last_discovery.is_none_or(|t| t.elapsed() >= every) {
                         plan.discover = true;
                     }
                     let outcome = if first_check {
@@ -580,7 +632,12 @@ impl EndpointTask {
     /// Sleeps `wait`, unless a command or an allowed check request (see the module docs)
     /// comes first. While backing off from a refusing backend, knocks on its port every
     /// interval and ends the wait as soon as it opens (see the module docs).
-    async fn wait(&mut self, wait: Duration, requests: Option<&Notify>) -> Woken {
+    async fn wait(
+        &mut self,
+        wait: Duration,
+        requests: Option<&Notify>,
+        discoveries: Option<&Rediscovery>,
+    ) -> Woken {
         let start = Instant::now();
         let due = start + clock_safe(wait);
         let watch = self.port_watch(wait);
@@ -601,6 +658,7 @@ impl EndpointTask {
                 () = raised(requests) => if self.take_requested() {
                     return Woken::Requested;
                 },
+                () = asked(discoveries) => return Woken::Discover,
             }
         }
     }
@@ -655,8 +713,10 @@ impl EndpointTask {
     ) -> Option<Duration> {
         let store = self.common.store.clone();
         let mut plan = store.plan(&self.name)?;
-        // An operator's check re-reads the models too; the request path's is about health.
-        plan.discover |= reply.is_some();
+        // An operator's check re-reads the models too, and so does one run for a
+        // rediscovery; one run after a request-path failure is about health.
+        let discovery = why == DISCOVERY_ASKED;
+        plan.discover |= reply.is_some() || discovery;
         let outcome = if first_check {
             let _permit = self.common.sweep.acquire().await;
             run_check(&self.common.client, probe, &plan).await
@@ -664,7 +724,11 @@ impl EndpointTask {
             run_check(&self.common.client, probe, &plan).await
         };
         tracing::info!(endpoint = %self.name, outcome = outcome.result.reason().map_or_else(|| "ok".into(), |r| r.as_str().into_owned()), "{why}");
-        let event = self.fold(&outcome, duration, FenceToken::LOCAL);
+        let event = if discovery {
+            self.fold_discovery(&outcome, duration)
+        } else {
+            self.fold(&outcome, duration, FenceToken::LOCAL)
+        };
         let delay = store.schedule_next(&self.name, Now::capture(), rand::random::<f64>())?;
         if let Some(reply) = reply {
             let status = store.snapshot().get(&self.name).cloned();
@@ -684,6 +748,22 @@ impl EndpointTask {
         duration: &Histogram,
         fence: FenceToken,
     ) -> Option<Event> {
+        self.fold_as(outcome, duration, fence, false)
+    }
+
+    /// [`Self::fold`] for a check run for a rediscovery: shared with the fleet (see the module
+    /// docs).
+    fn fold_discovery(&mut self, outcome: &CheckOutcome, duration: &Histogram) -> Option<Event> {
+        self.fold_as(outcome, duration, FenceToken::LOCAL, true)
+    }
+
+    fn fold_as(
+        &mut self,
+        outcome: &CheckOutcome,
+        duration: &Histogram,
+        fence: FenceToken,
+        discovery: bool,
+    ) -> Option<Event> {
         if matches!(
             &outcome.result,
             hale_core::CheckResult::Ok { models: Some(_) }
@@ -692,15 +772,28 @@ impl EndpointTask {
         }
         duration.record(outcome.latency.as_secs_f64());
         self.count(outcome);
-        let event = self
-            .common
-            .store
-            .observe_fenced(&self.name, outcome, Now::capture(), fence);
+        let store = &self.common.store;
+        let event = if discovery {
+            store.observe_discovery(&self.name, outcome, Now::capture())
+        } else {
+            store.observe_fenced(&self.name, outcome, Now::capture(), fence)
+        };
         match &event {
             Some(event) => self.note_transition(event),
             None => self.log_check(outcome),
         }
         event
+    }
+
+    /// Whether the endpoint's model list came from another replica's result.
+    fn has_adopted_models(&self) -> bool {
+        self.common
+            .store
+            .snapshot()
+            .get(&self.name)
+            .is_some_and(|e| {
+                e.health.source == hale_core::Source::Shared && e.health.discovered.is_some()
+            })
     }
 
     /// Whether the endpoint has a result yet: a check of ours or one adopted from the fleet.

@@ -130,6 +130,8 @@ impl RetryOn {
             Self::ConnectFailure => "connect_failure",
             Self::FirstByteTimeout => "first_byte_timeout",
             Self::Status(429) => "429",
+            // Not configurable: a backend's "model not found" always fails over.
+            Self::Status(404) => "model_not_found",
             Self::Status(500) => "500",
             Self::Status(501) => "501",
             Self::Status(502) => "502",

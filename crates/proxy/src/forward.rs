@@ -56,6 +56,21 @@
 //! No lock is held across an await: the store is read through its `ArcSwap`, the breaker lock
 //! is taken only inside a claim's calls.
 //!
+//! Model catalog freshness (the request path's part; see `hale_core::discovery`):
+//! - a request naming a model no endpoint serves waits once for a rediscovery of the
+//!   endpoints that could serve the route ([`crate::select::rediscover`]: rate limited per
+//!   endpoint, bounded) and selects again before it is answered 404;
+//! - a 404 whose small body says "model not found" ([`crate::model_gone`]) drops that model
+//!   from the endpoint's discovered list at once
+//!   ([`HealthStore::forget_model`](hale_core::HealthStore)), asks for a rediscovery (for a
+//!   static list, a prompt check, which reports `model_missing`), and the request goes to
+//!   the next endpoint serving the model, like a connect failure: such an answer means the
+//!   backend did not act on the request, so sending it elsewhere cannot do it twice; each
+//!   endpoint is tried at most once, and it is not charged to the retry budget. With none
+//!   left the client gets the backend's 404 as it was sent. Only a 404 framed by a
+//!   `Content-Length` of at most 16 KiB is read (within 2 s; one that is not whole in time
+//!   is a 502); a chunked, unframed or bigger 404 is relayed as it streams, unread.
+//!
 //! When no candidate is left (and no wait helps): 404 if no endpoint serves the model on this
 //! route and nothing was tried, otherwise 503 with `Retry-After` (the shortest check interval of the endpoints
 //! that serve it: the soonest their state can change).
@@ -148,9 +163,11 @@ pub async fn forward(
     let mut next: Option<Claim> = None;
     // The queue wait, once started: its deadline and the store's change signal.
     let mut waiting: Option<(Instant, tokio::sync::watch::Receiver<u64>)> = None;
+    // A rediscovery for a model no endpoint served was waited for (once per request).
+    let mut rediscovered = false;
     loop {
         // The first attempt starts when the request arrived; later ones read the clock again.
-        let now = if failed.is_none() && waiting.is_none() {
+        let now = if failed.is_none() && waiting.is_none() && !rediscovered {
             started
         } else {
             Instant::now()
@@ -171,6 +188,13 @@ pub async fn forward(
                 match selection {
                     Selection::Picked { claim } => claim,
                     Selection::NotServed if failed.is_none() && waiting.is_none() => {
+                        if !rediscovered {
+                            rediscovered = true;
+                            drop(table);
+                            if crate::select::rediscover(&shared.store, &snapshot, route).await {
+                                continue;
+                            }
+                        }
                         let on = if route.ollama_only() {
                             " on an ollama endpoint"
                         } else {
@@ -284,6 +308,33 @@ pub async fn forward(
                     started,
                     watch,
                 );
+                if status == StatusCode::NOT_FOUND
+                    && let crate::upstream::head::Framing::Length(len) = head.framing
+                    && len <= crate::model_gone::MAX_BODY
+                {
+                    let Some(bytes) = read_whole(body).await else {
+                        // A retry whose answer broke off leaves the client the one it replaced.
+                        if let Some(answer) = fallback.take() {
+                            return Ok(answer);
+                        }
+                        return Err(Refusal {
+                            error: ProxyError::BadGateway(format!(
+                                "endpoint '{}' did not send its 404 answer whole in time",
+                                rt.endpoint.name
+                            )),
+                            served_model: Some(model.to_owned()),
+                            endpoint: Some(rt.id),
+                        });
+                    };
+                    let answer = whole_answer(status, headers, bytes.clone());
+                    if !crate::model_gone::says_model_not_found(&bytes) {
+                        return Ok(answer);
+                    }
+                    model_gone(shared, rt, model);
+                    fallback = Some(answer);
+                    failed = Some((rt, RetryOn::Status(404)));
+                    continue;
+                }
                 let reason = RetryOn::Status(status.as_u16());
                 // (A 2xx, the common case, looks no further than its status.)
                 let failed_answer =
@@ -438,21 +489,52 @@ fn retry_target(
 /// closed, never reused).
 async fn buffer_answer(
     status: StatusCode,
-    mut headers: http::HeaderMap,
+    headers: http::HeaderMap,
     body: UpstreamBody,
 ) -> Option<Response> {
+    Some(whole_answer(status, headers, read_whole(body).await?))
+}
+
+/// Reads an answer's body whole, at most [`MAX_FALLBACK_BODY`] bytes within
+/// [`FALLBACK_READ_TIMEOUT`]; `None` when it is bigger, slower or broke off (its connection
+/// is then closed, never reused).
+async fn read_whole(body: UpstreamBody) -> Option<bytes::Bytes> {
     let limited = http_body_util::Limited::new(body, MAX_FALLBACK_BODY);
     let collected = tokio::time::timeout(FALLBACK_READ_TIMEOUT, limited.collect())
         .await
         .ok()?
         .ok()?;
+    Some(collected.to_bytes())
+}
+
+/// A backend's answer whose body was read whole.
+fn whole_answer(status: StatusCode, mut headers: http::HeaderMap, body: bytes::Bytes) -> Response {
     // The body is whole now: hyper frames it by its length.
     headers.remove(CONTENT_LENGTH);
     headers.remove(TRANSFER_ENCODING);
-    let mut response = Response::new(Body::from(collected.to_bytes()));
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Some(response)
+    response
+}
+
+/// `rt`'s backend said it does not serve `model` (see the module docs): it is no longer
+/// routed there, and its model list is read again soon.
+fn model_gone(shared: &Shared, rt: &EndpointRuntime, model: &str) {
+    let name = &rt.endpoint.name;
+    let dropped = shared.store.forget_model(name, model, Now::capture());
+    if rt.endpoint.discovers() {
+        // Rate limited; nobody waits for it.
+        let _ = shared.store.request_discovery(name, Instant::now());
+    } else {
+        shared.store.request_check(name);
+    }
+    tracing::info!(
+        endpoint = %name,
+        model,
+        dropped,
+        "request path: the backend does not serve the model; trying another endpoint"
+    );
 }
 
 /// A 429's `Retry-After` (whole seconds; anything else reads as absent) holds the endpoint

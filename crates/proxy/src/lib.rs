@@ -51,6 +51,7 @@ pub mod error;
 mod forward;
 mod hygiene;
 pub mod metrics;
+mod model_gone;
 mod proxy;
 mod queue;
 mod retry;

@@ -30,12 +30,22 @@
 //! earlier, a breaker that tripped) is skipped and selection runs again, at most once per
 //! endpoint. "No candidate" is a 404 when no endpoint serves the model at all and a 503 when
 //! some do but none can take the request now.
+//!
+//! Before such a 404, [`rediscover`] asks every routable endpoint of the route whose models
+//! are discovered to re-read its list and waits for them (a model pulled onto a running
+//! backend is served on the first request naming it). The store rate-limits this per
+//! endpoint (one per `discovery_interval`; see `hale_core::discovery`), so a flood of
+//! made-up names costs one model-list request per endpoint per interval, and every request
+//! beyond the first is answered at once (or joins the rediscovery under way). The wait is
+//! bounded by twice the longest `check_timeout` of the endpoints asked: a check already
+//! running on an endpoint's task finishes first, then the discovery runs, each within its
+//! timeout.
 
 use crate::config::Balancer;
 use crate::route::Route;
 use crate::runtime::{Claim, EndpointRuntime};
 use hale_core::store::EndpointStatus;
-use hale_core::{HealthState, Snapshot};
+use hale_core::{HealthState, HealthStore, Snapshot};
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -338,6 +348,41 @@ fn eligible(
         outstanding,
         exclusive,
     })
+}
+
+/// Asks the endpoints that could serve `route` (routable, speaking its API, with discovered
+/// models) for a rediscovery and waits for those that start one, bounded (see the module
+/// docs). Returns whether any was asked: only then can selecting again find more.
+pub async fn rediscover(store: &HealthStore, snapshot: &Snapshot, route: Route) -> bool {
+    let now = Instant::now();
+    let mut waits = Vec::new();
+    let mut bound = Duration::ZERO;
+    for status in &snapshot.endpoints {
+        let endpoint = &status.endpoint;
+        if (route.ollama_only() && !endpoint.kind.speaks_ollama())
+            || !endpoint.discovers()
+            || !status.health.is_routable(now)
+        {
+            continue;
+        }
+        if let Some(wait) = store.request_discovery(&endpoint.name, now) {
+            bound = bound.max(endpoint.check_timeout.saturating_mul(2));
+            waits.push(wait);
+        }
+    }
+    if waits.is_empty() {
+        return false;
+    }
+    let deadline = now + hale_core::config::clock_safe(bound);
+    for wait in waits {
+        if tokio::time::timeout_at(deadline, wait.done())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    true
 }
 
 /// `frac(n · φ)`: a low-discrepancy sequence in [0, 1).
@@ -671,6 +716,45 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rediscovery_asks_the_routes_discovering_endpoints_and_waits_bounded() {
+        // `d` (vllm) and `o` (ollama) discover; `s` has a static list.
+        let f = fixture(&[
+            ("d", EndpointKind::Vllm, 100, 1.0, &[]),
+            ("o", EndpointKind::Ollama, 100, 1.0, &[]),
+            ("s", EndpointKind::Vllm, 100, 1.0, &["m1"]),
+        ]);
+        let snapshot = f.store.snapshot();
+        let d = f.store.discovery_requests("d").unwrap();
+        assert!(f.store.discovery_requests("s").is_none());
+        // An Ollama-native route asks only `o`; nobody serves it, so the wait runs out at
+        // twice the check timeout (2 s by default).
+        let started = Instant::now();
+        assert!(rediscover(&f.store, &snapshot, Route::OllamaChat).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(4));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), d.requested())
+                .await
+                .is_err(),
+            "d does not speak the Ollama API"
+        );
+        // An OpenAI route asks `d` (and joins `o`'s pending one); `d`'s task answers at once.
+        let task = tokio::spawn(async move {
+            d.requested().await;
+            d.finished();
+        });
+        let started = Instant::now();
+        let waiting = rediscover(&f.store, &snapshot, Route::ChatCompletions);
+        let o = f.store.discovery_requests("o").unwrap();
+        o.finished();
+        assert!(waiting.await);
+        assert!(started.elapsed() < Duration::from_millis(10));
+        task.await.unwrap();
+        // Within the interval nothing is asked: answered at once, nothing to select again.
+        assert!(!rediscover(&f.store, &snapshot, Route::ChatCompletions).await);
+        assert!(!rediscover(&f.store, &snapshot, Route::OllamaChat).await);
     }
 
     #[test]
