@@ -116,7 +116,7 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
         file,
         config.clone(),
         store.clone(),
-        proxy,
+        proxy.clone(),
         scheduler.clone(),
     ));
     let _reloads = tokio::spawn(reload_on_hangup(reloader.clone(), hangups));
@@ -125,8 +125,8 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
     let limits = Limits::from_config(&config.server);
     let state = ApiState::new(store, config.server, env!("CARGO_PKG_VERSION"), metrics)
         .with_started(started)
-        .with_breakers(Arc::new(proxy))
-        .with_model_stats(Arc::new(proxy))
+        .with_breakers(Arc::new(proxy.clone()))
+        .with_model_stats(Arc::new(proxy.clone()))
         .with_admin(reloader);
     let state = match &coordinator {
         Some(c) => state.with_shared(Arc::new(c.clone())),

@@ -87,8 +87,8 @@ use tokio::time::Instant;
 pub struct Refusal {
     pub error: ProxyError,
     pub served_model: Option<String>,
-    /// The endpoint (runtime id) whose failure this answer reports: a 502 or 504.
-    pub endpoint: Option<usize>,
+    /// The endpoint whose failure this answer reports: a 502 or 504.
+    pub endpoint: Option<std::sync::Arc<str>>,
 }
 
 impl From<ProxyError> for Refusal {
@@ -103,7 +103,7 @@ impl From<ProxyError> for Refusal {
 
 /// Handles one request on a generation route; see the module docs.
 pub async fn forward(
-    shared: &'static Shared,
+    shared: &Shared,
     route: Route,
     request: Request,
     request_id: &HeaderValue,
@@ -135,11 +135,11 @@ pub async fn forward(
     // even after a wait.
     let mut sent = Excluded::default();
     // The previous attempt's endpoint and why it failed, counted when the next one starts.
-    let mut failed: Option<(&'static EndpointRuntime, RetryOn)> = None;
+    let mut failed: Option<(std::sync::Arc<EndpointRuntime>, RetryOn)> = None;
     // The one retry of a sent request (429, 5xx, first-byte timeout) was spent.
     let mut retried = false;
     // Holds the retry's place in the budget until its answer's head is in.
-    let mut _token: Option<RetryToken> = None;
+    let mut _token: Option<RetryToken<'_>> = None;
     // The backend answer a retry replaced, read whole: the client's answer if the retry
     // cannot be made after all.
     let mut fallback: Option<Response> = None;
@@ -228,11 +228,13 @@ pub async fn forward(
             }
         };
         if let Some((previous, reason)) = failed.take() {
-            shared.stats.retried(model, previous.id, reason.label());
+            shared
+                .stats
+                .retried(model, previous.counters.name(), reason.label());
         }
-        // The claim holds the runtime for as long as the process lives; borrowing it
-        // separately leaves the claim free to record its outcome below.
-        let rt = claim.runtime();
+        // A reference of its own to the runtime leaves the claim free to record its outcome
+        // and to move into the response body below.
+        let rt = claim.shared_runtime();
         excluded.insert(rt.id);
         let endpoint_has_key = rt.auth.is_some();
         let keep = |name: &HeaderName| filter.forwards(name, endpoint_has_key);
@@ -267,23 +269,16 @@ pub async fn forward(
                     }
                     claim.success();
                 }
-                shared.stats.answered(model, rt.id, status);
+                shared.stats.answered(model, &rt.counters, status);
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     hold_rate_limited(shared, &rt.endpoint.name, &head.headers);
                 }
                 // Outlier detection sees every answer, a retried one included.
-                let watch = rt.watch(&shared.store, route.path(), status.as_u16());
+                let watch = rt.watch(route.path(), status.as_u16());
                 let mut headers = head.headers;
                 hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
-                let body = UpstreamBody::new(
-                    conn,
-                    head.framing,
-                    head.reusable,
-                    &rt.dest.pool,
-                    claim,
-                    started,
-                    watch,
-                );
+                let body =
+                    UpstreamBody::new(conn, head.framing, head.reusable, claim, started, watch);
                 let reason = RetryOn::Status(status.as_u16());
                 // (A 2xx, the common case, looks no further than its status.)
                 let failed_answer =
@@ -338,11 +333,7 @@ pub async fn forward(
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
                 shared.store.request_check(name);
-                rt.record_outcome(
-                    &shared.store,
-                    crate::runtime::sent_failure(&send_error),
-                    route.path(),
-                );
+                rt.record_outcome(crate::runtime::sent_failure(&send_error), route.path());
                 // Only a first-byte timeout may be retried (when `retry_on` says so): the
                 // backend answered nothing in time. A request dropped after it was written,
                 // or answered with garbage, is never sent again.
@@ -382,7 +373,7 @@ pub async fn forward(
                 return Err(Refusal {
                     error,
                     served_model: Some(model.to_owned()),
-                    endpoint: Some(rt.id),
+                    endpoint: Some(rt.counters.name().clone()),
                 });
             }
         }
@@ -399,13 +390,13 @@ const FALLBACK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A retry for a request that failed on every endpoint in `excluded`: a place in the retry
 /// budget and a claim on another endpoint that serves the model, or `None` (the budget is
 /// spent — counted — or no other endpoint can take it now).
-fn retry_target(
-    shared: &'static Shared,
+fn retry_target<'s>(
+    shared: &'s Shared,
     excluded: &mut Excluded,
     sent: &Excluded,
     model: &str,
     route: Route,
-) -> Option<(RetryToken, Claim)> {
+) -> Option<(RetryToken<'s>, Claim)> {
     let Some(token) = shared.budget.try_acquire(shared.in_flight()) else {
         shared.stats.budget_exhausted(model);
         tracing::debug!(
