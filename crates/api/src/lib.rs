@@ -37,6 +37,7 @@ mod coord_views;
 mod counts;
 pub mod error;
 mod events;
+pub mod fds;
 mod format;
 mod health_routes;
 pub mod metrics;

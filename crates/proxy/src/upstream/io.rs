@@ -119,6 +119,14 @@ async fn open(target: &Target, tls: &TlsConnector) -> Result<Io, CheckResult> {
 
 /// What a failed TCP connect means.
 fn connect_error(e: &io::Error) -> CheckResult {
+    // EMFILE / ENFILE: Hale itself has no descriptor left, whatever the backend's state.
+    if matches!(e.raw_os_error(), Some(23 | 24)) {
+        return CheckResult::Other {
+            message: format!(
+                "connect: Hale is out of file descriptors ({e}); raise its open-file limit"
+            ),
+        };
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => CheckResult::ConnectRefused,
         io::ErrorKind::TimedOut => CheckResult::Timeout,
