@@ -124,13 +124,16 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
         }
         .spawn(),
     );
-    let reloader = Arc::new(Reloader::new(
-        file,
-        config.clone(),
-        store.clone(),
-        proxy.clone(),
-        scheduler.clone(),
-    ));
+    let reloader = Arc::new(
+        Reloader::new(
+            file,
+            config.clone(),
+            store.clone(),
+            proxy.clone(),
+            scheduler.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let _reloads = tokio::spawn(reload_on_hangup(reloader.clone(), hangups));
 
     let grace = config.server.shutdown_grace;

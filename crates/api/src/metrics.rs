@@ -134,14 +134,15 @@ impl Metrics {
         })
     }
 
-    /// Forgets every series of the endpoints `live` says no to (see [`by_endpoint`]); call
-    /// with a [`mark`](ByEndpoint::mark) taken before the snapshot `live` reads.
-    pub(crate) fn forget_removed(&self, live: impl Fn(&str) -> bool, mark: u64) {
-        self.recorder.retain(live, mark);
-    }
-
-    pub(crate) fn mark(&self) -> u64 {
-        self.recorder.mark()
+    /// Forgets every series of the endpoints `store` no longer lists (see [`by_endpoint`]):
+    /// each scrape does, and so does a config reload, so memory does not wait for a scrape.
+    pub fn forget_removed_endpoints(&self, store: &hale_core::HealthStore) -> Arc<Snapshot> {
+        // The mark before the snapshot: an endpoint added after it keeps its series.
+        let mark = self.recorder.mark();
+        let snapshot = store.snapshot();
+        self.recorder
+            .retain(|name| snapshot.get(name).is_some(), mark);
+        snapshot
     }
 
     /// Sets the per-endpoint gauges from `snapshot` as it stands at `now`.
@@ -247,12 +248,7 @@ fn describe_all() {
 
 /// `GET /metrics`: the gauges are set from the current snapshot, then everything is rendered.
 pub(crate) async fn scrape(State(state): State<ApiState>) -> Response {
-    // The mark before the snapshot: an endpoint added after it keeps its series.
-    let mark = state.metrics().mark();
-    let snapshot = state.store().snapshot();
-    state
-        .metrics()
-        .forget_removed(|name| snapshot.get(name).is_some(), mark);
+    let snapshot = state.metrics().forget_removed_endpoints(state.store());
     state
         .metrics()
         .set_endpoint_gauges(&snapshot, Instant::now(), |name| state.breaker_state(name));

@@ -132,6 +132,8 @@ impl ByEndpoint {
             .labels()
             .find(|l| l.key() == ENDPOINT_LABEL)
             .map(|l| l.value())
+            // An empty value (an answer Hale made itself) belongs to no endpoint.
+            .filter(|v| !v.is_empty())
         else {
             return f(&self.common);
         };
@@ -284,6 +286,7 @@ mod tests {
             metrics::histogram!("took", "endpoint" => "gone").record(0.5);
             metrics::gauge!("up", "endpoint" => "a").set(1.0);
             metrics::gauge!("runtimes").set(2.0);
+            metrics::counter!("requests", "endpoint" => "", "status" => "404").increment(1);
         });
         let text = r.render();
         assert_eq!(text.matches("# TYPE requests counter").count(), 1, "{text}");
@@ -313,6 +316,10 @@ mod tests {
         );
         assert!(text.contains(r#"up{endpoint="a"} 1"#), "{text}");
         assert!(text.contains("runtimes 2"), "{text}");
+        assert!(
+            text.contains(r#"requests{endpoint="",status="404"} 1"#),
+            "Hale's own answers name no endpoint and stay: {text}"
+        );
         assert!(text.contains("# HELP requests Requests."), "{text}");
     }
 
