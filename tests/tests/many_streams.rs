@@ -70,10 +70,20 @@ fn request(url: &str) -> anyhow::Result<http::Request<Full<Bytes>>> {
         .body(Full::new(Bytes::from_static(BODY.as_bytes())))?)
 }
 
-/// Checks one stream's answer; how long after `started` it ended.
-fn complete(status: u16, body: &[u8], started: Instant) -> anyhow::Result<Duration> {
+/// Reads one stream's answer to its end and checks it; how long after `started` it ended.
+/// `open` counts the stream once its head is in (or it failed), so the wait for every head
+/// ends on failures too.
+async fn finish(
+    answer: anyhow::Result<http::Response<hyper::body::Incoming>>,
+    open: &AtomicUsize,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    open.fetch_add(1, Ordering::Relaxed);
+    let answer = answer?;
+    let status = answer.status().as_u16();
+    let body = answer.into_body().collect().await?.to_bytes();
     let took = started.elapsed();
-    let text = String::from_utf8_lossy(body);
+    let text = String::from_utf8_lossy(&body);
     anyhow::ensure!(status == 200, "status {status}: {text}");
     let events = text.matches("data: {").count();
     anyhow::ensure!(
@@ -142,14 +152,8 @@ async fn ten_thousand_concurrent_streams_through_one_replica_all_complete() -> a
                         hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
                     tokio::spawn(conn);
                     anyhow::Ok(sender.send_request(request(&url)?).await?)
-                }
-                .await;
-                // Counted either way, so the wait below ends on failures too.
-                open.fetch_add(1, Ordering::Relaxed);
-                let answer = answer?;
-                let status = answer.status().as_u16();
-                let body = answer.into_body().collect().await?.to_bytes();
-                complete(status, &body, started)
+                };
+                finish(answer.await, &open, started).await
             }));
         } else {
             let mut sender = h2[(i - HTTP1_STREAMS) / H2_STREAMS_PER_CONNECTION].clone();
@@ -158,13 +162,8 @@ async fn ten_thousand_concurrent_streams_through_one_replica_all_complete() -> a
                 let answer = async {
                     sender.ready().await?;
                     anyhow::Ok(sender.send_request(request(&url)?).await?)
-                }
-                .await;
-                open.fetch_add(1, Ordering::Relaxed);
-                let answer = answer?;
-                let status = answer.status().as_u16();
-                let body = answer.into_body().collect().await?.to_bytes();
-                complete(status, &body, started)
+                };
+                finish(answer.await, &open, started).await
             }));
         }
         if (i + 1) % START_BATCH == 0 {
