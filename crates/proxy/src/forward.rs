@@ -18,6 +18,9 @@
 //!   retried answer counts too; it ejects through core, within `max_ejection_percent`), so
 //!   for the breaker it is an answer like any other; another 5xx counts as a failure on the
 //!   breaker; any other answer resets it.
+//! - on a connect that failed because Hale has no file descriptor left (EMFILE/ENFILE), a
+//!   503 at once: the backend is not to blame, so it is not marked, and another endpoint
+//!   would fail the same way (a WARN at most once a minute says so).
 //! - on a connect-level failure (refused, connect timeout, DNS, TLS handshake: nothing was
 //!   sent), mark the endpoint `unhealthy` at once through core (a passive signal that checks
 //!   and every other request see in the next snapshot), count the failure on its breaker,
@@ -305,6 +308,18 @@ pub async fn forward(
                 *response.headers_mut() = headers;
                 return Ok(response);
             }
+            Err(SendError::Connect(result))
+                if crate::upstream::io::is_out_of_descriptors(&result) =>
+            {
+                // Hale's own limit, not the backend's: nothing is marked or counted against
+                // it, and no other endpoint is tried (every connect would fail the same way).
+                drop(claim);
+                warn_out_of_descriptors(&rt.endpoint.name, &result);
+                if let Some(answer) = fallback.take() {
+                    return Ok(answer);
+                }
+                return Err(unavailable(model, std::time::Duration::from_secs(1)));
+            }
             Err(SendError::Connect(result)) => {
                 // Its other idle connections are most likely as dead as this one.
                 rt.dest.pool.clear();
@@ -478,6 +493,30 @@ fn mark_unhealthy(shared: &Shared, name: &str, result: &CheckResult) {
             reason = ?event.reason.as_ref().map(|r| r.as_str()),
             "request path: connection failure, endpoint marked unhealthy"
         );
+    }
+}
+
+/// Logs a connect that failed for lack of descriptors: WARN at most once a minute (the
+/// listener says the same for accepts), DEBUG otherwise.
+fn warn_out_of_descriptors(endpoint: &str, result: &CheckResult) {
+    static LAST_WARNED_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED_SECS.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last.saturating_add(60)
+        && LAST_WARNED_SECS
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(endpoint, error = ?result, "request path: cannot open a backend connection, Hale is out of file descriptors; answering 503 (logged once a minute)");
+    } else {
+        tracing::debug!(endpoint, error = ?result, "request path: out of file descriptors");
     }
 }
 
