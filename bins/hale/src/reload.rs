@@ -6,7 +6,9 @@
 //! endpoints keep their health, new ones start `unknown`, removed ones leave the snapshot),
 //! the proxy builds its new runtime table ([`Proxy::reload`]), and the scheduler stops, starts
 //! or restarts the tasks that changed ([`SchedulerHandle::apply`]); coord follows through the
-//! store. A request already sent to a removed endpoint finishes there; new ones go to the new
+//! store. Removed endpoints' metric series are dropped right after
+//! ([`hale_api::Metrics::forget_removed_endpoints`]), and their proxy runtimes are freed when
+//! their last request ends. A request already sent to a removed endpoint finishes there; new ones go to the new
 //! set. A file that does not load or validate is refused with one WARN line that names the key
 //! and line, and the running config stays in force.
 //!
@@ -37,6 +39,8 @@ pub struct Reloader {
     store: Arc<HealthStore>,
     proxy: Proxy,
     scheduler: Arc<SchedulerHandle>,
+    /// Where removed endpoints' series are dropped (none in tests that need no metrics).
+    metrics: Option<hale_api::Metrics>,
     /// The config in force (its `endpoints:` updated by every applied reload); the lock also
     /// makes reloads run one at a time.
     running: tokio::sync::Mutex<HaleConfig>,
@@ -63,8 +67,15 @@ impl Reloader {
             store,
             proxy,
             scheduler,
+            metrics: None,
             running: tokio::sync::Mutex::new(running),
         }
+    }
+
+    /// Drops removed endpoints' metric series after each reload.
+    pub fn with_metrics(mut self, metrics: hale_api::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Re-reads the file and applies it; `trigger` names what asked (for the log).
@@ -94,6 +105,9 @@ impl Reloader {
         let change = self.store.reconcile(loaded.endpoints, Now::capture());
         let made = self.proxy.reload();
         self.scheduler.apply(&change);
+        if let Some(metrics) = &self.metrics {
+            metrics.forget_removed_endpoints(&self.store);
+        }
         running.endpoints = loaded.config.endpoints;
         tracing::info!(
             trigger,

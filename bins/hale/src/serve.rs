@@ -1,6 +1,7 @@
 //! `hale serve`: wires the crates into one running gateway.
 //!
-//! Order of start-up: telemetry; the pod id; the metrics recorder; the health store with every
+//! Order of start-up: telemetry; the pod id; the open-file soft limit raised to the hard
+//! limit (logged at INFO, see [`hale_api::fds`]); the metrics recorder; the health store with every
 //! configured endpoint `unknown`; the listener (so `/livez` answers while the first sweep runs
 //! and `/readyz` says 503 until it is in); then the scheduler. With `shared.enabled`, coord
 //! starts with the store (Redis is reached in the background, never required to start), the
@@ -63,6 +64,17 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
         threads,
         "starting hale"
     );
+    // Two descriptors per stream (client and backend): the usual soft limit of 1,024 would
+    // cap a replica near 500 streams.
+    match hale_api::fds::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            soft = l.now,
+            hard = l.hard,
+            was = l.before,
+            "open-file limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit (RLIMIT_NOFILE)"),
+    }
     let workers = Workers::start(threads)?;
 
     let metrics = install_metrics().context("installing the metrics recorder")?;
@@ -112,21 +124,24 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
         }
         .spawn(),
     );
-    let reloader = Arc::new(Reloader::new(
-        file,
-        config.clone(),
-        store.clone(),
-        proxy,
-        scheduler.clone(),
-    ));
+    let reloader = Arc::new(
+        Reloader::new(
+            file,
+            config.clone(),
+            store.clone(),
+            proxy.clone(),
+            scheduler.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let _reloads = tokio::spawn(reload_on_hangup(reloader.clone(), hangups));
 
     let grace = config.server.shutdown_grace;
     let limits = Limits::from_config(&config.server);
     let state = ApiState::new(store, config.server, env!("CARGO_PKG_VERSION"), metrics)
         .with_started(started)
-        .with_breakers(Arc::new(proxy))
-        .with_model_stats(Arc::new(proxy))
+        .with_breakers(Arc::new(proxy.clone()))
+        .with_model_stats(Arc::new(proxy.clone()))
         .with_admin(reloader);
     let state = match &coordinator {
         Some(c) => state.with_shared(Arc::new(c.clone())),

@@ -42,6 +42,7 @@ mod counts;
 pub mod error;
 mod events;
 pub mod events_stream;
+pub mod fds;
 mod format;
 mod health_routes;
 pub mod metrics;

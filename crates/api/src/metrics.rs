@@ -1,13 +1,19 @@
 //! Prometheus metrics: the recorder every crate's `metrics::counter!`/`histogram!` calls reach,
 //! the `HELP` text of every `hale_` series, and `GET /metrics`.
 //!
-//! [`install_metrics`] builds a `metrics-exporter-prometheus` recorder with histogram buckets
-//! that fit health checks (1 ms … 10 s) and proxied LLM requests (10 ms … 5 min) and installs
-//! it globally; [`Metrics::detached`] builds the same recorder without installing it, so tests
-//! running in parallel each get their own. The [`Metrics`] value keeps the recorder itself, not
-//! only its handle: the per-endpoint gauges are written through it (as a local recorder) at
-//! scrape time, which makes them exact for the snapshot being scraped and keeps a detached
-//! recorder's gauges out of every other test's way.
+//! [`install_metrics`] builds the recorder — `metrics-exporter-prometheus` recorders with
+//! histogram buckets that fit health checks (1 ms … 10 s) and proxied LLM requests
+//! (10 ms … 5 min), one per endpoint plus a common one ([`by_endpoint`]) — and installs it
+//! globally; [`Metrics::detached`] builds the same recorder without installing it, so tests
+//! running in parallel each get their own. The [`Metrics`] value keeps the recorder itself:
+//! the per-endpoint gauges are written through it (as a local recorder) at scrape time, which
+//! makes them exact for the snapshot being scraped and keeps a detached recorder's gauges out
+//! of every other test's way.
+//!
+//! Removed endpoints are forgotten: each scrape drops every series of the endpoints its
+//! snapshot no longer lists (a reload removed them), so `/metrics` and the process's memory
+//! do not grow with every endpoint a long-lived pod has ever had; live endpoints keep all
+//! their series however idle they are (see [`by_endpoint`]).
 //!
 //! Gauges set at scrape time from the current snapshot:
 //! `hale_endpoint_up{endpoint}` (1 when health says routable now — state and rate limit; the
@@ -22,9 +28,10 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use hale_core::{BreakerState, Snapshot};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
-use metrics_exporter_prometheus::{
-    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+
+pub mod by_endpoint;
+use by_endpoint::ByEndpoint;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -45,6 +52,7 @@ pub const COORD_CHECKS_SKIPPED_TOTAL: &str = "hale_coord_checks_skipped_total";
 pub const COORD_REJECTED_TOTAL: &str = "hale_coord_rejected_total";
 pub const OUTLIER_EJECTIONS_TOTAL: &str = "hale_outlier_ejections_total";
 pub const OUTLIER_WITHHELD_TOTAL: &str = "hale_outlier_ejections_withheld_total";
+pub const PROXY_ENDPOINT_RUNTIMES: &str = "hale_proxy_endpoint_runtimes";
 
 /// Buckets of `hale_health_check_duration_seconds`: a local check answers in a millisecond, a
 /// check that times out takes seconds.
@@ -79,8 +87,21 @@ pub fn install_metrics() -> Result<Metrics, MetricsError> {
 /// The Prometheus recorder and the handle that renders it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    recorder: Arc<PrometheusRecorder>,
-    handle: PrometheusHandle,
+    recorder: Arc<ByEndpoint>,
+}
+
+/// One recorder with Hale's buckets.
+fn build_recorder() -> Result<PrometheusRecorder, BuildError> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(HEALTH_CHECK_DURATION_SECONDS.to_owned()),
+            CHECK_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(PROXY_REQUEST_DURATION_SECONDS.to_owned()),
+            REQUEST_BUCKETS,
+        )?
+        .build_recorder())
 }
 
 impl Metrics {
@@ -88,47 +109,40 @@ impl Metrics {
     /// only what is recorded through [`recorder`](Self::recorder) (and the gauges
     /// `/metrics` sets itself) reaches it. For tests.
     pub fn detached() -> Result<Self, MetricsError> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(HEALTH_CHECK_DURATION_SECONDS.to_owned()),
-                CHECK_BUCKETS,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(PROXY_REQUEST_DURATION_SECONDS.to_owned()),
-                    REQUEST_BUCKETS,
-                )
-            })
-            .map_err(MetricsError::Build)?
-            .build_recorder();
-        let handle = recorder.handle();
+        let recorder = ByEndpoint::new(build_recorder).map_err(MetricsError::Build)?;
         metrics::with_local_recorder(&recorder, describe_all);
         Ok(Self {
             recorder: Arc::new(recorder),
-            handle,
         })
     }
 
     /// The recorder itself, e.g. for `metrics::with_local_recorder` in a test.
-    pub fn recorder(&self) -> &PrometheusRecorder {
+    pub fn recorder(&self) -> &ByEndpoint {
         &self.recorder
-    }
-
-    pub fn handle(&self) -> &PrometheusHandle {
-        &self.handle
     }
 
     /// Drains histogram samples every `period` so memory stays bounded between scrapes.
     /// The exporter crate leaves this to whoever installs the recorder.
     pub fn spawn_upkeep(&self, period: Duration) -> JoinHandle<()> {
-        let handle = self.handle.clone();
+        let recorder = self.recorder.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                handle.run_upkeep();
+                recorder.run_upkeep();
             }
         })
+    }
+
+    /// Forgets every series of the endpoints `store` no longer lists (see [`by_endpoint`]):
+    /// each scrape does, and so does a config reload, so memory does not wait for a scrape.
+    pub fn forget_removed_endpoints(&self, store: &hale_core::HealthStore) -> Arc<Snapshot> {
+        // The mark before the snapshot: an endpoint added after it keeps its series.
+        let mark = self.recorder.mark();
+        let snapshot = store.snapshot();
+        self.recorder
+            .retain(|name| snapshot.get(name).is_some(), mark);
+        snapshot
     }
 
     /// Sets the per-endpoint gauges from `snapshot` as it stands at `now`.
@@ -161,7 +175,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.recorder.render()
     }
 }
 
@@ -226,11 +240,15 @@ fn describe_all() {
         OUTLIER_WITHHELD_TOTAL,
         "Ejections refused because too few of a model's endpoints would remain."
     );
+    describe_gauge!(
+        PROXY_ENDPOINT_RUNTIMES,
+        "Per-endpoint proxy runtimes alive: the configured endpoints plus retired ones still finishing requests."
+    );
 }
 
 /// `GET /metrics`: the gauges are set from the current snapshot, then everything is rendered.
 pub(crate) async fn scrape(State(state): State<ApiState>) -> Response {
-    let snapshot = state.store().snapshot();
+    let snapshot = state.metrics().forget_removed_endpoints(state.store());
     state
         .metrics()
         .set_endpoint_gauges(&snapshot, Instant::now(), |name| state.breaker_state(name));
@@ -331,6 +349,50 @@ mod tests {
             text.contains(
                 r#"hale_health_check_duration_seconds_bucket{endpoint="a",le="0.001"} 0"#
             ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_endpoints_series_leave_at_the_next_scrape_and_the_rest_stay() {
+        let f = Fixture::new("");
+        metrics::with_local_recorder(f.state.metrics().recorder(), || {
+            for e in ["a", "b"] {
+                metrics::counter!(HEALTH_CHECKS_TOTAL, "endpoint" => e, "outcome" => "ok")
+                    .increment(1);
+                metrics::histogram!(PROXY_REQUEST_DURATION_SECONDS, "endpoint" => e).record(0.2);
+            }
+        });
+        let text = f.get("/metrics", None).await.text();
+        assert!(text.contains(r#"endpoint="b""#), "{text}");
+        // A reload keeps a and c only.
+        let keep: Vec<_> = f
+            .store
+            .snapshot()
+            .endpoints
+            .iter()
+            .filter(|e| &*e.endpoint.name != "b")
+            .map(|e| (*e.endpoint).clone())
+            .collect();
+        f.store.reconcile(keep, Now::capture());
+        let text = f.get("/metrics", None).await.text();
+        assert!(!text.contains(r#"endpoint="b""#), "{text}");
+        // a's series stay although a saw nothing new, each family under one header.
+        assert!(
+            text.contains(r#"hale_health_checks_total{endpoint="a",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hale_proxy_request_duration_seconds_count{endpoint="a"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hale_endpoint_up{endpoint="c"} 0"#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE hale_endpoint_up gauge").count(),
+            1,
             "{text}"
         );
     }

@@ -431,10 +431,23 @@ impl AcceptErrors {
             .last_warned
             .is_none_or(|t| now.duration_since(t) >= ACCEPT_ERROR_LOG_EVERY)
         {
-            tracing::warn!(
-                error = %e,
-                "accepting connections failed; retrying every 100 ms (logged once a minute)"
-            );
+            if crate::fds::is_exhausted(&e) {
+                // Say what ran out and by how much, not only the errno (see `fds`).
+                let (open, limit) = crate::fds::usage();
+                let figure = |n: Option<String>| n.unwrap_or_else(|| "?".into());
+                tracing::warn!(
+                    error = %e,
+                    "out of file descriptors: {} open, limit {}; new connections wait in the \
+                     listen backlog, accepting again every 100 ms (logged once a minute)",
+                    figure(open.map(|n| n.to_string())),
+                    figure(limit.map(|n| n.to_string())),
+                );
+            } else {
+                tracing::warn!(
+                    error = %e,
+                    "accepting connections failed; retrying every 100 ms (logged once a minute)"
+                );
+            }
             self.last_warned = Some(now);
         } else {
             tracing::debug!(error = %e, "accepting connections failed");

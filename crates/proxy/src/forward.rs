@@ -18,6 +18,9 @@
 //!   retried answer counts too; it ejects through core, within `max_ejection_percent`), so
 //!   for the breaker it is an answer like any other; another 5xx counts as a failure on the
 //!   breaker; any other answer resets it.
+//! - on a connect that failed because Hale has no file descriptor left (EMFILE/ENFILE), a
+//!   503 at once: the backend is not to blame, so it is not marked, and another endpoint
+//!   would fail the same way (a WARN at most once a minute says so).
 //! - on a connect-level failure (refused, connect timeout, DNS, TLS handshake: nothing was
 //!   sent), mark the endpoint `unhealthy` at once through core (a passive signal that checks
 //!   and every other request see in the next snapshot), count the failure on its breaker,
@@ -102,8 +105,8 @@ use tokio::time::Instant;
 pub struct Refusal {
     pub error: ProxyError,
     pub served_model: Option<String>,
-    /// The endpoint (runtime id) whose failure this answer reports: a 502 or 504.
-    pub endpoint: Option<usize>,
+    /// The endpoint whose failure this answer reports: a 502 or 504.
+    pub endpoint: Option<std::sync::Arc<str>>,
 }
 
 impl From<ProxyError> for Refusal {
@@ -118,7 +121,7 @@ impl From<ProxyError> for Refusal {
 
 /// Handles one request on a generation route; see the module docs.
 pub async fn forward(
-    shared: &'static Shared,
+    shared: &Shared,
     route: Route,
     request: Request,
     request_id: &HeaderValue,
@@ -150,11 +153,11 @@ pub async fn forward(
     // even after a wait.
     let mut sent = Excluded::default();
     // The previous attempt's endpoint and why it failed, counted when the next one starts.
-    let mut failed: Option<(&'static EndpointRuntime, RetryOn)> = None;
+    let mut failed: Option<(std::sync::Arc<EndpointRuntime>, RetryOn)> = None;
     // The one retry of a sent request (429, 5xx, first-byte timeout) was spent.
     let mut retried = false;
     // Holds the retry's place in the budget until its answer's head is in.
-    let mut _token: Option<RetryToken> = None;
+    let mut _token: Option<RetryToken<'_>> = None;
     // The backend answer a retry replaced, read whole: the client's answer if the retry
     // cannot be made after all.
     let mut fallback: Option<Response> = None;
@@ -252,11 +255,13 @@ pub async fn forward(
             }
         };
         if let Some((previous, reason)) = failed.take() {
-            shared.stats.retried(model, previous.id, reason.label());
+            shared
+                .stats
+                .retried(model, previous.counters.name(), reason.label());
         }
-        // The claim holds the runtime for as long as the process lives; borrowing it
-        // separately leaves the claim free to record its outcome below.
-        let rt = claim.runtime();
+        // A reference of its own to the runtime leaves the claim free to record its outcome
+        // and to move into the response body below.
+        let rt = claim.shared_runtime();
         excluded.insert(rt.id);
         let endpoint_has_key = rt.auth.is_some();
         let keep = |name: &HeaderName| filter.forwards(name, endpoint_has_key);
@@ -291,23 +296,16 @@ pub async fn forward(
                     }
                     claim.success();
                 }
-                shared.stats.answered(model, rt.id, status);
+                shared.stats.answered(model, &rt.counters, status);
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     hold_rate_limited(shared, &rt.endpoint.name, &head.headers);
                 }
                 // Outlier detection sees every answer, a retried one included.
-                let watch = rt.watch(&shared.store, route.path(), status.as_u16());
+                let watch = rt.watch(route.path(), status.as_u16());
                 let mut headers = head.headers;
                 hygiene::add_downstream(&mut headers, &rt.name_header, request_id);
-                let body = UpstreamBody::new(
-                    conn,
-                    head.framing,
-                    head.reusable,
-                    &rt.dest.pool,
-                    claim,
-                    started,
-                    watch,
-                );
+                let body =
+                    UpstreamBody::new(conn, head.framing, head.reusable, claim, started, watch);
                 if status == StatusCode::NOT_FOUND
                     && let crate::upstream::head::Framing::Length(len) = head.framing
                     && len <= crate::model_gone::MAX_BODY
@@ -323,14 +321,14 @@ pub async fn forward(
                                 rt.endpoint.name
                             )),
                             served_model: Some(model.to_owned()),
-                            endpoint: Some(rt.id),
+                            endpoint: Some(rt.counters.name().clone()),
                         });
                     };
                     let answer = whole_answer(status, headers, bytes.clone());
                     if !crate::model_gone::says_model_not_found(&bytes) {
                         return Ok(answer);
                     }
-                    model_gone(shared, rt, model);
+                    model_gone(shared, &rt, model);
                     fallback = Some(answer);
                     failed = Some((rt, RetryOn::Status(404)));
                     continue;
@@ -361,6 +359,18 @@ pub async fn forward(
                 *response.headers_mut() = headers;
                 return Ok(response);
             }
+            Err(SendError::Connect(result))
+                if crate::upstream::io::is_out_of_descriptors(&result) =>
+            {
+                // Hale's own limit, not the backend's: nothing is marked or counted against
+                // it, and no other endpoint is tried (every connect would fail the same way).
+                drop(claim);
+                warn_out_of_descriptors(&rt.endpoint.name, &result);
+                if let Some(answer) = fallback.take() {
+                    return Ok(answer);
+                }
+                return Err(unavailable(model, std::time::Duration::from_secs(1)));
+            }
             Err(SendError::Connect(result)) => {
                 // Its other idle connections are most likely as dead as this one.
                 rt.dest.pool.clear();
@@ -389,11 +399,7 @@ pub async fn forward(
                     tracing::warn!(endpoint = %name, "circuit breaker opened after repeated failures");
                 }
                 shared.store.request_check(name);
-                rt.record_outcome(
-                    &shared.store,
-                    crate::runtime::sent_failure(&send_error),
-                    route.path(),
-                );
+                rt.record_outcome(crate::runtime::sent_failure(&send_error), route.path());
                 // Only a first-byte timeout may be retried (when `retry_on` says so): the
                 // backend answered nothing in time. A request dropped after it was written,
                 // or answered with garbage, is never sent again.
@@ -433,7 +439,7 @@ pub async fn forward(
                 return Err(Refusal {
                     error,
                     served_model: Some(model.to_owned()),
-                    endpoint: Some(rt.id),
+                    endpoint: Some(rt.counters.name().clone()),
                 });
             }
         }
@@ -450,13 +456,13 @@ const FALLBACK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A retry for a request that failed on every endpoint in `excluded`: a place in the retry
 /// budget and a claim on another endpoint that serves the model, or `None` (the budget is
 /// spent — counted — or no other endpoint can take it now).
-fn retry_target(
-    shared: &'static Shared,
+fn retry_target<'s>(
+    shared: &'s Shared,
     excluded: &mut Excluded,
     sent: &Excluded,
     model: &str,
     route: Route,
-) -> Option<(RetryToken, Claim)> {
+) -> Option<(RetryToken<'s>, Claim)> {
     let Some(token) = shared.budget.try_acquire(shared.in_flight()) else {
         shared.stats.budget_exhausted(model);
         tracing::debug!(
@@ -569,6 +575,30 @@ fn mark_unhealthy(shared: &Shared, name: &str, result: &CheckResult) {
             reason = ?event.reason.as_ref().map(|r| r.as_str()),
             "request path: connection failure, endpoint marked unhealthy"
         );
+    }
+}
+
+/// Logs a connect that failed for lack of descriptors: WARN at most once a minute (the
+/// listener says the same for accepts), DEBUG otherwise.
+fn warn_out_of_descriptors(endpoint: &str, result: &CheckResult) {
+    static LAST_WARNED_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED_SECS.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last.saturating_add(60)
+        && LAST_WARNED_SECS
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(endpoint, error = ?result, "request path: cannot open a backend connection, Hale is out of file descriptors; answering 503 (logged once a minute)");
+    } else {
+        tracing::debug!(endpoint, error = ?result, "request path: out of file descriptors");
     }
 }
 

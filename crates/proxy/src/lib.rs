@@ -36,9 +36,10 @@
 //!   retried once on a new connection to the same endpoint and is not held against it. Any
 //!   other failure after sending is final for the request: it counts on the breaker and asks
 //!   for a prompt probe check, and only connect failures mark the endpoint at once.
-//! - The shared state lives for the process (leaked once) so the request path borrows it
-//!   without reference counting; per-endpoint counters that every request writes sit on
-//!   cache lines of their own.
+//! - Nothing is leaked: the shared state and the per-endpoint runtimes are reference-counted
+//!   (one `Arc` clone per request for each, their counts on cache lines of their own), so a
+//!   reload's retired runtimes are freed when their last request ends; per-endpoint counters
+//!   that every request writes sit on cache lines of their own.
 //! - The binary serves connections on several threads, each with its own current-thread
 //!   runtime; what belongs to one thread's event loop (idle upstream connections, the count of
 //!   requests waiting for an answer) is kept per thread ([`worker`]).

@@ -27,9 +27,14 @@
 //! - `hale_outlier_ejections_withheld_total{endpoint}`: ejections refused because they would
 //!   leave too few of a model's endpoints (`proxy.outlier.max_ejection_percent`).
 //!
+//! - `hale_proxy_endpoint_runtimes`: per-endpoint runtimes alive now — the endpoints in the
+//!   routing table plus retired ones still finishing requests. Flat across reloads; a number
+//!   that only grows is a leak.
+//!
 //! The common case — a 200 for a model seen before — touches no lock and allocates nothing:
 //! the counter handles for status 200 are made once per model and endpoint and kept in a
-//! copy-on-write map (one `ArcSwap` load per request); any other status goes through the
+//! copy-on-write map owned by the endpoint's runtime ([`EndpointCounters`], one `ArcSwap` load
+//! per request), so they go when the runtime goes; any other status goes through the
 //! `metrics` macros, which is fine for the rare path. Handles bind to the recorder installed
 //! when they are made, so the binary installs its recorder before building the proxy. The
 //! per-model count for the stats page is sharded by thread ([`Sharded`]), so counting does not
@@ -48,26 +53,72 @@ pub const REQUEST_DURATION_SECONDS: &str = "hale_proxy_request_duration_seconds"
 pub const RETRIES_TOTAL: &str = "hale_proxy_retries_total";
 pub const OUTLIER_EJECTIONS_TOTAL: &str = "hale_outlier_ejections_total";
 pub const OUTLIER_WITHHELD_TOTAL: &str = "hale_outlier_ejections_withheld_total";
+pub const ENDPOINT_RUNTIMES: &str = "hale_proxy_endpoint_runtimes";
 
 /// Past this many distinct model names the per-model map stops growing; later names are
 /// still counted in Prometheus, through the slow path.
 const MAX_MODELS: usize = 4096;
 
 /// Per-model counters; see the module docs.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RequestStats {
-    /// Endpoint names by runtime id (ids are never reused, so a name never changes).
-    endpoints: ArcSwap<Vec<Arc<str>>>,
     models: ArcSwap<HashMap<Box<str>, ModelCells>>,
     grow: Mutex<()>,
+}
+
+/// One endpoint's status-200 counters by model (see the module docs); owned by its runtime.
+#[derive(Debug)]
+pub struct EndpointCounters {
+    name: Arc<str>,
+    ok: ArcSwap<HashMap<Arc<str>, Counter>>,
+    grow: Mutex<()>,
+}
+
+impl EndpointCounters {
+    pub fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            ok: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(()),
+        }
+    }
+
+    /// The endpoint's name, the `endpoint` label.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Counts one 200 for `model` (a label [`RequestStats`] already bounded).
+    fn ok(&self, model: &Arc<str>) {
+        if let Some(c) = self.ok.load().get(model) {
+            c.increment(1);
+            return;
+        }
+        let _grow = self.grow.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.ok.load_full();
+        let counter = match current.get(model) {
+            Some(c) => c.clone(),
+            None => {
+                let c = metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "model" => model.clone(),
+                    "endpoint" => self.name.clone(),
+                    "status" => "200"
+                );
+                let mut next = HashMap::clone(&current);
+                next.insert(model.clone(), c.clone());
+                self.ok.store(Arc::new(next));
+                c
+            }
+        };
+        counter.increment(1);
+    }
 }
 
 #[derive(Debug, Clone)]
 struct ModelCells {
     label: Arc<str>,
     forwarded: Arc<Sharded>,
-    /// The status-200 counter of each endpoint, by runtime id.
-    ok: Arc<[Counter]>,
     /// Retries made for this model, and retries the budget refused.
     retries: Arc<Sharded>,
     budget_exhausted: Arc<Sharded>,
@@ -83,33 +134,20 @@ pub struct RetryFigures {
 }
 
 impl RequestStats {
-    /// Counters for the endpoints named, by runtime id.
-    pub fn new(endpoints: Vec<Arc<str>>) -> Self {
-        Self {
-            endpoints: ArcSwap::from_pointee(endpoints),
-            models: ArcSwap::from_pointee(HashMap::new()),
-            grow: Mutex::new(()),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// The endpoint names by runtime id after a reload added some (ids only grow; models
-    /// seen before count the new ones through the slow path).
-    pub fn set_endpoints(&self, endpoints: Vec<Arc<str>>) {
-        self.endpoints.store(Arc::new(endpoints));
-    }
-
-    /// A backend (`endpoint`, by runtime id) answered a request for `model`.
-    pub fn answered(&self, model: &str, endpoint: usize, status: StatusCode) {
+    /// A backend (`endpoint`) answered a request for `model`.
+    pub fn answered(&self, model: &str, endpoint: &EndpointCounters, status: StatusCode) {
         let recorded = {
             let map = self.models.load();
             map.get(model).map(|cells| {
                 cells.forwarded.add(1);
-                if status == StatusCode::OK
-                    && let Some(c) = cells.ok.get(endpoint)
-                {
-                    c.increment(1);
+                if status == StatusCode::OK {
+                    endpoint.ok(&cells.label);
                 } else {
-                    self.slow(cells.label.clone(), endpoint, status);
+                    self.slow(cells.label.clone(), &endpoint.name, status);
                 }
             })
         };
@@ -117,18 +155,23 @@ impl RequestStats {
             match self.insert(model) {
                 Some(cells) => {
                     cells.forwarded.add(1);
-                    self.slow(cells.label, endpoint, status);
+                    self.slow(cells.label, &endpoint.name, status);
                 }
-                None => self.slow(Arc::from(model), endpoint, status),
+                None => self.slow(Arc::from(model), &endpoint.name, status),
             }
         }
     }
 
     /// Hale answered itself. `served_model` is the model when some endpoint serves it;
-    /// `endpoint` (runtime id) the endpoint whose failure the answer reports.
-    pub fn refused(&self, served_model: Option<&str>, endpoint: Option<usize>, status: StatusCode) {
+    /// `endpoint` the endpoint whose failure the answer reports.
+    pub fn refused(
+        &self,
+        served_model: Option<&str>,
+        endpoint: Option<&Arc<str>>,
+        status: StatusCode,
+    ) {
         let model: Arc<str> = served_model.map_or_else(|| Arc::from(""), Arc::from);
-        let endpoint = endpoint.map_or_else(|| Arc::from(""), |i| self.endpoint_name(i));
+        let endpoint = endpoint.cloned().unwrap_or_else(|| Arc::from(""));
         metrics::counter!(
             REQUESTS_TOTAL,
             "model" => model,
@@ -140,9 +183,9 @@ impl RequestStats {
 
     /// A request for `model` moved on after `endpoint` failed it for `reason` (a
     /// `proxy.retry_on` label).
-    pub fn retried(&self, model: &str, endpoint: usize, reason: &'static str) {
-        let name = self.endpoint_name(endpoint);
-        metrics::counter!(RETRIES_TOTAL, "endpoint" => name, "reason" => reason).increment(1);
+    pub fn retried(&self, model: &str, endpoint: &Arc<str>, reason: &'static str) {
+        metrics::counter!(RETRIES_TOTAL, "endpoint" => endpoint.clone(), "reason" => reason)
+            .increment(1);
         if let Some(cells) = self.cells(model) {
             cells.retries.add(1);
         }
@@ -185,19 +228,11 @@ impl RequestStats {
             .sum()
     }
 
-    fn endpoint_name(&self, i: usize) -> Arc<str> {
-        self.endpoints
-            .load()
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(""))
-    }
-
-    fn slow(&self, model: Arc<str>, endpoint: usize, status: StatusCode) {
+    fn slow(&self, model: Arc<str>, endpoint: &Arc<str>, status: StatusCode) {
         metrics::counter!(
             REQUESTS_TOTAL,
             "model" => model,
-            "endpoint" => self.endpoint_name(endpoint),
+            "endpoint" => endpoint.clone(),
             "status" => status.as_str().to_owned()
         )
         .increment(1);
@@ -214,23 +249,9 @@ impl RequestStats {
             return None;
         }
         let label: Arc<str> = Arc::from(model);
-        let ok: Arc<[Counter]> = self
-            .endpoints
-            .load()
-            .iter()
-            .map(|e| {
-                metrics::counter!(
-                    REQUESTS_TOTAL,
-                    "model" => label.clone(),
-                    "endpoint" => e.clone(),
-                    "status" => "200"
-                )
-            })
-            .collect();
         let cells = ModelCells {
             label,
             forwarded: Arc::new(Sharded::default()),
-            ok,
             retries: Arc::new(Sharded::default()),
             budget_exhausted: Arc::new(Sharded::default()),
         };
@@ -281,19 +302,23 @@ mod tests {
 
     #[test]
     fn counts_per_model_with_latest_tags_merged() {
-        let s = RequestStats::new(vec![Arc::from("a"), Arc::from("b")]);
-        s.answered("llama3", 0, StatusCode::OK);
-        s.answered("llama3", 1, StatusCode::OK);
-        s.answered("llama3:latest", 0, StatusCode::INTERNAL_SERVER_ERROR);
-        s.answered("m2", 0, StatusCode::OK);
+        let s = RequestStats::new();
+        let (a, b) = (
+            EndpointCounters::new(Arc::from("a")),
+            EndpointCounters::new(Arc::from("b")),
+        );
+        s.answered("llama3", &a, StatusCode::OK);
+        s.answered("llama3", &b, StatusCode::OK);
+        s.answered("llama3:latest", &a, StatusCode::INTERNAL_SERVER_ERROR);
+        s.answered("m2", &a, StatusCode::OK);
         s.refused(Some("m2"), None, StatusCode::SERVICE_UNAVAILABLE);
-        s.refused(Some("m2"), Some(1), StatusCode::BAD_GATEWAY);
+        s.refused(Some("m2"), Some(b.name()), StatusCode::BAD_GATEWAY);
         assert_eq!(s.requests_total("llama3"), 3);
         assert_eq!(s.requests_total("llama3:latest"), 3);
         assert_eq!(s.requests_total("m2"), 1);
         assert_eq!(s.requests_total("nope"), 0);
-        s.retried("llama3", 0, "503");
-        s.retried("llama3:latest", 1, "connect_failure");
+        s.retried("llama3", a.name(), "503");
+        s.retried("llama3:latest", b.name(), "connect_failure");
         s.budget_exhausted("llama3");
         assert_eq!(
             s.retry_figures("llama3"),

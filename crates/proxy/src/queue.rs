@@ -96,7 +96,7 @@ impl Queue {
     pub fn prospect(
         &self,
         snapshot: &Snapshot,
-        runtimes: &[&'static EndpointRuntime],
+        runtimes: &[Arc<EndpointRuntime>],
         model: &str,
         route: Route,
         sent: &Excluded,

@@ -37,7 +37,7 @@ impl Budget {
     }
 
     /// A token for one retry, or `None` when the budget is spent.
-    pub fn try_acquire(&'static self, in_flight: usize) -> Option<RetryToken> {
+    pub fn try_acquire(&self, in_flight: usize) -> Option<RetryToken<'_>> {
         let limit = self.limit(in_flight);
         let before = self.active.0.fetch_add(1, Ordering::AcqRel);
         if before >= limit {
@@ -56,11 +56,11 @@ impl Budget {
 
 /// One retry in flight; gives its place back when dropped.
 #[derive(Debug)]
-pub struct RetryToken {
-    budget: &'static Budget,
+pub struct RetryToken<'b> {
+    budget: &'b Budget,
 }
 
-impl Drop for RetryToken {
+impl Drop for RetryToken<'_> {
     fn drop(&mut self) {
         self.budget.active.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -70,11 +70,11 @@ impl Drop for RetryToken {
 mod tests {
     use super::*;
 
-    fn budget(percent: u32, min_concurrent: u32) -> &'static Budget {
-        Box::leak(Box::new(Budget::new(RetryBudget {
+    fn budget(percent: u32, min_concurrent: u32) -> Budget {
+        Budget::new(RetryBudget {
             percent,
             min_concurrent,
-        })))
+        })
     }
 
     #[test]
@@ -105,11 +105,11 @@ mod tests {
 
     #[test]
     fn concurrent_takers_never_exceed_the_limit() {
-        let b = budget(10, 2);
+        let b = std::sync::Arc::new(budget(10, 2));
         let peak = std::sync::Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let peak = peak.clone();
+                let (b, peak) = (b.clone(), peak.clone());
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
                         if let Some(t) = b.try_acquire(50) {

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
-type Shd = &'static Shared;
+type Shd = std::sync::Arc<Shared>;
 
 pub(crate) fn router(shared: Shd) -> Router {
     let mut router = Router::new();
@@ -38,7 +38,7 @@ pub(crate) fn router(shared: Shd) -> Router {
             })
             .fallback(
                 |method: Method, uri: Uri, State(shared): State<Shd>, request: Request| async move {
-                    wrong_method(shared, &method, &uri, "POST", &request)
+                    wrong_method(&shared, &method, &uri, "POST", &request)
                 },
             ),
         );
@@ -47,22 +47,22 @@ pub(crate) fn router(shared: Shd) -> Router {
         .route(
             "/v1/models",
             get(|State(shared): State<Shd>, request: Request| async move {
-                listing(shared, &request, catalog::openai_models)
+                listing(&shared, &request, catalog::openai_models)
             })
             .fallback(
                 |method: Method, uri: Uri, State(shared): State<Shd>, request: Request| async move {
-                    wrong_method(shared, &method, &uri, "GET, HEAD", &request)
+                    wrong_method(&shared, &method, &uri, "GET, HEAD", &request)
                 },
             ),
         )
         .route(
             "/api/tags",
             get(|State(shared): State<Shd>, request: Request| async move {
-                listing(shared, &request, catalog::ollama_tags)
+                listing(&shared, &request, catalog::ollama_tags)
             })
             .fallback(
                 |method: Method, uri: Uri, State(shared): State<Shd>, request: Request| async move {
-                    wrong_method(shared, &method, &uri, "GET, HEAD", &request)
+                    wrong_method(&shared, &method, &uri, "GET, HEAD", &request)
                 },
             ),
         )
@@ -87,12 +87,12 @@ async fn generate(shared: Shd, route: Route, request: Request) -> Response {
     let started = Instant::now();
     shared.ensure_sweeper();
     let request_id = shared.ids.for_request(request.headers());
-    match forward(shared, route, request, &request_id, started).await {
+    match forward(&shared, route, request, &request_id, started).await {
         Ok(response) => response,
         Err(refusal) => {
             shared.stats.refused(
                 refusal.served_model.as_deref(),
-                refusal.endpoint,
+                refusal.endpoint.as_ref(),
                 refusal.error.status(),
             );
             with_id(refusal.error.into_response(), request_id)
@@ -101,7 +101,7 @@ async fn generate(shared: Shd, route: Route, request: Request) -> Response {
 }
 
 /// A catalog route: the API key, then the list.
-fn listing(shared: Shd, request: &Request, list: fn(&Shared) -> Response) -> Response {
+fn listing(shared: &Shared, request: &Request, list: fn(&Shared) -> Response) -> Response {
     let id = shared.ids.for_request(request.headers());
     let response = if shared.keys.admits(request.headers()) {
         list(shared)
@@ -112,7 +112,7 @@ fn listing(shared: Shd, request: &Request, list: fn(&Shared) -> Response) -> Res
 }
 
 fn wrong_method(
-    shared: Shd,
+    shared: &Shared,
     method: &Method,
     uri: &Uri,
     allow: &'static str,

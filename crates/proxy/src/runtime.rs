@@ -35,10 +35,13 @@
 //!   ([`HealthStore::passive_success`]); no other request costs a store write.
 //! - A `recovering` endpoint gets at most one request in flight: the claim takes its
 //!   outstanding count from 0 to 1 with one compare-and-swap, or does not take it.
-//! - Runtimes live as long as the process (they are leaked, as the proxy's shared state is),
-//!   so a claim borrows its runtime as `&'static` instead of bumping a shared reference
-//!   count on every request; a runtime retired by a reload stays valid for the claims that
-//!   still hold it.
+//! - Runtimes are reference-counted: the proxy's routing table holds one `Arc` per endpoint,
+//!   and every [`Claim`] holds another, so a runtime retired by a reload stays valid for the
+//!   requests still in flight on it and is freed when the last of them ends (nothing about
+//!   an endpoint outlives both its place in the table and its last request). The reference
+//!   count sits in the `Arc`'s header, which the runtime's 128-byte alignment puts on a cache
+//!   line of its own, away from the fields every request reads. Each runtime adds itself to
+//!   `hale_proxy_endpoint_runtimes` while it lives, so a leak would show there.
 
 use crate::config::ProxyConfig;
 use crate::upstream::{Destination, SendError};
@@ -47,7 +50,7 @@ use hale_core::{
     OutlierDetector, OutlierStats, Signal,
 };
 use http::HeaderValue;
-use metrics::Histogram;
+use metrics::{Gauge, Histogram};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
@@ -55,7 +58,8 @@ use tokio::time::Instant;
 /// One endpoint's live state; see the module docs.
 #[derive(Debug)]
 pub struct EndpointRuntime {
-    /// Unique for the life of the process (never reused after a reload).
+    /// Unique for the life of the process (never reused, so a request's exclusion set can
+    /// never confuse a retired runtime with a new one).
     pub id: usize,
     /// The endpoint as the store holds it; its `Arc` identifies the snapshot entry.
     pub endpoint: Arc<Endpoint>,
@@ -73,15 +77,33 @@ pub struct EndpointRuntime {
     outlier: Mutex<OutlierDetector>,
     /// `hale_proxy_request_duration_seconds{endpoint}`.
     pub duration: Histogram,
-    /// For a passive endpoint (`check: passive`) only: where its trial requests' successes
-    /// are reported (nothing else moves it from `recovering` back to `healthy`).
-    passive: Option<Arc<HealthStore>>,
+    /// The status-200 counters of `hale_proxy_requests_total` by model, for this endpoint.
+    pub counters: crate::metrics::EndpointCounters,
+    /// Where outlier ejections and prompt-check requests go; for a passive endpoint
+    /// (`check: passive`) also its trial requests' successes (nothing else moves it from
+    /// `recovering` back to `healthy`).
+    store: Arc<HealthStore>,
+    passive: bool,
+    /// `hale_proxy_endpoint_runtimes`: one while this runtime lives.
+    live: Gauge,
+}
+
+/// A new runtime id: unique for the life of the process.
+fn next_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl EndpointRuntime {
     /// The state of `endpoint` under `config` (breaker, deadlines), with connection pools for
-    /// `workers` serving threads.
-    pub fn new(id: usize, endpoint: Arc<Endpoint>, config: &ProxyConfig, workers: usize) -> Self {
+    /// `workers` serving threads, reporting to `store` (ejections, prompt checks, a passive
+    /// endpoint's trial successes). It gets a fresh id.
+    pub fn new(
+        endpoint: Arc<Endpoint>,
+        config: &ProxyConfig,
+        workers: usize,
+        store: &Arc<HealthStore>,
+    ) -> Self {
         // Names are validated (no whitespace or control characters), so this always works;
         // the fallback only keeps the constructor total.
         let name_header = HeaderValue::from_bytes(endpoint.name.as_bytes())
@@ -90,9 +112,13 @@ impl EndpointRuntime {
             crate::metrics::REQUEST_DURATION_SECONDS,
             "endpoint" => endpoint.name.clone()
         );
+        let live = metrics::gauge!(crate::metrics::ENDPOINT_RUNTIMES);
+        live.increment(1.0);
         Self {
-            id,
+            id: next_id(),
             auth: crate::hygiene::bearer(endpoint.api_key.expose()),
+            counters: crate::metrics::EndpointCounters::new(endpoint.name.clone()),
+            passive: endpoint.check.is_passive(),
             dest: Destination::new(&endpoint, workers, config.deadlines_for(&endpoint)),
             endpoint,
             name_header,
@@ -101,16 +127,9 @@ impl EndpointRuntime {
             dirty: AtomicBool::new(false),
             outlier: Mutex::new(OutlierDetector::new(&config.outlier, Instant::now())),
             duration,
-            passive: None,
+            store: store.clone(),
+            live,
         }
-    }
-
-    /// Reports this endpoint's successful trial requests to `store` if it is passive.
-    pub fn with_store(mut self, store: &Arc<HealthStore>) -> Self {
-        if self.endpoint.check.is_passive() {
-            self.passive = Some(store.clone());
-        }
-        self
     }
 
     pub fn name(&self) -> &str {
@@ -157,8 +176,9 @@ impl EndpointRuntime {
     }
 
     /// Records one request's `outcome` on route `path` for outlier detection, and ejects the
-    /// endpoint through `store` when the detector says so (see the module docs).
-    pub fn record_outcome(&self, store: &HealthStore, outcome: Outcome, path: &str) {
+    /// endpoint through the store when the detector says so (see the module docs).
+    pub fn record_outcome(&self, outcome: Outcome, path: &str) {
+        let store = &*self.store;
         let mut d = self.detector();
         let Some(trigger) = d.record_in_fleet(outcome, Instant::now(), store.fleet_size()) else {
             return;
@@ -218,24 +238,20 @@ impl EndpointRuntime {
 
     /// Records an answer with `status` on `path` whose head just arrived: a 502/503/504 is a
     /// failure now; anything else is left to the body, through the returned [`Watch`].
-    pub fn watch(&self, store: &'static HealthStore, path: &'static str, status: u16) -> Watch {
+    pub fn watch(&self, path: &'static str, status: u16) -> Watch {
         let on_end = match Outcome::of_status(status) {
             failure @ Outcome::Failure(_) => {
-                self.record_outcome(store, failure, path);
+                self.record_outcome(failure, path);
                 None
             }
             other => Some(other),
         };
-        Watch {
-            store,
-            path,
-            on_end,
-        }
+        Watch { path, on_end }
     }
 
     /// Claims the endpoint for one request: counts it outstanding (only if nothing is in
     /// flight, when `exclusive`) and asks the breaker. `None` when either says no.
-    pub fn try_claim(&'static self, exclusive: bool, now: Instant) -> Option<Claim> {
+    pub fn try_claim(self: &Arc<Self>, exclusive: bool, now: Instant) -> Option<Claim> {
         if exclusive {
             self.outstanding
                 .0
@@ -246,7 +262,7 @@ impl EndpointRuntime {
         }
         // From here on the claim exists, so its Drop undoes the count if the breaker says no.
         let mut claim = Claim {
-            rt: self,
+            rt: self.clone(),
             trial: false,
             reported: false,
             exclusive,
@@ -279,7 +295,6 @@ pub fn sent_failure(sent: &SendError) -> Outcome {
 /// docs.
 #[derive(Debug)]
 pub struct Watch {
-    store: &'static HealthStore,
     path: &'static str,
     /// The outcome to record when the body ends in full; `None` once recorded.
     on_end: Option<Outcome>,
@@ -289,7 +304,7 @@ impl Watch {
     /// The body ended in full.
     pub fn ended(&mut self, rt: &EndpointRuntime) {
         if let Some(outcome) = self.on_end.take() {
-            rt.record_outcome(self.store, outcome, self.path);
+            rt.record_outcome(outcome, self.path);
         }
     }
 
@@ -297,9 +312,9 @@ impl Watch {
     /// counted as one, and a prompt probe check is asked for.
     pub fn cut(&mut self, rt: &EndpointRuntime, signal: Signal) {
         if self.on_end.take().is_some() {
-            rt.record_outcome(self.store, Outcome::Failure(signal), self.path);
+            rt.record_outcome(Outcome::Failure(signal), self.path);
         }
-        self.store.request_check(rt.name());
+        rt.store.request_check(rt.name());
     }
 }
 
@@ -311,7 +326,7 @@ pub struct Padded<T>(pub T);
 /// One request's hold on an endpoint; see the module docs.
 #[derive(Debug)]
 pub struct Claim {
-    rt: &'static EndpointRuntime,
+    rt: Arc<EndpointRuntime>,
     trial: bool,
     reported: bool,
     /// Claimed as a `recovering` endpoint's one request.
@@ -319,8 +334,13 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub fn runtime(&self) -> &'static EndpointRuntime {
-        self.rt
+    pub fn runtime(&self) -> &EndpointRuntime {
+        &self.rt
+    }
+
+    /// A reference of its own to the claimed runtime (for use after the claim moved on).
+    pub fn shared_runtime(&self) -> Arc<EndpointRuntime> {
+        self.rt.clone()
     }
 
     /// Whether this request is the half-open breaker's one trial.
@@ -331,8 +351,10 @@ impl Claim {
     /// The backend answered (below 500): the breaker's failure count starts over.
     pub fn success(&mut self) {
         self.reported = true;
-        if let (true, Some(store)) = (self.exclusive, &self.rt.passive) {
-            store.passive_success(self.rt.name(), hale_core::Now::capture());
+        if self.exclusive && self.rt.passive {
+            self.rt
+                .store
+                .passive_success(self.rt.name(), hale_core::Now::capture());
         }
         if self.rt.dirty.load(Ordering::Acquire) {
             let mut b = self.rt.lock();
@@ -348,6 +370,12 @@ impl Claim {
         let opened = b.on_failure(now);
         self.rt.dirty.store(true, Ordering::Release);
         opened
+    }
+}
+
+impl Drop for EndpointRuntime {
+    fn drop(&mut self) {
+        self.live.decrement(1.0);
     }
 }
 
@@ -367,12 +395,17 @@ mod tests {
     use hale_core::{EndpointConfig, EndpointKind, HealthState};
     use std::time::Duration;
 
-    fn runtime() -> &'static EndpointRuntime {
+    fn runtime() -> Arc<EndpointRuntime> {
         let mut c = EndpointConfig::new("a", "http://127.0.0.1:9/base", EndpointKind::Vllm);
         c.api_key = hale_core::Secret::new("sk-a");
-        let e = Arc::new(c.resolve("e").unwrap());
-        Box::leak(Box::new(EndpointRuntime::new(
-            0,
+        let store = Arc::new(HealthStore::new(
+            "pod-1",
+            vec![c.resolve("e").unwrap()],
+            &hale_core::HealthConfig::default(),
+            Now::capture(),
+        ));
+        let e = store.snapshot().get("a").unwrap().endpoint.clone();
+        Arc::new(EndpointRuntime::new(
             e,
             &ProxyConfig {
                 breaker: hale_core::BreakerConfig {
@@ -382,7 +415,8 @@ mod tests {
                 ..Default::default()
             },
             1,
-        )))
+            &store,
+        ))
     }
 
     #[test]
@@ -436,7 +470,7 @@ mod tests {
         assert!(!c.is_trial());
     }
 
-    fn serving_m(names: &[&str]) -> &'static HealthStore {
+    fn serving_m(names: &[&str]) -> Arc<HealthStore> {
         let eps = names
             .iter()
             .map(|n| {
@@ -449,35 +483,25 @@ mod tests {
             background: false,
             ..Default::default()
         };
-        Box::leak(Box::new(HealthStore::new(
-            "pod-1",
-            eps,
-            &health,
-            Now::capture(),
-        )))
+        Arc::new(HealthStore::new("pod-1", eps, &health, Now::capture()))
     }
 
-    fn runtime_of(store: &HealthStore, name: &str) -> &'static EndpointRuntime {
+    fn runtime_of(store: &Arc<HealthStore>, name: &str) -> Arc<EndpointRuntime> {
         let e = store.snapshot().get(name).unwrap().endpoint.clone();
-        Box::leak(Box::new(EndpointRuntime::new(
-            0,
-            e,
-            &ProxyConfig::default(),
-            1,
-        )))
+        Arc::new(EndpointRuntime::new(e, &ProxyConfig::default(), 1, store))
     }
 
     #[tokio::test(start_paused = true)]
     async fn gateway_failures_eject_through_the_store_but_never_the_last_half() {
         let store = serving_m(&["a", "b"]);
-        let (a, b) = (runtime_of(store, "a"), runtime_of(store, "b"));
+        let (a, b) = (runtime_of(&store, "a"), runtime_of(&store, "b"));
         let path = Route::ChatCompletions.path();
         // 4xx and 500 do not count; four 503 in a row do not eject yet.
-        b.record_outcome(store, Outcome::of_status(429), path);
-        b.record_outcome(store, Outcome::of_status(500), path);
+        b.record_outcome(Outcome::of_status(429), path);
+        b.record_outcome(Outcome::of_status(500), path);
         for _ in 0..4 {
-            let mut w = b.watch(store, path, 503);
-            w.ended(b);
+            let mut w = b.watch(path, 503);
+            w.ended(&b);
         }
         assert!(
             store
@@ -488,7 +512,7 @@ mod tests {
                 .is_routable(Instant::now())
         );
         // The fifth: ejected, with the signal named.
-        b.watch(store, path, 503);
+        b.watch(path, 503);
         let h = store.snapshot().get("b").unwrap().health.clone();
         assert_eq!(h.state, hale_core::HealthState::Unhealthy);
         assert_eq!(h.reason, Some(hale_core::Reason::Outlier));
@@ -502,11 +526,7 @@ mod tests {
 
         // a fails as well: withheld, a stays routable.
         for _ in 0..5 {
-            a.record_outcome(
-                store,
-                sent_failure(&SendError::TimedOut(Duration::ZERO)),
-                path,
-            );
+            a.record_outcome(sent_failure(&SendError::TimedOut(Duration::ZERO)), path);
         }
         assert!(
             store
@@ -523,18 +543,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stream_cuts_count_and_complete_bodies_reset_the_run() {
         let store = serving_m(&["a", "b", "c", "d"]);
-        let b = runtime_of(store, "b");
+        let b = runtime_of(&store, "b");
         let path = Route::OllamaChat.path();
         for _ in 0..4 {
-            let mut w = b.watch(store, path, 200);
-            w.cut(b, Signal::StreamCut);
+            let mut w = b.watch(path, 200);
+            w.cut(&b, Signal::StreamCut);
             // A second report of the same body changes nothing.
-            w.ended(b);
+            w.ended(&b);
         }
-        let mut w = b.watch(store, path, 200);
-        w.ended(b);
+        let mut w = b.watch(path, 200);
+        w.ended(&b);
         for _ in 0..4 {
-            b.watch(store, path, 200).cut(b, Signal::IdleTimeout);
+            b.watch(path, 200).cut(&b, Signal::IdleTimeout);
         }
         assert!(
             store
@@ -544,7 +564,7 @@ mod tests {
                 .health
                 .is_routable(Instant::now())
         );
-        b.watch(store, path, 200).cut(b, Signal::StreamCut);
+        b.watch(path, 200).cut(&b, Signal::StreamCut);
         let h = store.snapshot().get("b").unwrap().health.clone();
         assert_eq!(h.reason, Some(hale_core::Reason::Outlier));
         assert_eq!(
@@ -584,17 +604,12 @@ mod tests {
             hale_core::Now::capture(),
         ));
         let snap = store.snapshot();
-        let rt = |name: &str| -> &'static EndpointRuntime {
+        let rt = |name: &str| -> Arc<EndpointRuntime> {
             let e = snap.get(name).unwrap().endpoint.clone();
-            Box::leak(Box::new(
-                EndpointRuntime::new(0, e, &ProxyConfig::default(), 1).with_store(&store),
-            ))
+            Arc::new(EndpointRuntime::new(e, &ProxyConfig::default(), 1, &store))
         };
         let (p_rt, a_rt) = (rt("p"), rt("a"));
-        assert!(
-            p_rt.passive.is_some() && a_rt.passive.is_none(),
-            "passive only"
-        );
+        assert!(p_rt.passive && !a_rt.passive, "passive only");
         let state = || store.snapshot().get("p").unwrap().health.state;
         store.passive_failure(
             "p",

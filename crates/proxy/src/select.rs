@@ -58,29 +58,37 @@ pub const DEGRADED_WEIGHT_FACTOR: f64 = 0.25;
 /// The `Retry-After` of a 503 when no serving endpoint says better.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How many excluded runtimes a request holds without allocating.
+const INLINE_EXCLUDED: usize = 6;
+
 /// The endpoints one request must not be sent to (already tried, or just refused a claim),
-/// by runtime id (stable across a reload mid-request). No allocation for the first 64.
+/// by runtime id (unique for the process, so stable across a reload mid-request). Its size
+/// is the number of endpoints this request tried or lost a claim on — not the size of the
+/// id space, which grows with every reload — so it lives inline, allocation-free, until a
+/// request has been turned away by more than [`INLINE_EXCLUDED`] endpoints.
 #[derive(Debug, Default, Clone)]
 pub struct Excluded {
-    low: u64,
+    inline: [usize; INLINE_EXCLUDED],
+    len: usize,
     more: Vec<usize>,
 }
 
 impl Excluded {
-    pub fn insert(&mut self, i: usize) {
-        if i < 64 {
-            self.low |= 1 << i;
-        } else if !self.more.contains(&i) {
-            self.more.push(i);
+    pub fn insert(&mut self, id: usize) {
+        if self.contains(id) {
+            return;
+        }
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = id;
+                self.len += 1;
+            }
+            None => self.more.push(id),
         }
     }
 
-    pub fn contains(&self, i: usize) -> bool {
-        if i < 64 {
-            self.low & (1 << i) != 0
-        } else {
-            self.more.contains(&i)
-        }
+    pub fn contains(&self, id: usize) -> bool {
+        self.inline.iter().take(self.len).any(|&i| i == id) || self.more.contains(&id)
     }
 }
 
@@ -97,8 +105,8 @@ pub enum Selection {
 
 /// One eligible endpoint, as the balancer sees it.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
-    rt: &'static EndpointRuntime,
+struct Candidate<'t> {
+    rt: &'t Arc<EndpointRuntime>,
     priority: i32,
     weight: f64,
     outstanding: usize,
@@ -125,7 +133,7 @@ impl Selector {
     pub fn select(
         &self,
         snapshot: &Snapshot,
-        runtimes: &[&'static EndpointRuntime],
+        runtimes: &[Arc<EndpointRuntime>],
         model: &str,
         route: Route,
         excluded: &mut Excluded,
@@ -162,16 +170,16 @@ impl Selector {
         clippy::too_many_arguments,
         reason = "one private scan, its inputs spelled out"
     )]
-    fn least_outstanding(
+    fn least_outstanding<'t>(
         &self,
         snapshot: &Snapshot,
-        runtimes: &[&'static EndpointRuntime],
+        runtimes: &'t [Arc<EndpointRuntime>],
         model: &str,
         route: Route,
         excluded: &Excluded,
         now: Instant,
         scan: &mut Scan,
-    ) -> Option<Candidate> {
+    ) -> Option<Candidate<'t>> {
         let mut best: Option<(Candidate, f64)> = None;
         // Candidates tied with `best` so far, `best` included.
         let mut tied = 0_usize;
@@ -208,16 +216,16 @@ impl Selector {
         clippy::too_many_arguments,
         reason = "one private scan, its inputs spelled out"
     )]
-    fn round_robin(
+    fn round_robin<'t>(
         &self,
         snapshot: &Snapshot,
-        runtimes: &[&'static EndpointRuntime],
+        runtimes: &'t [Arc<EndpointRuntime>],
         model: &str,
         route: Route,
         excluded: &Excluded,
         now: Instant,
         scan: &mut Scan,
-    ) -> Option<Candidate> {
+    ) -> Option<Candidate<'t>> {
         // Pass 1: the top tier, its size, total weight and whether its weights are equal.
         let mut top: Option<i32> = None;
         let (mut count, mut total, mut first_weight, mut equal) = (0_usize, 0.0_f64, 0.0_f64, true);
@@ -289,16 +297,16 @@ struct Scan {
     clippy::too_many_arguments,
     reason = "one private predicate, its inputs spelled out"
 )]
-fn eligible(
+fn eligible<'t>(
     snapshot: &Snapshot,
-    runtimes: &[&'static EndpointRuntime],
+    runtimes: &'t [Arc<EndpointRuntime>],
     i: usize,
     model: &str,
     route: Route,
     excluded: &Excluded,
     now: Instant,
     scan: &mut Scan,
-) -> Option<Candidate> {
+) -> Option<Candidate<'t>> {
     let status: &EndpointStatus = snapshot.endpoints.get(i)?;
     let endpoint = &status.endpoint;
     if route.ollama_only() && !endpoint.kind.speaks_ollama() {
@@ -309,8 +317,8 @@ fn eligible(
     // accept the runtime of the same name and destination (an endpoint whose settings
     // changed), so that instant costs no request a 404 or a 503.
     let rt = match runtimes.get(i) {
-        Some(rt) if Arc::ptr_eq(&rt.endpoint, endpoint) => *rt,
-        _ => *runtimes
+        Some(rt) if Arc::ptr_eq(&rt.endpoint, endpoint) => rt,
+        _ => runtimes
             .iter()
             .find(|rt| Arc::ptr_eq(&rt.endpoint, endpoint))
             .or_else(|| {
@@ -418,8 +426,8 @@ mod tests {
     use std::collections::HashMap;
 
     struct Fixture {
-        store: HealthStore,
-        runtimes: Vec<&'static EndpointRuntime>,
+        store: Arc<HealthStore>,
+        runtimes: Vec<Arc<EndpointRuntime>>,
     }
 
     /// Endpoints as (name, kind, priority, weight, models); all start healthy.
@@ -440,7 +448,7 @@ mod tests {
             jitter: 0.0,
             ..Default::default()
         };
-        let store = HealthStore::new("pod", endpoints, &health, Now::capture());
+        let store = Arc::new(HealthStore::new("pod", endpoints, &health, Now::capture()));
         for (name, ..) in eps {
             ok(&store, name, 1);
         }
@@ -448,11 +456,13 @@ mod tests {
             .snapshot()
             .endpoints
             .iter()
-            .enumerate()
-            .map(|(id, s)| {
-                let rt =
-                    EndpointRuntime::new(id, s.endpoint.clone(), &crate::ProxyConfig::default(), 1);
-                &*Box::leak(Box::new(rt))
+            .map(|s| {
+                Arc::new(EndpointRuntime::new(
+                    s.endpoint.clone(),
+                    &crate::ProxyConfig::default(),
+                    1,
+                    &store,
+                ))
             })
             .collect();
         Fixture { store, runtimes }
@@ -478,7 +488,7 @@ mod tests {
             )
         }
 
-        fn name(&self, s: &Selection) -> &str {
+        fn name<'s>(&self, s: &'s Selection) -> &'s str {
             match s {
                 Selection::Picked { claim } => claim.runtime().name(),
                 other => panic!("nothing picked: {other:?}"),
@@ -758,13 +768,20 @@ mod tests {
     }
 
     #[test]
-    fn excluded_set_beyond_64() {
+    fn excluded_set_holds_any_ids_inline_and_spills_only_past_its_size() {
         let mut e = Excluded::default();
-        for i in [0, 63, 64, 200, 200] {
+        // Ids from a process that reloaded for months: large numbers stay inline.
+        for i in [0, 63, 64, 1_000_000, usize::MAX, 1_000_000] {
             e.insert(i);
         }
-        assert!(e.contains(0) && e.contains(63) && e.contains(64) && e.contains(200));
+        assert!(e.contains(0) && e.contains(63) && e.contains(64) && e.contains(usize::MAX));
         assert!(!e.contains(1) && !e.contains(65));
-        assert_eq!(e.more.len(), 2);
+        assert_eq!(e.len, 5, "the duplicate is not stored twice");
+        assert!(e.more.is_empty(), "no allocation for five ids");
+        e.insert(7);
+        assert!(e.more.is_empty(), "six fit inline");
+        e.insert(8);
+        assert_eq!(e.more, [8], "a seventh endpoint turned the request away");
+        assert!(e.contains(8) && e.contains(7));
     }
 }

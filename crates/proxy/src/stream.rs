@@ -24,9 +24,9 @@
 //! core for one prompt probe check; one the client dropped records nothing.
 
 use crate::runtime::{Claim, Watch};
+use crate::upstream::Conn;
 use crate::upstream::chunked::{ChunkedDecoder, Gathered};
 use crate::upstream::head::Framing;
-use crate::upstream::{Conn, Pool};
 use bytes::Bytes;
 use hale_core::Signal;
 use http_body::{Body, Frame, SizeHint};
@@ -44,7 +44,6 @@ pub struct UpstreamBody {
     conn: Option<Conn>,
     decoder: Decoder,
     reusable: bool,
-    pool: &'static Pool,
     open: Option<Open>,
     /// The longest wait for more of the body.
     idle: Duration,
@@ -74,7 +73,6 @@ impl UpstreamBody {
         conn: Conn,
         framing: Framing,
         reusable: bool,
-        pool: &'static Pool,
         claim: Claim,
         started: Instant,
         watch: Watch,
@@ -90,7 +88,6 @@ impl UpstreamBody {
             conn: Some(conn),
             decoder,
             reusable,
-            pool,
             open: Some(Open {
                 claim,
                 started,
@@ -106,8 +103,9 @@ impl UpstreamBody {
         body
     }
 
-    /// The body has ended: the connection goes back to the pool if it can carry another
-    /// request (reusable, nothing unread in its buffer), and the bookkeeping ends.
+    /// The body has ended: the connection goes back to the endpoint's pool (reached through
+    /// the claim, which keeps the runtime alive) if it can carry another request (reusable,
+    /// nothing unread in its buffer), and the bookkeeping ends.
     fn release(&mut self) {
         if let Some(open) = &mut self.open {
             open.watch.ended(open.claim.runtime());
@@ -116,8 +114,9 @@ impl UpstreamBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
             && conn.buf.is_empty()
+            && let Some(open) = &self.open
         {
-            self.pool.put(conn, now);
+            open.claim.runtime().dest.pool.put(conn, now);
         }
         self.finish_at(now);
     }

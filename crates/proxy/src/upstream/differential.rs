@@ -433,9 +433,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// Hale's client, pointed at a loopback listener that plays the backend.
 struct Hale {
     upstream: Upstream,
-    rt: &'static EndpointRuntime,
-    /// Where the bodies report to outlier detection (nothing routes by it here).
-    store: &'static hale_core::HealthStore,
+    rt: Arc<EndpointRuntime>,
     listener: TcpListener,
 }
 
@@ -446,14 +444,14 @@ impl Hale {
         let endpoint = EndpointConfig::new("diff", url, EndpointKind::Vllm)
             .resolve("e")
             .unwrap();
-        let store = Box::leak(Box::new(hale_core::HealthStore::new(
+        // Where the bodies report to outlier detection (nothing routes by it here).
+        let store = Arc::new(hale_core::HealthStore::new(
             "diff",
             vec![endpoint.clone()],
             &hale_core::HealthConfig::default(),
             hale_core::Now::capture(),
-        )));
-        let rt = Box::leak(Box::new(EndpointRuntime::new(
-            0,
+        ));
+        let rt = Arc::new(EndpointRuntime::new(
             Arc::new(endpoint),
             // Truncated answers count on the breaker; thousands of them must not open it,
             // or later cases could not claim the endpoint.
@@ -465,11 +463,11 @@ impl Hale {
                 ..crate::config::ProxyConfig::default()
             },
             1,
-        )));
+            &store,
+        ));
         Self {
             upstream: Upstream::new(Duration::from_secs(2), 1),
             rt,
-            store,
             listener,
         }
     }
@@ -504,14 +502,10 @@ impl Hale {
                 conn,
                 head.framing,
                 head.reusable,
-                &self.rt.dest.pool,
                 claim,
                 now,
-                self.rt.watch(
-                    self.store,
-                    Route::ChatCompletions.path(),
-                    head.status.as_u16(),
-                ),
+                self.rt
+                    .watch(Route::ChatCompletions.path(), head.status.as_u16()),
             );
             let (body, complete) = match body.collect().await {
                 Ok(b) => (b.to_bytes(), true),

@@ -118,7 +118,21 @@ async fn open(target: &Target, tls: &TlsConnector) -> Result<Io, CheckResult> {
 }
 
 /// What a failed TCP connect means.
+/// How a connect failure that is Hale's own (EMFILE / ENFILE: no descriptor left, whatever
+/// the backend's state) begins; see [`is_out_of_descriptors`].
+const OUT_OF_DESCRIPTORS: &str = "connect: Hale is out of file descriptors";
+
+/// Whether a connect failure was Hale's own lack of descriptors rather than the backend's.
+pub fn is_out_of_descriptors(result: &CheckResult) -> bool {
+    matches!(result, CheckResult::Other { message } if message.starts_with(OUT_OF_DESCRIPTORS))
+}
+
 fn connect_error(e: &io::Error) -> CheckResult {
+    if matches!(e.raw_os_error(), Some(23 | 24)) {
+        return CheckResult::Other {
+            message: format!("{OUT_OF_DESCRIPTORS} ({e}); raise its open-file limit"),
+        };
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => CheckResult::ConnectRefused,
         io::ErrorKind::TimedOut => CheckResult::Timeout,
@@ -245,6 +259,19 @@ impl AsyncWrite for Io {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_hale_s_own_failure() {
+        for errno in [24, 23] {
+            let r = connect_error(&io::Error::from_raw_os_error(errno));
+            assert!(is_out_of_descriptors(&r), "{r:?}");
+        }
+        let refused = connect_error(&io::Error::from_raw_os_error(111));
+        assert_eq!(refused, CheckResult::ConnectRefused);
+        assert!(!is_out_of_descriptors(&refused));
+        let other = connect_error(&io::Error::other("boom"));
+        assert!(!is_out_of_descriptors(&other), "{other:?}");
+    }
 
     #[test]
     fn targets_from_urls() {
