@@ -146,7 +146,7 @@ mod writer;
 
 pub use adopt::FENCE_SKEW;
 pub use cache::{Bounds, GlobalLease, ResultCache, RoundAnswer, RoundLease, WriteOutcome};
-pub use config::{CoordMode, SharedConfig};
+pub use config::{CoordMode, SentinelConfig, SharedConfig, TlsConfig, Topology};
 pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, REDIS_UP};
 pub use lease::renew_every;
 pub use rejected::{Kind as RejectKind, REJECTED_TOTAL};

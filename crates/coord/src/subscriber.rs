@@ -18,16 +18,14 @@
 use crate::adopt::Adopter;
 use crate::book::Book;
 use crate::cache::ResultCache;
-use crate::conn::{CONNECT_TIMEOUT, REJOIN_OP_TIMEOUT, RedisFailure};
+use crate::conn::{CONNECT_TIMEOUT, Event, Events, REJOIN_OP_TIMEOUT, RedisFailure};
 use crate::health::Health;
 use crate::rejected::Kind;
 use crate::wire;
-use futures_util::StreamExt as _;
-use redis::aio::PubSub;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 
 /// How often a replica without Redis tries to reach it again.
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
@@ -58,10 +56,9 @@ impl Subscriber {
                     }
                     outages.borrow_and_update();
                     if self.rejoin().await {
-                        let mut messages = pubsub.on_message();
                         loop {
                             tokio::select! {
-                                message = messages.next() => match message {
+                                message = pubsub.next() => match message {
                                     Some(m) => self.on_message(&m),
                                     None => {
                                         self.health.failed(
@@ -91,23 +88,16 @@ impl Subscriber {
         }
     }
 
-    /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
-    async fn subscribe(&self) -> Result<PubSub, RedisFailure> {
-        let mut pubsub = timeout(
-            CONNECT_TIMEOUT.max(REJOIN_OP_TIMEOUT),
-            self.cache.conn().client().get_async_pubsub(),
-        )
-        .await
-        .map_err(|_| RedisFailure::Unreachable("pub/sub connect timed out".to_owned()))?
-        .map_err(RedisFailure::from_redis)?;
-        timeout(
-            REJOIN_OP_TIMEOUT,
-            pubsub.subscribe(self.cache.keys().channel()),
-        )
-        .await
-        .map_err(|_| RedisFailure::Timeout)?
-        .map_err(RedisFailure::from_redis)?;
-        Ok(pubsub)
+    /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel
+    /// (sharded on a Cluster; see [`crate::conn`]).
+    async fn subscribe(&self) -> Result<Events, RedisFailure> {
+        self.cache
+            .conn()
+            .subscribe(
+                &self.cache.keys().channel(),
+                CONNECT_TIMEOUT.max(REJOIN_OP_TIMEOUT),
+            )
+            .await
     }
 
     /// Proves Redis usable (see the module docs), re-reads every result and declares Redis
@@ -163,23 +153,23 @@ impl Subscriber {
         Ok(())
     }
 
-    fn on_message(&self, message: &redis::Msg) {
+    fn on_message(&self, message: &Event) {
         let rejected = self.adopter.rejected();
-        let payload = match message.get_payload::<String>() {
+        let payload = match message {
             Ok(p) => p,
             Err(e) => {
                 let e = wire::WireError(format!("payload: {e}"));
                 return rejected.reject(Kind::Malformed, "", &e.to_string());
             }
         };
-        match wire::taken(&payload) {
+        match wire::taken(payload) {
             Some(Ok((endpoint, owner, lease))) => {
                 return self.adopter.taken(endpoint, owner, lease);
             }
             Some(Err(e)) => return rejected.reject(Kind::Malformed, "", &e.to_string()),
             None => {}
         }
-        match wire::from_message(&payload, self.cache.signer()) {
+        match wire::from_message(payload, self.cache.signer()) {
             Ok(stored) => {
                 self.adopter.apply(stored);
             }
