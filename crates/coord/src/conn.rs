@@ -292,7 +292,7 @@ impl ConnectionLike for Connection {
 pub enum Events {
     Plain(PubSub),
     Cluster {
-        /// Kept so the subscription lives; redis-rs re-subscribes it after failovers.
+        /// Kept so the subscription lives.
         _conn: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
     },
@@ -328,7 +328,13 @@ impl Events {
                         None => Err("a message without payload".to_owned()),
                     });
                 }
-                // Subscription confirmations and disconnection notices carry no result.
+                if matches!(push.kind, PushKind::Disconnection | PushKind::SUnsubscribe) {
+                    // The node serving the slot went away (redis-rs would only retry that
+                    // address) or the slot moved: end the stream, so the subscriber builds a
+                    // new subscription from a fresh slot map and re-reads what it missed.
+                    return None;
+                }
+                // Subscription confirmations carry no result.
             },
         }
     }
@@ -372,6 +378,12 @@ impl RedisConn {
     /// A connection holder for the topology `config` describes (see the module docs); reads
     /// the TLS files, connects nothing.
     pub fn from_config(config: &SharedConfig) -> Result<Self, RedisFailure> {
+        if config.uses_tls() {
+            // redis-rs builds its rustls configs with the process default provider; without
+            // one installed (and with no single provider chosen by crate features) rustls
+            // panics. Ring is the workspace's provider; an error means one is installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let tls = config.tls.as_ref();
         let certs = tls.map(certificates).transpose()?;
         let password = config.redis_password.expose();

@@ -33,6 +33,7 @@ pub use port::{free_port, try_free_port};
 pub use proc_status::rss_bytes;
 pub use redis_ha::{
     CLUSTER_NODE_TIMEOUT, MASTER_NAME, RedisCluster, RedisNode, RedisSentinelSet, RedisTls, TestCa,
+    install_crypto_provider,
 };
 pub use redis_server::RedisServer;
 pub use temp_config::TempConfig;

@@ -347,6 +347,10 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 &CLUSTER_NODE_TIMEOUT.as_millis().to_string(),
+                // A replica may always be promoted, however long ago it last heard from
+                // its master: on a loaded test host, the default can refuse the failover.
+                "--cluster-replica-validity-factor",
+                "0",
             ]
             .map(str::to_owned);
             nodes.push(
@@ -374,11 +378,23 @@ impl RedisCluster {
         }
         for n in &cluster.nodes {
             until(
-                "cluster_state:ok on every node",
+                "cluster_state:ok and replicas linked on every node",
                 SETTLE_DEADLINE,
                 || async {
                     let info: String = n.query(&["CLUSTER", "INFO"]).await.ok()?;
-                    (info_field(&info, "cluster_state").as_deref() == Some("ok")).then_some(())
+                    let repl: String = n.query(&["INFO", "replication"]).await.ok()?;
+                    // A master has all its replicas online; a replica has its link up (a
+                    // replica that never synced could not be failed over to).
+                    let linked = match info_field(&repl, "role").as_deref() {
+                        Some("master") => {
+                            info_field(&repl, "connected_slaves") == Some(replicas.to_string())
+                                && !repl.contains("state=wait_bgsave")
+                                && !repl.contains("state=send_bulk")
+                        }
+                        _ => info_field(&repl, "master_link_status").as_deref() == Some("up"),
+                    };
+                    (info_field(&info, "cluster_state").as_deref() == Some("ok") && linked)
+                        .then_some(())
                 },
             )
             .await?;
@@ -434,7 +450,7 @@ impl RedisCluster {
         old_port: u16,
         limit: Duration,
     ) -> anyhow::Result<u16> {
-        until("the replica promoted in the cluster", limit, || async {
+        let promoted = until("the replica promoted in the cluster", limit, || async {
             let port = self.owner_of(key).await.ok().filter(|p| *p != old_port)?;
             let node = self
                 .nodes
@@ -446,7 +462,26 @@ impl RedisCluster {
                 && info_field(&role, "role").as_deref() == Some("master"))
             .then_some(port)
         })
-        .await
+        .await;
+        if promoted.is_err() {
+            let live = self.nodes.iter().find(|n| n.is_running());
+            let nodes = match live {
+                Some(n) => n
+                    .query::<String>(&["CLUSTER", "NODES"])
+                    .await
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            let logs: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .map(RedisNode::log)
+                .collect();
+            return promoted
+                .with_context(|| format!("CLUSTER NODES:\n{nodes}\nlogs:\n{}", logs.join("\n")));
+        }
+        promoted
     }
 }
 
@@ -518,6 +553,12 @@ impl TestCa {
     }
 }
 
+/// Installs rustls's ring provider as the process default (redis-rs asks for the default;
+/// an error only means one is installed already).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A Redis that listens only with TLS (`--port 0 --tls-port`), its certificate signed by a
 /// [`TestCa`]; clients need no certificate of their own.
 #[derive(Debug)]
@@ -528,6 +569,7 @@ pub struct RedisTls {
 
 impl RedisTls {
     pub async fn start() -> anyhow::Result<Self> {
+        install_crypto_provider();
         let ca = TestCa::new("server")?;
         let (cert, key) = ca.issue("redis")?;
         let port = try_free_port()?;

@@ -1,0 +1,249 @@
+//! hale-coord on the other Redis topologies, with real processes: a master behind three
+//! sentinels, a Redis Cluster, and a TLS-only Redis with a test CA. Two in-process replicas
+//! must exchange a result through each (pub/sub included: sharded on the Cluster), follow a
+//! failover, keep fences growing across it, and refuse a server certificate that the
+//! configured CA did not sign — checking locally instead, never in plain text.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers fail loudly on setup errors and unexpected answers"
+)]
+
+use hale_coord::{Coordinator, SentinelConfig, SharedConfig, TlsConfig};
+use hale_core::{
+    CheckOutcome, Coordination, Decision, EndpointConfig, EndpointKind, FenceToken, HealthConfig,
+    HealthState, HealthStore, Now, Source,
+};
+use hale_testkit::{MASTER_NAME, RedisCluster, RedisSentinelSet, RedisTls, TestCa, eventually};
+use std::sync::Arc;
+use std::time::Duration;
+
+const POLL: Duration = Duration::from_millis(20);
+
+fn base(namespace: &str) -> SharedConfig {
+    SharedConfig {
+        enabled: true,
+        namespace: namespace.to_owned(),
+        cache_ttl: Duration::from_secs(30),
+        lock_ttl: Duration::from_secs(3),
+        ..SharedConfig::default()
+    }
+}
+
+fn store(pod: &str, names: &[&str]) -> Arc<HealthStore> {
+    let endpoints = names
+        .iter()
+        .map(|n| {
+            let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
+            c.check_interval = Duration::from_secs(1);
+            c.check_timeout = Duration::from_millis(200);
+            c.startup.period = Duration::from_secs(1);
+            c.startup.timeout = Duration::from_millis(200);
+            c.resolve("e").unwrap()
+        })
+        .collect();
+    let health = HealthConfig {
+        unhealthy_threshold: 1,
+        jitter: 0.0,
+        ..HealthConfig::default()
+    };
+    Arc::new(HealthStore::new(pod, endpoints, &health, Now::capture()))
+}
+
+struct Replica {
+    store: Arc<HealthStore>,
+    coord: Coordinator,
+}
+
+async fn replica(config: &SharedConfig, pod: &str) -> Replica {
+    let store = store(pod, &["e"]);
+    let coord = Coordinator::start(config, pod, &store).unwrap();
+    coord.first_contact(Duration::from_secs(5)).await;
+    Replica { store, coord }
+}
+
+impl Replica {
+    async fn check(&self) -> Decision {
+        let decision = self.coord.may_check("e").await;
+        if let Decision::Check { fence } = decision {
+            self.store.observe_fenced(
+                "e",
+                &CheckOutcome::ok(Duration::from_millis(2)),
+                Now::capture(),
+                fence,
+            );
+        }
+        decision
+    }
+
+    fn source(&self) -> Source {
+        self.store.snapshot().get("e").unwrap().health.source
+    }
+}
+
+/// A checks a coordinated round; B adopts it through the channel. Returns A's fence.
+async fn exchange(a: &Replica, b: &Replica) -> FenceToken {
+    // Ask until a round is due and granted to A (B may have checked one meanwhile).
+    let fence = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            match a.check().await {
+                Decision::Check { fence } if !fence.is_local() => Some(fence),
+                _ => None,
+            }
+        },
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), POLL, || async {
+        (b.store.fence("e") == Some(fence) && b.source() == Source::Shared).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "B did not adopt A's result under {fence}: {e}; B holds {:?} from {:?}; B: {:?}",
+            b.store.fence("e"),
+            b.source(),
+            b.coord.status()
+        )
+    });
+    assert_eq!(
+        b.store.snapshot().get("e").unwrap().health.state,
+        HealthState::Healthy
+    );
+    fence
+}
+
+async fn both_available(a: &Replica, b: &Replica, limit: Duration) {
+    eventually(limit, POLL, || async {
+        (a.coord.redis_available() && b.coord.redis_available()).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_finds_the_master_and_follows_a_failover() {
+    let mut set = RedisSentinelSet::start(1, Duration::from_millis(1000), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let cfg = SharedConfig {
+        sentinel: Some(SentinelConfig {
+            master_name: MASTER_NAME.to_owned(),
+            nodes: set.sentinel_addrs(),
+            ..SentinelConfig::default()
+        }),
+        ..base("sentinel")
+    };
+    let a = replica(&cfg, "pod-a").await;
+    let b = replica(&cfg, "pod-b").await;
+    both_available(&a, &b, Duration::from_secs(5)).await;
+    let before = exchange(&a, &b).await;
+
+    let old = set.master_port().await.unwrap();
+    set.node_mut(old).unwrap().kill().await.unwrap();
+    let new = set
+        .wait_promoted(old, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_ne!(new, old);
+    both_available(&a, &b, Duration::from_secs(10)).await;
+    let after = exchange(&a, &b).await;
+    assert!(
+        after > before,
+        "fences grow across the failover: {before} then {after}"
+    );
+    a.coord.shutdown().await;
+    b.coord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_follows_the_slot_and_its_failover_with_sharded_pubsub() {
+    let mut cluster = RedisCluster::start(3, 1).await.unwrap();
+    let cfg = SharedConfig {
+        cluster_nodes: cluster.addrs(),
+        ..base("clustered")
+    };
+    let a = replica(&cfg, "pod-a").await;
+    let b = replica(&cfg, "pod-b").await;
+    both_available(&a, &b, Duration::from_secs(5)).await;
+    let before = exchange(&a, &b).await;
+
+    // A second namespace on another slot works side by side.
+    let other = SharedConfig {
+        cluster_nodes: cluster.addrs(),
+        ..base("other-ns")
+    };
+    let key = |ns: &str| format!("hale:{{{ns}}}:fence");
+    assert_ne!(
+        cluster.owner_of(&key("clustered")).await.unwrap(),
+        cluster.owner_of(&key("other-ns")).await.unwrap(),
+        "the two namespaces should live on different masters for this test to mean much"
+    );
+    let c = replica(&other, "pod-c").await;
+    let d = replica(&other, "pod-d").await;
+    both_available(&c, &d, Duration::from_secs(5)).await;
+    exchange(&c, &d).await;
+
+    let owner = cluster.owner_of(&key("clustered")).await.unwrap();
+    cluster.node_mut(owner).unwrap().kill().await.unwrap();
+    cluster
+        .wait_failover(&key("clustered"), owner, Duration::from_secs(20))
+        .await
+        .unwrap();
+    both_available(&a, &b, Duration::from_secs(10)).await;
+    let after = exchange(&a, &b).await;
+    assert!(
+        after > before,
+        "fences grow across the failover: {before} then {after}"
+    );
+    exchange(&c, &d).await;
+    for r in [a, b, c, d] {
+        r.coord.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_right_ca_works_and_a_wrong_ca_falls_back_locally() {
+    let redis = RedisTls::start().await.unwrap();
+    let cfg = SharedConfig {
+        redis_url: redis.url(),
+        tls: Some(TlsConfig {
+            ca_file: Some(redis.ca.ca_file()),
+            ..TlsConfig::default()
+        }),
+        ..base("tls")
+    };
+    let a = replica(&cfg, "pod-a").await;
+    let b = replica(&cfg, "pod-b").await;
+    both_available(&a, &b, Duration::from_secs(5)).await;
+    exchange(&a, &b).await;
+
+    let stranger = TestCa::new("stranger").unwrap();
+    let wrong = SharedConfig {
+        tls: Some(TlsConfig {
+            ca_file: Some(stranger.ca_file()),
+            ..TlsConfig::default()
+        }),
+        ..cfg.clone()
+    };
+    let c = replica(&wrong, "pod-c").await;
+    assert!(!c.coord.redis_available());
+    let err = c.coord.status().last_error.unwrap_or_default();
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "the error says why: {err}"
+    );
+    assert!(
+        matches!(c.check().await, Decision::Check { fence } if fence.is_local()),
+        "checks are local"
+    );
+    // Still refused a while later: no silent plain-text retry makes it "available".
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!c.coord.redis_available());
+    for r in [a, b, c] {
+        r.coord.shutdown().await;
+    }
+}
