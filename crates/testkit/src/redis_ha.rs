@@ -3,8 +3,7 @@
 //! TLS with a test CA ([`RedisTls`], certificates made by [`TestCa`] with rcgen, never
 //! checked in).
 //!
-//! Every node is a real `redis-server` (sentinels: `redis-server <conf> --sentinel`, which is
-//! what Debian's `redis-sentinel` runs) on a free loopback port, with persistence off and its
+//! Every node is a real `redis-server` (sentinels: Debian's `redis-sentinel <conf>`) on a free loopback port, with persistence off and its
 //! files in a private temporary directory; every wait is bounded and fails with the node's
 //! own output; every process is killed when its handle is dropped. [`RedisNode::kill`] is a
 //! SIGKILL, as if the machine vanished.
@@ -52,13 +51,14 @@ impl RedisNode {
     /// writable config file).
     async fn spawn(
         name: &str,
+        program: &str,
         port: u16,
         config_file: Option<String>,
         args: &[String],
         tls: Option<TlsCertificates>,
     ) -> anyhow::Result<Self> {
-        let program = find_on_path("redis-server").ok_or_else(|| {
-            anyhow!("redis-server not found on PATH: run `cargo xtask setup` (as root)")
+        let program = find_on_path(program).ok_or_else(|| {
+            anyhow!("{program} not found on PATH: run `cargo xtask setup` (as root)")
         })?;
         let output = CapturedOutput::new(name)?;
         let (stdout, stderr, mark) = output.attach()?;
@@ -229,7 +229,9 @@ impl RedisSentinelSet {
         failover_timeout: Duration,
     ) -> anyhow::Result<Self> {
         let master_port = try_free_port()?;
-        let mut nodes = vec![RedisNode::spawn("redis-master", master_port, None, &[], None).await?];
+        let mut nodes = vec![
+            RedisNode::spawn("redis-master", "redis-server", master_port, None, &[], None).await?,
+        ];
         for i in 0..replicas {
             let args = [
                 "--replicaof".to_owned(),
@@ -238,7 +240,15 @@ impl RedisSentinelSet {
             ];
             let port = try_free_port()?;
             nodes.push(
-                RedisNode::spawn(&format!("redis-replica{i}"), port, None, &args, None).await?,
+                RedisNode::spawn(
+                    &format!("redis-replica{i}"),
+                    "redis-server",
+                    port,
+                    None,
+                    &args,
+                    None,
+                )
+                .await?,
             );
         }
         for replica in &nodes[1..] {
@@ -259,10 +269,16 @@ impl RedisSentinelSet {
                 down_after.as_millis(),
                 failover_timeout.as_millis()
             );
-            let args = ["--sentinel".to_owned()];
             sentinels.push(
-                RedisNode::spawn(&format!("redis-sentinel{i}"), port, Some(conf), &args, None)
-                    .await?,
+                RedisNode::spawn(
+                    &format!("redis-sentinel{i}"),
+                    "redis-sentinel",
+                    port,
+                    Some(conf),
+                    &[],
+                    None,
+                )
+                .await?,
             );
         }
         let set = Self { nodes, sentinels };
@@ -354,7 +370,15 @@ impl RedisCluster {
             ]
             .map(str::to_owned);
             nodes.push(
-                RedisNode::spawn(&format!("redis-cluster{i}"), port, None, &args, None).await?,
+                RedisNode::spawn(
+                    &format!("redis-cluster{i}"),
+                    "redis-server",
+                    port,
+                    None,
+                    &args,
+                    None,
+                )
+                .await?,
             );
         }
         let cluster = Self { nodes };
@@ -590,7 +614,8 @@ impl RedisTls {
             client_tls: None,
             root_cert: Some(ca.ca_pem().as_bytes().to_vec()),
         };
-        let node = RedisNode::spawn("redis-tls", port, None, &args, Some(certs)).await?;
+        let node =
+            RedisNode::spawn("redis-tls", "redis-server", port, None, &args, Some(certs)).await?;
         Ok(Self { node, ca })
     }
 
