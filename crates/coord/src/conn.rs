@@ -27,7 +27,7 @@
 //!   over to its replica. Every key of a namespace shares one hash tag, so every script and
 //!   pipeline goes to the one node owning the namespace's slot; `CLUSTERDOWN`/`TRYAGAIN`
 //!   answers drop the connection like a transport error. Events use sharded pub/sub
-//!   ([`Scripts::publish`]: the scripts `SPUBLISH` on the namespace's slot, the subscriber
+//!   ([`crate::scripts::Scripts::publish`]: the scripts `SPUBLISH` on the namespace's slot, the subscriber
 //!   `SSUBSCRIBE`s through a RESP3 cluster connection that re-subscribes after failovers).
 //! - **TLS** for all three: a wrong CA or a server certificate that does not verify fails the
 //!   connect with a TLS error, which is counted and logged like any failure (local fallback);

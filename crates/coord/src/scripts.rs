@@ -5,10 +5,10 @@
 //! clocks still agree on when a round is due; what leaves a script as a duration is relative
 //! (`due_in`, `pttl`) and is turned into a local deadline by the receiver.
 //!
-//! Fencing tokens come from one counter per namespace. When the counter is new (first use, or
-//! a Redis that restarted empty: `INCR` answers a small number) it is seeded with Redis's
-//! clock in microseconds, so tokens keep growing across a Redis restart and a replica holding
-//! a token from before it still takes newer results. Tokens stay below 2^53, so Lua's numbers hold
+//! Fencing tokens come from one counter per namespace: each is `max(counter + 1, Redis's clock
+//! in microseconds)`, so tokens keep growing across a Redis that restarted empty or a failover
+//! to a replica whose counter lags, and a replica holding a token from before still takes
+//! newer results. On a Cluster the scripts publish with `SPUBLISH` ([`Scripts::publish`]). Tokens stay below 2^53, so Lua's numbers hold
 //! them exactly; the scripts format every number with `%.0f` before storing or sending it.
 
 use crate::config::Topology;
