@@ -161,19 +161,22 @@ impl ResultCache {
 
     /// One small write (see the PROBE script): Redis answers and accepts writes, within
     /// [`REJOIN_OP_TIMEOUT`](crate::conn::REJOIN_OP_TIMEOUT) (only the rejoin probes).
-    pub async fn probe(&self) -> Result<(), RedisFailure> {
+    /// Returns the answering server's run id when it gave a well-formed one (40 hex digits).
+    pub async fn probe(&self) -> Result<Option<String>, RedisFailure> {
         let key = self.keys.probe();
-        self.conn
+        let id = self
+            .conn
             .run_within(crate::conn::REJOIN_OP_TIMEOUT, async |c| {
                 self.scripts
                     .probe
                     .key(&key)
                     .arg(&*self.owner)
-                    .invoke_async::<i64>(c)
+                    .invoke_async::<Value>(c)
                     .await
             })
-            .await
-            .map(drop)
+            .await?;
+        Ok(scripts::text(&id)
+            .filter(|id| id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())))
     }
 
     /// Asks for the current round of `endpoint`: granted if it is due and nobody holds it.

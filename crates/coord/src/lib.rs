@@ -108,7 +108,8 @@
 //! without any answer, at most once a minute): then it is
 //! logged once, `hale_coord_redis_up` goes to 0, and `may_check` says "check locally" without
 //! touching Redis, so every replica checks on its own schedule. The subscriber probes with a
-//! small write every 500 ms; after 2 s of success it re-subscribes, re-reads all results and
+//! small write every 500 ms; after 2 s of success (at once when a promoted replica answers,
+//! with Sentinel or a Cluster) it re-subscribes, re-reads all results and
 //! Redis is available again — a fleet is back to one check per interval within a few
 //! seconds plus an interval. Results this replica made without a lease are not written.
 //!

@@ -219,9 +219,13 @@ return next_fence(KEYS[1])
 
 /// The subscriber's probe: one small write, so a Redis that refuses writes (OOM under
 /// `noeviction`, a read-only replica) is not taken for healthy. KEYS: probe key. ARGV: owner.
+/// Returns the server's `run_id` (which process answered: a failover shows as a new one), or
+/// '' when `INFO` does not give one.
 const PROBE: &str = r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', 5000)
-return 1
+local ok, info = pcall(redis.call, 'INFO', 'server')
+if not ok or type(info) ~= 'string' then return '' end
+return string.match(info, 'run_id:(%x+)') or ''
 ";
 
 fn script(publish: &str, body: &str) -> Script {

@@ -6,7 +6,10 @@
 //! [`RECONNECT_EVERY`], for [`REJOIN_AFTER`](crate::health::REJOIN_AFTER) while an outage is
 //! declared (at once at start-up or when Redis never went down) — then re-reads all result
 //! keys of the configured endpoints, so nothing written while it was away is missed, and
-//! only then declares Redis available: from that moment `may_check` coordinates again. When
+//! only then declares Redis available: from that moment `may_check` coordinates again. With
+//! Sentinel or a Cluster, a probe answered by another server than at the last rejoin (a
+//! promoted replica: see `rejoin`) skips the wait, so a failover costs the fleet about the
+//! promotion time plus a probe period of local checks. When
 //! an outage is declared (see [`crate::health`]), the subscription is dropped and rebuilt the
 //! same way, so a half-dead connection cannot leave a replica believing it is coordinated.
 //!
@@ -18,6 +21,7 @@
 use crate::adopt::Adopter;
 use crate::book::Book;
 use crate::cache::ResultCache;
+use crate::config::Topology;
 use crate::conn::{CONNECT_TIMEOUT, Event, Events, REJOIN_OP_TIMEOUT, RedisFailure};
 use crate::health::Health;
 use crate::rejected::Kind;
@@ -46,6 +50,7 @@ pub(crate) struct Subscriber {
 impl Subscriber {
     pub(crate) async fn run(self) {
         let mut outages = self.health.outages();
+        let mut node = None;
         loop {
             match self.subscribe().await {
                 Ok(mut pubsub) => {
@@ -55,7 +60,7 @@ impl Subscriber {
                         self.book.forget_all();
                     }
                     outages.borrow_and_update();
-                    if self.rejoin().await {
+                    if self.rejoin(&mut node).await {
                         loop {
                             tokio::select! {
                                 message = pubsub.next() => match message {
@@ -102,13 +107,32 @@ impl Subscriber {
 
     /// Proves Redis usable (see the module docs), re-reads every result and declares Redis
     /// available. Returns false on a failure (counted).
-    async fn rejoin(&self) -> bool {
+    ///
+    /// `node` is the run id of the server of the last rejoin. With Sentinel or a Cluster, a
+    /// probe answered by another server is a failover done (the sentinels or the cluster
+    /// promoted a replica, and only a master accepts the probe's write): the wait of
+    /// [`REJOIN_AFTER`](crate::health::REJOIN_AFTER), which guards against a flapping
+    /// server, is skipped, so the fleet is coordinated again within about a probe period of
+    /// the promotion. A single Redis that restarted keeps the wait.
+    async fn rejoin(&self, node: &mut Option<String>) -> bool {
+        let failover_aware = self.cache.conn().topology() != Topology::Single;
         loop {
-            if let Err(e) = self.cache.probe().await {
-                self.health.failed("probing Redis", &e);
-                return false;
-            }
-            if self.health.probed() {
+            let id = match self.cache.probe().await {
+                Ok(id) => id,
+                Err(e) => {
+                    self.health.failed("probing Redis", &e);
+                    return false;
+                }
+            };
+            let promoted = failover_aware && node.is_some() && id.is_some() && id != *node;
+            let ready = self.health.probed();
+            if ready || promoted {
+                if promoted {
+                    tracing::info!(
+                        "Redis: another server is the master now (failover); rejoining at once"
+                    );
+                }
+                *node = id;
                 break;
             }
             self.contacted.send_replace(true);

@@ -12,9 +12,10 @@
 
 use hale_coord::{Coordinator, SentinelConfig, SharedConfig, TlsConfig};
 use hale_core::{
-    CheckOutcome, Coordination, Decision, EndpointConfig, EndpointKind, FenceToken, HealthConfig,
-    HealthState, HealthStore, Now, Source,
+    CheckOutcome, Coordination, Decision, FenceToken, HealthState, HealthStore, Now, Source,
 };
+mod support;
+
 use hale_testkit::{MASTER_NAME, RedisCluster, RedisSentinelSet, RedisTls, TestCa, eventually};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,25 +32,7 @@ fn base(namespace: &str) -> SharedConfig {
     }
 }
 
-fn store(pod: &str, names: &[&str]) -> Arc<HealthStore> {
-    let endpoints = names
-        .iter()
-        .map(|n| {
-            let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
-            c.check_interval = Duration::from_secs(1);
-            c.check_timeout = Duration::from_millis(200);
-            c.startup.period = Duration::from_secs(1);
-            c.startup.timeout = Duration::from_millis(200);
-            c.resolve("e").unwrap()
-        })
-        .collect();
-    let health = HealthConfig {
-        unhealthy_threshold: 1,
-        jitter: 0.0,
-        ..HealthConfig::default()
-    };
-    Arc::new(HealthStore::new(pod, endpoints, &health, Now::capture()))
-}
+use support::store;
 
 struct Replica {
     store: Arc<HealthStore>,
