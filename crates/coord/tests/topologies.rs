@@ -230,3 +230,53 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_falls_back_locally() {
         r.coord.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_the_client_certificate() {
+    let redis = RedisTls::start_mutual().await.unwrap();
+    let tls = TlsConfig {
+        ca_file: Some(redis.ca.ca_file()),
+        ..TlsConfig::default()
+    };
+    let without = SharedConfig {
+        redis_url: redis.url(),
+        tls: Some(tls.clone()),
+        ..base("mtls")
+    };
+    let a = replica(&without, "pod-a").await;
+    assert!(
+        !a.coord.redis_available(),
+        "no client certificate, no Redis"
+    );
+    assert!(matches!(a.check().await, Decision::Check { fence } if fence.is_local()));
+    let (cert, key) = redis.client_cert();
+    let with = SharedConfig {
+        tls: Some(TlsConfig {
+            cert_file: Some(cert),
+            key_file: Some(key),
+            ..tls
+        }),
+        ..without
+    };
+    let b = replica(&with, "pod-b").await;
+    let c = replica(&with, "pod-c").await;
+    both_available(&b, &c, Duration::from_secs(5)).await;
+    exchange(&b, &c).await;
+    for r in [a, b, c] {
+        r.coord.shutdown().await;
+    }
+}
+
+#[test]
+fn an_unreadable_tls_file_names_its_key() {
+    let cfg = SharedConfig {
+        redis_url: "rediss://127.0.0.1:6380".to_owned(),
+        tls: Some(TlsConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsConfig::default()
+        }),
+        ..base("files")
+    };
+    let err = hale_coord::ResultCache::new(&cfg, "pod").unwrap_err();
+    assert!(err.to_string().contains("shared.tls.ca_file"), "{err}");
+}

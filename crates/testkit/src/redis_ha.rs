@@ -592,10 +592,22 @@ pub struct RedisTls {
 }
 
 impl RedisTls {
+    /// A TLS Redis that asks clients for no certificate.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// A TLS Redis that requires a client certificate signed by its CA (mutual TLS); one is
+    /// issued as `client.pem` / `client.key` ([`client_cert`](Self::client_cert)).
+    pub async fn start_mutual() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(mutual: bool) -> anyhow::Result<Self> {
         install_crypto_provider();
         let ca = TestCa::new("server")?;
         let (cert, key) = ca.issue("redis")?;
+        let (client_cert, client_key) = ca.issue("client")?;
         let port = try_free_port()?;
         let path = |p: &Path| p.display().to_string();
         let args = [
@@ -608,15 +620,26 @@ impl RedisTls {
             "--tls-ca-cert-file".to_owned(),
             path(&ca.ca_file()),
             "--tls-auth-clients".to_owned(),
-            "no".to_owned(),
+            if mutual { "yes" } else { "no" }.to_owned(),
         ];
         let certs = TlsCertificates {
-            client_tls: None,
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&client_cert)?,
+                client_key: std::fs::read(&client_key)?,
+            }),
             root_cert: Some(ca.ca_pem().as_bytes().to_vec()),
         };
         let node =
             RedisNode::spawn("redis-tls", "redis-server", port, None, &args, Some(certs)).await?;
         Ok(Self { node, ca })
+    }
+
+    /// The client certificate and key the CA issued (`client.pem`, `client.key`).
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.ca.dir().join("client.pem"),
+            self.ca.dir().join("client.key"),
+        )
     }
 
     /// `rediss://127.0.0.1:<port>`.
