@@ -53,7 +53,7 @@ use tokio::time::timeout;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest a connect may take that first asks the sentinels or the cluster seeds (one
 /// round trip more, and a dead sentinel to skip).
-pub const DISCOVER_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const DISCOVER_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The longest one command or script may take.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest the rejoin's probe and re-reads may take. They delay no check (every round is
