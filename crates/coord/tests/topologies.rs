@@ -280,3 +280,50 @@ fn an_unreadable_tls_file_names_its_key() {
     let err = hale_coord::ResultCache::new(&cfg, "pod").unwrap_err();
     assert!(err.to_string().contains("shared.tls.ca_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_works_with_the_ca() {
+    let ca = TestCa::new("cluster").unwrap();
+    let cluster = RedisCluster::start_tls(3, 0, &ca).await.unwrap();
+    let cfg = SharedConfig {
+        cluster_nodes: cluster.addrs(),
+        tls: Some(TlsConfig {
+            ca_file: Some(ca.ca_file()),
+            ..TlsConfig::default()
+        }),
+        ..base("tls-cluster")
+    };
+    let a = replica(&cfg, "pod-a").await;
+    let b = replica(&cfg, "pod-b").await;
+    both_available(&a, &b, Duration::from_secs(5)).await;
+    exchange(&a, &b).await;
+    a.coord.shutdown().await;
+    b.coord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_works_with_the_ca() {
+    let ca = TestCa::new("sentinel").unwrap();
+    let set =
+        RedisSentinelSet::start_tls(1, Duration::from_millis(1000), Duration::from_secs(3), &ca)
+            .await
+            .unwrap();
+    let cfg = SharedConfig {
+        sentinel: Some(SentinelConfig {
+            master_name: MASTER_NAME.to_owned(),
+            nodes: set.sentinel_addrs(),
+            ..SentinelConfig::default()
+        }),
+        tls: Some(TlsConfig {
+            ca_file: Some(ca.ca_file()),
+            ..TlsConfig::default()
+        }),
+        ..base("tls-sentinel")
+    };
+    let a = replica(&cfg, "pod-a").await;
+    let b = replica(&cfg, "pod-b").await;
+    both_available(&a, &b, Duration::from_secs(5)).await;
+    exchange(&a, &b).await;
+    a.coord.shutdown().await;
+    b.coord.shutdown().await;
+}

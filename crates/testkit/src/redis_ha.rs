@@ -228,17 +228,57 @@ impl RedisSentinelSet {
         down_after: Duration,
         failover_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_with(replicas, down_after, failover_timeout, None).await
+    }
+
+    /// [`start`](Self::start), every node and sentinel speaking only TLS (replication too),
+    /// with certificates from `ca`.
+    pub async fn start_tls(
+        replicas: usize,
+        down_after: Duration,
+        failover_timeout: Duration,
+        ca: &TestCa,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(replicas, down_after, failover_timeout, Some(ca)).await
+    }
+
+    async fn start_with(
+        replicas: usize,
+        down_after: Duration,
+        failover_timeout: Duration,
+        ca: Option<&TestCa>,
+    ) -> anyhow::Result<Self> {
+        let tls = |port: u16| -> anyhow::Result<(Vec<String>, Option<TlsCertificates>)> {
+            match ca {
+                Some(ca) => {
+                    let mut args = tls_server_args(ca, port)?;
+                    args.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+                    Ok((args, Some(ca.client_certificates(false)?)))
+                }
+                None => Ok((Vec::new(), None)),
+            }
+        };
         let master_port = try_free_port()?;
+        let (args, certs) = tls(master_port)?;
         let mut nodes = vec![
-            RedisNode::spawn("redis-master", "redis-server", master_port, None, &[], None).await?,
+            RedisNode::spawn(
+                "redis-master",
+                "redis-server",
+                master_port,
+                None,
+                &args,
+                certs,
+            )
+            .await?,
         ];
         for i in 0..replicas {
-            let args = [
+            let port = try_free_port()?;
+            let (mut args, certs) = tls(port)?;
+            args.extend([
                 "--replicaof".to_owned(),
                 "127.0.0.1".to_owned(),
                 master_port.to_string(),
-            ];
-            let port = try_free_port()?;
+            ]);
             nodes.push(
                 RedisNode::spawn(
                     &format!("redis-replica{i}"),
@@ -246,7 +286,7 @@ impl RedisSentinelSet {
                     port,
                     None,
                     &args,
-                    None,
+                    certs,
                 )
                 .await?,
             );
@@ -269,14 +309,15 @@ impl RedisSentinelSet {
                 down_after.as_millis(),
                 failover_timeout.as_millis()
             );
+            let (args, certs) = tls(port)?;
             sentinels.push(
                 RedisNode::spawn(
                     &format!("redis-sentinel{i}"),
                     "redis-sentinel",
                     port,
                     Some(conf),
-                    &[],
-                    None,
+                    &args,
+                    certs,
                 )
                 .await?,
             );
@@ -351,12 +392,26 @@ pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 impl RedisCluster {
     pub async fn start(masters: usize, replicas: usize) -> anyhow::Result<Self> {
+        Self::start_with(masters, replicas, None).await
+    }
+
+    /// A cluster that speaks only TLS (clients, the cluster bus and replication), with
+    /// server certificates from `ca`.
+    pub async fn start_tls(masters: usize, replicas: usize, ca: &TestCa) -> anyhow::Result<Self> {
+        Self::start_with(masters, replicas, Some(ca)).await
+    }
+
+    async fn start_with(
+        masters: usize,
+        replicas: usize,
+        ca: Option<&TestCa>,
+    ) -> anyhow::Result<Self> {
         let cli = find_on_path("redis-cli")
             .ok_or_else(|| anyhow!("redis-cli not found: run `cargo xtask setup` (as root)"))?;
         let mut nodes = Vec::new();
         for i in 0..masters * (1 + replicas) {
             let port = try_free_port()?;
-            let args = [
+            let mut args = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -368,7 +423,18 @@ impl RedisCluster {
                 "--cluster-replica-validity-factor",
                 "0",
             ]
-            .map(str::to_owned);
+            .map(str::to_owned)
+            .to_vec();
+            let certs = match ca {
+                Some(ca) => {
+                    args.extend(tls_server_args(ca, port)?);
+                    args.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned),
+                    );
+                    Some(ca.client_certificates(false)?)
+                }
+                None => None,
+            };
             nodes.push(
                 RedisNode::spawn(
                     &format!("redis-cluster{i}"),
@@ -376,15 +442,19 @@ impl RedisCluster {
                     port,
                     None,
                     &args,
-                    None,
+                    certs,
                 )
                 .await?,
             );
         }
         let cluster = Self { nodes };
+        let mut create = Command::new(cli);
+        if let Some(ca) = ca {
+            create.arg("--tls").arg("--cacert").arg(ca.ca_file());
+        }
         let out = timeout(
             SETTLE_DEADLINE,
-            Command::new(cli)
+            create
                 .args(["--cluster", "create"])
                 .args(cluster.addrs())
                 .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -575,6 +645,51 @@ impl TestCa {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// What a test client needs to reach a node with a certificate from this CA: the CA and,
+    /// with `with_client_cert`, a client certificate (`client.pem`, issued once).
+    pub fn client_certificates(&self, with_client_cert: bool) -> anyhow::Result<TlsCertificates> {
+        let client_tls = if with_client_cert {
+            let (cert, key) = (self.dir().join("client.pem"), self.dir().join("client.key"));
+            if !cert.exists() {
+                self.issue("client")?;
+            }
+            Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&cert)?,
+                client_key: std::fs::read(&key)?,
+            })
+        } else {
+            None
+        };
+        Ok(TlsCertificates {
+            client_tls,
+            root_cert: Some(self.ca_cert.as_bytes().to_vec()),
+        })
+    }
+}
+
+/// The arguments that make a node listen with TLS only on `port`, with a certificate from
+/// `ca` (issued once per CA as `redis.pem`), trusting `ca` for clients and peers; clients
+/// need no certificate of their own.
+fn tls_server_args(ca: &TestCa, port: u16) -> anyhow::Result<Vec<String>> {
+    install_crypto_provider();
+    let (cert, key) = (ca.dir().join("redis.pem"), ca.dir().join("redis.key"));
+    if !cert.exists() {
+        ca.issue("redis")?;
+    }
+    let path = |p: &Path| p.display().to_string();
+    Ok(vec![
+        "--tls-port".to_owned(),
+        port.to_string(),
+        "--tls-cert-file".to_owned(),
+        path(&cert),
+        "--tls-key-file".to_owned(),
+        path(&key),
+        "--tls-ca-cert-file".to_owned(),
+        path(&ca.ca_file()),
+        "--tls-auth-clients".to_owned(),
+        "no".to_owned(),
+    ])
 }
 
 /// Installs rustls's ring provider as the process default (redis-rs asks for the default;
@@ -604,31 +719,14 @@ impl RedisTls {
     }
 
     async fn start_with(mutual: bool) -> anyhow::Result<Self> {
-        install_crypto_provider();
         let ca = TestCa::new("server")?;
-        let (cert, key) = ca.issue("redis")?;
-        let (client_cert, client_key) = ca.issue("client")?;
         let port = try_free_port()?;
-        let path = |p: &Path| p.display().to_string();
-        let args = [
-            "--tls-port".to_owned(),
-            port.to_string(),
-            "--tls-cert-file".to_owned(),
-            path(&cert),
-            "--tls-key-file".to_owned(),
-            path(&key),
-            "--tls-ca-cert-file".to_owned(),
-            path(&ca.ca_file()),
+        let mut args = tls_server_args(&ca, port)?;
+        args.extend([
             "--tls-auth-clients".to_owned(),
             if mutual { "yes" } else { "no" }.to_owned(),
-        ];
-        let certs = TlsCertificates {
-            client_tls: Some(redis::ClientTlsConfig {
-                client_cert: std::fs::read(&client_cert)?,
-                client_key: std::fs::read(&client_key)?,
-            }),
-            root_cert: Some(ca.ca_pem().as_bytes().to_vec()),
-        };
+        ]);
+        let certs = ca.client_certificates(true)?;
         let node =
             RedisNode::spawn("redis-tls", "redis-server", port, None, &args, Some(certs)).await?;
         Ok(Self { node, ca })
