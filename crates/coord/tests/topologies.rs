@@ -226,7 +226,18 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_falls_back_locally() {
     // Still refused a while later: no silent plain-text retry makes it "available".
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!c.coord.redis_available());
-    for r in [a, b, c] {
+    // insecure_skip_verify accepts the certificate the stranger CA cannot vouch for.
+    let careless = SharedConfig {
+        tls: Some(TlsConfig {
+            ca_file: Some(stranger.ca_file()),
+            insecure_skip_verify: true,
+            ..TlsConfig::default()
+        }),
+        ..cfg.clone()
+    };
+    let d = replica(&careless, "pod-d").await;
+    both_available(&a, &d, Duration::from_secs(5)).await;
+    for r in [a, b, c, d] {
         r.coord.shutdown().await;
     }
 }
