@@ -292,24 +292,34 @@ fn an_unreadable_tls_file_names_its_key() {
     assert!(err.to_string().contains("shared.tls.ca_file"), "{err}");
 }
 
+/// TLS settings that trust `ca`.
+fn trusting(ca: &TestCa) -> TlsConfig {
+    TlsConfig {
+        ca_file: Some(ca.ca_file()),
+        ..TlsConfig::default()
+    }
+}
+
+/// Two replicas on `cfg` become available and exchange a result.
+async fn two_replicas_exchange(cfg: &SharedConfig) {
+    let a = replica(cfg, "pod-a").await;
+    let b = replica(cfg, "pod-b").await;
+    both_available(&a, &b, Duration::from_secs(5)).await;
+    exchange(&a, &b).await;
+    a.coord.shutdown().await;
+    b.coord.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_works_with_the_ca() {
     let ca = TestCa::new("cluster").unwrap();
     let cluster = RedisCluster::start_tls(3, 0, &ca).await.unwrap();
     let cfg = SharedConfig {
         cluster_nodes: cluster.addrs(),
-        tls: Some(TlsConfig {
-            ca_file: Some(ca.ca_file()),
-            ..TlsConfig::default()
-        }),
+        tls: Some(trusting(&ca)),
         ..base("tls-cluster")
     };
-    let a = replica(&cfg, "pod-a").await;
-    let b = replica(&cfg, "pod-b").await;
-    both_available(&a, &b, Duration::from_secs(5)).await;
-    exchange(&a, &b).await;
-    a.coord.shutdown().await;
-    b.coord.shutdown().await;
+    two_replicas_exchange(&cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,16 +335,8 @@ async fn sentinel_over_tls_works_with_the_ca() {
             nodes: set.sentinel_addrs(),
             ..SentinelConfig::default()
         }),
-        tls: Some(TlsConfig {
-            ca_file: Some(ca.ca_file()),
-            ..TlsConfig::default()
-        }),
+        tls: Some(trusting(&ca)),
         ..base("tls-sentinel")
     };
-    let a = replica(&cfg, "pod-a").await;
-    let b = replica(&cfg, "pod-b").await;
-    both_available(&a, &b, Duration::from_secs(5)).await;
-    exchange(&a, &b).await;
-    a.coord.shutdown().await;
-    b.coord.shutdown().await;
+    two_replicas_exchange(&cfg).await;
 }
