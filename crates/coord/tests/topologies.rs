@@ -125,7 +125,29 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
     both_available(&a, &b, Duration::from_secs(5)).await;
     let before = exchange(&a, &b).await;
 
+    // A replica refuses the scripts' writes with READONLY, which coord takes for a lost
+    // master (the connection is dropped and the sentinels asked again), never for success.
     let old = set.master_port().await.unwrap();
+    let replica_port = set
+        .nodes
+        .iter()
+        .map(|n| n.port())
+        .find(|p| *p != old)
+        .unwrap();
+    let direct = hale_coord::ResultCache::new(
+        &SharedConfig {
+            redis_url: format!("redis://127.0.0.1:{replica_port}"),
+            ..base("sentinel")
+        },
+        "pod-x",
+    )
+    .unwrap();
+    let refused = direct.probe().await.unwrap_err();
+    assert!(
+        refused.is_unreachable() && refused.to_string().to_lowercase().contains("read only"),
+        "{refused}"
+    );
+
     set.node_mut(old).unwrap().kill().await.unwrap();
     let new = set
         .wait_promoted(old, Duration::from_secs(20))
