@@ -62,6 +62,33 @@ const REQUIREMENTS: &[Requirement] = &[
             package: "redis-server",
         },
     },
+    // The Redis failover suite (tests/tests/redis_ha.rs): sentinels, `redis-cli --cluster
+    // create`, and a redis-server built with TLS (Debian's is, linked to OpenSSL).
+    Requirement {
+        name: "redis-sentinel",
+        check: &["redis-sentinel", "--version"],
+        source: Source::Apt {
+            package: "redis-sentinel",
+        },
+    },
+    Requirement {
+        name: "redis-cli",
+        check: &["redis-cli", "--version"],
+        source: Source::Apt {
+            package: "redis-tools",
+        },
+    },
+    Requirement {
+        name: "redis-server with TLS",
+        check: &[
+            "sh",
+            "-c",
+            "ldd \"$(command -v redis-server)\" | grep -q libssl && echo redis-server has TLS",
+        ],
+        source: Source::Apt {
+            package: "redis-server",
+        },
+    },
     Requirement {
         name: "rustfmt",
         check: &["cargo", "fmt", "--version"],

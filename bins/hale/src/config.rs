@@ -594,6 +594,47 @@ endpoints:
     }
 
     #[test]
+    fn redis_topologies_load_from_yaml_and_env() {
+        let yaml = format!(
+            "{TWO}shared:\n  enabled: true\n  sentinel:\n    master_name: mymaster\n    nodes: [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]\n    password: os.environ/SENTINEL_PW\n  tls:\n    ca_file: /etc/ca.pem\n"
+        );
+        let loaded = load_text(&yaml, &[("SENTINEL_PW", "pw")]).unwrap();
+        let shared = &loaded.config.shared;
+        let sentinel = shared.sentinel.as_ref().unwrap();
+        assert_eq!(sentinel.nodes.len(), 2);
+        assert_eq!(sentinel.password.expose(), "pw");
+        assert!(shared.uses_tls());
+        let shown = serde_json::to_string(&loaded.config.effective()).unwrap();
+        assert!(!shown.contains("\"pw\""), "{shown}");
+        // A bad node names its key, from the file and from the environment.
+        let err = load_text(
+            &yaml.replace("10.0.0.2:26379", "10.0.0.2"),
+            &[("SENTINEL_PW", "pw")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.path.as_ref().unwrap().to_string(),
+            "shared.sentinel.nodes"
+        );
+        let err = load_text(TWO, &[("REDIS_CLUSTER_NODES", "c1:7000,c2")]).unwrap_err();
+        assert_eq!(
+            err.path.as_ref().unwrap().to_string(),
+            "shared.cluster_nodes"
+        );
+        let loaded = load_text(
+            TWO,
+            &[
+                ("REDIS_SENTINEL_NODES", "s1:26379,s2:26379"),
+                ("REDIS_SERVICE_NAME", "mymaster"),
+            ],
+        )
+        .unwrap();
+        let sentinel = loaded.config.shared.sentinel.unwrap();
+        assert_eq!(sentinel.master_name, "mymaster");
+        assert_eq!(sentinel.nodes, ["s1:26379", "s2:26379"]);
+    }
+
+    #[test]
     fn duplicate_names_point_at_the_second() {
         let err = load_text(&TWO.replace("name: b", "name: a"), &[]).unwrap_err();
         assert_eq!(err.path.as_ref().unwrap().to_string(), "endpoints[1].name");

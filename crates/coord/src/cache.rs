@@ -7,12 +7,9 @@
 //! semantics (fencing, owner checks, namespaces) against a real server.
 
 use crate::config::SharedConfig;
-use crate::conn::{RedisConn, RedisFailure, connection_info};
+use crate::conn::{RedisConn, RedisFailure};
 use crate::keys::Keys;
-use crate::scripts::{
-    self, ACQUIRE_SCRIPT, EXTEND_SCRIPT, GLOBAL_SCRIPT, NEXT_FENCE_SCRIPT, PROBE_SCRIPT,
-    RELEASE_SCRIPT, STATUS_SCRIPT, WRITE_SCRIPT,
-};
+use crate::scripts::{self, Scripts};
 use crate::signing::{SIG_FIELD, Signer};
 use crate::wire::{self, StoredResult, WireError};
 use hale_core::{FenceToken, SharedResult};
@@ -108,6 +105,7 @@ impl Default for Bounds {
 #[derive(Debug, Clone)]
 pub struct ResultCache {
     conn: Arc<RedisConn>,
+    scripts: &'static Scripts,
     signer: Option<Arc<Signer>>,
     keys: Keys,
     owner: Arc<str>,
@@ -134,9 +132,9 @@ impl ResultCache {
     /// A cache for `config` (URL, password, namespace, cache TTL) acting as `owner`. Does not
     /// connect: the first call does.
     pub fn new(config: &SharedConfig, owner: &str) -> Result<Self, RedisFailure> {
-        let info = connection_info(&config.redis_url, config.redis_password.expose())?;
         Ok(Self {
-            conn: Arc::new(RedisConn::new(info)?),
+            conn: Arc::new(RedisConn::from_config(config)?),
+            scripts: Scripts::publish(config.topology()),
             signer: Signer::new(config.signing_key.expose()).map(Arc::new),
             keys: Keys::new(&config.namespace),
             owner: Arc::from(owner),
@@ -163,18 +161,22 @@ impl ResultCache {
 
     /// One small write (see the PROBE script): Redis answers and accepts writes, within
     /// [`REJOIN_OP_TIMEOUT`](crate::conn::REJOIN_OP_TIMEOUT) (only the rejoin probes).
-    pub async fn probe(&self) -> Result<(), RedisFailure> {
+    /// Returns the answering server's run id when it gave a well-formed one (40 hex digits).
+    pub async fn probe(&self) -> Result<Option<String>, RedisFailure> {
         let key = self.keys.probe();
-        self.conn
+        let id = self
+            .conn
             .run_within(crate::conn::REJOIN_OP_TIMEOUT, async |c| {
-                PROBE_SCRIPT
+                self.scripts
+                    .probe
                     .key(&key)
                     .arg(&*self.owner)
-                    .invoke_async::<i64>(c)
+                    .invoke_async::<Value>(c)
                     .await
             })
-            .await
-            .map(drop)
+            .await?;
+        Ok(scripts::text(&id)
+            .filter(|id| id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())))
     }
 
     /// Asks for the current round of `endpoint`: granted if it is due and nobody holds it.
@@ -209,7 +211,8 @@ impl ResultCache {
         let v = self
             .conn
             .run(async |c| {
-                ACQUIRE_SCRIPT
+                self.scripts
+                    .acquire
                     .key(&result)
                     .key(&lease)
                     .key(&fence)
@@ -283,7 +286,7 @@ impl ResultCache {
         let v = self
             .conn
             .run(async |c| {
-                let mut inv = WRITE_SCRIPT.prepare_invoke();
+                let mut inv = self.scripts.write.prepare_invoke();
                 inv.key(&result_key)
                     .key(&lease_key)
                     .key(&fence_key)
@@ -333,7 +336,13 @@ impl ResultCache {
         let key = self.keys.fence();
         let f = self
             .conn
-            .run(async |c| NEXT_FENCE_SCRIPT.key(&key).invoke_async::<i64>(c).await)
+            .run(async |c| {
+                self.scripts
+                    .next_fence
+                    .key(&key)
+                    .invoke_async::<i64>(c)
+                    .await
+            })
             .await?;
         u64::try_from(f)
             .ok()
@@ -360,7 +369,8 @@ impl ResultCache {
         let n = self
             .conn
             .run(async |c| {
-                RELEASE_SCRIPT
+                self.scripts
+                    .release
                     .key(key)
                     .arg(&*self.owner)
                     .invoke_async::<i64>(c)
@@ -374,7 +384,8 @@ impl ResultCache {
         let n = self
             .conn
             .run(async |c| {
-                EXTEND_SCRIPT
+                self.scripts
+                    .extend
                     .key(key)
                     .arg(&*self.owner)
                     .arg(ms(ttl))
@@ -391,7 +402,8 @@ impl ResultCache {
         let v = self
             .conn
             .run(async |c| {
-                GLOBAL_SCRIPT
+                self.scripts
+                    .global
                     .key(&key)
                     .key(&fence)
                     .arg(&*self.owner)
@@ -478,7 +490,7 @@ impl ResultCache {
         let v = self
             .conn
             .run(async |c| {
-                let mut inv = STATUS_SCRIPT.prepare_invoke();
+                let mut inv = self.scripts.status.prepare_invoke();
                 for key in &keys {
                     inv.key(key);
                 }

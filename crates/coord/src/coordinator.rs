@@ -44,7 +44,7 @@
 use crate::adopt::Adopter;
 use crate::book::{Book, Rounds};
 use crate::cache::{Bounds, ResultCache, RoundAnswer};
-use crate::config::{CoordMode, SharedConfig, masked_url};
+use crate::config::{CoordMode, SharedConfig};
 use crate::conn::RedisFailure;
 use crate::health::Health;
 use crate::lease::{Global, LeaseTask};
@@ -131,7 +131,7 @@ impl Coordinator {
             .iter()
             .map(|s| s.endpoint.clone())
             .collect();
-        let url_shown = masked_url(&config.redis_url);
+        let url_shown = config.target_shown();
         let book = Arc::new(Book::new(pod.clone(), &endpoints, config.lock_ttl));
         let health = Arc::new(Health::new(pod.clone(), url_shown.clone()));
         let rejected = Arc::new(Rejected::default());

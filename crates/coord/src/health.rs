@@ -17,7 +17,8 @@
 //! Redis except the subscriber, which probes with a small write every
 //! [`RECONNECT_EVERY`](crate::RECONNECT_EVERY); Redis is *up* again once the probes have
 //! succeeded for [`REJOIN_AFTER`] without a failure and the subscriber has re-subscribed and
-//! re-read every result. The very first contact after start needs no such wait.
+//! re-read every result. The very first contact after start needs no such wait, and neither
+//! does a probe answered by a newly promoted master (Sentinel, Cluster: see the subscriber).
 //!
 //! Every failure counts in `errors_total` and sets `last_error` (an error text from Redis or
 //! the client, which carries no password); each kind of failure is logged at WARN at most

@@ -11,7 +11,7 @@
 //! | `hale:{ns}:lease:<endpoint>`     | string  | the pod id checking this round, short PX     |
 //! | `hale:{ns}:lease`                | string  | the global-mode lease holder, PX `lock_ttl`  |
 //! | `hale:{ns}:fence`                | counter | the fencing-token sequence                   |
-//! | `hale:{ns}:events`               | channel | one message per result written               |
+//! | `hale:{ns}:events`               | channel | one message per result written (sharded pub/sub on a Cluster) |
 //! | `hale:{ns}:probe`                | string  | the subscriber's write probe while Redis is down, PX 5 s |
 
 /// The keys of one namespace.

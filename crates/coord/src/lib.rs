@@ -25,13 +25,15 @@
 //! Retry-After). Anchoring to the due time, not to when the check happened to run, keeps the
 //! fleet's cadence at `check_interval` exactly, however replicas' offsets vary. A round is
 //! acquired by one Lua script ([`scripts`]): if it is not due → "not due, next in X"; if its
-//! lease `SET NX PX` is held → "busy"; else take the lease and `INCR` the fence counter, in
+//! lease `SET NX PX` is held → "busy"; else take the lease and the next fence, in
 //! the same script. The winner checks and writes its result with the fence; the write script
 //! refuses a fence not newer than the stored one (a replica that lost its lease while stalled
 //! cannot overwrite a newer result), advances `due_at`, releases the lease only if it still
-//! owns it, refreshes the TTL and publishes the event — atomically. The fence counter is
-//! seeded from Redis's clock (µs) when missing, so tokens keep growing across a Redis that
-//! restarted empty.
+//! owns it, refreshes the TTL and publishes the event — atomically. Each token is
+//! `max(counter + 1, Redis's clock in µs)` ([`scripts`]), so tokens keep growing across a
+//! Redis that restarted empty and across a failover to a replica (Sentinel, Cluster) whose
+//! copy of the counter lags what the old master issued, as long as the two masters' clocks
+//! agree within the failover's length.
 //!
 //! Round lease TTL: the endpoint's longest check timeout + 500 ms, capped at `lock_ttl`
 //! ([`rounds::lease_ttl`]): a replica killed mid-check blocks that round for at most that long,
@@ -90,7 +92,11 @@
 //!
 //! # Fallback and rejoin
 //!
-//! One multiplexed connection ([`conn`]) carries every command; it opens nothing at start,
+//! One multiplexed connection ([`conn`]) carries every command — to one Redis, to the master
+//! the sentinels name (asked again at every reconnect; `READONLY`/`MASTERDOWN` count as a
+//! lost connection, so a failover is followed and no write goes to a replica), or to a
+//! Cluster (redis-rs follows `MOVED`/`ASK` and failovers; events use sharded pub/sub on the
+//! namespace's slot), with TLS in each case (`rediss://`, `shared.tls`); it opens nothing at start,
 //! bounds connects and commands at 500 ms (the rejoin's probe and re-reads at 2 s) and
 //! reconnects after a transport failure. Any failed operation (unreachable, timeout, script
 //! error such as OOM, a malformed answer) makes that round local at this replica's own
@@ -102,7 +108,8 @@
 //! without any answer, at most once a minute): then it is
 //! logged once, `hale_coord_redis_up` goes to 0, and `may_check` says "check locally" without
 //! touching Redis, so every replica checks on its own schedule. The subscriber probes with a
-//! small write every 500 ms; after 2 s of success it re-subscribes, re-reads all results and
+//! small write every 500 ms; after 2 s of success (at once when a promoted replica answers,
+//! with Sentinel or a Cluster) it re-subscribes, re-reads all results and
 //! Redis is available again — a fleet is back to one check per interval within a few
 //! seconds plus an interval. Results this replica made without a lease are not written.
 //!
@@ -146,7 +153,7 @@ mod writer;
 
 pub use adopt::FENCE_SKEW;
 pub use cache::{Bounds, GlobalLease, ResultCache, RoundAnswer, RoundLease, WriteOutcome};
-pub use config::{CoordMode, SharedConfig};
+pub use config::{CoordMode, SentinelConfig, SharedConfig, TlsConfig, Topology};
 pub use coordinator::{CHECKS_SKIPPED_TOTAL, CoordError, Coordinator, REDIS_UP};
 pub use lease::renew_every;
 pub use rejected::{Kind as RejectKind, REJECTED_TOTAL};

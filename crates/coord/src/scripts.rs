@@ -5,12 +5,13 @@
 //! clocks still agree on when a round is due; what leaves a script as a duration is relative
 //! (`due_in`, `pttl`) and is turned into a local deadline by the receiver.
 //!
-//! Fencing tokens come from one counter per namespace. When the counter is new (first use, or
-//! a Redis that restarted empty: `INCR` answers a small number) it is seeded with Redis's
-//! clock in microseconds, so tokens keep growing across a Redis restart and a replica holding
-//! a token from before it still takes newer results. Tokens stay below 2^53, so Lua's numbers hold
+//! Fencing tokens come from one counter per namespace: each is `max(counter + 1, Redis's clock
+//! in microseconds)`, so tokens keep growing across a Redis that restarted empty or a failover
+//! to a replica whose counter lags, and a replica holding a token from before still takes
+//! newer results. On a Cluster the scripts publish with `SPUBLISH` ([`Scripts::publish`]). Tokens stay below 2^53, so Lua's numbers hold
 //! them exactly; the scripts format every number with `%.0f` before storing or sending it.
 
+use crate::config::Topology;
 use redis::{Script, Value};
 use std::sync::LazyLock;
 
@@ -20,10 +21,13 @@ use std::sync::LazyLock;
 /// `next_fence(key)`. The normal path adds no command to what the scripts did before: wrong
 /// types are found by the error of the command that needed the key, not by `TYPE`.
 ///
-/// `next_fence` heals a poisoned counter: a counter that is not an integer, of the wrong
-/// type, or further ahead than Redis's clock in µs plus an hour (a value the counter cannot
-/// have reached: it is seeded from that clock and grows by one per acquisition) is re-seeded
-/// from the clock. Legitimate tokens are all below the clock, so tokens still only grow.
+/// `next_fence` issues `max(counter + 1, Redis clock in µs)`: every token is re-seeded from
+/// the clock, so tokens keep growing across a failover to a replica whose copy of the counter
+/// lags (asynchronous replication), or a Redis that restarted empty, as long as the old and
+/// the new master's clocks agree to within the failover's duration (seconds; NTP keeps them
+/// within milliseconds). It also heals a poisoned counter: one that is not an integer, of
+/// the wrong type, or further ahead than the clock plus an hour (a value it cannot have
+/// reached) counts as absent, and the `SET` overwrites it.
 const PROLOGUE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -40,14 +44,13 @@ local function wrong_type(v)
   return failed(v) and string.find(v.err, 'WRONGTYPE', 1, true) ~= nil
 end
 local function next_fence(key)
-  local f = redis.pcall('INCR', key)
-  if failed(f) and not wrong_type(f) and not string.find(f.err, 'not an integer', 1, true) then
-    error(f)
-  end
-  if failed(f) or f < 1000000000000000 or f > now_us + FENCE_SKEW_US then
-    redis.call('SET', key, t[1] .. string.format('%06d', tonumber(t[2])))
-    f = redis.call('INCR', key)
-  end
+  local v = redis.pcall('GET', key)
+  if failed(v) and not wrong_type(v) then error(v) end
+  local f = nil
+  if type(v) == 'string' then f = tonumber(v) end
+  if f == nil or f ~= f or f ~= math.floor(f) or f > now_us + FENCE_SKEW_US then f = 0 end
+  f = math.max(f + 1, now_us)
+  redis.call('SET', key, string.format('%.0f', f))
   return f
 end
 ";
@@ -88,7 +91,7 @@ end
 if pttl > 0 or pttl == -1 then repaired = 3 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local fence = next_fence(KEYS[3])
-redis.call('PUBLISH', ARGV[6], 'taken ' .. ARGV[2] .. ' ' .. ARGV[1] .. '\n' .. ARGV[7])
+redis.call(PUB, ARGV[6], 'taken ' .. ARGV[2] .. ' ' .. ARGV[1] .. '\n' .. ARGV[7])
 local anchor = due
 if now - due > tonumber(ARGV[3]) then anchor = now end
 return {2, fence, anchor, now - anchor, repaired}
@@ -142,7 +145,7 @@ redis.call('HSET', KEYS[1], 'fence', fence, 'due_at', due_s, 'written_at',
   string.format('%.0f', now), unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if not passive and owns(KEYS[2]) then redis.call('DEL', KEYS[2]) end
-redis.call('PUBLISH', ARGV[6], fence .. ' ' .. due_s .. ' ' .. due_in_s .. '\n' .. ARGV[7])
+redis.call(PUB, ARGV[6], fence .. ' ' .. due_s .. ' ' .. due_in_s .. '\n' .. ARGV[7])
 return {1, fence, due_s, due_in_s}
 ";
 
@@ -216,23 +219,60 @@ return next_fence(KEYS[1])
 
 /// The subscriber's probe: one small write, so a Redis that refuses writes (OOM under
 /// `noeviction`, a read-only replica) is not taken for healthy. KEYS: probe key. ARGV: owner.
+/// Returns the server's `run_id` (which process answered: a failover shows as a new one), or
+/// '' when `INFO` does not give one.
 const PROBE: &str = r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', 5000)
-return 1
+local ok, info = pcall(redis.call, 'INFO', 'server')
+if not ok or type(info) ~= 'string' then return '' end
+return string.match(info, 'run_id:(%x+)') or ''
 ";
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PROLOGUE}{body}"))
+fn script(publish: &str, body: &str) -> Script {
+    Script::new(&format!("local PUB = '{publish}'\n{PROLOGUE}{body}"))
 }
 
-pub static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
-pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(WRITE));
-pub static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
-pub static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
-pub static NEXT_FENCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NEXT_FENCE));
-pub static PROBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROBE));
-pub static GLOBAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GLOBAL));
-pub static STATUS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATUS));
+/// Every script, for one way of publishing events.
+#[derive(Debug)]
+pub struct Scripts {
+    pub acquire: Script,
+    pub write: Script,
+    pub release: Script,
+    pub extend: Script,
+    pub next_fence: Script,
+    pub probe: Script,
+    pub global: Script,
+    pub status: Script,
+}
+
+impl Scripts {
+    fn with(publish: &str) -> Self {
+        Self {
+            acquire: script(publish, ACQUIRE),
+            write: script(publish, WRITE),
+            release: script(publish, RELEASE),
+            extend: script(publish, EXTEND),
+            next_fence: script(publish, NEXT_FENCE),
+            probe: Script::new(PROBE),
+            global: script(publish, GLOBAL),
+            status: script(publish, STATUS),
+        }
+    }
+
+    /// The scripts for `topology`: events go out with `PUBLISH` on one Redis (Sentinel's
+    /// master included) and with `SPUBLISH` — sharded pub/sub, Redis 7, on the namespace's
+    /// slot like every key the script touches — on a Cluster, where a classic `PUBLISH` would
+    /// be broadcast to every node of the cluster.
+    pub fn publish(topology: Topology) -> &'static Self {
+        match topology {
+            Topology::Cluster => &SHARDED,
+            Topology::Single | Topology::Sentinel => &PLAIN,
+        }
+    }
+}
+
+static PLAIN: LazyLock<Scripts> = LazyLock::new(|| Scripts::with("PUBLISH"));
+static SHARDED: LazyLock<Scripts> = LazyLock::new(|| Scripts::with("SPUBLISH"));
 
 // === reading replies ===
 

@@ -6,7 +6,10 @@
 //! [`RECONNECT_EVERY`], for [`REJOIN_AFTER`](crate::health::REJOIN_AFTER) while an outage is
 //! declared (at once at start-up or when Redis never went down) — then re-reads all result
 //! keys of the configured endpoints, so nothing written while it was away is missed, and
-//! only then declares Redis available: from that moment `may_check` coordinates again. When
+//! only then declares Redis available: from that moment `may_check` coordinates again. With
+//! Sentinel or a Cluster, a probe answered by another server than at the last rejoin (a
+//! promoted replica: see `rejoin`) skips the wait, so a failover costs the fleet about the
+//! promotion time plus a probe period of local checks. When
 //! an outage is declared (see [`crate::health`]), the subscription is dropped and rebuilt the
 //! same way, so a half-dead connection cannot leave a replica believing it is coordinated.
 //!
@@ -18,16 +21,15 @@
 use crate::adopt::Adopter;
 use crate::book::Book;
 use crate::cache::ResultCache;
-use crate::conn::{CONNECT_TIMEOUT, REJOIN_OP_TIMEOUT, RedisFailure};
+use crate::config::Topology;
+use crate::conn::{CONNECT_TIMEOUT, Event, Events, REJOIN_OP_TIMEOUT, RedisFailure};
 use crate::health::Health;
 use crate::rejected::Kind;
 use crate::wire;
-use futures_util::StreamExt as _;
-use redis::aio::PubSub;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 
 /// How often a replica without Redis tries to reach it again.
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(500);
@@ -48,6 +50,7 @@ pub(crate) struct Subscriber {
 impl Subscriber {
     pub(crate) async fn run(self) {
         let mut outages = self.health.outages();
+        let mut node = None;
         loop {
             match self.subscribe().await {
                 Ok(mut pubsub) => {
@@ -57,11 +60,10 @@ impl Subscriber {
                         self.book.forget_all();
                     }
                     outages.borrow_and_update();
-                    if self.rejoin().await {
-                        let mut messages = pubsub.on_message();
+                    if self.rejoin(&mut node).await {
                         loop {
                             tokio::select! {
-                                message = messages.next() => match message {
+                                message = pubsub.next() => match message {
                                     Some(m) => self.on_message(&m),
                                     None => {
                                         self.health.failed(
@@ -91,34 +93,46 @@ impl Subscriber {
         }
     }
 
-    /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel.
-    async fn subscribe(&self) -> Result<PubSub, RedisFailure> {
-        let mut pubsub = timeout(
-            CONNECT_TIMEOUT.max(REJOIN_OP_TIMEOUT),
-            self.cache.conn().client().get_async_pubsub(),
-        )
-        .await
-        .map_err(|_| RedisFailure::Unreachable("pub/sub connect timed out".to_owned()))?
-        .map_err(RedisFailure::from_redis)?;
-        timeout(
-            REJOIN_OP_TIMEOUT,
-            pubsub.subscribe(self.cache.keys().channel()),
-        )
-        .await
-        .map_err(|_| RedisFailure::Timeout)?
-        .map_err(RedisFailure::from_redis)?;
-        Ok(pubsub)
+    /// Opens the dedicated pub/sub connection and subscribes to the namespace's channel
+    /// (sharded on a Cluster; see [`crate::conn`]).
+    async fn subscribe(&self) -> Result<Events, RedisFailure> {
+        self.cache
+            .conn()
+            .subscribe(
+                &self.cache.keys().channel(),
+                CONNECT_TIMEOUT.max(REJOIN_OP_TIMEOUT),
+            )
+            .await
     }
 
     /// Proves Redis usable (see the module docs), re-reads every result and declares Redis
     /// available. Returns false on a failure (counted).
-    async fn rejoin(&self) -> bool {
+    ///
+    /// `node` is the run id of the server of the last rejoin. With Sentinel or a Cluster, a
+    /// probe answered by another server is a failover done (the sentinels or the cluster
+    /// promoted a replica, and only a master accepts the probe's write): the wait of
+    /// [`REJOIN_AFTER`](crate::health::REJOIN_AFTER), which guards against a flapping
+    /// server, is skipped, so the fleet is coordinated again within about a probe period of
+    /// the promotion. A single Redis that restarted keeps the wait.
+    async fn rejoin(&self, node: &mut Option<String>) -> bool {
+        let failover_aware = self.cache.conn().topology() != Topology::Single;
         loop {
-            if let Err(e) = self.cache.probe().await {
-                self.health.failed("probing Redis", &e);
-                return false;
-            }
-            if self.health.probed() {
+            let id = match self.cache.probe().await {
+                Ok(id) => id,
+                Err(e) => {
+                    self.health.failed("probing Redis", &e);
+                    return false;
+                }
+            };
+            let promoted = failover_aware && node.is_some() && id.is_some() && id != *node;
+            let ready = self.health.probed();
+            if ready || promoted {
+                if promoted {
+                    tracing::info!(
+                        "Redis: another server is the master now (failover); rejoining at once"
+                    );
+                }
+                *node = id;
                 break;
             }
             self.contacted.send_replace(true);
@@ -163,23 +177,23 @@ impl Subscriber {
         Ok(())
     }
 
-    fn on_message(&self, message: &redis::Msg) {
+    fn on_message(&self, message: &Event) {
         let rejected = self.adopter.rejected();
-        let payload = match message.get_payload::<String>() {
+        let payload = match message {
             Ok(p) => p,
             Err(e) => {
                 let e = wire::WireError(format!("payload: {e}"));
                 return rejected.reject(Kind::Malformed, "", &e.to_string());
             }
         };
-        match wire::taken(&payload) {
+        match wire::taken(payload) {
             Some(Ok((endpoint, owner, lease))) => {
                 return self.adopter.taken(endpoint, owner, lease);
             }
             Some(Err(e)) => return rejected.reject(Kind::Malformed, "", &e.to_string()),
             None => {}
         }
-        match wire::from_message(&payload, self.cache.signer()) {
+        match wire::from_message(payload, self.cache.signer()) {
             Ok(stored) => {
                 self.adopter.apply(stored);
             }

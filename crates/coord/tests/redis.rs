@@ -13,10 +13,12 @@ use hale_coord::{
     WriteOutcome,
 };
 use hale_core::{
-    CheckOutcome, CheckResult, Coordination, Decision, EndpointConfig, EndpointKind, FenceToken,
-    HealthConfig, HealthState, HealthStore, Now, Phase, ResultKind, SharedResult, Source,
+    CheckOutcome, CheckResult, Coordination, Decision, FenceToken, HealthState, HealthStore, Now,
+    Phase, ResultKind, SharedResult, Source,
 };
 use hale_testkit::{RedisServer, eventually};
+
+mod support;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -267,25 +269,7 @@ async fn two_namespaces_never_see_each_others_results() {
 
 // === replicas ===
 
-fn store(pod: &str, names: &[&str]) -> Arc<HealthStore> {
-    let endpoints = names
-        .iter()
-        .map(|n| {
-            let mut c = EndpointConfig::new(*n, "http://127.0.0.1:9", EndpointKind::Vllm);
-            c.check_interval = Duration::from_secs(1);
-            c.check_timeout = Duration::from_millis(200);
-            c.startup.period = Duration::from_secs(1);
-            c.startup.timeout = Duration::from_millis(200);
-            c.resolve("e").unwrap()
-        })
-        .collect();
-    let health = HealthConfig {
-        unhealthy_threshold: 1,
-        jitter: 0.0,
-        ..HealthConfig::default()
-    };
-    Arc::new(HealthStore::new(pod, endpoints, &health, Now::capture()))
-}
+use support::store;
 
 struct Replica {
     store: Arc<HealthStore>,

@@ -19,6 +19,7 @@ mod pooled;
 mod port;
 mod proc_status;
 mod process;
+mod redis_ha;
 mod redis_server;
 mod temp_config;
 
@@ -30,5 +31,9 @@ pub use mockllm::{MockLlm, MockLlmBuilder};
 pub use pooled::{OpenStream, PooledClient, StreamedReply, TimedChunk};
 pub use port::{free_port, try_free_port};
 pub use proc_status::rss_bytes;
+pub use redis_ha::{
+    CLUSTER_NODE_TIMEOUT, MASTER_NAME, RedisCluster, RedisNode, RedisSentinelSet, RedisTls, TestCa,
+    install_crypto_provider,
+};
 pub use redis_server::RedisServer;
 pub use temp_config::TempConfig;

@@ -133,7 +133,62 @@ pub fn compat_settings(env: &EnvMap) -> Result<Vec<EnvSetting>, LoadError> {
         let value = Value::from(password.clone());
         settings.push(setting("REDIS_PASSWORD", "shared.redis_password", value));
     }
+    settings.extend(redis_topology(env));
     Ok(settings)
+}
+
+/// Sentinel and Cluster, as LiteLLM names them: `REDIS_SENTINEL_NODES` (comma-separated
+/// `host:port`) turns Sentinel on, with `REDIS_SERVICE_NAME` (the master's name) and
+/// `REDIS_SENTINEL_PASSWORD`, which mean nothing without it; `REDIS_CLUSTER_NODES` lists a
+/// Cluster's seed nodes. The nodes are checked by `shared`'s validation, which names the key.
+fn redis_topology(env: &EnvMap) -> Vec<EnvSetting> {
+    let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let list = |raw: &str| {
+        Value::from(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(Value::from)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let setting = |var: &str, path: &str, value: Value| EnvSetting {
+        var: var.to_owned(),
+        path: KeyPath::parse(path),
+        value,
+    };
+    let mut settings = Vec::new();
+    if let Some(nodes) = get("REDIS_SENTINEL_NODES") {
+        settings.push(setting(
+            "REDIS_SENTINEL_NODES",
+            "shared.sentinel.nodes",
+            list(nodes),
+        ));
+        if let Some(name) = get("REDIS_SERVICE_NAME") {
+            let value = Value::from(name.to_owned());
+            settings.push(setting(
+                "REDIS_SERVICE_NAME",
+                "shared.sentinel.master_name",
+                value,
+            ));
+        }
+        if let Some(password) = env.get("REDIS_SENTINEL_PASSWORD").filter(|p| !p.is_empty()) {
+            let value = Value::from(password.clone());
+            settings.push(setting(
+                "REDIS_SENTINEL_PASSWORD",
+                "shared.sentinel.password",
+                value,
+            ));
+        }
+    }
+    if let Some(nodes) = get("REDIS_CLUSTER_NODES") {
+        settings.push(setting(
+            "REDIS_CLUSTER_NODES",
+            "shared.cluster_nodes",
+            list(nodes),
+        ));
+    }
+    settings
 }
 
 /// `REDIS_PORT` as a port number, or in the form Kubernetes' service links (and Docker's
@@ -327,6 +382,40 @@ mod tests {
             compat_settings(&env(&[("REDIS_URL", "redis://a:1"), ("REDIS_HOST", "b")])).unwrap();
         assert_eq!(settings.len(), 1);
         assert_eq!(settings[0].value.as_str(), Some("redis://a:1"));
+    }
+
+    #[test]
+    fn sentinel_and_cluster_compat_names() {
+        let settings = compat_settings(&env(&[
+            ("REDIS_SENTINEL_NODES", "s1:26379, s2:26379,"),
+            ("REDIS_SERVICE_NAME", "mymaster"),
+            ("REDIS_SENTINEL_PASSWORD", "pw"),
+        ]))
+        .unwrap();
+        let paths: Vec<String> = settings.iter().map(|s| s.path.to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "shared.sentinel.nodes",
+                "shared.sentinel.master_name",
+                "shared.sentinel.password"
+            ]
+        );
+        assert!(matches!(&settings[0].value, Value::Array(_, v) if v.len() == 2));
+        let mut root = Dict::new();
+        for s in &settings {
+            apply(&mut root, s).unwrap();
+        }
+        assert!(root["shared"].find_ref("sentinel.nodes").is_some());
+        // The service name and sentinel password mean nothing without the nodes.
+        let settings = compat_settings(&env(&[
+            ("REDIS_SERVICE_NAME", "mymaster"),
+            ("REDIS_SENTINEL_PASSWORD", "pw"),
+            ("REDIS_CLUSTER_NODES", "c1:7000,c2:7001"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.len(), 1);
+        assert_eq!(settings[0].path.to_string(), "shared.cluster_nodes");
     }
 
     #[test]
