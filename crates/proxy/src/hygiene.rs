@@ -14,7 +14,7 @@
 //! - `Authorization`: the endpoint's `api_key` replaces whatever the client sent; when the
 //!   endpoint has none, the client's header passes through — unless `server.api_keys` is set,
 //!   in which case that header held Hale's own key and is dropped, so a gateway key never
-//!   reaches a backend;
+//!   reaches a backend; Anthropic's `x-api-key` follows the same rule;
 //! - `x-request-id` carries the request id (the client's, or one Hale made) and `x-hale-pod`
 //!   names this replica, so backend logs can be matched to Hale's.
 //!
@@ -107,7 +107,7 @@ impl UpstreamFilter {
     /// Whether the client's header `name` is written into the request for an endpoint
     /// (`endpoint_has_key`: the endpoint sends its own `Authorization`).
     pub fn forwards(&self, name: &HeaderName, endpoint_has_key: bool) -> bool {
-        if name == AUTHORIZATION {
+        if name == AUTHORIZATION || name == crate::auth::X_API_KEY {
             return !(self.client_auth_is_ours || endpoint_has_key);
         }
         !(is_hop_by_hop(name)
