@@ -136,6 +136,7 @@ pub mod health;
 pub mod keys;
 mod lease;
 pub mod rejected;
+mod responses;
 pub mod rounds;
 pub mod scripts;
 pub mod signing;
