@@ -243,6 +243,10 @@ impl http_body::Body for Sniffer {
                 if let Some(data) = frame.data_ref() {
                     this.feed(data);
                 }
+                // hyper does not poll again once the body says it has ended.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
             }
             Poll::Ready(None) => this.finish(),
             _ => {}
