@@ -574,3 +574,84 @@ async fn any_model_routed_post_reaches_a_backend_that_serves_it() -> anyhow::Res
     }
     Ok(())
 }
+
+/// The README's client snippets: the fenced block after each `<!-- snippet: LANG -->`.
+fn readme_snippets() -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(root().join("README.md"))?;
+    let mut lines = text.lines();
+    let mut snippets = Vec::new();
+    while let Some(line) = lines.next() {
+        let Some(lang) = line
+            .trim()
+            .strip_prefix("<!-- snippet:")
+            .and_then(|rest| rest.strip_suffix("-->"))
+        else {
+            continue;
+        };
+        let fence = lines.next().unwrap_or_default();
+        anyhow::ensure!(
+            fence.starts_with("```"),
+            "README: a snippet marker must be followed by a fenced block, not {fence:?}"
+        );
+        let code: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        snippets.push((lang.trim().to_owned(), code.join("\n")));
+    }
+    Ok(snippets)
+}
+
+#[tokio::test]
+async fn every_readme_snippet_runs_against_hale() -> anyhow::Result<()> {
+    let snippets = readme_snippets()?;
+    let langs: Vec<&str> = snippets.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        langs,
+        ["python", "python", "python", "node", "sh"],
+        "OpenAI SDK, Anthropic SDK, ollama-python, ollama-js, curl"
+    );
+    let vllm = MockLlm::start("vllm", &["qwen2.5"]).await?;
+    let ollama = MockLlm::start("ollama", &["llama3"]).await?;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            endpoint("vllm", &vllm.url(), "vllm"),
+            endpoint("ollama", &ollama.url(), "ollama"),
+        ],
+    ))
+    .await?;
+    wait_status(&gw, "vllm", "healthy", Duration::from_secs(10)).await?;
+    wait_status(&gw, "ollama", "healthy", Duration::from_secs(10)).await?;
+    for (lang, code) in &snippets {
+        let (program, args, dir): (PathBuf, Vec<&str>, PathBuf) = match lang.as_str() {
+            "python" => (root().join(".venv/bin/python"), vec!["-c", code], root()),
+            // From tests/js, where `cargo xtask setup` installed ollama-js.
+            "node" => (
+                node(),
+                vec!["--input-type=module", "-e", code],
+                root().join("tests/js"),
+            ),
+            "sh" => (PathBuf::from("sh"), vec!["-c", code], root()),
+            other => anyhow::bail!("README: unknown snippet language {other}"),
+        };
+        let output = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new(&program)
+                .args(&args)
+                .current_dir(dir)
+                .env("HALE_URL", gw.url())
+                .env("HALE_API_KEY", KEY)
+                .output(),
+        )
+        .await??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("This is a mock reply"),
+            "README {lang} snippet failed ({}):\n{code}\n--- stdout\n{stdout}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

@@ -133,6 +133,38 @@ pub fn add_downstream(headers: &mut HeaderMap, endpoint: &HeaderValue, request_i
     headers.append(X_REQUEST_ID.clone(), request_id.clone());
 }
 
+/// The headers Hale adds to a request for an endpoint: the request id, this replica's pod
+/// and, when the endpoint has a key, its `Authorization`.
+#[derive(Debug)]
+pub struct Added<'a> {
+    headers: [(&'a HeaderName, &'a HeaderValue); 3],
+    len: usize,
+}
+
+impl<'a> Added<'a> {
+    pub fn new(
+        request_id: &'a HeaderValue,
+        pod: &'a HeaderValue,
+        auth: Option<&'a HeaderValue>,
+    ) -> Self {
+        let id = (&X_REQUEST_ID, request_id);
+        match auth {
+            Some(auth) => Self {
+                headers: [id, (&X_HALE_POD, pod), (&AUTHORIZATION, auth)],
+                len: 3,
+            },
+            None => Self {
+                headers: [id, (&X_HALE_POD, pod), id],
+                len: 2,
+            },
+        }
+    }
+
+    pub fn as_slice(&self) -> &[(&'a HeaderName, &'a HeaderValue)] {
+        &self.headers[..self.len]
+    }
+}
+
 /// The `Authorization` value for an endpoint's `api_key`; `None` when it has none, or when
 /// the key cannot be a header value (configuration validation keeps that from happening; a
 /// key that still could not be sent is better left out than sent mangled).

@@ -16,7 +16,7 @@
 //! (`{"error":"…"}`, see `error::render`).
 
 use crate::error::ProxyError;
-use crate::hygiene::{X_HALE_POD, X_REQUEST_ID};
+use crate::hygiene::Added;
 use crate::proxy::Shared;
 use crate::route::Route;
 use crate::runtime::EndpointRuntime;
@@ -25,7 +25,7 @@ use crate::upstream::Outgoing;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hale_core::same_model;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::{Map, Value};
@@ -55,8 +55,8 @@ pub fn root() -> Response {
 }
 
 /// `GET /api/ps`.
-pub async fn ps(shared: &'static Shared, request_id: &HeaderValue) -> Response {
-    let answers = ask_all(shared, "/api/ps", request_id).await;
+pub async fn ps(shared: &'static Shared, request_id: HeaderValue) -> Result<Response, ProxyError> {
+    let answers = ask_all(shared, "/api/ps", &request_id).await;
     let mut names: Vec<String> = Vec::new();
     let mut models: Vec<Value> = Vec::new();
     for (rt, body) in answers {
@@ -76,7 +76,7 @@ pub async fn ps(shared: &'static Shared, request_id: &HeaderValue) -> Response {
             models.push(Value::Object(entry));
         }
     }
-    json(&serde_json::json!({ "models": models }))
+    Ok(json(&serde_json::json!({ "models": models })))
 }
 
 fn parse_ps(body: &[u8]) -> Option<Vec<Map<String, Value>>> {
@@ -96,9 +96,9 @@ fn parse_ps(body: &[u8]) -> Option<Vec<Map<String, Value>>> {
 /// `GET /api/version`.
 pub async fn version(
     shared: &'static Shared,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
 ) -> Result<Response, ProxyError> {
-    let answers = ask_all(shared, "/api/version", request_id).await;
+    let answers = ask_all(shared, "/api/version", &request_id).await;
     let mut lowest: Option<(semver::Version, String)> = None;
     for (rt, body) in answers {
         let Some((parsed, text)) = parse_version(&body) else {
@@ -188,15 +188,7 @@ async fn ask(
     let claim = rt.try_claim(false, Instant::now())?;
     let none = HeaderMap::new();
     let keep = |_: &HeaderName| false;
-    let ids = [(&X_REQUEST_ID, request_id), (&X_HALE_POD, &shared.pod)];
-    let with_key;
-    let added: &[(&HeaderName, &HeaderValue)] = match &rt.auth {
-        Some(auth) => {
-            with_key = [ids[0], ids[1], (&AUTHORIZATION, auth)];
-            &with_key
-        }
-        None => &ids,
-    };
+    let added = Added::new(request_id, &shared.pod, rt.auth.as_ref());
     let empty = Bytes::new();
     let outgoing = Outgoing {
         route: Route::OllamaShow,
@@ -204,7 +196,7 @@ async fn ask(
         query: None,
         headers: &none,
         keep: &keep,
-        added,
+        added: added.as_slice(),
         body: &empty,
     };
     let started = Instant::now();

@@ -26,7 +26,7 @@
 //! most [`RECALL_TIMEOUT`].)
 
 use crate::error::ProxyError;
-use crate::hygiene::{self, UpstreamFilter, X_HALE_ENDPOINT, X_HALE_POD, X_REQUEST_ID};
+use crate::hygiene::{self, Added, UpstreamFilter, X_HALE_ENDPOINT};
 use crate::proxy::Shared;
 use crate::route::Route;
 use crate::stream::UpstreamBody;
@@ -35,7 +35,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Method};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use std::collections::{HashMap, VecDeque};
@@ -370,15 +370,7 @@ pub async fn follow_up(
     let filter = UpstreamFilter::new(&parts.headers, shared.keys.enabled());
     let endpoint_has_key = rt.auth.is_some();
     let keep = |name: &HeaderName| filter.forwards(name, endpoint_has_key);
-    let ids = [(&X_REQUEST_ID, request_id), (&X_HALE_POD, &shared.pod)];
-    let with_key;
-    let added: &[(&HeaderName, &HeaderValue)] = match &rt.auth {
-        Some(auth) => {
-            with_key = [ids[0], ids[1], (&AUTHORIZATION, auth)];
-            &with_key
-        }
-        None => &ids,
-    };
+    let added = Added::new(request_id, &shared.pod, rt.auth.as_ref());
     let path = format!("/v1/responses/{id}{suffix}");
     let outgoing = Outgoing {
         route: Route::Responses,
@@ -386,7 +378,7 @@ pub async fn follow_up(
         query: parts.uri.query(),
         headers: &parts.headers,
         keep: &keep,
-        added,
+        added: added.as_slice(),
         body: &bytes,
     };
     let name = &rt.endpoint.name;

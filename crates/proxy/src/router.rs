@@ -125,40 +125,8 @@ pub(crate) fn router(shared: Shd) -> Router {
                 }
             }),
         )
-        .route(
-            "/api/ps",
-            only(
-                get(|State(shared): State<Shd>, request: Request| async move {
-                    let id = shared.ids.for_request(request.headers());
-                    let response = if shared.keys.admits(request.headers()) {
-                        ollama::ps(shared, &id).await
-                    } else {
-                        render(Api::Ollama, ProxyError::Unauthorized)
-                    };
-                    with_id(response, id)
-                }),
-                Api::Ollama,
-                "GET, HEAD",
-            ),
-        )
-        .route(
-            "/api/version",
-            only(
-                get(|State(shared): State<Shd>, request: Request| async move {
-                    let id = shared.ids.for_request(request.headers());
-                    let response = if shared.keys.admits(request.headers()) {
-                        ollama::version(shared, &id)
-                            .await
-                            .unwrap_or_else(|e| render(Api::Ollama, e))
-                    } else {
-                        render(Api::Ollama, ProxyError::Unauthorized)
-                    };
-                    with_id(response, id)
-                }),
-                Api::Ollama,
-                "GET, HEAD",
-            ),
-        )
+        .route("/api/ps", from_backends(ollama::ps))
+        .route("/api/version", from_backends(ollama::version))
         .route(
             "/",
             only(
@@ -173,6 +141,31 @@ pub(crate) fn router(shared: Shd) -> Router {
             no_route(shared, &request)
         })
         .with_state(shared)
+}
+
+/// An Ollama route answered from the backends (`ollama`): the API key, then `ask`.
+fn from_backends<F, Fut>(ask: F) -> MethodRouter<Shd>
+where
+    F: Fn(Shd, HeaderValue) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, ProxyError>> + Send + 'static,
+{
+    only(
+        get(
+            move |State(shared): State<Shd>, request: Request| async move {
+                let id = shared.ids.for_request(request.headers());
+                let response = if shared.keys.admits(request.headers()) {
+                    ask(shared, id.clone())
+                        .await
+                        .unwrap_or_else(|e| render(Api::Ollama, e))
+                } else {
+                    render(Api::Ollama, ProxyError::Unauthorized)
+                };
+                with_id(response, id)
+            },
+        ),
+        Api::Ollama,
+        "GET, HEAD",
+    )
 }
 
 /// A model-routed route: forward, or answer with Hale's own error in the route's shape.
