@@ -301,6 +301,19 @@ async fn openai_responses_follow_their_endpoint_across_replicas() -> anyhow::Res
         assert_eq!(body["error"]["type"], "not_found_error", "{target}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().len() < 200);
     }
+    // The malformed values (garbage bytes, 100 kB, a hash) were refused and counted.
+    let metrics = gw2.get("/metrics").await?;
+    let malformed: f64 = metrics
+        .text
+        .lines()
+        .find(|l| l.starts_with("hale_coord_rejected_total{kind=\"malformed\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        malformed >= 3.0,
+        "hale_coord_rejected_total malformed = {malformed}"
+    );
     let got = raw(&gw2, "DELETE", "/v1/responses/resp_ghost", &[], b"").await?;
     assert_eq!(got.status, 401, "follow-ups need the key too");
     let reply = gw2.get("/health/shared-status").await?;
@@ -653,5 +666,118 @@ async fn every_readme_snippet_runs_against_hale() -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    Ok(())
+}
+
+/// A hand-made "Ollama" that passes Hale's checks (`/`, `/api/tags` with `model`) but answers
+/// `/api/ps` and `/api/version` with `ps` and `version`, whatever they are.
+async fn fake_ollama(
+    model: &'static str,
+    ps: &'static str,
+    version: &'static str,
+) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0_u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                let path = line.split(' ').nth(1).unwrap_or("");
+                let tags = format!(r#"{{"models":[{{"name":"{model}","model":"{model}"}}]}}"#);
+                let body = match path {
+                    "/" => "Ollama is running",
+                    "/api/tags" => tags.as_str(),
+                    "/api/ps" => ps,
+                    "/api/version" => version,
+                    _ => "{}",
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+#[tokio::test]
+async fn ollama_ps_and_version_survive_garbage_and_take_the_lowest_version() -> anyhow::Result<()> {
+    let good = MockLlm::start("ollama", &["llama3"]).await?;
+    let old = fake_ollama(
+        "old-model",
+        r#"{"models":[{"name":"old-model","model":"old-model"},{"name":"llama3:latest"},{"no":"name"},7]}"#,
+        r#"{"version":"0.4.10"}"#,
+    )
+    .await?;
+    let weird = fake_ollama(
+        "weird-model",
+        "<html>not json</html>",
+        r#"{"version":"banana"}"#,
+    )
+    .await?;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            endpoint("good", &good.url(), "ollama"),
+            endpoint("old", &old, "ollama"),
+            endpoint("weird", &weird, "ollama"),
+        ],
+    ))
+    .await?;
+    for name in ["good", "old", "weird"] {
+        wait_status(&gw, name, "healthy", Duration::from_secs(10)).await?;
+    }
+    let got = raw(&gw, "GET", "/api/version", &[AUTH], b"").await?;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.json(),
+        json!({"version": "0.4.10"}),
+        "semver order: 0.4.10 < 0.5.0"
+    );
+    let got = raw(&gw, "GET", "/api/ps", &[AUTH], b"").await?;
+    assert_eq!(got.status, 200);
+    let mut names: Vec<String> = got.json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["llama3", "old-model"],
+        "each model once, garbage skipped"
+    );
+    let metrics = gw.get("/metrics").await?;
+    let rejected: Vec<&str> = metrics
+        .text
+        .lines()
+        .filter(|l| l.starts_with("hale_proxy_backend_rejected_total"))
+        .collect();
+    assert!(
+        rejected.iter().any(|l| l.contains("endpoint=\"weird\"")),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected.iter().any(|l| l.contains("endpoint=\"old\"")),
+        "{rejected:?}"
+    );
+
+    // No ollama endpoint left that tells its version: 503, Ollama-shaped.
+    let gw = Gateway::start(&config("", &[endpoint("weird", &weird, "ollama")])).await?;
+    wait_status(&gw, "weird", "healthy", Duration::from_secs(10)).await?;
+    let got = raw(&gw, "GET", "/api/version", &[AUTH], b"").await?;
+    assert_eq!(got.status, 503);
+    assert!(got.json()["error"].is_string(), "{:?}", got.json());
     Ok(())
 }
