@@ -286,6 +286,22 @@ mod tests {
             ["content-type", "x-custom"],
             "Hale's own key never goes on"
         );
+        let anthropic = map(&[
+            ("x-api-key", "sk-client"),
+            ("anthropic-version", "2023-06-01"),
+        ]);
+        let f = UpstreamFilter::new(&anthropic, false);
+        assert_eq!(
+            forwarded(&anthropic, &f, false),
+            ["x-api-key", "anthropic-version"]
+        );
+        assert_eq!(forwarded(&anthropic, &f, true), ["anthropic-version"]);
+        let ours = UpstreamFilter::new(&anthropic, true);
+        assert_eq!(
+            forwarded(&anthropic, &ours, false),
+            ["anthropic-version"],
+            "Hale's own key in x-api-key never goes on either"
+        );
     }
 
     #[test]
