@@ -182,7 +182,7 @@ const AUTH: (&str, &str) = ("authorization", "Bearer sk-hale-clients");
 
 #[tokio::test]
 async fn openai_responses_follow_their_endpoint_across_replicas() -> anyhow::Result<()> {
-    let redis = RedisServer::start().await?;
+    let mut redis = RedisServer::start().await?;
     let a = MockLlm::builder("vllm")
         .models(&["m-resp"])
         .chunk_delay_ms(200)
@@ -318,6 +318,36 @@ async fn openai_responses_follow_their_endpoint_across_replicas() -> anyhow::Res
     assert_eq!(got.status, 401, "follow-ups need the key too");
     let reply = gw2.get("/health/shared-status").await?;
     assert_eq!(reply.status, 200);
+
+    // Redis gone: a replica still serves the follow-ups of what it saw created; the other
+    // cannot know the id (404), and neither request fails otherwise.
+    redis.stop().await?;
+    let json_ct = ("content-type", "application/json");
+    let made = raw(
+        &gw1,
+        "POST",
+        "/v1/responses",
+        &[AUTH, json_ct],
+        br#"{"model":"m-resp","input":"hi"}"#,
+    )
+    .await?;
+    assert_eq!(made.status, 200, "{}", String::from_utf8_lossy(&made.body));
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    let got = raw(&gw1, "GET", &format!("/v1/responses/{id}"), &[AUTH], b"").await?;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["id"], id.as_str());
+    assert_eq!(
+        got.header("x-hale-endpoint"),
+        made.header("x-hale-endpoint")
+    );
+    let started = std::time::Instant::now();
+    let got = raw(&gw2, "GET", &format!("/v1/responses/{id}"), &[AUTH], b"").await?;
+    assert_eq!(got.status, 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
