@@ -145,10 +145,7 @@ pub fn learn(shared: &'static Shared, response: Response) -> Response {
     let (parts, body) = response.into_parts();
     let sniffer = Sniffer {
         inner: body,
-        buf: BytesMut::new(),
-        scanned: 0,
-        sse,
-        done: false,
+        reader: IdReader::new(sse),
         shared,
         endpoint,
     };
@@ -158,11 +155,7 @@ pub fn learn(shared: &'static Shared, response: Response) -> Response {
 /// A body passed through unchanged while its first bytes are read for the response id.
 struct Sniffer {
     inner: Body,
-    buf: BytesMut,
-    /// How far an SSE buffer has been scanned for complete lines.
-    scanned: usize,
-    sse: bool,
-    done: bool,
+    reader: IdReader,
     shared: &'static Shared,
     endpoint: Arc<str>,
 }
@@ -170,16 +163,51 @@ struct Sniffer {
 impl std::fmt::Debug for Sniffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sniffer")
-            .field("sse", &self.sse)
-            .field("done", &self.done)
+            .field("reader", &self.reader)
             .finish_non_exhaustive()
     }
 }
 
 impl Sniffer {
-    fn feed(&mut self, data: &Bytes) {
-        if self.done {
+    fn found(&self, id: Option<String>) {
+        let Some(id) = id else { return };
+        if !valid_id(&id) {
+            tracing::debug!("a backend's response id was not remembered: not a plain id");
             return;
+        }
+        self.shared
+            .responses
+            .remember(&id, self.endpoint.clone(), Instant::now());
+        if let Some(coordination) = self.shared.store.coordination() {
+            coordination.remember_response(&id, &self.endpoint, RESPONSE_TTL);
+        }
+    }
+}
+
+/// Reads the id out of the first [`SNIFF_LIMIT`] bytes of an answer, fed frame by frame.
+#[derive(Debug)]
+struct IdReader {
+    buf: BytesMut,
+    /// How far an SSE buffer has been scanned for complete lines.
+    scanned: usize,
+    sse: bool,
+    done: bool,
+}
+
+impl IdReader {
+    fn new(sse: bool) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            scanned: 0,
+            sse,
+            done: false,
+        }
+    }
+
+    /// The id, once a frame completes it (at most once).
+    fn feed(&mut self, data: &[u8]) -> Option<String> {
+        if self.done {
+            return None;
         }
         let room = SNIFF_LIMIT.saturating_sub(self.buf.len());
         self.buf
@@ -189,42 +217,34 @@ impl Sniffer {
                 let line = &self.buf[self.scanned..self.scanned + nl];
                 self.scanned += nl + 1;
                 if let Some(id) = sse_response_id(line) {
-                    return self.found(&id);
+                    self.stop();
+                    return Some(id);
                 }
             }
         }
         if self.buf.len() >= SNIFF_LIMIT {
-            self.finish();
+            return self.finish();
         }
+        None
     }
 
     /// The body ended (or the limit was reached): a JSON answer is read now.
-    fn finish(&mut self) {
+    fn finish(&mut self) -> Option<String> {
         if self.done {
-            return;
+            return None;
         }
-        if !self.sse
-            && let Some(id) = json_top_id(&self.buf)
-        {
-            return self.found(&id);
-        }
-        self.done = true;
-        self.buf = BytesMut::new();
+        let id = if self.sse {
+            None
+        } else {
+            json_top_id(&self.buf)
+        };
+        self.stop();
+        id
     }
 
-    fn found(&mut self, id: &str) {
+    fn stop(&mut self) {
         self.done = true;
         self.buf = BytesMut::new();
-        if !valid_id(id) {
-            tracing::debug!("a backend's response id was not remembered: not a plain id");
-            return;
-        }
-        self.shared
-            .responses
-            .remember(id, self.endpoint.clone(), Instant::now());
-        if let Some(coordination) = self.shared.store.coordination() {
-            coordination.remember_response(id, &self.endpoint, RESPONSE_TTL);
-        }
     }
 }
 
@@ -241,14 +261,19 @@ impl http_body::Body for Sniffer {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.feed(data);
+                    let id = this.reader.feed(data);
+                    this.found(id);
                 }
                 // hyper does not poll again once the body says it has ended.
                 if this.inner.is_end_stream() {
-                    this.finish();
+                    let id = this.reader.finish();
+                    this.found(id);
                 }
             }
-            Poll::Ready(None) => this.finish(),
+            Poll::Ready(None) => {
+                let id = this.reader.finish();
+                this.found(id);
+            }
             _ => {}
         }
         polled
@@ -475,6 +500,41 @@ mod tests {
         assert_eq!(sse_response_id(b"event: response.created"), None);
         assert_eq!(sse_response_id(b"data: [DONE]"), None);
         assert_eq!(sse_response_id(br#"data: {"response":{"id":5}}"#), None);
+    }
+
+    #[test]
+    fn ids_are_read_across_frames_and_only_within_the_limit() {
+        // SSE: the created event split mid-line over three frames.
+        let mut r = IdReader::new(true);
+        assert_eq!(
+            r.feed(b"event: response.created\ndata: {\"type\":\"response.cr"),
+            None
+        );
+        assert_eq!(r.feed(br#"eated","response":{"id":"resp_s"#), None);
+        assert_eq!(r.feed(b"plit\"}}\n\n").as_deref(), Some("resp_split"));
+        assert_eq!(
+            r.feed(br#"data: {"response":{"id":"resp_other"}}"#),
+            None,
+            "once"
+        );
+        assert_eq!(r.finish(), None);
+        // JSON: read when the body ends, whatever the frames.
+        let mut r = IdReader::new(false);
+        assert_eq!(r.feed(br#"{"object":"response","#), None);
+        assert_eq!(r.feed(br#""id":"resp_j","output":[]}"#), None);
+        assert_eq!(r.finish().as_deref(), Some("resp_j"));
+        // Past the limit: what came early still counts, what comes late does not.
+        let mut r = IdReader::new(false);
+        let early = format!(r#"{{"id":"resp_e","pad":"{}"#, "x".repeat(SNIFF_LIMIT));
+        assert_eq!(r.feed(early.as_bytes()).as_deref(), Some("resp_e"));
+        let mut r = IdReader::new(true);
+        let late = format!("data: {}\n", "x".repeat(SNIFF_LIMIT));
+        assert_eq!(r.feed(late.as_bytes()), None);
+        assert_eq!(
+            r.feed(b"data: {\"response\":{\"id\":\"resp_late\"}}\n"),
+            None
+        );
+        assert!(r.buf.is_empty(), "nothing kept past the limit");
     }
 
     #[test]
