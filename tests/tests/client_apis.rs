@@ -340,7 +340,7 @@ async fn openai_responses_follow_their_endpoint_across_replicas() -> anyhow::Res
         got.header("x-hale-endpoint"),
         made.header("x-hale-endpoint")
     );
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let got = raw(&gw2, "GET", &format!("/v1/responses/{id}"), &[AUTH], b"").await?;
     assert_eq!(got.status, 404);
     assert!(
