@@ -109,11 +109,20 @@ def anthropic_mode(base_url, api_key, model):
         "endpoint": raw.headers.get("x-hale-endpoint"),
     }
     pieces = []
+    arrivals = []
+    started = time.monotonic()
     with client.messages.stream(model=model, max_tokens=64, messages=messages) as stream:
         for text in stream.text_stream:
             pieces.append(text)
+            arrivals.append(time.monotonic() - started)
         final = stream.get_final_message()
-    out["stream"] = {"text": "".join(pieces), "pieces": len(pieces), "stop_reason": final.stop_reason}
+    out["stream"] = {
+        "text": "".join(pieces),
+        "pieces": len(pieces),
+        "stop_reason": final.stop_reason,
+        "first_at": arrivals[0],
+        "last_at": arrivals[-1],
+    }
     count = client.messages.count_tokens(model=model, messages=messages)
     out["count_tokens"] = count.input_tokens
     try:

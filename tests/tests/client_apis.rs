@@ -8,7 +8,8 @@
 //!   response (two endpoints serve the model), also through a second replica that learned the
 //!   ids through a real Redis; `models.retrieve`; unknown model and unknown id → `NotFoundError`.
 //!   Garbage in Redis for a response id, an absurd id, odd bytes: a 404 in OpenAI's shape.
-//! - Anthropic SDK: `messages.create` plain and streamed, `count_tokens`, an unknown model →
+//! - Anthropic SDK: `messages.create` plain and streamed (deltas arrive spaced as sent),
+//!   `count_tokens`, an unknown model →
 //!   `NotFoundError` in Anthropic's error shape, the key sent as `x-api-key`.
 //! - ollama-python and ollama-js: `version`, `show`, `ps`, `embeddings`, `list`, `chat`,
 //!   `generate`, `embed`; an unknown model raises `ResponseError` carrying the message text.
@@ -355,7 +356,7 @@ async fn openai_responses_follow_their_endpoint_across_replicas() -> anyhow::Res
 async fn anthropic_sdk_through_hale() -> anyhow::Result<()> {
     let vllm = MockLlm::builder("vllm")
         .models(&["claude-mock"])
-        .chunk_delay_ms(20)
+        .chunk_delay_ms(200)
         .arg("--strict-models")
         .start()
         .await?;
@@ -368,6 +369,12 @@ async fn anthropic_sdk_through_hale() -> anyhow::Result<()> {
     assert_eq!(out["plain"]["endpoint"], "vllm");
     assert_eq!(out["stream"]["text"], out["plain"]["text"]);
     assert!(out["stream"]["pieces"].as_u64().unwrap() >= 5);
+    // Text deltas 200 ms apart at the backend arrive spread out, not in one piece.
+    let (first, last) = (
+        out["stream"]["first_at"].as_f64().unwrap(),
+        out["stream"]["last_at"].as_f64().unwrap(),
+    );
+    assert!(last - first >= 0.5, "buffered: {first:.3}s .. {last:.3}s");
     assert_eq!(out["stream"]["stop_reason"], "end_turn");
     assert!(out["count_tokens"].as_u64().unwrap() > 0);
     let nf = &out["not_found"];
