@@ -493,9 +493,25 @@ async fn ollama_clients_through_hale() -> anyhow::Result<()> {
             got.json()
         );
     }
-    let got = raw(&gw, "GET", "/api/ps", &[], b"").await?;
+    for target in ["/api/ps", "/api/tags", "/api/version"] {
+        let got = raw(&gw, "GET", target, &[], b"").await?;
+        assert_eq!(got.status, 401, "{target}");
+        assert!(
+            got.json()["error"].is_string(),
+            "{target}: {:?}",
+            got.json()
+        );
+    }
+    let got = raw(
+        &gw,
+        "POST",
+        "/api/chat",
+        &[("authorization", "Bearer wrong")],
+        b"{}",
+    )
+    .await?;
     assert_eq!(got.status, 401);
-    assert!(got.json()["error"].is_string());
+    assert!(got.json()["error"].is_string(), "{:?}", got.json());
     Ok(())
 }
 

@@ -60,20 +60,20 @@ pub(crate) fn router(shared: Shd) -> Router {
             ),
         );
     }
-    let listing = |list: fn(&Shared) -> Response| {
+    let listing = |api: Api, list: fn(&Shared) -> Response| {
         only(
             get(
                 move |State(shared): State<Shd>, request: Request| async move {
-                    answer(shared, Api::OpenAi, &request, |_| Ok(list(shared)))
+                    answer(shared, api, &request, |_| Ok(list(shared)))
                 },
             ),
-            Api::OpenAi,
+            api,
             "GET, HEAD",
         )
     };
     router
-        .route("/v1/models", listing(catalog::openai_models))
-        .route("/api/tags", listing(catalog::ollama_tags))
+        .route("/v1/models", listing(Api::OpenAi, catalog::openai_models))
+        .route("/api/tags", listing(Api::Ollama, catalog::ollama_tags))
         .route(
             "/v1/models/{*id}",
             only(
