@@ -50,6 +50,9 @@ enum Source {
         dir: &'static str,
         packages: &'static [&'static str],
     },
+    /// Node packages from the `package.json` and `package-lock.json` in `dir` (relative to
+    /// the workspace root), installed with `npm ci` into its git-ignored `node_modules`.
+    Npm { dir: &'static str },
 }
 
 /// Everything `cargo xtask test` relies on beyond cargo itself.
@@ -138,6 +141,40 @@ const REQUIREMENTS: &[Requirement] = &[
             package: "chromium-driver",
         },
     },
+    // The client-API suite (tests/tests/client_apis.rs) drives Hale with the Anthropic SDK
+    // and ollama-python, as users' programs would.
+    Requirement {
+        name: "anthropic and ollama (Python SDKs in .venv)",
+        check: &[
+            ".venv/bin/python",
+            "-c",
+            "import anthropic, importlib.metadata as m; print('anthropic', anthropic.__version__, 'ollama', m.version('ollama'))",
+        ],
+        source: Source::PythonVenv {
+            dir: ".venv",
+            packages: &["anthropic", "ollama"],
+        },
+    },
+    // ... and with ollama-js (tests/js), which needs node and npm.
+    Requirement {
+        name: "node",
+        check: &["node", "--version"],
+        source: Source::Apt { package: "nodejs" },
+    },
+    Requirement {
+        name: "npm",
+        check: &["npm", "--version"],
+        source: Source::Apt { package: "npm" },
+    },
+    Requirement {
+        name: "ollama-js (tests/js/node_modules)",
+        check: &[
+            "node",
+            "-p",
+            "'ollama-js ' + require('./tests/js/node_modules/ollama/package.json').version",
+        ],
+        source: Source::Npm { dir: "tests/js" },
+    },
     // `cargo xtask k8s` validates the manifests against the Kubernetes JSON schemas that ship
     // inside this package (k8s/schema.rs), offline. Pinned: which Kubernetes versions it
     // knows comes with the release, and the validation names the newest of them.
@@ -223,6 +260,7 @@ fn ensure(requirement: &Requirement) -> anyhow::Result<()> {
         Source::Rustup { component } => install_rustup(requirement.name, component)?,
         Source::Cargo { krate } => install_cargo(requirement.name, krate)?,
         Source::PythonVenv { dir, packages } => install_venv(requirement.name, dir, packages)?,
+        Source::Npm { dir } => install_npm(requirement.name, dir)?,
     }
     match version(requirement) {
         Some(version) => {
@@ -297,6 +335,16 @@ fn install_venv(name: &str, dir: &str, packages: &[&str]) -> anyhow::Result<()> 
             .args(packages),
     )
     .with_context(|| format!("{name} could not be installed"))
+}
+
+fn install_npm(name: &str, dir: &str) -> anyhow::Result<()> {
+    println!("    installing {dir}/package-lock.json with npm ci");
+    run_command(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir),
+    )
+    .with_context(|| format!("{name} could not be installed (is npm installed?)"))
 }
 
 /// Whether we run as root, asked of `id -u` so that xtask needs no libc bindings.

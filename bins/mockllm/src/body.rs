@@ -32,6 +32,8 @@ pub enum RespBody {
     Full(Option<Bytes>),
     /// A body produced chunk by chunk.
     Stream(ChunkStream),
+    /// Pre-rendered SSE events, one per frame (Responses and Messages streams).
+    Events(crate::apis::Events),
 }
 
 impl Body for RespBody {
@@ -45,6 +47,7 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Stream(stream) => stream.poll_frame(cx),
+            RespBody::Events(events) => events.poll_frame(cx),
         }
     }
 
@@ -52,6 +55,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(bytes) => bytes.is_none(),
             RespBody::Stream(stream) => stream.is_done(),
+            RespBody::Events(events) => events.is_done(),
         }
     }
 
@@ -59,7 +63,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             RespBody::Full(None) => SizeHint::with_exact(0),
-            RespBody::Stream(_) => SizeHint::default(),
+            RespBody::Stream(_) | RespBody::Events(_) => SizeHint::default(),
         }
     }
 }

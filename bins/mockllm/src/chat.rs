@@ -58,6 +58,9 @@ pub struct GenRequest<'a> {
     /// Embedding input: a string, or an array with one entry per input.
     #[serde(default)]
     pub input: Option<serde_json::Value>,
+    /// Rerank documents: one score per entry.
+    #[serde(default)]
+    pub documents: Option<serde_json::Value>,
 }
 
 /// OpenAI's `stream_options`.

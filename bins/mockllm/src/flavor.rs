@@ -57,11 +57,19 @@ pub enum Known {
     ApiChat,
     ApiGenerate,
     ApiEmbed,
+    Responses,
+    Messages,
+    CountTokens,
+    Rerank,
+    Transcriptions,
+    ApiShow,
+    ApiEmbeddings,
+    ApiPs,
 }
 
 impl Known {
     /// All known paths, in discriminant order.
-    pub const ALL: [Known; 15] = [
+    pub const ALL: [Known; 23] = [
         Known::Root,
         Known::Health,
         Known::V1Health,
@@ -77,6 +85,14 @@ impl Known {
         Known::ApiChat,
         Known::ApiGenerate,
         Known::ApiEmbed,
+        Known::Responses,
+        Known::Messages,
+        Known::CountTokens,
+        Known::Rerank,
+        Known::Transcriptions,
+        Known::ApiShow,
+        Known::ApiEmbeddings,
+        Known::ApiPs,
     ];
 
     /// The known path a request path names, if any (exact match, no trailing slash games).
@@ -97,6 +113,14 @@ impl Known {
             "/api/chat" => Known::ApiChat,
             "/api/generate" => Known::ApiGenerate,
             "/api/embed" => Known::ApiEmbed,
+            "/v1/responses" => Known::Responses,
+            "/v1/messages" => Known::Messages,
+            "/v1/messages/count_tokens" => Known::CountTokens,
+            "/v1/rerank" => Known::Rerank,
+            "/v1/audio/transcriptions" => Known::Transcriptions,
+            "/api/show" => Known::ApiShow,
+            "/api/embeddings" => Known::ApiEmbeddings,
+            "/api/ps" => Known::ApiPs,
             _ => return None,
         })
     }
@@ -119,6 +143,14 @@ impl Known {
             Known::ApiChat => "/api/chat",
             Known::ApiGenerate => "/api/generate",
             Known::ApiEmbed => "/api/embed",
+            Known::Responses => "/v1/responses",
+            Known::Messages => "/v1/messages",
+            Known::CountTokens => "/v1/messages/count_tokens",
+            Known::Rerank => "/v1/rerank",
+            Known::Transcriptions => "/v1/audio/transcriptions",
+            Known::ApiShow => "/api/show",
+            Known::ApiEmbeddings => "/api/embeddings",
+            Known::ApiPs => "/api/ps",
         }
     }
 
@@ -177,6 +209,22 @@ pub enum Handler {
     OllamaGenerate,
     /// Ollama's `POST /api/embed`.
     OllamaEmbed,
+    /// OpenAI's `POST /v1/responses` (plain or SSE).
+    Responses,
+    /// Anthropic's `POST /v1/messages` (plain or SSE).
+    Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// `POST /v1/rerank` (vLLM, llama.cpp).
+    Rerank,
+    /// `POST /v1/audio/transcriptions`, a multipart upload.
+    Transcriptions,
+    /// Ollama's `POST /api/show`.
+    OllamaShow,
+    /// Ollama's legacy `POST /api/embeddings`.
+    OllamaEmbeddings,
+    /// Ollama's `GET /api/ps`.
+    OllamaPs,
 }
 
 impl Handler {
@@ -190,6 +238,13 @@ impl Handler {
                 | Self::OllamaChat
                 | Self::OllamaGenerate
                 | Self::OllamaEmbed
+                | Self::Responses
+                | Self::Messages
+                | Self::CountTokens
+                | Self::Rerank
+                | Self::Transcriptions
+                | Self::OllamaShow
+                | Self::OllamaEmbeddings
         )
     }
 }
@@ -203,20 +258,28 @@ impl Handler {
             | Handler::ModelList
             | Handler::OllamaTags
             | Handler::OllamaVersion
+            | Handler::OllamaPs
             | Handler::VllmVersion => Method::GET,
             Handler::Chat
             | Handler::Completion
             | Handler::Embeddings
             | Handler::OllamaChat
             | Handler::OllamaGenerate
-            | Handler::OllamaEmbed => Method::POST,
+            | Handler::OllamaEmbed
+            | Handler::Responses
+            | Handler::Messages
+            | Handler::CountTokens
+            | Handler::Rerank
+            | Handler::Transcriptions
+            | Handler::OllamaShow
+            | Handler::OllamaEmbeddings => Method::POST,
         }
     }
 }
 
 /// What `flavor` serves at `known`; `None` means the real server has no such path (404).
 pub fn route(flavor: Flavor, known: Known) -> Option<Handler> {
-    use Flavor::{Llamacpp, Ollama, Vllm};
+    use Flavor::{Llamacpp, Ollama, Openai, Vllm};
     Some(match (flavor, known) {
         (Ollama, Known::Root) => Handler::OllamaRoot,
         (Vllm | Llamacpp, Known::Health) => Handler::Health,
@@ -233,6 +296,17 @@ pub fn route(flavor: Flavor, known: Known) -> Option<Handler> {
         (Ollama, Known::ApiChat) => Handler::OllamaChat,
         (Ollama, Known::ApiGenerate) => Handler::OllamaGenerate,
         (Ollama, Known::ApiEmbed) => Handler::OllamaEmbed,
+        // Every flavour's server has grown the Responses API (llama.cpp, vLLM, Ollama,
+        // LiteLLM in front of OpenAI).
+        (_, Known::Responses) => Handler::Responses,
+        // Anthropic's API: vLLM, llama.cpp and LiteLLM (the `openai` flavour) serve it.
+        (Vllm | Llamacpp | Openai, Known::Messages) => Handler::Messages,
+        (Vllm | Llamacpp | Openai, Known::CountTokens) => Handler::CountTokens,
+        (Vllm | Llamacpp, Known::Rerank) => Handler::Rerank,
+        (Vllm | Openai, Known::Transcriptions) => Handler::Transcriptions,
+        (Ollama, Known::ApiShow) => Handler::OllamaShow,
+        (Ollama, Known::ApiEmbeddings) => Handler::OllamaEmbeddings,
+        (Ollama, Known::ApiPs) => Handler::OllamaPs,
         _ => return None,
     })
 }

@@ -18,8 +18,14 @@
 //!   `--models`;
 //! - `GET /__mode` shows the current mode in the same shape `POST /__mode` echoes;
 //! - a few extra real paths are served: llama.cpp `/v1/health` and `/models`, vLLM `/ping`
-//!   and `/version`.
+//!   and `/version`;
+//! - the APIs beyond chat (module `apis`): OpenAI's Responses API with retrieve, delete and
+//!   cancel by id (every flavour), Anthropic's `/v1/messages` and `count_tokens` (vLLM,
+//!   llama.cpp, and `openai` as LiteLLM would), `/v1/rerank` (vLLM, llama.cpp),
+//!   `/v1/audio/transcriptions` (multipart; `openai`, vLLM) and Ollama's `/api/show`,
+//!   `/api/embeddings` and `/api/ps`.
 
+mod apis;
 mod body;
 mod catalog;
 mod chat;

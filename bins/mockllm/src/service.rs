@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::apis;
 use crate::body::{self, NDJSON, RespBody, SSE, TEXT};
 use crate::catalog::{Catalog, ModelsRequest};
 use crate::chat::{self, ChunkStream, Gen, GenRequest, StreamKind, unix_ms};
@@ -57,6 +58,8 @@ pub struct State {
     pub connections: Connections,
     /// The source of answer ids.
     ids: AtomicU64,
+    /// Responses created here, for retrieve/delete/cancel by id.
+    responses: crate::apis::Stored,
 }
 
 impl State {
@@ -79,6 +82,7 @@ impl State {
             refuse_tx,
             connections: Connections::default(),
             ids: AtomicU64::new(1),
+            responses: crate::apis::Stored::default(),
         })
     }
 }
@@ -166,6 +170,9 @@ async fn serve(
         }
     }
 
+    if let Some(rest) = req.uri().path().strip_prefix("/v1/responses/") {
+        return Ok(apis::follow_up(&st.responses, req.method(), rest));
+    }
     let Some(handler) = known.and_then(|k| flavor::route(st.flavor, k)) else {
         return Ok(not_found());
     };
@@ -184,12 +191,20 @@ async fn serve(
         Handler::OllamaTags => body::json(ok, st.catalog.get().bodies.ollama_tags.clone()),
         Handler::OllamaVersion => body::json(ok, st.bodies.ollama_version.clone()),
         Handler::VllmVersion => body::json(ok, st.bodies.vllm_version.clone()),
+        Handler::OllamaPs => apis::ollama_ps(&st.catalog.get().names),
         Handler::Chat
         | Handler::Completion
         | Handler::Embeddings
         | Handler::OllamaChat
         | Handler::OllamaGenerate
-        | Handler::OllamaEmbed => generate(st, handler, mode, req).await?,
+        | Handler::OllamaEmbed
+        | Handler::Responses
+        | Handler::Messages
+        | Handler::CountTokens
+        | Handler::Rerank
+        | Handler::Transcriptions
+        | Handler::OllamaShow
+        | Handler::OllamaEmbeddings => generate(st, handler, mode, req).await?,
     })
 }
 
@@ -201,6 +216,12 @@ async fn generate(
     mode: crate::mode::Mode,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, DropConnection> {
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let body = match read_body(req).await {
         Ok(body) => body,
         Err(resp) => return Ok(resp),
@@ -213,6 +234,16 @@ async fn generate(
     {
         st.stats.closed_on_marker();
         return Err(DropConnection);
+    }
+    if handler == Handler::Transcriptions {
+        // A multipart upload: the model is a form field.
+        let model = match apis::multipart_model(&content_type, body.clone()).await {
+            Ok(Some(model)) => model,
+            Ok(None) => return Ok(bad_request("the form has no `model` field")),
+            Err(e) => return Ok(bad_request(&format!("invalid multipart body: {e}"))),
+        };
+        let json = serde_json::json!({ "model": model }).to_string();
+        return Ok(answer(st, handler, mode, &Bytes::from(json)));
     }
     Ok(answer(st, handler, mode, &body))
 }
@@ -284,7 +315,21 @@ fn answer(
         Handler::OllamaChat => chat::ollama_chat(&g),
         Handler::OllamaGenerate => chat::ollama_generate(&g),
         Handler::OllamaEmbed => chat::ollama_embed(&g, parsed.input_count()),
+        Handler::Responses => return apis::create_response(&st.responses, &g, openai_stream),
+        Handler::Messages => return apis::messages(&g, openai_stream),
+        Handler::CountTokens => return apis::count_tokens(&g),
+        Handler::Rerank => {
+            let documents = match &parsed.documents {
+                Some(serde_json::Value::Array(d)) => d.len(),
+                _ => 0,
+            };
+            return apis::rerank(&g, documents);
+        }
+        Handler::Transcriptions => return apis::transcription(&g),
+        Handler::OllamaShow => return apis::ollama_show(&g),
+        Handler::OllamaEmbeddings => return apis::ollama_embeddings(),
         Handler::OllamaRoot
+        | Handler::OllamaPs
         | Handler::Health
         | Handler::ModelList
         | Handler::OllamaTags

@@ -47,6 +47,7 @@ pub const STATE_TRANSITIONS_TOTAL: &str = "hale_state_transitions_total";
 pub const PROXY_REQUESTS_TOTAL: &str = "hale_proxy_requests_total";
 pub const PROXY_REQUEST_DURATION_SECONDS: &str = "hale_proxy_request_duration_seconds";
 pub const PROXY_RETRIES_TOTAL: &str = "hale_proxy_retries_total";
+pub const PROXY_BACKEND_REJECTED_TOTAL: &str = "hale_proxy_backend_rejected_total";
 pub const COORD_REDIS_UP: &str = "hale_coord_redis_up";
 pub const COORD_CHECKS_SKIPPED_TOTAL: &str = "hale_coord_checks_skipped_total";
 pub const COORD_REJECTED_TOTAL: &str = "hale_coord_rejected_total";
@@ -223,6 +224,10 @@ fn describe_all() {
         PROXY_RETRIES_TOTAL,
         "Requests sent once more to another endpoint, by the endpoint that failed them and the reason (connect_failure, 429, 502, 503, 504, first_byte_timeout)."
     );
+    describe_counter!(
+        PROXY_BACKEND_REJECTED_TOTAL,
+        "Backend answers to the Ollama routes Hale merges (/api/ps, /api/version) skipped as malformed, by endpoint and route."
+    );
     describe_gauge!(COORD_REDIS_UP, "1 while Redis answers, else 0.");
     describe_counter!(
         COORD_CHECKS_SKIPPED_TOTAL,
@@ -394,6 +399,14 @@ mod tests {
             text.matches("# TYPE hale_endpoint_up gauge").count(),
             1,
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_proxy_records_the_name_described_here() {
+        assert_eq!(
+            PROXY_BACKEND_REJECTED_TOTAL,
+            hale_proxy::BACKEND_REJECTED_TOTAL
         );
     }
 

@@ -459,6 +459,18 @@ impl Coordination for Coordinator {
         self.inner.book.replace(endpoints);
     }
 
+    fn remember_response(&self, id: &str, endpoint: &str, ttl: Duration) {
+        crate::responses::remember(&self.inner.cache, id, endpoint, ttl);
+    }
+
+    fn recall_response<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>> {
+        Box::pin(crate::responses::recall(
+            &self.inner.cache,
+            &self.inner.rejected,
+            id,
+        ))
+    }
+
     fn next_wait(&self, endpoint: &str, planned: Duration) -> Duration {
         let c = &self.inner;
         match c.book.rounds_of(endpoint) {

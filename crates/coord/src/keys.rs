@@ -13,6 +13,7 @@
 //! | `hale:{ns}:fence`                | counter | the fencing-token sequence                   |
 //! | `hale:{ns}:events`               | channel | one message per result written (sharded pub/sub on a Cluster) |
 //! | `hale:{ns}:probe`                | string  | the subscriber's write probe while Redis is down, PX 5 s |
+//! | `hale:{ns}:resp:<id>`            | string  | the endpoint that created stored response `<id>`, PX 7 days (see `responses`) |
 
 /// The keys of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,8 @@
 //! `result:<endpoint>` (a hash per endpoint: state, reason, error, latency_ms, checked_at,
 //! checked_by, fence, models, counters, due_at, written_at — TTL `cache_ttl`; see [`wire`]),
 //! `lease:<endpoint>` (the round lease), `lease` (the global-mode lease), `fence` (the fencing
-//! counter), `probe` (the rejoin probe's key) and the channel `events`.
+//! counter), `probe` (the rejoin probe's key), `resp:<id>` (which endpoint created a stored
+//! response, for the proxy's follow-ups by id: module `responses`) and the channel `events`.
 //!
 //! # Rounds, leases and fences
 //!
@@ -143,6 +144,7 @@ pub mod health;
 pub mod keys;
 mod lease;
 pub mod rejected;
+mod responses;
 pub mod rounds;
 pub mod scripts;
 pub mod signing;

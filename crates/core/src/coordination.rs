@@ -8,6 +8,8 @@
 //! lets hale-probe drive checks without depending on hale-coord, and lets the proxy report a
 //! passive failure to the store without knowing that replicas exist: the store forwards every
 //! local result to the attached coordination ([`HealthStore::attach`](crate::HealthStore::attach)).
+//! The same seam carries one thing for the proxy: which endpoint created a stored response
+//! (`remember_response` / `recall_response`), so a follow-up by id reaches it from any replica.
 //!
 //! A [`FenceToken`] orders results across replicas: every lease acquisition takes a larger one,
 //! a result carries the token it was produced under, and replicas adopt only results whose
@@ -135,6 +137,22 @@ pub trait Coordination: Send + Sync + fmt::Debug + 'static {
     fn endpoints_changed(&self, endpoints: &[Arc<Endpoint>]) {
         let _ = endpoints;
     }
+
+    /// Told that the proxy saw endpoint `endpoint` create the stored response `id` (OpenAI's
+    /// Responses API), to be remembered for `ttl` so any replica can send its follow-ups
+    /// there. Must not block (shared modes write in the background, best effort); the
+    /// default keeps nothing (the proxy's own map is enough for one replica).
+    fn remember_response(&self, id: &str, endpoint: &str, ttl: Duration) {
+        let _ = (id, endpoint, ttl);
+    }
+
+    /// The endpoint that created response `id`, if the shared state knows it. Asked only for
+    /// ids this replica does not know itself; implementations bound the wait and answer
+    /// `None` on any failure. The proxy still checks the name against its configuration.
+    fn recall_response<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>> {
+        let _ = id;
+        Box::pin(std::future::ready(None))
+    }
 }
 
 /// The embedded default: no other replicas, every due check runs, nothing is published.
@@ -171,5 +189,7 @@ mod tests {
         assert!(FenceToken::LOCAL.is_local());
         assert!(FenceToken(2) > FenceToken(1));
         assert_eq!(FenceToken(7).to_string(), "7");
+        LocalOnly.remember_response("resp_1", "a", Duration::from_secs(1));
+        assert_eq!(LocalOnly.recall_response("resp_1").await, None);
     }
 }

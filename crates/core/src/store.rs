@@ -755,6 +755,11 @@ impl HealthStore {
         .is_some()
     }
 
+    /// The attached coordination, if any (the proxy shares response ids through it).
+    pub fn coordination(&self) -> Option<&Arc<dyn Coordination>> {
+        self.coordination.get()
+    }
+
     /// Attaches the coordination that is told about every local result from now on. Only the
     /// first call takes effect; returns whether this one did.
     pub fn attach(&self, coordination: Arc<dyn Coordination>) -> bool {

@@ -1,5 +1,6 @@
 //! `server.api_keys`: when the list is not empty, every proxy route (the catalog included)
-//! needs `Authorization: Bearer <one of the keys>`.
+//! needs `Authorization: Bearer <one of the keys>`; the Anthropic routes (`/v1/messages*`)
+//! also take the key in `x-api-key`, as Anthropic's clients send it ([`ApiKeys::admits_on`]).
 //!
 //! The comparison is constant time in the way hale-api's admin token check is (this crate
 //! cannot use that one: the api crate depends on this one, not the other way round). Every
@@ -12,10 +13,15 @@
 //! are configured, the client's `Authorization` header is never forwarded upstream (see
 //! `hygiene`).
 
+use crate::route::Api;
 use hale_core::Secret;
 use http::HeaderMap;
+use http::HeaderName;
 use http::header::AUTHORIZATION;
 use subtle::{Choice, ConstantTimeEq};
+
+/// Anthropic's API key header.
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The configured keys; empty means the proxy routes are open.
 #[derive(Clone)]
@@ -49,11 +55,22 @@ impl ApiKeys {
 
     /// Whether the request may pass: no keys configured, or a bearer token equal to one.
     pub fn admits(&self, headers: &HeaderMap) -> bool {
+        self.admits_on(Api::OpenAi, headers)
+    }
+
+    /// [`admits`](Self::admits) on a route of `api`: Anthropic's routes also accept the key
+    /// in `x-api-key` (when a request has both, the bearer token is the one compared).
+    pub fn admits_on(&self, api: Api, headers: &HeaderMap) -> bool {
         if self.keys.is_empty() {
             return true;
         }
-        let Some(token) = bearer_token(headers) else {
-            return false;
+        let token = match bearer_token(headers) {
+            Some(token) => token,
+            None if api == Api::Anthropic => match headers.get(&X_API_KEY) {
+                Some(v) if !v.is_empty() => v.as_bytes().trim_ascii(),
+                _ => return false,
+            },
+            None => return false,
         };
         let matched = self
             .keys
@@ -128,6 +145,19 @@ mod tests {
             assert!(!keys.admits(&h), "{bad}");
         }
         assert!(!keys.admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn x_api_key_only_on_anthropic_routes() {
+        let keys = ApiKeys::new(&[Secret::new("sk-one")]);
+        let h = HeaderMap::from_iter([(X_API_KEY.clone(), HeaderValue::from_static("sk-one"))]);
+        assert!(keys.admits_on(Api::Anthropic, &h));
+        assert!(!keys.admits_on(Api::OpenAi, &h));
+        assert!(!keys.admits_on(Api::Ollama, &h));
+        let bad = HeaderMap::from_iter([(X_API_KEY.clone(), HeaderValue::from_static("sk-on"))]);
+        assert!(!keys.admits_on(Api::Anthropic, &bad));
+        assert!(!keys.admits_on(Api::Anthropic, &HeaderMap::new()));
+        assert!(keys.admits_on(Api::Anthropic, &with_auth("Bearer sk-one")));
     }
 
     #[test]

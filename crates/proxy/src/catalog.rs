@@ -1,4 +1,5 @@
-//! The model catalogs Hale answers itself: OpenAI `GET /v1/models` and Ollama `GET /api/tags`.
+//! The model catalogs Hale answers itself: OpenAI `GET /v1/models` (and one model,
+//! `GET /v1/models/{id}`, 404 when no routable endpoint has it) and Ollama `GET /api/tags`.
 //!
 //! Each lists the union of the models of the endpoints that are routable now (health state
 //! and rate limit), so a client only ever sees models it could use this moment: `/v1/models`
@@ -85,6 +86,24 @@ pub fn openai_models(shared: &Shared) -> Response {
             .collect(),
     };
     json(&list)
+}
+
+/// `GET /v1/models/{id}`: the model in OpenAI's object shape, under the name the client
+/// asked for; a 404 when no routable endpoint has it.
+pub fn openai_model(shared: &Shared, id: &str) -> Result<Response, crate::ProxyError> {
+    let names = routable_models(shared, |_| true);
+    if !names.iter().any(|n| same_model(n, id)) {
+        let shown: String = id.chars().take(256).collect();
+        return Err(crate::ProxyError::NotFound(format!(
+            "The model '{shown}' does not exist"
+        )));
+    }
+    Ok(json(&OpenAiModel {
+        id,
+        object: "model",
+        created: shared.started_unix,
+        owned_by: "hale",
+    }))
 }
 
 /// `GET /api/tags`.

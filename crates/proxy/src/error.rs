@@ -1,5 +1,11 @@
 //! [`ProxyError`]: every answer Hale gives itself on a proxy route instead of a backend's,
-//! rendered as OpenAI-shaped JSON, `{"error":{"message":"…","type":"…","code":404}}`.
+//! rendered as OpenAI-shaped JSON, `{"error":{"message":"…","type":"…","code":404}}` — or, by
+//! [`render`], in the shape of the route's own API: Anthropic's
+//! `{"type":"error","error":{"type":"not_found_error",…,"message":"…"}}` on `/v1/messages*`
+//! (the type from the status: 400/405/408/413 `invalid_request_error`, 401
+//! `authentication_error`, 404 `not_found_error`, 503 `overloaded_error`, 502/504 and anything
+//! else `api_error`) and Ollama's `{"error":"…"}` on `/api/*`. The status and headers
+//! (`Retry-After`, `WWW-Authenticate`, `Allow`) are the same in every shape.
 //!
 //! [`json_error`] renders the shape, here and for hale-api's `ApiError` (the api crate sits
 //! above this one), so a client sees one error format on every path of the listener: `code` repeats the HTTP status as a number, `type` is the machine-readable class.
@@ -11,6 +17,7 @@
 //! one that sent no response head within `first_byte_timeout` 504. The messages of 502 and
 //! 504 name the endpoint.
 
+use crate::route::Api;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -57,6 +64,9 @@ pub enum ProxyError {
     },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
+    /// Something named by the request (a response id, a model id) that Hale does not know.
+    #[error("{0}")]
+    NotFound(String),
     /// The message names the endpoint.
     #[error("{0}")]
     BadGateway(String),
@@ -72,7 +82,9 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::ModelNotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::NoRoute { .. } | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -88,7 +100,7 @@ impl ProxyError {
             | Self::BodyTimeout(_)
             | Self::BadRequest(_)
             | Self::MethodNotAllowed { .. } => INVALID_REQUEST_ERROR,
-            Self::ModelNotFound(_) | Self::NoRoute { .. } => NOT_FOUND_ERROR,
+            Self::ModelNotFound(_) | Self::NoRoute { .. } | Self::NotFound(_) => NOT_FOUND_ERROR,
             Self::Unavailable { .. } => SERVICE_UNAVAILABLE_ERROR,
             Self::BadGateway(_) => BAD_GATEWAY_ERROR,
             Self::GatewayTimeout(_) => GATEWAY_TIMEOUT_ERROR,
@@ -128,6 +140,60 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// `error` as the clients of `api` expect it; see the module docs.
+pub fn render(api: Api, error: ProxyError) -> Response {
+    let message = error.to_string();
+    let status = error.status();
+    let mut response = error.into_response();
+    let body = match api {
+        Api::OpenAi => return response,
+        Api::Anthropic => serde_json::to_vec(&AnthropicEnvelope {
+            kind: "error",
+            error: AnthropicBody {
+                kind: anthropic_type(status),
+                message: &message,
+            },
+        }),
+        Api::Ollama => serde_json::to_vec(&OllamaEnvelope { error: &message }),
+    }
+    // Plain strings always serialise; an empty body would still carry the status.
+    .unwrap_or_default();
+    *response.body_mut() = axum::body::Body::from(body);
+    response
+}
+
+/// Anthropic's `error.type` for a status.
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 408 | 413 | 422 => INVALID_REQUEST_ERROR,
+        401 => AUTHENTICATION_ERROR,
+        403 => "permission_error",
+        404 => NOT_FOUND_ERROR,
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+#[derive(Serialize)]
+struct AnthropicEnvelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicBody<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct OllamaEnvelope<'a> {
+    error: &'a str,
 }
 
 impl IntoResponse for ProxyError {
@@ -210,5 +276,68 @@ mod tests {
         let (status, _, body) = render(ProxyError::GatewayTimeout("slow".into())).await;
         assert_eq!(status, 504);
         assert_eq!(body["error"]["code"], 504);
+    }
+
+    async fn shaped(
+        api: Api,
+        e: ProxyError,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let (parts, body) = super::render(api, e).into_parts();
+        let bytes = to_bytes(body, 1 << 16).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn renders_anthropic_and_ollama_shapes() {
+        let (status, headers, body) =
+            shaped(Api::Anthropic, ProxyError::ModelNotFound("no m".into())).await;
+        assert_eq!(status, 404);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "error", "error": {"type": "not_found_error", "message": "no m"}})
+        );
+        let (status, headers, body) = shaped(Api::Anthropic, ProxyError::Unauthorized).await;
+        assert_eq!(
+            (status.as_u16(), &body["error"]["type"]),
+            (401, &serde_json::json!("authentication_error"))
+        );
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        for (e, kind) in [
+            (ProxyError::BadRequest("x".into()), "invalid_request_error"),
+            (
+                ProxyError::BodyTooLarge { limit: 1 },
+                "invalid_request_error",
+            ),
+            (ProxyError::BadGateway("x".into()), "api_error"),
+            (ProxyError::GatewayTimeout("x".into()), "api_error"),
+            (
+                ProxyError::Unavailable {
+                    message: "x".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                "overloaded_error",
+            ),
+        ] {
+            let (_, _, body) = shaped(Api::Anthropic, e).await;
+            assert_eq!(body["error"]["type"], kind);
+        }
+        let (status, headers, body) = shaped(
+            Api::Ollama,
+            ProxyError::Unavailable {
+                message: "all down".into(),
+                retry_after: Duration::from_secs(3),
+            },
+        )
+        .await;
+        assert_eq!(status, 503);
+        assert_eq!(headers[header::RETRY_AFTER], "3");
+        assert_eq!(body, serde_json::json!({"error": "all down"}));
+        let (_, _, body) = shaped(Api::OpenAi, ProxyError::NotFound("gone".into())).await;
+        assert_eq!(body["error"]["type"], "not_found_error");
     }
 }

@@ -127,7 +127,7 @@ pub async fn forward(
     request_id: &HeaderValue,
     started: Instant,
 ) -> Result<Response, Refusal> {
-    if !shared.keys.admits(request.headers()) {
+    if !shared.keys.admits_on(route.api(), request.headers()) {
         return Err(ProxyError::Unauthorized.into());
     }
     let (parts, request_body) = request.into_parts();
@@ -136,7 +136,7 @@ pub async fn forward(
     let bytes = tokio::time::timeout_at(deadline, read)
         .await
         .map_err(|_| ProxyError::BodyTimeout(shared.body_timeout))??;
-    let fields = body::parse(&bytes)?;
+    let fields = crate::generic::fields(&parts.headers, &bytes).await?;
     let model: &str = &fields.model;
     tracing::trace!(
         model,
@@ -276,6 +276,8 @@ pub async fn forward(
         };
         let outgoing = Outgoing {
             route,
+            // The client's own path (checked by the router) on the generic route.
+            custom: (route == Route::Generic).then_some((&http::Method::POST, parts.uri.path())),
             query,
             headers: &parts.headers,
             keep: &keep,

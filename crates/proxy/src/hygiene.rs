@@ -14,7 +14,7 @@
 //! - `Authorization`: the endpoint's `api_key` replaces whatever the client sent; when the
 //!   endpoint has none, the client's header passes through — unless `server.api_keys` is set,
 //!   in which case that header held Hale's own key and is dropped, so a gateway key never
-//!   reaches a backend;
+//!   reaches a backend; Anthropic's `x-api-key` follows the same rule;
 //! - `x-request-id` carries the request id (the client's, or one Hale made) and `x-hale-pod`
 //!   names this replica, so backend logs can be matched to Hale's.
 //!
@@ -107,7 +107,7 @@ impl UpstreamFilter {
     /// Whether the client's header `name` is written into the request for an endpoint
     /// (`endpoint_has_key`: the endpoint sends its own `Authorization`).
     pub fn forwards(&self, name: &HeaderName, endpoint_has_key: bool) -> bool {
-        if name == AUTHORIZATION {
+        if name == AUTHORIZATION || name == crate::auth::X_API_KEY {
             return !(self.client_auth_is_ours || endpoint_has_key);
         }
         !(is_hop_by_hop(name)
@@ -131,6 +131,38 @@ pub fn forwards_downstream(name: &HeaderName) -> bool {
 pub fn add_downstream(headers: &mut HeaderMap, endpoint: &HeaderValue, request_id: &HeaderValue) {
     headers.append(X_HALE_ENDPOINT.clone(), endpoint.clone());
     headers.append(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The headers Hale adds to a request for an endpoint: the request id, this replica's pod
+/// and, when the endpoint has a key, its `Authorization`.
+#[derive(Debug)]
+pub struct Added<'a> {
+    headers: [(&'a HeaderName, &'a HeaderValue); 3],
+    len: usize,
+}
+
+impl<'a> Added<'a> {
+    pub fn new(
+        request_id: &'a HeaderValue,
+        pod: &'a HeaderValue,
+        auth: Option<&'a HeaderValue>,
+    ) -> Self {
+        let id = (&X_REQUEST_ID, request_id);
+        match auth {
+            Some(auth) => Self {
+                headers: [id, (&X_HALE_POD, pod), (&AUTHORIZATION, auth)],
+                len: 3,
+            },
+            None => Self {
+                headers: [id, (&X_HALE_POD, pod), id],
+                len: 2,
+            },
+        }
+    }
+
+    pub fn as_slice(&self) -> &[(&'a HeaderName, &'a HeaderValue)] {
+        &self.headers[..self.len]
+    }
 }
 
 /// The `Authorization` value for an endpoint's `api_key`; `None` when it has none, or when
@@ -253,6 +285,22 @@ mod tests {
             forwarded(&h, &ours, false),
             ["content-type", "x-custom"],
             "Hale's own key never goes on"
+        );
+        let anthropic = map(&[
+            ("x-api-key", "sk-client"),
+            ("anthropic-version", "2023-06-01"),
+        ]);
+        let f = UpstreamFilter::new(&anthropic, false);
+        assert_eq!(
+            forwarded(&anthropic, &f, false),
+            ["x-api-key", "anthropic-version"]
+        );
+        assert_eq!(forwarded(&anthropic, &f, true), ["anthropic-version"]);
+        let ours = UpstreamFilter::new(&anthropic, true);
+        assert_eq!(
+            forwarded(&anthropic, &ours, false),
+            ["anthropic-version"],
+            "Hale's own key in x-api-key never goes on either"
         );
     }
 

@@ -1,9 +1,12 @@
 //! hale-proxy: carries client traffic to healthy backends.
 //!
 //! Routes OpenAI-style (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//! `/v1/models`) and Ollama-style (`/api/chat`, `/api/generate`, `/api/embed`, `/api/tags`)
-//! requests by the model named in the body, only to endpoints that are routable and serve that
-//! model: highest priority tier first, weighted within it. A connect failure moves the
+//! `/v1/responses` and its follow-ups by id, any other `POST /v1/...` naming a model, JSON or
+//! multipart), Anthropic-style (`/v1/messages`, `/v1/messages/count_tokens`) and Ollama-style
+//! (`/api/chat`, `/api/generate`, `/api/embed`, `/api/show`, `/api/embeddings`) requests by the
+//! model named in the body, and answers the catalogs (`/v1/models`, `/v1/models/{id}`,
+//! `/api/tags`) and Ollama's `/api/ps`, `/api/version` and `/` itself; requests go only to
+//! endpoints that are routable and serve that model: highest priority tier first, weighted within it. A connect failure moves the
 //! request to the next candidate before the client sees anything and marks the endpoint
 //! unhealthy at once (a passive signal through core); an answer `proxy.retry_on` lists (429,
 //! 502, 503, 504 by default) is retried once on another endpoint within the retry budget,
@@ -23,8 +26,10 @@
 //! HTTP/1.1 client to the backends, driven in the request's own task, and its connection
 //! pools), `forward` (the failover and retry loop), `retry` (the retry budget), `queue` (the
 //! short wait for an endpoint about to recover), `stream` (the pass-through response body),
-//! `hygiene` (headers and request ids), `catalog` (model lists), `error` (Hale's own
-//! answers), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry),
+//! `hygiene` (headers and request ids), `catalog` (model lists), `generic` (the generic
+//! route's path check and multipart `model`), `responses` (response ids → the endpoint that
+//! made them), `ollama` (`/api/ps`, `/api/version`, `/`), `error` (Hale's own answers, in each
+//! API's shape), `metrics` (the proxy's series and per-model counts), `proxy` (the public entry),
 //! `router` (the axum routes) and `worker` (which serving thread the code runs on). Each module's top comment records its decisions.
 //!
 //! Decisions that span modules:
@@ -50,11 +55,14 @@ mod catalog;
 pub mod config;
 pub mod error;
 mod forward;
+mod generic;
 mod hygiene;
 pub mod metrics;
 mod model_gone;
+mod ollama;
 mod proxy;
 mod queue;
+mod responses;
 mod retry;
 pub mod route;
 mod router;
@@ -67,6 +75,7 @@ pub mod worker;
 pub use config::{Balancer, ProxyConfig, RetryBudget, RetryOn};
 pub use error::{ProxyError, json_error};
 pub use hygiene::{X_HALE_ENDPOINT, X_REQUEST_ID};
+pub use ollama::BACKEND_REJECTED_TOTAL;
 pub use proxy::{Proxy, ServerSettings};
-pub use route::Route;
+pub use route::{Api, Route};
 pub use select::DEGRADED_WEIGHT_FACTOR;

@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     pub retry_on: Box<[RetryOn]>,
     pub budget: Budget,
     pub queue: Queue,
+    /// Response ids → the endpoint that made them (OpenAI's Responses API).
+    pub responses: crate::responses::ResponseBook,
     /// The start time for the catalogs, as Unix seconds and RFC 3339.
     pub started_unix: u64,
     pub started_rfc3339: String,
@@ -242,6 +244,7 @@ impl Proxy {
             retry_on: config.retry_on.clone().into_boxed_slice(),
             budget: Budget::new(config.retry_budget),
             queue: Queue::new(config.queue_timeout, MAX_WAITING),
+            responses: Default::default(),
             started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             started_rfc3339: humantime::format_rfc3339_seconds(now).to_string(),
             sweeping: AtomicBool::new(false),

@@ -485,6 +485,7 @@ impl Hale {
             let body = Bytes::from_static(REQUEST_BODY);
             let outgoing = Outgoing {
                 route: Route::ChatCompletions,
+                custom: None,
                 query: None,
                 headers: &headers,
                 keep: &keep,

@@ -98,6 +98,8 @@ pub struct Destination {
     host: Bytes,
     /// `POST <base path><route path>`, by [`Route::index`].
     request_lines: Vec<Bytes>,
+    /// The endpoint URL's path without its trailing `/`, for a request's own path.
+    base: String,
     pub pool: Pool,
     /// The endpoint's `first_byte_timeout` and `idle_timeout`.
     pub deadlines: Deadlines,
@@ -116,6 +118,7 @@ impl Destination {
                 .iter()
                 .map(|r| Bytes::from(format!("POST {base}{}", r.path())))
                 .collect(),
+            base: base.to_owned(),
             pool: Pool::new(workers),
             deadlines,
         }
@@ -130,6 +133,9 @@ impl Destination {
 /// What one request sends.
 pub struct Outgoing<'a> {
     pub route: Route,
+    /// A method and path (already checked, see `generic`) instead of the route's `POST`:
+    /// [`Route::Generic`] and the follow-ups of a stored response.
+    pub custom: Option<(&'a http::Method, &'a str)>,
     pub query: Option<&'a str>,
     /// The client's headers, of which those `keep` accepts are sent (see `hygiene`).
     pub headers: &'a HeaderMap,
@@ -188,11 +194,17 @@ impl Upstream {
                 message: "the endpoint URL names no http(s) host".into(),
             }));
         };
+        let custom_line = req
+            .custom
+            .map(|(method, path)| format!("{method} {}{path}", dest.base));
         let head = RequestHead {
-            request_line: dest
-                .request_lines
-                .get(req.route.index())
-                .map_or(&b"POST /"[..], |l| &l[..]),
+            request_line: match &custom_line {
+                Some(line) => line.as_bytes(),
+                None => dest
+                    .request_lines
+                    .get(req.route.index())
+                    .map_or(&b"POST /"[..], |l| &l[..]),
+            },
             query: req.query,
             host: &dest.host,
             headers: req.headers,
