@@ -1284,6 +1284,67 @@ async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
 }
 
 #[tokio::test]
+async fn a_stream_that_keeps_flowing_outlives_idle_timeout_and_a_stall_is_cut_after_its_last_chunk()
+{
+    // Events 100 ms apart, for far longer than the 300 ms idle_timeout: never idle.
+    let (senders_tx, mut senders_rx) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
+    let streaming = Backend::start(move |_| {
+        let (tx, rx) = mpsc::channel(1);
+        senders_tx.send(tx).unwrap();
+        Reply::Stream(rx)
+    })
+    .await;
+    let mut eps = resolve_all(&[(
+        "stream",
+        streaming.url(),
+        EndpointKind::Vllm,
+        100,
+        &["m"],
+        "",
+    )]);
+    eps[0].idle_timeout = Some(Duration::from_millis(300));
+    let h = hale_with(eps, ServerSettings::default(), &ProxyConfig::default()).await;
+
+    // 12 events over 1.1 s, then the backend ends the body.
+    let feeder = tokio::spawn(async move {
+        let upstream = senders_rx.recv().await.unwrap();
+        for i in 0..12 {
+            let event = format!("data: {i}\n\n");
+            upstream.send(Bytes::from(event)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(upstream);
+        // The second stream: 4 events 100 ms apart, then a stall with the backend open.
+        let upstream = senders_rx.recv().await.unwrap();
+        for i in 0..4 {
+            let event = format!("data: {i}\n\n");
+            upstream.send(Bytes::from(event)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        upstream.closed().await;
+    });
+    let (text, took) = raw_exchange(h.addr, r#"{"model":"m","stream":true}"#).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("data: 11"), "every event arrives: {text}");
+    assert!(text.ends_with("0\r\n\r\n"), "ended cleanly: {text:?}");
+    assert!(took >= Duration::from_millis(1100), "took {took:?}");
+
+    let (text, took) = raw_exchange(h.addr, r#"{"model":"m","stream":true}"#).await;
+    assert!(text.contains("data: 3"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "cut, not ended: {text:?}");
+    // The last event came after about 300 ms; the cut comes idle_timeout after it.
+    assert!(
+        took >= Duration::from_millis(590) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+    timeout(Duration::from_secs(2), feeder)
+        .await
+        .expect("the backend connection stayed open")
+        .unwrap();
+    assert_eq!(h.proxy.outstanding("stream"), 0);
+}
+
+#[tokio::test]
 async fn a_backend_closing_right_after_each_answer_costs_no_request() {
     // Answers, then closes at once, without `connection: close`: every reused connection is
     // already closed when Hale sends on it.
