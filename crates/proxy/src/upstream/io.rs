@@ -187,26 +187,12 @@ impl Io {
         SCRATCH.with_borrow_mut(|scratch| {
             let polled = match self {
                 Io::Plain(tcp) => loop {
-                    // A read shorter than the scratch buffer drained the socket: its
-                    // readiness is forgotten with it, so the next look goes straight to
-                    // waiting instead of a `recv` that returns `EAGAIN` (one syscall per
-                    // streamed chunk). tokio clears readiness only as of the event seen
-                    // before this read, so data arriving meanwhile is never missed.
-                    let mut drained = None;
-                    let read = tcp.try_io(tokio::io::Interest::READABLE, || {
-                        let n = tcp.try_read(scratch)?;
-                        if n > 0 && n < scratch.len() {
-                            drained = Some(n);
-                            return Err(io::ErrorKind::WouldBlock.into());
-                        }
-                        Ok(n)
-                    });
-                    match (read, drained) {
-                        (_, Some(n)) | (Ok(n), None) => break Poll::Ready(Ok(n)),
-                        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match tcp.try_read(scratch) {
+                        Ok(n) => break Poll::Ready(Ok(n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             std::task::ready!(tcp.poll_read_ready(cx))?;
                         }
-                        (Err(e), None) => break Poll::Ready(Err(e)),
+                        Err(e) => break Poll::Ready(Err(e)),
                     }
                 },
                 Io::Tls(tls) => {
