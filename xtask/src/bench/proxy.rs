@@ -1,5 +1,14 @@
-//! `cargo xtask bench proxy [--seconds D] [--rounds R] [--quick]`: what the gateway adds to a
-//! request, next to a direct call and to two reference proxies.
+//! `cargo xtask bench proxy [--seconds D] [--rounds R] [--quick] [--only short|streams]
+//! [--streams N,N…] [--streams-seconds D] [--streams-rounds R] [--ab LABEL=HALE_BINARY]…`: what
+//! the gateway adds to a request, next to a direct call and to two reference proxies.
+//!
+//! Two parts, each writing its own section of docs/BENCHMARKS.md: the short-answer scenarios
+//! below (section `proxy`), and the `streams` scenario — thousands of concurrent 2-second
+//! streams, with its own mock, load client and fresh proxies per run (section
+//! `proxy-streams`; see `streams.rs`). `--only` runs one part; `--ab` adds other Hale
+//! binaries to the streams scenario, measured in the same interleaved run (A/B rows for a
+//! code change). The bench raises its open-file limit to the hard limit first; every target
+//! inherits it.
 //!
 //! One mockllm (OpenAI flavour, release build, `--chunks 5 --chunk-delay-ms 0`) is the backend
 //! of every target; the streamed and the non-streamed chat both go to it, so every target
