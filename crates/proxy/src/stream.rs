@@ -7,6 +7,10 @@
 //! chunk goes out as soon as it is read) while a burst that arrived in one read goes out in one
 //! write, and a non-streaming answer that came with its head is passed on in the same turn.
 //!
+//! Memory: once everything read has been handed on, the body lets go of the connection's read
+//! buffer, so a stream between two chunks holds no read memory (reads go through the serving
+//! thread's scratch buffer, see `upstream::io`).
+//!
 //! When the body has been read to its end and the backend did not ask to close, the connection
 //! goes back into the endpoint's pool. The body holds the request's [`Claim`], so the endpoint
 //! counts the request as outstanding until the last byte, and records
@@ -27,7 +31,7 @@ use crate::runtime::{Claim, Watch};
 use crate::upstream::Conn;
 use crate::upstream::chunked::{ChunkedDecoder, Gathered};
 use crate::upstream::head::Framing;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hale_core::Signal;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future as _;
@@ -47,9 +51,12 @@ pub struct UpstreamBody {
     open: Option<Open>,
     /// The longest wait for more of the body.
     idle: Duration,
-    /// Fires `idle` after the body last had to wait with nothing new (see the module docs).
+    /// Fires `idle` after the body started to wait with nothing new (see the module docs);
+    /// moved on lazily, only when it fires.
     idle_timer: Option<Pin<Box<Sleep>>>,
-    /// Data arrived since the timer was last armed.
+    /// When the body last started to wait after data had arrived.
+    waiting_since: Instant,
+    /// Data arrived since `waiting_since`.
     progressed: bool,
 }
 
@@ -95,6 +102,7 @@ impl UpstreamBody {
             }),
             idle,
             idle_timer: None,
+            waiting_since: started,
             progressed: false,
         };
         if matches!(body.decoder, Decoder::Done) {
@@ -164,30 +172,43 @@ impl UpstreamBody {
         Poll::Ready(Some(Err(io::Error::other(message))))
     }
 
-    /// The socket had nothing: arm or move the idle timer as needed and wait, or fail once it
-    /// has fired.
+    /// The socket had nothing: wait, arming the idle timer the first time, or fail once
+    /// `idle` has passed since the body started to wait with nothing new.
+    ///
+    /// The timer is not moved on each chunk: a stream's chunks would each cost a timer
+    /// re-registration (a lock and a timer-wheel move). It is armed for the first wait and,
+    /// when it fires, moved to `idle` after the latest wait's start if data came since; so it
+    /// fires at most once per `idle` of a stream that keeps flowing.
     fn wait_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let idle = self.idle;
-        let timer = match &mut self.idle_timer {
-            Some(timer) => {
-                if self.progressed {
-                    timer.as_mut().reset(Instant::now() + idle);
-                }
-                timer
-            }
-            None => self.idle_timer.insert(Box::pin(tokio::time::sleep(idle))),
-        };
-        self.progressed = false;
-        if timer.as_mut().poll(cx).is_ready() {
-            return self.fail(
-                Signal::IdleTimeout,
-                format!(
-                    "the backend sent nothing for {} (idle_timeout)",
-                    humantime::format_duration(idle)
-                ),
-            );
+        if self.progressed || self.idle_timer.is_none() {
+            self.waiting_since = Instant::now();
+            self.progressed = false;
         }
-        Poll::Pending
+        // Beyond the clock's range (a config allows at most a day): no idle limit.
+        let Some(deadline) = self.waiting_since.checked_add(idle) else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if timer.deadline() >= deadline {
+                break;
+            }
+            // Fired at an earlier wait's deadline; data came since.
+            timer.as_mut().reset(deadline);
+        }
+        self.fail(
+            Signal::IdleTimeout,
+            format!(
+                "the backend sent nothing for {} (idle_timeout)",
+                humantime::format_duration(idle)
+            ),
+        )
     }
 }
 
@@ -238,6 +259,11 @@ impl Body for UpstreamBody {
                 return Poll::Ready(out.take().map(|d| Ok(Frame::data(d))));
             }
             if let Some(data) = out.take() {
+                if conn.buf.is_empty() {
+                    // Everything read is handed on: let go of the buffer, so a stream
+                    // waiting for its next chunk holds no read memory (see `upstream::io`).
+                    conn.buf = BytesMut::new();
+                }
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             // Nothing buffered: read more.

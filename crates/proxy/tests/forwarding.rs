@@ -1207,16 +1207,45 @@ async fn raw_exchange(addr: SocketAddr, body: &str) -> (String, Duration) {
     )
 }
 
-#[tokio::test]
-async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
-    // A chunked stream that stops after one event.
-    let (senders_tx, mut senders_rx) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
-    let streaming = Backend::start(move |_| {
+/// A backend whose every answer is a stream fed through the sender it hands out.
+async fn streaming_backend() -> (Backend, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) {
+    let (senders_tx, senders_rx) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
+    let backend = Backend::start(move |_| {
         let (tx, rx) = mpsc::channel(1);
         senders_tx.send(tx).unwrap();
         Reply::Stream(rx)
     })
     .await;
+    (backend, senders_rx)
+}
+
+/// The stream `text` was cut (never ended cleanly) no sooner than `at_least` after it was
+/// sent, and the cut closed the backend's side (the `feeder` waiting for that ends).
+async fn assert_cut(
+    text: &str,
+    took: Duration,
+    at_least: Duration,
+    feeder: tokio::task::JoinHandle<()>,
+) {
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the stream must not end cleanly: {text:?}"
+    );
+    assert!(
+        took >= at_least && took < at_least + Duration::from_secs(3),
+        "cut after {took:?}"
+    );
+    let ended = timeout(Duration::from_secs(2), feeder).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the backend connection stayed open, or its feeder failed: {ended:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
+    // A chunked stream that stops after one event.
+    let (streaming, mut senders_rx) = streaming_backend().await;
     // A content-length answer that stops after 8 of its 100 bytes.
     let partial = RawBackend::start(|_| {
         Some(
@@ -1262,18 +1291,7 @@ async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(text.contains("data: one"), "{text}");
-    assert!(
-        !text.ends_with("0\r\n\r\n"),
-        "the stream must not end cleanly: {text:?}"
-    );
-    assert!(
-        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
-        "cut after {took:?}"
-    );
-    timeout(Duration::from_secs(2), feeder)
-        .await
-        .expect("the backend connection stayed open")
-        .unwrap();
+    assert_cut(&text, took, Duration::from_millis(290), feeder).await;
 
     let (text, took) = raw_exchange(h.addr, r#"{"model":"p"}"#).await;
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -1286,6 +1304,53 @@ async fn a_body_idle_past_idle_timeout_is_cut_never_ended() {
 
     // The cut counts on the breaker; the endpoint stays in rotation.
     assert_eq!(h.state("partial").0, HealthState::Healthy);
+    assert_eq!(h.proxy.outstanding("stream"), 0);
+}
+
+#[tokio::test]
+async fn a_stream_that_keeps_flowing_outlives_idle_timeout_and_a_stall_is_cut_after_its_last_chunk()
+{
+    // Events 100 ms apart, for far longer than the 300 ms idle_timeout: never idle.
+    let (streaming, mut senders_rx) = streaming_backend().await;
+    let mut eps = resolve_all(&[(
+        "stream",
+        streaming.url(),
+        EndpointKind::Vllm,
+        100,
+        &["m"],
+        "",
+    )]);
+    eps[0].idle_timeout = Some(Duration::from_millis(300));
+    let h = hale_with(eps, ServerSettings::default(), &ProxyConfig::default()).await;
+
+    // 12 events over 1.1 s, then the backend ends the body.
+    let feeder = tokio::spawn(async move {
+        let upstream = senders_rx.recv().await.unwrap();
+        for i in 0..12 {
+            let event = format!("data: {i}\n\n");
+            upstream.send(Bytes::from(event)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(upstream);
+        // The second stream: 4 events 100 ms apart, then a stall with the backend open.
+        let upstream = senders_rx.recv().await.unwrap();
+        for i in 0..4 {
+            let event = format!("data: {i}\n\n");
+            upstream.send(Bytes::from(event)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        upstream.closed().await;
+    });
+    let (text, took) = raw_exchange(h.addr, r#"{"model":"m","stream":true}"#).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("data: 11"), "every event arrives: {text}");
+    assert!(text.ends_with("0\r\n\r\n"), "ended cleanly: {text:?}");
+    assert!(took >= Duration::from_millis(1100), "took {took:?}");
+
+    let (text, took) = raw_exchange(h.addr, r#"{"model":"m","stream":true}"#).await;
+    assert!(text.contains("data: 3"), "{text}");
+    // The last event came after about 300 ms; the cut comes idle_timeout after it.
+    assert_cut(&text, took, Duration::from_millis(590), feeder).await;
     assert_eq!(h.proxy.outstanding("stream"), 0);
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Suites: `health` (the cost of active health checking: CPU and memory of the gateway while
 //! it checks many endpoints every second), `proxy` (what the gateway adds to a request, next to
-//! a direct call, HAProxy and nginx), `shared` (fleet-wide health checks, Redis commands per
+//! a direct call, HAProxy and nginx; short answers, and thousands of concurrent long streams), `shared` (fleet-wide health checks, Redis commands per
 //! endpoint-round and Redis fallback flapping for fleets of replicas sharing health state, by
 //! default 3, 10 and 20 replicas × 1,000 endpoints).
 
@@ -20,6 +20,8 @@ mod proxy;
 mod refs;
 mod report;
 mod shared;
+mod streamload;
+mod streams;
 
 use std::path::Path;
 

@@ -111,6 +111,19 @@ impl Server {
         self.child.id()
     }
 
+    /// Its process and its direct children (nginx's workers).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        super::procfs::with_children(self.pid())
+    }
+
+    /// CPU time (user + system) of its processes' live threads so far, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.pids()
+            .into_iter()
+            .map(super::procfs::thread_cpu_seconds)
+            .sum()
+    }
+
     /// Fails, with the end of its log, if the server has exited.
     pub(crate) fn ensure_running(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait() {

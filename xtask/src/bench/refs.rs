@@ -19,6 +19,10 @@
 //! against under 1 % and p99 under 1 ms with per-thread pools, with `http-reuse always`
 //! even p50 1.2–3.2 ms from a fresh start; closed-loop throughput is the same either way.
 //! Left shared, it would be a strawman in the latency scenario.
+//!
+//! Neither is capped below the concurrency it is measured at: HAProxy's global `maxconn`
+//! and nginx's `worker_connections` / `worker_rlimit_nofile` grow with the streams
+//! scenario's stream count, and the HAProxy server line has no `maxconn` (no queue).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,11 +41,19 @@ pub(crate) fn workers() -> usize {
 }
 
 /// Starts HAProxy in front of `backend`; returns it and the address it listens on.
-pub(crate) fn start_haproxy(dir: &Path, backend: &str) -> anyhow::Result<(Server, SocketAddr)> {
+/// `max_streams`: the most concurrent streams it must carry uncapped (0 for a few).
+pub(crate) fn start_haproxy(
+    dir: &Path,
+    backend: &str,
+    max_streams: usize,
+) -> anyhow::Result<(Server, SocketAddr)> {
     let listen = free_port()?;
     let config = dir.join("haproxy.cfg");
-    std::fs::write(&config, haproxy_config(listen, backend, workers()))
-        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::write(
+        &config,
+        haproxy_config(listen, backend, workers(), max_streams),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let mut command = Command::new("haproxy");
     // -db: stay in the foreground, no daemon and no master process, so the pid we hold is
     // the one process that serves.
@@ -52,11 +64,18 @@ pub(crate) fn start_haproxy(dir: &Path, backend: &str) -> anyhow::Result<(Server
 }
 
 /// Starts nginx (master and workers) in front of `backend`; returns it and its address.
-pub(crate) fn start_nginx(dir: &Path, backend: &str) -> anyhow::Result<(Server, SocketAddr)> {
+pub(crate) fn start_nginx(
+    dir: &Path,
+    backend: &str,
+    max_streams: usize,
+) -> anyhow::Result<(Server, SocketAddr)> {
     let listen = free_port()?;
     let config = dir.join("nginx.conf");
-    std::fs::write(&config, nginx_config(dir, listen, backend, workers()))
-        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::write(
+        &config,
+        nginx_config(dir, listen, backend, workers(), max_streams),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let error_log = dir.join("nginx-error.log");
     let mut command = Command::new("nginx");
     // -p/-e keep every path nginx opens before reading its config (prefix, error log) inside
@@ -73,11 +92,25 @@ pub(crate) fn start_nginx(dir: &Path, backend: &str) -> anyhow::Result<(Server, 
     Ok((server, listen))
 }
 
-fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize) -> String {
+/// HAProxy's global `maxconn` (client-side connections; it sizes its own open-file limit
+/// from it): never below `max_streams` plus room. The server line has no `maxconn`, so
+/// no queueing in front of the backend.
+fn haproxy_maxconn(max_streams: usize) -> usize {
+    (max_streams + 1000).max(4096)
+}
+
+/// nginx's `worker_connections` per worker: both sides of every stream could land on one
+/// worker. `worker_rlimit_nofile` is set to the same.
+fn nginx_connections(max_streams: usize) -> usize {
+    (2 * max_streams + 1000).max(4096)
+}
+
+fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize, max_streams: usize) -> String {
+    let maxconn = haproxy_maxconn(max_streams);
     format!(
         "global\n\
          \x20   nbthread {threads}\n\
-         \x20   maxconn 4096\n\
+         \x20   maxconn {maxconn}\n\
          \x20   tune.idle-pool.shared off\n\
          \n\
          defaults\n\
@@ -98,17 +131,25 @@ fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize) -> String {
     )
 }
 
-fn nginx_config(dir: &Path, listen: SocketAddr, backend: &str, workers: usize) -> String {
+fn nginx_config(
+    dir: &Path,
+    listen: SocketAddr,
+    backend: &str,
+    workers: usize,
+    max_streams: usize,
+) -> String {
     let dir = dir.display();
+    let connections = nginx_connections(max_streams);
     format!(
         "daemon off;\n\
          master_process on;\n\
          worker_processes {workers};\n\
+         worker_rlimit_nofile {connections};\n\
          pid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\n\
          \n\
          events {{\n\
-         \x20   worker_connections 4096;\n\
+         \x20   worker_connections {connections};\n\
          }}\n\
          \n\
          http {{\n\

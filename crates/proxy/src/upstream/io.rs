@@ -6,12 +6,19 @@
 //! `tls`). The connect timeout covers the DNS lookup, the TCP handshake (every address the
 //! name resolves to, in order) and the TLS handshake together.
 //!
-//! Reading goes straight into the connection's `BytesMut`: for plain TCP through tokio's
-//! `try_read_buf` (no zero-filling, no copy), for TLS through `AsyncRead` into a zeroed tail.
+//! Reading: a connection holds no read buffer while it waits. A read goes into the serving
+//! thread's one scratch buffer ([`READ_CHUNK`], 16 KiB) and what arrived is then copied onto
+//! the end of the connection's `BytesMut`, which the body hands on and empties again. So a
+//! stream waiting 20 ms between chunks holds only the bytes not yet handed on (usually none),
+//! not a 16 KiB buffer per connection: at thousands of concurrent streams that was most of
+//! the gateway's memory per stream (A/B row in docs/BENCHMARKS.md, streams scenario). The
+//! copy is of the bytes read only (a chunk is a few hundred bytes), far cheaper than the
+//! syscall that read them.
 
 use bytes::BytesMut;
 use hale_core::CheckResult;
 use rustls::pki_types::ServerName;
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -24,8 +31,13 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use url::{Host, Url};
 
-/// How far the read buffer grows at a time.
+/// The most one read takes from the socket (the scratch buffer's size).
 const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The serving thread's scratch buffer every read goes through (see the module docs).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// Where an endpoint's connections go, resolved once from its URL.
 #[derive(Debug, Clone)]
@@ -179,35 +191,36 @@ impl Io {
         }
     }
 
-    /// Reads what is available into `buf` (growing it); `Ready(Ok(0))` is the end of input.
+    /// Reads what is available and appends it to `buf` (through the thread's scratch
+    /// buffer, see the module docs); `Ready(Ok(0))` is the end of input.
     pub fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        match self {
-            Io::Plain(tcp) => loop {
-                match tcp.try_read_buf(buf) {
-                    Ok(n) => return Poll::Ready(Ok(n)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::task::ready!(tcp.poll_read_ready(cx))?;
+        SCRATCH.with_borrow_mut(|scratch| {
+            let polled = match self {
+                Io::Plain(tcp) => loop {
+                    match tcp.try_read(scratch) {
+                        Ok(n) => break Poll::Ready(Ok(n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::task::ready!(tcp.poll_read_ready(cx))?;
+                        }
+                        Err(e) => break Poll::Ready(Err(e)),
                     }
-                    Err(e) => return Poll::Ready(Err(e)),
+                },
+                Io::Tls(tls) => {
+                    let mut read = ReadBuf::new(scratch);
+                    let polled = Pin::new(tls.as_mut()).poll_read(cx, &mut read);
+                    let n = read.filled().len();
+                    polled.map_ok(|()| n)
                 }
-            },
-            Io::Tls(tls) => {
-                let start = buf.len();
-                buf.resize(start + READ_CHUNK, 0);
-                let mut read = ReadBuf::new(&mut buf[start..]);
-                let polled = Pin::new(tls.as_mut()).poll_read(cx, &mut read);
-                let n = read.filled().len();
-                buf.truncate(start + n);
-                polled.map_ok(|()| n)
+            };
+            if let Poll::Ready(Ok(n)) = polled {
+                buf.extend_from_slice(&scratch[..n]);
             }
-        }
+            polled
+        })
     }
 }
 

@@ -79,8 +79,6 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-/// The read buffer a new connection starts with.
-const INITIAL_BUFFER: usize = 8 * 1024;
 /// The request-head buffer a new connection starts with.
 const INITIAL_WRITE_BUFFER: usize = 1024;
 /// How long the only request waiting for an answer polls for it before it sleeps (see the
@@ -229,7 +227,7 @@ impl Upstream {
             .map_err(SendError::Connect)?;
         let conn = Conn {
             io,
-            buf: BytesMut::with_capacity(INITIAL_BUFFER),
+            buf: BytesMut::new(),
             wbuf: BytesMut::with_capacity(INITIAL_WRITE_BUFFER),
         };
         exchange_within(first_byte, conn, &head, req.body, spin)

@@ -20,8 +20,8 @@
 //!   request the backend read and then dropped, which is never sent again).
 //! - Up to [`MAX_IDLE`] idle connections are kept per endpoint, enough for any realistic
 //!   concurrency; more are closed as they come back.
-//! - A connection keeps its read and write buffers while idle, so a request on a pooled
-//!   connection usually allocates no buffer at all.
+//! - A connection keeps its request-head buffer while idle; its read buffer is empty and
+//!   holds no memory between reads (see `io`).
 //! - The idle connections are kept per serving thread ([`crate::worker`]): a request takes
 //!   and returns connections of its own thread only, because a socket is registered with the
 //!   event loop of the thread that opened it. Each thread's list has its own mutex on its own
@@ -43,8 +43,8 @@ pub const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// How many idle connections are kept per endpoint.
 pub const MAX_IDLE: usize = 512;
 
-/// An open connection, its read buffer (empty between responses) and the buffer its request
-/// heads are written into; both keep their memory while the connection idles.
+/// An open connection, its read buffer (what was read and not yet handed on; no memory
+/// while empty) and the buffer its request heads are written into (kept while idle).
 #[derive(Debug)]
 pub struct Conn {
     pub io: Io,

@@ -1,0 +1,569 @@
+//! The `streams` scenario of `cargo xtask bench proxy`: many concurrent long streams, the
+//! load an LLM gateway really carries (issue #14).
+//!
+//! Its own mockllm streams [`CHUNKS`] chunks [`CHUNK_DELAY_MS`] ms apart (a 2 s answer). For
+//! each stream count (`--streams`, default 1,000 and 5,000) and round, every target — the mock
+//! itself (`direct`), Hale, HAProxy, nginx, and any extra Hale binary given with
+//! `--ab LABEL=PATH` (for A/B rows of a code change in the same run) — runs once, the order
+//! rotated every round. Each proxy is started fresh for each run, so its idle RSS is
+//! measured after one verified stream and before the load, and neither memory nor CPU carry
+//! over from an earlier run. The load client is [`super::streamload`] (see there for how
+//! streams are paced, counted and cut).
+//!
+//! Per target it reports: completed streams/s (×direct), the whole stream's p50/p90/p99 and
+//! what the proxy added over direct, the p99 gap between chunks as the client sees it (and
+//! added over direct), the proxy's CPU time (user + system from /proc, all its threads and
+//! processes) per relayed chunk, and memory per concurrent stream ((highest VmRSS sampled
+//! under load − idle VmRSS) / N). Medians over the rounds. Neither reference proxy is capped
+//! below N: HAProxy gets `maxconn` above N and no per-server limit, nginx gets
+//! `worker_connections` and `worker_rlimit_nofile` for both sides of N streams in one
+//! worker, and the bench raises its own (inherited) open-file limit to the hard limit.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "xtask has no tokio runtime outside the load client: thread::sleep paces the runs"
+)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+
+use super::process::Server;
+use super::procfs::memory_mib;
+use super::proxy::{CHAT_PATH, STREAMED_CHAT, median, sample_rss, start_hale, verify};
+use super::refs;
+use super::streamload::{self, StreamLoad, StreamOutcome};
+
+/// Chunks per streamed answer, and the pause between them.
+pub(crate) const CHUNKS: u32 = 100;
+pub(crate) const CHUNK_DELAY_MS: u64 = 20;
+
+/// What the streams scenario runs.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamsOptions {
+    pub(crate) counts: Vec<usize>,
+    pub(crate) seconds: f64,
+    pub(crate) rounds: usize,
+    /// Extra Hale binaries measured alongside, by label.
+    pub(crate) ab: Vec<(String, PathBuf)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Direct,
+    Hale(Option<String>),
+    HaProxy,
+    Nginx,
+}
+
+impl Kind {
+    fn name(&self) -> String {
+        match self {
+            Kind::Direct => "direct".to_owned(),
+            Kind::Hale(None) => "Hale".to_owned(),
+            Kind::Hale(Some(label)) => format!("Hale ({label})"),
+            Kind::HaProxy => "HAProxy".to_owned(),
+            Kind::Nginx => "nginx".to_owned(),
+        }
+    }
+}
+
+/// One run's figures for one target.
+#[derive(Clone, Debug)]
+struct Run {
+    outcome: StreamOutcome,
+    cpu_seconds: f64,
+    idle_rss_mib: f64,
+    peak_rss_mib: f64,
+}
+
+/// One target's runs at one stream count.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    runs: Vec<Run>,
+    /// Why it could not be measured, if it could not.
+    error: Option<String>,
+}
+
+impl Tally {
+    fn median(&self, field: impl Fn(&Run) -> f64) -> f64 {
+        median(
+            self.runs
+                .iter()
+                .map(field)
+                .filter(|x| x.is_finite())
+                .collect(),
+        )
+    }
+
+    fn completed(&self) -> u64 {
+        self.runs.iter().map(|r| r.outcome.completed).sum()
+    }
+
+    fn failed(&self) -> u64 {
+        self.runs.iter().map(|r| r.outcome.failed).sum()
+    }
+
+    fn streams_per_second(&self) -> f64 {
+        self.median(|r| r.outcome.streams_per_second())
+    }
+
+    fn stream_ms(&self, q: f64) -> f64 {
+        self.median(|r| r.outcome.stream_quantile_ms(q))
+    }
+
+    fn gap_ms(&self, q: f64) -> f64 {
+        self.median(|r| r.outcome.gap_quantile_ms(q))
+    }
+
+    /// CPU µs per relayed chunk over all runs.
+    fn cpu_us_per_chunk(&self) -> f64 {
+        let events: u64 = self.runs.iter().map(|r| r.outcome.events).sum();
+        let cpu: f64 = self.runs.iter().map(|r| r.cpu_seconds).sum();
+        if events == 0 {
+            f64::NAN
+        } else {
+            cpu / events as f64 * 1e6
+        }
+    }
+
+    /// KiB per concurrent stream.
+    fn kib_per_stream(&self, streams: usize) -> f64 {
+        self.median(|r| (r.peak_rss_mib - r.idle_rss_mib) * 1024.0 / streams.max(1) as f64)
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.median(|r| r.peak_rss_mib)
+    }
+}
+
+/// A started proxy and where it listens.
+struct Started {
+    server: Option<Server>,
+    addr: String,
+}
+
+impl Started {
+    fn pids(&self) -> Vec<u32> {
+        self.server.as_ref().map_or_else(Vec::new, Server::pids)
+    }
+
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.server.as_ref().map_or(Ok(0.0), Server::cpu_seconds)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| memory_mib(p).ok())
+            .map(|(rss, _)| rss)
+            .sum()
+    }
+}
+
+fn start(
+    kind: &Kind,
+    hale_bins: &[(Option<String>, PathBuf)],
+    dir: &Path,
+    backend: &str,
+    max_streams: usize,
+) -> anyhow::Result<Started> {
+    match kind {
+        Kind::Direct => Ok(Started {
+            server: None,
+            addr: backend.to_owned(),
+        }),
+        Kind::Hale(label) => {
+            let bin = hale_bins
+                .iter()
+                .find(|(l, _)| l == label)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| anyhow!("no binary for {}", kind.name()))?;
+            let (server, addr, unavailable) = start_hale(&bin, dir, backend);
+            if let Some(why) = unavailable {
+                bail!("{why}");
+            }
+            Ok(Started { server, addr })
+        }
+        Kind::HaProxy => {
+            let (server, addr) = refs::start_haproxy(dir, backend, max_streams)?;
+            verify(&addr.to_string())?;
+            Ok(Started {
+                server: Some(server),
+                addr: addr.to_string(),
+            })
+        }
+        Kind::Nginx => {
+            let (server, addr) = refs::start_nginx(dir, backend, max_streams)?;
+            verify(&addr.to_string())?;
+            Ok(Started {
+                server: Some(server),
+                addr: addr.to_string(),
+            })
+        }
+    }
+}
+
+/// One run against one freshly started target.
+fn measure(
+    kind: &Kind,
+    hale_bins: &[(Option<String>, PathBuf)],
+    dir: &Path,
+    backend: &str,
+    streams: usize,
+    o: &StreamsOptions,
+) -> anyhow::Result<Run> {
+    let mut started = start(kind, hale_bins, dir, backend, streams)?;
+    // Settle after the start and the verifying stream, then take the idle figures.
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_rss_mib = started.rss_mib();
+    let cpu_before = started.cpu_seconds()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(
+        started.pids(),
+        Arc::clone(&stop),
+        Duration::from_secs_f64(o.seconds + 120.0),
+    );
+    let load = StreamLoad {
+        addr: started.addr.clone(),
+        path: CHAT_PATH.to_owned(),
+        body: STREAMED_CHAT.to_owned(),
+        streams,
+        seconds: o.seconds,
+        stream_length: Duration::from_millis(u64::from(CHUNKS) * CHUNK_DELAY_MS),
+    };
+    let outcome = streamload::run(&load);
+    stop.store(true, Ordering::Relaxed);
+    let peak_rss_mib = sampler.join().unwrap_or(0.0);
+    if let Some(server) = started.server.as_mut() {
+        server
+            .ensure_running()
+            .with_context(|| format!("{} died under load", kind.name()))?;
+    }
+    let cpu_seconds = started.cpu_seconds()? - cpu_before;
+    drop(started);
+    Ok(Run {
+        outcome: outcome?,
+        cpu_seconds,
+        idle_rss_mib,
+        peak_rss_mib,
+    })
+}
+
+/// The scenario's results: per stream count, per target.
+pub(crate) struct StreamsResults {
+    kinds: Vec<Kind>,
+    by_count: Vec<(usize, Vec<Tally>)>,
+}
+
+/// Runs the scenario against `backend` (a mockllm streaming [`CHUNKS`] chunks
+/// [`CHUNK_DELAY_MS`] apart). `hale` is the gateway's binary; a Hale that cannot be measured
+/// gets rows saying why.
+pub(crate) fn run(
+    hale: Option<&Path>,
+    dir: &Path,
+    backend: &str,
+    o: &StreamsOptions,
+) -> StreamsResults {
+    let mut hale_bins: Vec<(Option<String>, PathBuf)> = Vec::new();
+    let mut kinds = vec![Kind::Direct];
+    if let Some(bin) = hale {
+        hale_bins.push((None, bin.to_owned()));
+    }
+    kinds.push(Kind::Hale(None));
+    for (label, bin) in &o.ab {
+        hale_bins.push((Some(label.clone()), bin.clone()));
+        kinds.push(Kind::Hale(Some(label.clone())));
+    }
+    kinds.push(Kind::HaProxy);
+    kinds.push(Kind::Nginx);
+
+    let mut by_count = Vec::new();
+    for &streams in &o.counts {
+        println!(
+            "--- streams: {streams} concurrent streams of {CHUNKS} chunks {CHUNK_DELAY_MS} ms apart"
+        );
+        let mut tallies: Vec<Tally> = kinds.iter().map(|_| Tally::default()).collect();
+        for round in 0..o.rounds {
+            for i in 0..kinds.len() {
+                let index = (i + round) % kinds.len();
+                let kind = &kinds[index];
+                if tallies[index].error.is_some() {
+                    continue;
+                }
+                match measure(kind, &hale_bins, dir, backend, streams, o) {
+                    Ok(run) => {
+                        println!(
+                            "    round {}: {:<12} {:>7.1} streams/s  p50 {:>7.0} ms  p99 {:>7.0} ms  gap p99 {:>6.1} ms  CPU {:>5.2} s  RSS {:.1} → {:.1} MiB  failed {}{}",
+                            round + 1,
+                            kind.name(),
+                            run.outcome.streams_per_second(),
+                            run.outcome.stream_quantile_ms(0.5),
+                            run.outcome.stream_quantile_ms(0.99),
+                            run.outcome.gap_quantile_ms(0.99),
+                            run.cpu_seconds,
+                            run.idle_rss_mib,
+                            run.peak_rss_mib,
+                            run.outcome.failed,
+                            run.outcome
+                                .first_error
+                                .as_deref()
+                                .map(|e| format!(" ({e})"))
+                                .unwrap_or_default(),
+                        );
+                        tallies[index].runs.push(run);
+                    }
+                    Err(err) => {
+                        println!("    round {}: {} failed: {err:#}", round + 1, kind.name());
+                        tallies[index].error = Some(format!("{err:#}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        by_count.push((streams, tallies));
+    }
+    StreamsResults { kinds, by_count }
+}
+
+impl StreamsResults {
+    /// True if every target other than Hale was measured at every count.
+    pub(crate) fn references_error(&self) -> Option<String> {
+        for (_, tallies) in &self.by_count {
+            for (kind, tally) in self.kinds.iter().zip(tallies) {
+                if !matches!(kind, Kind::Hale(_))
+                    && let Some(err) = &tally.error
+                {
+                    return Some(format!("{}: {err}", kind.name()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Why Hale could not be measured, if it could not.
+    pub(crate) fn hale_error(&self) -> Option<String> {
+        self.by_count.iter().find_map(|(_, t)| t[1].error.clone())
+    }
+}
+
+fn cell(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "—".to_owned()
+    }
+}
+
+fn added(v: f64, base: f64, decimals: usize) -> String {
+    if v.is_finite() && base.is_finite() {
+        format!("{:+.decimals$}", v - base)
+    } else {
+        "—".to_owned()
+    }
+}
+
+/// The scenario's tables and its target checks, in Markdown.
+pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "\n### Concurrent long streams ({CHUNKS} chunks {CHUNK_DELAY_MS} ms apart, {rounds} round(s) of {secs} s per target and count)\n\n\
+         Own load client (xtask/src/bench/streamload.rs: tokio + hyper, 2 threads): N keep-alive \
+         connections opened first, stream starts spread over one stream's length, each \
+         connection sends its next stream when the previous ends, no new stream after {secs} s, \
+         the streams in flight then run to their end and count. Each proxy is started fresh \
+         for each run. Stream times are from the request to the last byte; gaps are between \
+         consecutive SSE events as the client receives them. CPU µs/chunk: the proxy's CPU \
+         time during the run over the chunks relayed. KiB/stream: (highest VmRSS sampled \
+         every 50 ms under load − idle VmRSS before it) / N. Medians over the rounds; \
+         \"+\" columns are added over direct in the same run. HAProxy: global `maxconn` N + 1000, \
+         no per-server `maxconn`; nginx: `worker_connections` and `worker_rlimit_nofile` ≥ 2N + 1000 \
+         per worker; the bench's open-file limit raised to the hard limit (inherited by every \
+         target).\n",
+        rounds = o.rounds,
+        secs = o.seconds,
+    );
+    for (streams, tallies) in &results.by_count {
+        let direct = &tallies[0];
+        let _ = write!(
+            out,
+            "\n#### {streams} concurrent streams\n\n\
+             | target | streams/s | ×direct | p50 ms | p90 ms | p99 ms | added p50 | added p90 | added p99 | gap p99 ms | added gap p99 | CPU µs/chunk | KiB/stream | peak RSS MiB | failed |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        );
+        for (kind, tally) in results.kinds.iter().zip(tallies) {
+            let name = kind.name();
+            if tally.runs.is_empty() {
+                let why = tally.error.as_deref().unwrap_or("no runs");
+                let why: String = why.replace('|', "/").chars().take(160).collect();
+                let _ = writeln!(out, "| {name} | not measured: {why} |||||||||||||");
+                continue;
+            }
+            let is_direct = *kind == Kind::Direct;
+            let proxy_only = |s: String| if is_direct { "—".to_owned() } else { s };
+            let sps = tally.streams_per_second();
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                cell(sps, 1),
+                cell(sps / direct.streams_per_second(), 3),
+                cell(tally.stream_ms(0.5), 0),
+                cell(tally.stream_ms(0.9), 0),
+                cell(tally.stream_ms(0.99), 0),
+                proxy_only(added(tally.stream_ms(0.5), direct.stream_ms(0.5), 0)),
+                proxy_only(added(tally.stream_ms(0.9), direct.stream_ms(0.9), 0)),
+                proxy_only(added(tally.stream_ms(0.99), direct.stream_ms(0.99), 0)),
+                cell(tally.gap_ms(0.99), 1),
+                proxy_only(added(tally.gap_ms(0.99), direct.gap_ms(0.99), 1)),
+                proxy_only(cell(tally.cpu_us_per_chunk(), 2)),
+                proxy_only(cell(tally.kib_per_stream(*streams), 1)),
+                proxy_only(cell(tally.peak_rss_mib(), 1)),
+                tally.failed(),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nStreams completed per target over the rounds: {}.",
+            results
+                .kinds
+                .iter()
+                .zip(tallies)
+                .map(|(k, t)| format!("{} {}", k.name(), t.completed()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    out.push_str("\n### Targets (issue #14)\n\n");
+    for line in checks(results) {
+        let _ = writeln!(out, "- {line}");
+    }
+    out
+}
+
+/// Hale against HAProxy at every count: CPU per chunk, memory per stream, added p99.
+fn checks(results: &StreamsResults) -> Vec<String> {
+    let mut lines = Vec::new();
+    let Some(haproxy_index) = results.kinds.iter().position(|k| *k == Kind::HaProxy) else {
+        return lines;
+    };
+    for (streams, tallies) in &results.by_count {
+        let (direct, hale, haproxy) = (&tallies[0], &tallies[1], &tallies[haproxy_index]);
+        let line = |pass: bool, text: String| {
+            format!(
+                "{} {streams} streams: {text}",
+                if pass { "PASS" } else { "FAIL" }
+            )
+        };
+        if hale.runs.is_empty() || hale.failed() > 0 {
+            let why = match &hale.error {
+                Some(e) => e.chars().take(160).collect(),
+                None => format!("{} failed streams", hale.failed()),
+            };
+            lines.push(line(false, format!("Hale ≤ HAProxy — not met: {why}")));
+            continue;
+        }
+        let (h, p) = (hale.cpu_us_per_chunk(), haproxy.cpu_us_per_chunk());
+        lines.push(line(
+            h <= p,
+            format!(
+                "CPU per chunk ≤ HAProxy's — {h:.2} vs {p:.2} µs ({:.2}×)",
+                h / p
+            ),
+        ));
+        let (h, p) = (
+            hale.kib_per_stream(*streams),
+            haproxy.kib_per_stream(*streams),
+        );
+        lines.push(line(
+            h <= p,
+            format!("memory per stream ≤ HAProxy's — {h:.1} vs {p:.1} KiB"),
+        ));
+        let base = direct.stream_ms(0.99);
+        let (h, p) = (hale.stream_ms(0.99) - base, haproxy.stream_ms(0.99) - base);
+        lines.push(line(
+            h <= p,
+            format!("added p99 ≤ HAProxy's — {h:+.0} vs {p:+.0} ms"),
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cpu: f64, idle: f64, peak: f64, p99_ms: f64) -> Run {
+        // 95 streams of about 2 s and a slow tail of 6 at `p99_ms`.
+        let mut stream_ms: Vec<f64> = (0..95).map(|i| 2000.0 + f64::from(i)).collect();
+        stream_ms.extend([p99_ms; 6]);
+        stream_ms.sort_by(f64::total_cmp);
+        Run {
+            outcome: StreamOutcome {
+                completed: 101,
+                failed: 0,
+                first_error: None,
+                events: 10_000,
+                elapsed: 10.0,
+                stream_ms,
+                gaps_us: vec![20_000; 100],
+            },
+            cpu_seconds: cpu,
+            idle_rss_mib: idle,
+            peak_rss_mib: peak,
+        }
+    }
+
+    fn results(hale: Run) -> StreamsResults {
+        let tally = |r: Run| Tally {
+            runs: vec![r],
+            error: None,
+        };
+        StreamsResults {
+            kinds: vec![Kind::Direct, Kind::Hale(None), Kind::HaProxy, Kind::Nginx],
+            by_count: vec![(
+                1000,
+                vec![
+                    tally(run(0.0, 0.0, 0.0, 2100.0)),
+                    tally(hale),
+                    tally(run(0.1, 10.0, 20.0, 2300.0)),
+                    tally(run(0.2, 10.0, 30.0, 2400.0)),
+                ],
+            )],
+        }
+    }
+
+    #[test]
+    fn hale_is_held_to_haproxy_on_cpu_memory_and_added_p99() {
+        let good = results(run(0.08, 5.0, 14.0, 2200.0));
+        let lines = checks(&good);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines.iter().all(|l| l.starts_with("PASS ")), "{lines:#?}");
+        assert!(lines[0].contains("8.00 vs 10.00 µs"), "{}", lines[0]);
+        assert!(lines[1].contains("9.2 vs 10.2 KiB"), "{}", lines[1]);
+
+        let bad = results(run(0.2, 5.0, 40.0, 2500.0));
+        let lines = checks(&bad);
+        assert!(lines.iter().all(|l| l.starts_with("FAIL ")), "{lines:#?}");
+        let o = StreamsOptions {
+            counts: vec![1000],
+            seconds: 10.0,
+            rounds: 1,
+            ab: Vec::new(),
+        };
+        let body = render(&o, &bad);
+        assert!(body.contains("| Hale | 10.1 | 1.000 |"), "{body}");
+    }
+
+    #[test]
+    fn a_hale_that_fails_streams_fails_its_checks() {
+        let mut failing = results(run(0.01, 5.0, 6.0, 2000.0));
+        failing.by_count[0].1[1].runs[0].outcome.failed = 3;
+        let lines = checks(&failing);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("FAIL ") && lines[0].contains("3 failed"));
+    }
+}
