@@ -752,13 +752,14 @@ fn per_round(v: f64, o: &Options) -> f64 {
 }
 
 /// What the commands imply about the scripts' outcomes, per endpoint-round; see the module
-/// docs. ACQUIRE runs HGET always, PTTL once past "not due", SET only when it grants (or
-/// seeds the fence counter, rarely); WRITE runs HMGET always, HSET only when it stores, and
+/// docs. ACQUIRE runs HGET always, PTTL once past "not due", and two SETs only when it
+/// grants (the fence counter, `max(counter + 1, clock)`, and the round lease); WRITE runs
+/// HMGET always, HSET only when it stores, and
 /// HGETALL when it refuses; the re-read on every (re)subscribe is one HGETALL per endpoint.
 fn inferred(by: &BTreeMap<String, f64>, o: &Options) -> String {
     let get = |k: &str| per_round(by.get(k).copied().unwrap_or(0.0), o);
     let acquires = get("hget");
-    let granted = get("set");
+    let granted = get("set") / 2.0;
     let busy = (get("pttl") - granted).max(0.0);
     let not_due = (acquires - get("pttl")).max(0.0);
     let writes = get("hmget");
@@ -1138,7 +1139,7 @@ mod tests {
         let by: BTreeMap<String, f64> = [
             ("hget", 30.0),
             ("pttl", 20.0),
-            ("set", 10.0),
+            ("set", 20.0),
             ("hmget", 10.0),
             ("hset", 10.0),
             ("hgetall", 5.0),
