@@ -11,6 +11,42 @@ use hale_testkit::{Gateway, MockLlm, eventually};
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Three mockllm backends, one per flavour, each with its own model: `vllm` (`m-vllm`),
+/// `ollama` (`llama3`) and `llamacpp` (`m-llama`). A fixture the suites read and drive; only
+/// [`Backends::start`] makes one.
+#[derive(Debug)]
+pub struct Backends {
+    pub vllm: MockLlm,
+    pub ollama: MockLlm,
+    pub llamacpp: MockLlm,
+}
+
+impl Backends {
+    pub async fn start() -> anyhow::Result<Self> {
+        Ok(Self {
+            vllm: MockLlm::start("vllm", &["m-vllm"]).await?,
+            ollama: MockLlm::start("ollama", &["llama3"]).await?,
+            llamacpp: MockLlm::start("llamacpp", &["m-llama"]).await?,
+        })
+    }
+
+    /// Their `endpoints:` entries (named after the flavour), checked every `interval` with
+    /// `timeout`, and in the startup phase at the same cadence with 3 failures allowed.
+    pub fn endpoints(&self, interval: &str, timeout: &str) -> String {
+        let ep = |name: &str, url: String| {
+            format!(
+                "  - name: {name}\n    url: {url}\n    type: {name}\n    check_interval: {interval}\n    check_timeout: {timeout}\n    startup: {{ period: {interval}, timeout: {timeout}, failure_threshold: 3 }}\n"
+            )
+        };
+        format!(
+            "{}{}{}",
+            ep("vllm", self.vllm.url()),
+            ep("ollama", self.ollama.url()),
+            ep("llamacpp", self.llamacpp.url()),
+        )
+    }
+}
+
 /// Waits until `/internal/status/endpoints` shows `name` with `status`, polling every 50 ms,
 /// for at most `within`; returns the endpoint's status object.
 pub async fn wait_status(

@@ -6,40 +6,23 @@
 //! `recovering`, the startup phase while a model loads, timeouts of a hung backend that do not
 //! slow the others, a killed process, and the admin token on the status routes.
 
-use hale_testkit::{Gateway, MockLlm, eventually};
-use hale_tests::{gaps, hit_times, rfc3339_secs, wait_status, wall_secs};
+use hale_testkit::{Gateway, eventually};
+use hale_tests::{Backends, gaps, hit_times, rfc3339_secs, wait_status, wall_secs};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
 
 const POLL: Duration = Duration::from_millis(50);
 
-struct Backends {
-    vllm: MockLlm,
-    ollama: MockLlm,
-    llamacpp: MockLlm,
+trait HealthConfig {
+    fn config(&self, extra_server: &str) -> String;
 }
 
-impl Backends {
-    async fn start() -> anyhow::Result<Self> {
-        Ok(Self {
-            vllm: MockLlm::start("vllm", &["m-vllm"]).await?,
-            ollama: MockLlm::start("ollama", &["llama3"]).await?,
-            llamacpp: MockLlm::start("llamacpp", &["m-llama"]).await?,
-        })
-    }
-
+impl HealthConfig for Backends {
     fn config(&self, extra_server: &str) -> String {
-        let ep = |name: &str, url: String, kind: &str| {
-            format!(
-                "  - name: {name}\n    url: {url}\n    type: {kind}\n    check_interval: 1s\n    check_timeout: 500ms\n    startup: {{ period: 1s, timeout: 500ms, failure_threshold: 3 }}\n"
-            )
-        };
         format!(
-            "server:\n  listen: 127.0.0.1:0\n{extra_server}health:\n  unhealthy_threshold: 3\n  healthy_threshold: 2\n  max_backoff: 4s\n  jitter: 0\nendpoints:\n{}{}{}",
-            ep("vllm", self.vllm.url(), "vllm"),
-            ep("ollama", self.ollama.url(), "ollama"),
-            ep("llamacpp", self.llamacpp.url(), "llamacpp"),
+            "server:\n  listen: 127.0.0.1:0\n{extra_server}health:\n  unhealthy_threshold: 3\n  healthy_threshold: 2\n  max_backoff: 4s\n  jitter: 0\nendpoints:\n{}",
+            self.endpoints("1s", "500ms"),
         )
     }
 }

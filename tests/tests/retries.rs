@@ -116,8 +116,9 @@ async fn a_backend_whose_chat_fails_costs_clients_nothing() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test]
-async fn both_backends_failing_chat_give_the_backends_503_after_one_retry() -> anyhow::Result<()> {
+/// Two healthy vLLM mocks `a` and `b` serving `m` behind a gateway without a breaker, both
+/// then answering every chat with 503 (their probes stay green).
+async fn two_backends_failing_chat() -> anyhow::Result<(MockLlm, MockLlm, Gateway)> {
     let a = MockLlm::start("vllm", &["m"]).await?;
     let b = MockLlm::start("vllm", &["m"]).await?;
     let gw = Gateway::start(&config(
@@ -134,6 +135,12 @@ async fn both_backends_failing_chat_give_the_backends_503_after_one_retry() -> a
         mock.set_mode(json!({"status": 503, "generation_only": true}))
             .await?;
     }
+    Ok((a, b, gw))
+}
+
+#[tokio::test]
+async fn both_backends_failing_chat_give_the_backends_503_after_one_retry() -> anyhow::Result<()> {
+    let (a, b, gw) = two_backends_failing_chat().await?;
     let client = PooledClient::new();
     let url = format!("{}/v1/chat/completions", gw.url());
     const N: u64 = 20;
@@ -166,22 +173,7 @@ async fn both_backends_failing_chat_give_the_backends_503_after_one_retry() -> a
 
 #[tokio::test]
 async fn a_retry_storm_stays_within_the_budget() -> anyhow::Result<()> {
-    let a = MockLlm::start("vllm", &["m"]).await?;
-    let b = MockLlm::start("vllm", &["m"]).await?;
-    let gw = Gateway::start(&config(
-        NO_BREAKER,
-        &[
-            endpoint("a", &a.url(), "vllm"),
-            endpoint("b", &b.url(), "vllm"),
-        ],
-    ))
-    .await?;
-    wait_status(&gw, "a", "healthy", Duration::from_secs(5)).await?;
-    wait_status(&gw, "b", "healthy", Duration::from_secs(5)).await?;
-    for mock in [&a, &b] {
-        mock.set_mode(json!({"status": 503, "generation_only": true}))
-            .await?;
-    }
+    let (a, b, gw) = two_backends_failing_chat().await?;
     // 128 clients, each sending one request after another for 5 s.
     let client = PooledClient::new();
     let url = Arc::new(format!("{}/v1/chat/completions", gw.url()));

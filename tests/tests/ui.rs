@@ -18,8 +18,8 @@
 
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
-use hale_testkit::{Gateway, MockLlm, eventually, free_port};
-use hale_tests::rfc3339_secs;
+use hale_testkit::{Gateway, eventually, free_port};
+use hale_tests::{Backends, rfc3339_secs};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -31,36 +31,18 @@ use tokio::process::{Child, ChildStdout, Command};
 const POLL: Duration = Duration::from_millis(50);
 const TOKEN: &str = "ui-t0ken-s3cret";
 
-struct Backends {
-    vllm: MockLlm,
-    ollama: MockLlm,
-    llamacpp: MockLlm,
+trait UiConfig {
+    fn config(&self, admin_token: Option<&str>) -> String;
 }
 
-impl Backends {
-    async fn start() -> anyhow::Result<Self> {
-        Ok(Self {
-            vllm: MockLlm::start("vllm", &["m-vllm"]).await?,
-            ollama: MockLlm::start("ollama", &["llama3"]).await?,
-            llamacpp: MockLlm::start("llamacpp", &["m-llama"]).await?,
-        })
-    }
-
-    /// Checks every 500 ms, two failures make `unhealthy`, jitter off.
+impl UiConfig for Backends {
     fn config(&self, admin_token: Option<&str>) -> String {
-        let ep = |name: &str, url: String, kind: &str| {
-            format!(
-                "  - name: {name}\n    url: {url}\n    type: {kind}\n    check_interval: 500ms\n    check_timeout: 400ms\n    startup: {{ period: 500ms, timeout: 400ms, failure_threshold: 3 }}\n"
-            )
-        };
         let token = admin_token
             .map(|t| format!("  admin_token: {t}\n"))
             .unwrap_or_default();
         format!(
-            "server:\n  listen: 127.0.0.1:0\n{token}health:\n  unhealthy_threshold: 2\n  healthy_threshold: 2\n  max_backoff: 1s\n  jitter: 0\nendpoints:\n{}{}{}",
-            ep("vllm", self.vllm.url(), "vllm"),
-            ep("ollama", self.ollama.url(), "ollama"),
-            ep("llamacpp", self.llamacpp.url(), "llamacpp"),
+            "server:\n  listen: 127.0.0.1:0\n{token}health:\n  unhealthy_threshold: 2\n  healthy_threshold: 2\n  max_backoff: 1s\n  jitter: 0\nendpoints:\n{}",
+            self.endpoints("500ms", "400ms"),
         )
     }
 }
