@@ -130,8 +130,10 @@ pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, t
             drive(conn, &state, &ctx, peer).await;
         }
         Protocol::Http2 => {
+            // Boxed: an HTTP/2 connection's state is several times an HTTP/1 one's, and
+            // inline it would size every connection's task, HTTP/1 ones too, to fit it.
             let conn = ctx.http2.serve_connection(io, service);
-            drive(conn, &state, &ctx, peer).await;
+            Box::pin(drive(conn, &state, &ctx, peer)).await;
         }
     }
 }
@@ -468,6 +470,19 @@ impl AsyncRead for WatchedIo {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() && buf.remaining() > 0 {
+                // The rest of the head, if it is there, in the same read: handed over alone,
+                // the sniffed bytes would be all hyper's first read got, and its second read,
+                // wanting a full 8 KiB of room behind them, would double its read buffer to
+                // 16 KiB for the life of the connection. An error or the end of input is left
+                // for hyper's next read to find; the sniffed bytes are delivered either way.
+                let before = buf.filled().len();
+                if let Poll::Ready(Ok(())) = Pin::new(&mut this.tcp).poll_read(cx, buf)
+                    && buf.filled().len() > before
+                {
+                    this.state.bytes_arrived();
+                }
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
