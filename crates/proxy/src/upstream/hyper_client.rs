@@ -668,3 +668,182 @@ impl Drop for UpstreamBody {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Route;
+    use crate::runtime::EndpointRuntime;
+    use http::HeaderName;
+    use http_body_util::BodyExt as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A runtime for an endpoint at `addr`, and a client.
+    fn client(addr: std::net::SocketAddr) -> (Upstream, Arc<EndpointRuntime>) {
+        let endpoint = hale_core::EndpointConfig::new(
+            "hyper",
+            format!("http://{addr}"),
+            hale_core::EndpointKind::Vllm,
+        )
+        .resolve("e")
+        .unwrap();
+        let store = Arc::new(hale_core::HealthStore::new(
+            "hyper",
+            vec![endpoint.clone()],
+            &hale_core::HealthConfig::default(),
+            hale_core::Now::capture(),
+        ));
+        let rt = Arc::new(EndpointRuntime::new(
+            Arc::new(endpoint),
+            &crate::config::ProxyConfig::default(),
+            1,
+            &store,
+        ));
+        (Upstream::new(Duration::from_secs(2), 1), rt)
+    }
+
+    /// Sends one chat and reads its answer whole: the body (or how it broke off), or the
+    /// send error.
+    async fn chat(
+        upstream: &Upstream,
+        rt: &Arc<EndpointRuntime>,
+    ) -> Result<Result<Bytes, io::Error>, SendError> {
+        let headers = HeaderMap::new();
+        let keep = |_: &HeaderName| true;
+        let body = Bytes::from_static(b"{}");
+        let outgoing = Outgoing {
+            route: Route::ChatCompletions,
+            custom: None,
+            query: None,
+            headers: &headers,
+            keep: &keep,
+            added: &[],
+            body: &body,
+        };
+        let now = Instant::now();
+        let claim = rt.try_claim(false, now).unwrap();
+        let (head, conn) = upstream.send(&rt.dest, &outgoing, now).await?;
+        let watch = rt.watch(Route::ChatCompletions.path(), head.status.as_u16());
+        let body = UpstreamBody::new(conn, head.framing, head.reusable, claim, now, watch);
+        Ok(body.collect().await.map(|b| b.to_bytes()))
+    }
+
+    /// Reads one request head and its two-byte body.
+    async fn read_request(stream: &mut TcpStream) -> bool {
+        let mut got = Vec::new();
+        let mut buf = [0_u8; 1024];
+        while !got.ends_with(b"\r\n\r\n{}") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuse_and_a_connection_the_backend_closed_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (upstream, rt) = client(listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let close = Arc::new(tokio::sync::Notify::new());
+        let closing = Arc::clone(&close);
+        // Each connection answers two requests, then the backend closes it (when told to)
+        // while it idles.
+        let backend = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                for _ in 0..2 {
+                    if !read_request(&mut stream).await {
+                        break;
+                    }
+                    stream.write_all(OK).await.unwrap();
+                }
+                closing.notified().await;
+            }
+        });
+        for _ in 0..2 {
+            assert_eq!(&chat(&upstream, &rt).await.unwrap().unwrap()[..], b"ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the second request reused it"
+        );
+        assert_eq!(rt.dest.pool.idle_count(), 1);
+        // Once the backend's FIN is in, the pooled connection is seen closed and a new one
+        // carries the request.
+        close.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lock(&rt.dest.pool.idle[0])
+            .iter_mut()
+            .all(|i| !i.conn.still_open())
+        {
+            assert!(Instant::now() < deadline, "the FIN was never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(&chat(&upstream, &rt).await.unwrap().unwrap()[..], b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        backend.abort();
+    }
+
+    #[tokio::test]
+    async fn a_request_the_backend_read_and_dropped_is_not_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (upstream, rt) = client(listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        let backend = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                if read_request(&mut stream).await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                // Closed without an answer.
+            }
+        });
+        let failed = chat(&upstream, &rt).await.unwrap_err();
+        assert!(matches!(failed, SendError::Dropped(_)), "{failed:?}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(rt.dest.pool.idle_count(), 0);
+        backend.abort();
+    }
+
+    #[tokio::test]
+    async fn garbage_and_truncation_are_told_apart_from_a_whole_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (upstream, rt) = client(listener.local_addr().unwrap());
+        let answers: [&[u8]; 3] = [
+            // Whole, then bytes nobody asked for: the body still arrives, nothing is pooled.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/9",
+            // Cut short of its length.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok",
+            // Not HTTP.
+            b"SMTP ready\r\n\r\n",
+        ];
+        let backend = tokio::spawn(async move {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                read_request(&mut stream).await;
+                stream.write_all(answer).await.unwrap();
+            }
+        });
+        assert_eq!(&chat(&upstream, &rt).await.unwrap().unwrap()[..], b"ok");
+        assert_eq!(rt.dest.pool.idle_count(), 0);
+        let cut = chat(&upstream, &rt).await.unwrap();
+        assert!(cut.is_err(), "a truncated body ends in an error: {cut:?}");
+        let malformed = chat(&upstream, &rt).await.unwrap_err();
+        assert!(
+            matches!(malformed, SendError::Malformed(_)),
+            "{malformed:?}"
+        );
+        backend.await.unwrap();
+    }
+}
