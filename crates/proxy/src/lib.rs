@@ -49,6 +49,15 @@
 //!   runtime; what belongs to one thread's event loop (idle upstream connections, the count of
 //!   requests waiting for an answer) is kept per thread ([`worker`]).
 
+#![cfg_attr(
+    feature = "hyper-upstream",
+    allow(
+        dead_code,
+        unused_imports,
+        reason = "the A/B build leaves the hand-written client compiled but unused"
+    )
+)]
+
 pub mod auth;
 mod body;
 mod catalog;
@@ -68,7 +77,14 @@ pub mod route;
 mod router;
 mod runtime;
 mod select;
+#[cfg(not(feature = "hyper-upstream"))]
 mod stream;
+/// With the `hyper-upstream` feature the body comes from the A/B variant of the upstream
+/// client (see `upstream::hyper_client`).
+#[cfg(feature = "hyper-upstream")]
+mod stream {
+    pub use crate::upstream::hyper_client::UpstreamBody;
+}
 mod upstream;
 pub mod worker;
 

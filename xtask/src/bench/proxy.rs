@@ -6,8 +6,8 @@
 //! below (section `proxy`), and the `streams` scenario — thousands of concurrent 2-second
 //! streams, with its own mock, load client and fresh proxies per run (section
 //! `proxy-streams`; see `streams.rs`). `--only` runs one part; `--ab` adds other Hale
-//! binaries to the streams scenario, measured in the same interleaved run (A/B rows for a
-//! code change). The bench raises its open-file limit to the hard limit first; every target
+//! binaries to both parts, a row `Hale (LABEL)` each, measured in the same interleaved runs
+//! (A/B rows for a code change); the targets' checks are of the default Hale only. The bench raises its open-file limit to the hard limit first; every target
 //! inherits it.
 //!
 //! One mockllm (OpenAI flavour, release build, `--chunks 5 --chunk-delay-ms 0`) is the backend
@@ -89,6 +89,8 @@ struct Options {
     short: bool,
     /// The streams scenario, if it runs.
     streams: Option<StreamsOptions>,
+    /// Other Hale binaries measured beside the default one (`--ab LABEL=PATH`).
+    ab: Vec<(String, PathBuf)>,
 }
 
 const USAGE: &str = "options: --seconds D, --rounds R, --quick, --only short|streams, \
@@ -152,6 +154,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         quick,
         short: only.as_deref() != Some("streams"),
         streams: (only.as_deref() != Some("short")).then_some(streams.clone()),
+        ab: streams.ab.clone(),
     };
     if !(o.seconds >= 0.5 && o.seconds <= 600.0) || o.rounds == 0 || o.rounds > 100 {
         bail!("--seconds must be within 0.5..=600 and --rounds within 1..=100");
@@ -198,6 +201,8 @@ impl Kind {
 /// measured by every target alike) and, if it cannot be measured, why.
 struct Target {
     kind: Kind,
+    /// The `--ab` label of an extra Hale binary.
+    label: Option<String>,
     addr: String,
     server: Option<Server>,
     unavailable: Option<String>,
@@ -208,6 +213,14 @@ struct Target {
 }
 
 impl Target {
+    /// The row's name: the kind's, with the `--ab` label if any.
+    fn name(&self) -> String {
+        match &self.label {
+            Some(label) => format!("{} ({label})", self.kind.name()),
+            None => self.kind.name().to_owned(),
+        }
+    }
+
     fn url(&self) -> String {
         format!("http://{}{CHAT_PATH}", self.addr)
     }
@@ -432,7 +445,7 @@ fn measure(target: &mut Target, load: &Load) -> anyhow::Result<(Outcome, f64)> {
     if let Some(server) = target.server.as_mut() {
         server
             .ensure_running()
-            .with_context(|| format!("{} died under load", target.kind.name()))?;
+            .with_context(|| format!("{} died under load", target.name()))?;
     }
     let cpu = target.cpu_seconds()? - cpu_before;
     Ok((outcome?, cpu))
@@ -466,7 +479,7 @@ fn run_scenario(targets: &mut [Target], scenario: &Scenario, o: &Options) -> Vec
                     println!(
                         "    round {}: {:<8} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  failed {}",
                         round + 1,
-                        target.kind.name(),
+                        target.name(),
                         outcome.rps,
                         outcome.p50_ms,
                         outcome.p99_ms,
@@ -476,11 +489,7 @@ fn run_scenario(targets: &mut [Target], scenario: &Scenario, o: &Options) -> Vec
                     tallies[index].cpu_seconds += cpu;
                 }
                 Err(err) => {
-                    println!(
-                        "    round {}: {} failed: {err:#}",
-                        round + 1,
-                        target.kind.name()
-                    );
+                    println!("    round {}: {} failed: {err:#}", round + 1, target.name());
                     target.unavailable = Some(format!("{err:#}"));
                 }
             }
@@ -660,6 +669,7 @@ fn run_short(
         .into_iter()
         .map(|kind| Target {
             kind,
+            label: None,
             addr: String::new(),
             server: None,
             unavailable: None,
@@ -675,6 +685,27 @@ fn run_short(
     targets[2].server = Some(haproxy);
     targets[3].addr = nginx_addr.to_string();
     targets[3].server = Some(nginx);
+    // The `--ab` binaries after the four (whose places the report relies on), each in a
+    // directory of its own for its config and log.
+    for (label, path) in &o.ab {
+        let own = dir.join(format!("ab-{}", targets.len()));
+        let (server, addr, unavailable) = match std::fs::create_dir_all(&own) {
+            Ok(()) => start_hale(path, &own, &backend),
+            Err(err) => (None, String::new(), Some(format!("{err}"))),
+        };
+        if let Some(reason) = &unavailable {
+            println!("note: Hale ({label}) cannot be measured: {reason}");
+        }
+        targets.push(Target {
+            kind: Kind::Hale,
+            label: Some(label.clone()),
+            addr,
+            server,
+            unavailable,
+            sampled_rss_mib: 0.0,
+            peak_rss_mib: 0.0,
+        });
+    }
 
     let scenarios = scenarios(o);
     let load_before = load_average();
@@ -849,7 +880,7 @@ fn render(
             scenario.title
         );
         for (target, tally) in targets.iter().zip(tallies) {
-            let name = target.kind.name();
+            let name = target.name();
             if tally.runs.is_empty() {
                 let why = target.unavailable.as_deref().unwrap_or("no runs");
                 let _ = writeln!(
@@ -1005,6 +1036,7 @@ mod tests {
     fn target(kind: Kind, unavailable: Option<&str>) -> Target {
         Target {
             kind,
+            label: None,
             addr: String::new(),
             server: None,
             unavailable: unavailable.map(str::to_owned),
@@ -1035,6 +1067,14 @@ mod tests {
             quick: false,
             short: true,
             streams: None,
+            ab: Vec::new(),
+        }
+    }
+
+    fn machine() -> Machine {
+        Machine {
+            load_before: "1.0".to_owned(),
+            load_after: "1.0".to_owned(),
         }
     }
 
@@ -1071,10 +1111,7 @@ mod tests {
             lines.iter().all(|l| l.contains("answered 404")),
             "{lines:#?}"
         );
-        let machine = Machine {
-            load_before: "1.0".to_owned(),
-            load_after: "1.0".to_owned(),
-        };
+        let machine = machine();
         let scenarios = scenarios(&options());
         let body = render(
             "cargo xtask bench proxy",
@@ -1088,16 +1125,15 @@ mod tests {
         assert_eq!(body.matches("| Hale | not measured: ").count(), 3, "{body}");
     }
 
-    #[test]
-    fn checks_compare_the_gateway_with_haproxy_and_direct() {
-        let targets = [
+    /// The four targets with figures that pass every check: throughput 0.9× HAProxy's, CPU
+    /// 1.5× (0.015 s vs 0.01 s over 3000 requests), added p50 0.05 ms; RSS 12 MiB.
+    fn passing() -> (Vec<Target>, Vec<Vec<Tally>>) {
+        let targets = vec![
             target(Kind::Direct, None),
             target(Kind::Hale, None),
             target(Kind::HaProxy, None),
             target(Kind::Nginx, None),
         ];
-        // Throughput 0.9× HAProxy's, CPU 1.5× (0.015 s vs 0.01 s over 3000 requests), added
-        // p50 0.05 ms; RSS 12 MiB.
         let scenario = || {
             vec![
                 tally(1000.0, 0.10, 0.0),
@@ -1106,7 +1142,12 @@ mod tests {
                 tally(480.0, 0.14, 0.01),
             ]
         };
-        let results = vec![scenario(), scenario(), scenario()];
+        (targets, vec![scenario(), scenario(), scenario()])
+    }
+
+    #[test]
+    fn checks_compare_the_gateway_with_haproxy_and_direct() {
+        let (targets, results) = passing();
         let lines = checks(&targets, &results);
         assert!(lines.iter().all(|l| l.starts_with("PASS ")), "{lines:#?}");
         assert!(lines[0].contains("0.90×"), "{}", lines[0]);
@@ -1116,6 +1157,39 @@ mod tests {
         slow[0][1] = tally(350.0, 0.15, 0.05);
         let lines = checks(&targets, &slow);
         assert!(lines[0].starts_with("FAIL ") && lines[3].starts_with("FAIL "));
+    }
+
+    #[test]
+    fn an_ab_binary_gets_a_row_of_its_own_in_every_scenario() {
+        let (mut targets, mut results) = passing();
+        let mut ab = target(Kind::Hale, None);
+        ab.label = Some("hyper".to_owned());
+        targets.push(ab);
+        // The A/B binary is far slower: the checks are of the default Hale only.
+        for scenario in &mut results {
+            scenario.push(tally(100.0, 0.90, 0.3));
+        }
+        assert!(
+            checks(&targets, &results)
+                .iter()
+                .all(|l| l.starts_with("PASS "))
+        );
+        let machine = machine();
+        let body = render(
+            "cargo xtask bench proxy --ab hyper=/tmp/hale",
+            &options(),
+            &versions(),
+            &machine,
+            &targets,
+            &scenarios(&options()),
+            &results,
+        );
+        assert_eq!(
+            body.matches("| Hale (hyper) | 100 | 0.900 |").count(),
+            3,
+            "{body}"
+        );
+        assert_eq!(body.matches("| Hale | 450 | 0.150 |").count(), 3, "{body}");
     }
 
     #[test]
@@ -1139,6 +1213,7 @@ mod tests {
         .into();
         let o = parse(&args).unwrap();
         assert!(!o.short);
+        assert_eq!(o.ab, vec![("old".to_owned(), PathBuf::from("/tmp/hale"))]);
         let streams = o.streams.unwrap();
         assert_eq!(streams.counts, vec![1000, 5000, 200]);
         assert_eq!(

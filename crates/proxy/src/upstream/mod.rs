@@ -9,7 +9,9 @@
 //! segment, about 40 µs of CPU per streamed request against HAProxy's 10. Here the request
 //! task itself writes the request, reads the answer and decodes it straight from the
 //! connection's buffer, so whatever arrived in one read leaves in one write
-//! (see `stream.rs`), and no other task or channel is involved.
+//! (see `stream.rs`), and no other task or channel is involved. (The cargo feature
+//! `hyper-upstream` builds an A/B variant instead, on hyper's client connection driven in the
+//! request's task rather than in a task of its own: see `hyper_client`.)
 //!
 //! The client is deliberately small, because Hale only ever sends one kind of request: a
 //! `POST` with a buffered body, to a backend it was configured with. It writes the request
@@ -59,6 +61,8 @@
 
 pub mod chunked;
 pub mod head;
+#[cfg(feature = "hyper-upstream")]
+pub mod hyper_client;
 pub mod io;
 pub mod pool;
 
@@ -71,6 +75,13 @@ use head::{RequestHead, ResponseHead, encode_request, parse_response};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use io::{Target, connect};
 pub use pool::{Conn, Pool};
+
+/// The pool each endpoint keeps: the hand-written client's, or with the `hyper-upstream`
+/// feature (an A/B variant, see `hyper_client`) the one of hyper's connections.
+#[cfg(not(feature = "hyper-upstream"))]
+type EndpointPool = Pool;
+#[cfg(feature = "hyper-upstream")]
+type EndpointPool = hyper_client::Pool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -98,7 +109,7 @@ pub struct Destination {
     request_lines: Vec<Bytes>,
     /// The endpoint URL's path without its trailing `/`, for a request's own path.
     base: String,
-    pub pool: Pool,
+    pub pool: EndpointPool,
     /// The endpoint's `first_byte_timeout` and `idle_timeout`.
     pub deadlines: Deadlines,
 }
@@ -117,7 +128,7 @@ impl Destination {
                 .map(|r| Bytes::from(format!("POST {base}{}", r.path())))
                 .collect(),
             base: base.to_owned(),
-            pool: Pool::new(workers),
+            pool: EndpointPool::new(workers),
             deadlines,
         }
     }
@@ -181,6 +192,7 @@ impl Upstream {
     /// Sends the request to `dest` and reads the response head. On success the connection
     /// (with any body bytes already read) goes with the head, for the body to finish reading.
     /// `now` is when the attempt starts (it decides which idle connections are too old).
+    #[cfg(not(feature = "hyper-upstream"))]
     pub async fn send(
         &self,
         dest: &Destination,
