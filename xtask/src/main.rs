@@ -94,6 +94,25 @@ fn test(steps: &mut Steps, root: &Path) -> anyhow::Result<()> {
             "warnings",
         ])
     })?;
+    // The A/B build of the upstream client on hyper's client connection (hale-proxy's
+    // `hyper-upstream` feature, docs/BENCHMARKS.md): linted and its unit tests run, so the
+    // variant the benchmark row is measured with keeps building and behaving.
+    steps.run("hyper-upstream variant", || {
+        let feature = ["--package", "hale-proxy", "--features", "hyper-upstream"];
+        cargo(
+            &[
+                &["clippy"][..],
+                &feature,
+                &["--all-targets", "--", "-D", "warnings"],
+            ]
+            .concat(),
+        )?;
+        if nextest_available() {
+            cargo(&[&["nextest", "run"][..], &feature, &["--profile", "ci"]].concat())
+        } else {
+            cargo(&[&["test"][..], &feature].concat())
+        }
+    })?;
     build_bins(steps)?;
     k8s::checks(steps, root)?;
     if nextest_available() {
