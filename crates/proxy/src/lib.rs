@@ -26,6 +26,7 @@
 //! HTTP/1.1 client to the backends, driven in the request's own task, and its connection
 //! pools), `forward` (the failover and retry loop), `retry` (the retry budget), `queue` (the
 //! short wait for an endpoint about to recover), `stream` (the pass-through response body),
+//! `tally` (a response body's bookkeeping: claim, outlier watch, duration, idle timer),
 //! `hygiene` (headers and request ids), `catalog` (model lists), `generic` (the generic
 //! route's path check and multipart `model`), `responses` (response ids → the endpoint that
 //! made them), `ollama` (`/api/ps`, `/api/version`, `/`), `error` (Hale's own answers, in each
@@ -85,6 +86,7 @@ mod stream;
 mod stream {
     pub use crate::upstream::hyper_client::UpstreamBody;
 }
+mod tally;
 mod upstream;
 pub mod worker;
 

@@ -28,18 +28,17 @@
 //! core for one prompt probe check; one the client dropped records nothing.
 
 use crate::runtime::{Claim, Watch};
+use crate::tally::Tally;
 use crate::upstream::Conn;
 use crate::upstream::chunked::{ChunkedDecoder, Gathered};
 use crate::upstream::head::Framing;
 use bytes::{Bytes, BytesMut};
 use hale_core::Signal;
 use http_body::{Body, Frame, SizeHint};
-use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// A backend's body on its way to the client; see the module docs.
 #[derive(Debug)]
@@ -48,23 +47,7 @@ pub struct UpstreamBody {
     conn: Option<Conn>,
     decoder: Decoder,
     reusable: bool,
-    open: Option<Open>,
-    /// The longest wait for more of the body.
-    idle: Duration,
-    /// Fires `idle` after the body started to wait with nothing new (see the module docs);
-    /// moved on lazily, only when it fires.
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    /// When the body last started to wait after data had arrived.
-    waiting_since: Instant,
-    /// Data arrived since `waiting_since`.
-    progressed: bool,
-}
-
-#[derive(Debug)]
-struct Open {
-    claim: Claim,
-    started: Instant,
-    watch: Watch,
+    tally: Tally,
 }
 
 #[derive(Debug)]
@@ -90,20 +73,11 @@ impl UpstreamBody {
             Framing::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
             Framing::UntilClose => Decoder::UntilClose,
         };
-        let idle = claim.runtime().dest.deadlines.idle;
         let mut body = Self {
             conn: Some(conn),
             decoder,
             reusable,
-            open: Some(Open {
-                claim,
-                started,
-                watch,
-            }),
-            idle,
-            idle_timer: None,
-            waiting_since: started,
-            progressed: false,
+            tally: Tally::new(claim, started, watch),
         };
         if matches!(body.decoder, Decoder::Done) {
             body.release();
@@ -115,100 +89,37 @@ impl UpstreamBody {
     /// the claim, which keeps the runtime alive) if it can carry another request (reusable,
     /// nothing unread in its buffer), and the bookkeeping ends.
     fn release(&mut self) {
-        if let Some(open) = &mut self.open {
-            open.watch.ended(open.claim.runtime());
-        }
+        self.tally.ended();
         let now = Instant::now();
         if let Some(conn) = self.conn.take()
             && self.reusable
             && conn.buf.is_empty()
-            && let Some(open) = &self.open
+            && let Some(claim) = self.tally.claim()
         {
-            open.claim.runtime().dest.pool.put(conn, now);
+            claim.runtime().dest.pool.put(conn, now);
         }
-        self.finish_at(now);
-    }
-
-    /// Ends the bookkeeping once: the duration is recorded, the claim released.
-    fn finish(&mut self) {
-        if self.open.is_some() {
-            self.finish_at(Instant::now());
-        }
-    }
-
-    fn finish_at(&mut self, now: Instant) {
-        if let Some(open) = self.open.take() {
-            let took = now.saturating_duration_since(open.started);
-            open.claim.runtime().duration.record(took.as_secs_f64());
-        }
+        self.tally.finish_at(now);
     }
 
     /// The body broke off (`signal`): the connection is closed, the client's answer cut, the
-    /// failure counted on the endpoint's breaker and for outlier detection, and a prompt
-    /// probe check asked for.
+    /// failure counted ([`Tally::cut`]).
     fn fail(
         &mut self,
         signal: Signal,
         message: String,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if let Some(open) = &mut self.open {
-            open.watch.cut(open.claim.runtime(), signal);
-            tracing::debug!(
-                endpoint = open.claim.runtime().name(),
-                error = %message,
-                "backend body broke off mid-answer"
-            );
-            if open.claim.failure(Instant::now()) {
-                tracing::warn!(
-                    endpoint = open.claim.runtime().name(),
-                    "circuit breaker opened after repeated failures"
-                );
-            }
-        }
-        self.idle_timer = None;
+        self.tally.cut(signal, &message);
         self.conn = None;
         self.decoder = Decoder::Done;
-        self.finish();
         Poll::Ready(Some(Err(io::Error::other(message))))
     }
 
-    /// The socket had nothing: wait, arming the idle timer the first time, or fail once
-    /// `idle` has passed since the body started to wait with nothing new.
-    ///
-    /// The timer is not moved on each chunk: a stream's chunks would each cost a timer
-    /// re-registration (a lock and a timer-wheel move). It is armed for the first wait and,
-    /// when it fires, moved to `idle` after the latest wait's start if data came since; so it
-    /// fires at most once per `idle` of a stream that keeps flowing.
+    /// The socket had nothing: wait, or fail once `idle_timeout` has passed with nothing new.
     fn wait_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let idle = self.idle;
-        if self.progressed || self.idle_timer.is_none() {
-            self.waiting_since = Instant::now();
-            self.progressed = false;
+        match self.tally.poll_idle(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(message) => self.fail(Signal::IdleTimeout, message),
         }
-        // Beyond the clock's range (a config allows at most a day): no idle limit.
-        let Some(deadline) = self.waiting_since.checked_add(idle) else {
-            return Poll::Pending;
-        };
-        let timer = self
-            .idle_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if timer.deadline() >= deadline {
-                break;
-            }
-            // Fired at an earlier wait's deadline; data came since.
-            timer.as_mut().reset(deadline);
-        }
-        self.fail(
-            Signal::IdleTimeout,
-            format!(
-                "the backend sent nothing for {} (idle_timeout)",
-                humantime::format_duration(idle)
-            ),
-        )
     }
 }
 
@@ -223,7 +134,7 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         loop {
             let Some(conn) = this.conn.as_mut() else {
-                this.finish();
+                this.tally.finish();
                 return Poll::Ready(None);
             };
             // Hand on what the buffer holds.
@@ -282,7 +193,7 @@ impl Body for UpstreamBody {
                         "the backend closed the connection before the end of the body".into(),
                     );
                 }
-                Ok(_) => this.progressed = true,
+                Ok(_) => this.tally.progressed(),
                 Err(e) => return this.fail(Signal::StreamCut, format!("reading the body: {e}")),
             }
         }
@@ -304,6 +215,6 @@ impl Body for UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Dropped before its end (the client left): the connection closes with it.
-        self.finish();
+        self.tally.finish();
     }
 }

@@ -49,6 +49,7 @@ use super::io::{Io, connect};
 use super::pool::{IDLE_TIMEOUT, MAX_IDLE};
 use super::{Attempt, Destination, Outgoing, SendError, Upstream};
 use crate::runtime::{Claim, Padded, Watch};
+use crate::tally::Tally;
 use bytes::Bytes;
 use hale_core::{CheckResult, Signal};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -65,7 +66,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 type Driver = http1::Connection<TokioIo<Io>, Full<Bytes>>;
 
@@ -445,23 +446,12 @@ fn classify(
     })
 }
 
-/// A backend's body on its way to the client, read through hyper; see the module docs (and
-/// `stream.rs`, whose bookkeeping it repeats).
+/// A backend's body on its way to the client, read through hyper; see the module docs (its
+/// bookkeeping is `stream.rs`'s, [`Tally`]).
 #[derive(Debug)]
 pub struct UpstreamBody {
     conn: Option<Conn>,
-    open: Option<Open>,
-    idle: Duration,
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    waiting_since: Instant,
-    progressed: bool,
-}
-
-#[derive(Debug)]
-struct Open {
-    claim: Claim,
-    started: Instant,
-    watch: Watch,
+    tally: Tally,
 }
 
 impl UpstreamBody {
@@ -474,18 +464,9 @@ impl UpstreamBody {
         started: Instant,
         watch: Watch,
     ) -> Self {
-        let idle = claim.runtime().dest.deadlines.idle;
         let mut body = Self {
             conn: Some(conn),
-            open: Some(Open {
-                claim,
-                started,
-                watch,
-            }),
-            idle,
-            idle_timer: None,
-            waiting_since: started,
-            progressed: false,
+            tally: Tally::new(claim, started, watch),
         };
         if body
             .conn
@@ -500,32 +481,17 @@ impl UpstreamBody {
 
     /// The body has ended: the connection goes back to the pool if hyper keeps it open.
     fn release(&mut self) {
-        if let Some(open) = &mut self.open {
-            open.watch.ended(open.claim.runtime());
-        }
+        self.tally.ended();
         let now = Instant::now();
         if let Some(mut conn) = self.conn.take() {
             conn.incoming = None;
             if conn.still_open()
-                && let Some(open) = &self.open
+                && let Some(claim) = self.tally.claim()
             {
-                open.claim.runtime().dest.pool.put(conn, now);
+                claim.runtime().dest.pool.put(conn, now);
             }
         }
-        self.finish_at(now);
-    }
-
-    fn finish(&mut self) {
-        if self.open.is_some() {
-            self.finish_at(Instant::now());
-        }
-    }
-
-    fn finish_at(&mut self, now: Instant) {
-        if let Some(open) = self.open.take() {
-            let took = now.saturating_duration_since(open.started);
-            open.claim.runtime().duration.record(took.as_secs_f64());
-        }
+        self.tally.finish_at(now);
     }
 
     fn fail(
@@ -533,56 +499,17 @@ impl UpstreamBody {
         signal: Signal,
         message: String,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if let Some(open) = &mut self.open {
-            open.watch.cut(open.claim.runtime(), signal);
-            tracing::debug!(
-                endpoint = open.claim.runtime().name(),
-                error = %message,
-                "backend body broke off mid-answer"
-            );
-            if open.claim.failure(Instant::now()) {
-                tracing::warn!(
-                    endpoint = open.claim.runtime().name(),
-                    "circuit breaker opened after repeated failures"
-                );
-            }
-        }
-        self.idle_timer = None;
+        self.tally.cut(signal, &message);
         self.conn = None;
-        self.finish();
         Poll::Ready(Some(Err(io::Error::other(message))))
     }
 
-    /// Nothing to hand on: wait, failing once `idle` has passed with nothing new (the lazy
-    /// timer of `stream.rs`).
+    /// Nothing to hand on: wait, failing once `idle_timeout` has passed with nothing new.
     fn wait_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let idle = self.idle;
-        if self.progressed || self.idle_timer.is_none() {
-            self.waiting_since = Instant::now();
-            self.progressed = false;
+        match self.tally.poll_idle(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(message) => self.fail(Signal::IdleTimeout, message),
         }
-        let Some(deadline) = self.waiting_since.checked_add(idle) else {
-            return Poll::Pending;
-        };
-        let timer = self
-            .idle_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if timer.deadline() >= deadline {
-                break;
-            }
-            timer.as_mut().reset(deadline);
-        }
-        self.fail(
-            Signal::IdleTimeout,
-            format!(
-                "the backend sent nothing for {} (idle_timeout)",
-                humantime::format_duration(idle)
-            ),
-        )
     }
 }
 
@@ -601,7 +528,7 @@ impl Body for UpstreamBody {
         let mut ended = None;
         loop {
             let Some(conn) = this.conn.as_mut() else {
-                this.finish();
+                this.tally.finish();
                 return Poll::Ready(None);
             };
             let Some(incoming) = conn.incoming.as_mut() else {
@@ -611,7 +538,7 @@ impl Body for UpstreamBody {
             match Pin::new(incoming).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        this.progressed = true;
+                        this.tally.progressed();
                         if conn.incoming.as_ref().is_some_and(Body::is_end_stream) {
                             this.release();
                         }
@@ -665,7 +592,7 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        self.finish();
+        self.tally.finish();
     }
 }
 
