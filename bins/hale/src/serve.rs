@@ -41,7 +41,6 @@ use hale_probe::{ProbeClient, Scheduler};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Runs the gateway, serving connections on `threads` threads (the caller's, on a
 /// current-thread runtime, and `threads - 1` more; see [`crate::workers`]), until a shutdown
@@ -108,9 +107,8 @@ pub async fn run(loaded: LoadedConfig, threads: usize) -> anyhow::Result<()> {
     );
 
     let addr = config.server.listen_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding server.listen {addr}"))?;
+    let listener =
+        hale_api::server::bind(addr).with_context(|| format!("binding server.listen {addr}"))?;
     let local = listener.local_addr()?;
     announce(local);
     tracing::info!(addr = %local, "listening");

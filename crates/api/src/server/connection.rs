@@ -50,6 +50,15 @@ use tokio::time::{Instant, sleep_until};
 /// The first bytes an HTTP/2 client with prior knowledge sends.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The most an HTTP/1 connection reads from its socket at once: one byte less than hyper's
+/// initial read buffer (8 KiB). hyper doubles its read-size target whenever a read fills it,
+/// and the buffer, once grown, stays with the connection for its life: a 64 KiB prompt read
+/// in full-size reads left a 64–128 KiB buffer behind, held through the whole streamed answer
+/// and every later keep-alive request (126 KiB per stream at 60 KB prompts, against HAProxy's
+/// 17). Reads that never fill the target keep it at 8 KiB; a long body costs a few more
+/// `recv` calls instead. HTTP/2 (h2's own buffers) is not capped.
+const HTTP1_READ_MAX: u64 = 8 * 1024 - 1;
+
 /// A deadline far enough away to mean "none".
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -122,6 +131,10 @@ pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, t
         tcp,
         prefix,
         state: state.clone(),
+        read_max: match protocol {
+            Protocol::Http1 => HTTP1_READ_MAX,
+            Protocol::Http2 => u64::MAX,
+        },
     });
     let service = ConnService::new(ctx.app.clone(), state.clone());
     match protocol {
@@ -451,13 +464,34 @@ impl ConnState {
 
 // === impl WatchedIo ===
 
-/// The TCP stream as hyper reads it: first the bytes [`sniff`] took, then the socket, telling
-/// [`ConnState`] whenever bytes arrive.
+/// The TCP stream as hyper reads it: first the bytes [`sniff`] took, then the socket, at most
+/// `read_max` bytes per read ([`HTTP1_READ_MAX`] on HTTP/1), telling [`ConnState`] whenever
+/// bytes arrive.
 #[derive(Debug)]
 pub(super) struct WatchedIo {
     tcp: TcpStream,
     prefix: Bytes,
     state: Arc<ConnState>,
+    read_max: u64,
+}
+
+impl WatchedIo {
+    /// Reads from the socket into `buf`, at most `limit` bytes.
+    fn poll_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        limit: u64,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        // `Take` is the safe way to hand the socket a shorter view of hyper's buffer.
+        let mut limited = (&mut self.tcp).take(limit);
+        let polled = Pin::new(&mut limited).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.bytes_arrived();
+        }
+        polled
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -476,21 +510,13 @@ impl AsyncRead for WatchedIo {
                 // wanting a full 8 KiB of room behind them, would double its read buffer to
                 // 16 KiB for the life of the connection. An error or the end of input is left
                 // for hyper's next read to find; the sniffed bytes are delivered either way.
-                let before = buf.filled().len();
-                if let Poll::Ready(Ok(())) = Pin::new(&mut this.tcp).poll_read(cx, buf)
-                    && buf.filled().len() > before
-                {
-                    this.state.bytes_arrived();
-                }
+                let limit = this.read_max.saturating_sub(n as u64);
+                let _ = this.poll_socket(cx, buf, limit);
             }
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.state.bytes_arrived();
-        }
-        polled
+        let limit = this.read_max;
+        this.poll_socket(cx, buf, limit)
     }
 }
 

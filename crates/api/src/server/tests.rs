@@ -7,7 +7,7 @@
 use super::{Limits, MAX_HEADER_BYTES, SETTLE, Server, ServerHandle};
 use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use hale_testkit::eventually;
 use http_body::Frame;
@@ -75,6 +75,21 @@ fn app() -> Router {
             "/stream",
             get(|| async { Body::new(Ticks::new(TICKS, TICK)) }),
         )
+        .route("/frames", post(frames))
+}
+
+/// Reads the request body and says how it came: `frames=N largest=L total=T`.
+async fn frames(body: Body) -> String {
+    let mut body = body;
+    let (mut frames, mut largest, mut total) = (0_usize, 0_usize, 0_usize);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            frames += 1;
+            largest = largest.max(data.len());
+            total += data.len();
+        }
+    }
+    format!("frames={frames} largest={largest} total={total}")
 }
 
 fn limits(header_ms: u64, idle_ms: u64) -> Limits {
@@ -87,7 +102,7 @@ fn limits(header_ms: u64, idle_ms: u64) -> Limits {
 }
 
 async fn start(limits: Limits) -> (SocketAddr, ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     (addr, Server::new(listener, app(), limits).spawn())
 }
@@ -119,6 +134,11 @@ async fn get_on(tcp: &mut TcpStream, path: &str) -> (String, String) {
     tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
         .await
         .unwrap();
+    read_answer(tcp).await
+}
+
+/// Reads one answer with a `Content-Length` body: its head (lowercased) and body.
+async fn read_answer(tcp: &mut TcpStream) -> (String, String) {
     let mut got = Vec::new();
     let mut buf = [0_u8; 4096];
     loop {
@@ -174,6 +194,100 @@ async fn serves_http1_and_h2c_on_one_port() {
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"ok");
+}
+
+#[tokio::test]
+async fn the_listen_backlog_holds_a_burst_of_connections_none_accepted_yet() {
+    // A listener nobody accepts on: every connection of the burst must complete its
+    // handshake in the backlog. With the 128 of a plain bind, the rest had their SYN dropped
+    // and retried a second later (and here would never complete).
+    const BURST: usize = 600;
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    assert!(
+        somaxconn.is_none_or(|n| n > BURST),
+        "this test needs net.core.somaxconn above {BURST}, the machine has {somaxconn:?}"
+    );
+    let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let began = Instant::now();
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        connects.spawn(TcpStream::connect(addr));
+    }
+    let mut open = Vec::with_capacity(BURST);
+    let all = timeout(Duration::from_secs(10), async {
+        while let Some(joined) = connects.join_next().await {
+            open.push(joined.unwrap().unwrap());
+        }
+    })
+    .await;
+    println!(
+        "{} of {BURST} connections established in {} ms, none accepted",
+        open.len(),
+        millis(began.elapsed())
+    );
+    assert!(
+        all.is_ok(),
+        "only {} of {BURST} connections completed",
+        open.len()
+    );
+    drop(listener);
+}
+
+#[tokio::test]
+async fn long_bodies_reach_the_app_in_reads_under_8_kib_and_the_connection_goes_on() {
+    let (addr, _server) = start(limits(5_000, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // A 1 MiB body sent at once (Content-Length), then a chunked one of 3 × 100,000 bytes.
+    let body = vec![b'x'; 1 << 20];
+    let mut request = format!(
+        "POST /frames HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    tcp.write_all(&request).await.unwrap();
+    let (head, said) = read_answer(&mut tcp).await;
+    println!("content-length body: {said}");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (largest, total) = frame_figures(&said);
+    assert_eq!(total, 1 << 20, "{said}");
+    assert!(
+        largest < 8 * 1024,
+        "a read of {largest} bytes: hyper's read buffer would grow past 8 KiB: {said}"
+    );
+
+    let mut chunked =
+        b"POST /frames HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
+        chunked.extend_from_slice(&[b'y'; 100_000]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    tcp.write_all(&chunked).await.unwrap();
+    let (head, said) = read_answer(&mut tcp).await;
+    println!("chunked body: {said}");
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "keep-alive after a long body: {head}"
+    );
+    let (largest, total) = frame_figures(&said);
+    assert_eq!(total, 300_000, "{said}");
+    assert!(largest < 8 * 1024, "{said}");
+}
+
+/// `largest` and `total` of a `/frames` answer.
+fn frame_figures(said: &str) -> (usize, usize) {
+    let field = |name: &str| {
+        said.split(' ')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {said:?}"))
+    };
+    (field("largest="), field("total="))
 }
 
 // === clocks ===
