@@ -1,6 +1,7 @@
 //! `cargo xtask bench proxy [--seconds D] [--rounds R] [--quick] [--only short|streams]
-//! [--streams N,N…] [--streams-seconds D] [--streams-rounds R] [--ab LABEL=HALE_BINARY]…`: what
-//! the gateway adds to a request, next to a direct call and to two reference proxies.
+//! [--streams N,N…] [--streams-long N,N…|none] [--streams-seconds D] [--streams-rounds R]
+//! [--ab LABEL=HALE_BINARY]…`: what the gateway adds to a request, next to a direct call and
+//! to two reference proxies.
 //!
 //! Two parts, each writing its own section of docs/BENCHMARKS.md: the short-answer scenarios
 //! below (section `proxy`), and the `streams` scenario — thousands of concurrent 2-second
@@ -94,7 +95,7 @@ struct Options {
 }
 
 const USAGE: &str = "options: --seconds D, --rounds R, --quick, --only short|streams, \
-                     --streams N[,N...], --streams-seconds D, --streams-rounds R, --ab LABEL=HALE_BINARY";
+                     --streams N[,N...], --streams-long N[,N...]|none, --streams-seconds D, --streams-rounds R, --ab LABEL=HALE_BINARY";
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut quick = false;
@@ -102,6 +103,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut rounds = None;
     let mut only = None;
     let mut counts = None;
+    let mut long_prompt = None;
     let mut streams_seconds = None;
     let mut streams_rounds = None;
     let mut ab = Vec::new();
@@ -125,6 +127,17 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
                         .context("--streams: a list of stream counts like 1000,5000")?,
                 );
             }
+            "--streams-long" => {
+                let v = value()?;
+                long_prompt = Some(if v == "none" {
+                    Vec::new()
+                } else {
+                    v.split(',')
+                        .map(|n| n.trim().parse::<usize>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .context("--streams-long: a list of stream counts like 1000, or none")?
+                });
+            }
             "--streams-seconds" => {
                 streams_seconds = Some(value()?.parse::<f64>().context("--streams-seconds")?);
             }
@@ -143,6 +156,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     }
     let streams = StreamsOptions {
         counts: counts.unwrap_or_else(|| if quick { vec![200] } else { vec![1000, 5000] }),
+        long_prompt: long_prompt.unwrap_or_else(|| if quick { vec![200] } else { vec![1000] }),
         seconds: streams_seconds.unwrap_or(if quick { 3.0 } else { 10.0 }),
         rounds: streams_rounds.unwrap_or(if quick { 1 } else { 2 }),
         ab,
@@ -163,7 +177,11 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         || streams.rounds == 0
         || streams.rounds > 100
         || streams.counts.is_empty()
-        || streams.counts.iter().any(|&n| n == 0 || n > 100_000)
+        || streams
+            .counts
+            .iter()
+            .chain(&streams.long_prompt)
+            .any(|&n| n == 0 || n > 100_000)
     {
         bail!(
             "--streams-seconds must be within 0.5..=600, --streams-rounds within 1..=100 and \

@@ -2,7 +2,8 @@
 //! load an LLM gateway really carries (issue #14).
 //!
 //! Its own mockllm streams [`CHUNKS`] chunks [`CHUNK_DELAY_MS`] ms apart (a 2 s answer). For
-//! each stream count (`--streams`, default 1,000 and 5,000) and round, every target — the mock
+//! each stream count (`--streams`, default 1,000 and 5,000, with a short chat; `--streams-long`,
+//! default 1,000, with a [`LONG_PROMPT_BYTES`] prompt, as real conversations send) and round, every target — the mock
 //! itself (`direct`), Hale, HAProxy, nginx, and any extra Hale binary given with
 //! `--ab LABEL=PATH` (for A/B rows of a code change in the same run) — runs once, the order
 //! rotated every round. Each proxy is started fresh for each run, so its idle RSS is
@@ -37,6 +38,10 @@ use super::proxy::{CHAT_PATH, STREAMED_CHAT, median, sample_rss, start_hale, ver
 use super::refs;
 use super::streamload::{self, StreamLoad, StreamOutcome};
 
+/// The prompt of the long-prompt runs (`--streams-long`): a chat message of this many bytes,
+/// the size of a long conversation or a document to summarise.
+pub(crate) const LONG_PROMPT_BYTES: usize = 64 * 1024;
+
 /// Chunks per streamed answer, and the pause between them.
 pub(crate) const CHUNKS: u32 = 100;
 pub(crate) const CHUNK_DELAY_MS: u64 = 20;
@@ -45,6 +50,8 @@ pub(crate) const CHUNK_DELAY_MS: u64 = 20;
 #[derive(Clone, Debug)]
 pub(crate) struct StreamsOptions {
     pub(crate) counts: Vec<usize>,
+    /// Stream counts run again with a [`LONG_PROMPT_BYTES`] prompt.
+    pub(crate) long_prompt: Vec<usize>,
     pub(crate) seconds: f64,
     pub(crate) rounds: usize,
     /// Extra Hale binaries measured alongside, by label.
@@ -207,15 +214,49 @@ fn start(
     }
 }
 
+/// One case of the scenario: a stream count, with the short chat or a long prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Case {
+    streams: usize,
+    long_prompt: bool,
+}
+
+impl Case {
+    fn name(self) -> String {
+        if self.long_prompt {
+            format!(
+                "{} streams, {} KiB prompts",
+                self.streams,
+                LONG_PROMPT_BYTES / 1024
+            )
+        } else {
+            format!("{} streams", self.streams)
+        }
+    }
+
+    /// The request body every stream of the case sends.
+    fn body(self) -> String {
+        if self.long_prompt {
+            let prompt = "lorem ipsum ".repeat(LONG_PROMPT_BYTES / 12);
+            format!(
+                r#"{{"model":"bench-model","stream":true,"messages":[{{"role":"user","content":"{prompt}"}}]}}"#
+            )
+        } else {
+            STREAMED_CHAT.to_owned()
+        }
+    }
+}
+
 /// One run against one freshly started target.
 fn measure(
     kind: &Kind,
     hale_bins: &[(Option<String>, PathBuf)],
     dir: &Path,
     backend: &str,
-    streams: usize,
+    case: Case,
     o: &StreamsOptions,
 ) -> anyhow::Result<Run> {
+    let streams = case.streams;
     let mut started = start(kind, hale_bins, dir, backend, streams)?;
     // Settle after the start and the verifying stream, then take the idle figures.
     std::thread::sleep(Duration::from_millis(300));
@@ -230,7 +271,7 @@ fn measure(
     let load = StreamLoad {
         addr: started.addr.clone(),
         path: CHAT_PATH.to_owned(),
-        body: STREAMED_CHAT.to_owned(),
+        body: case.body(),
         streams,
         seconds: o.seconds,
         stream_length: Duration::from_millis(u64::from(CHUNKS) * CHUNK_DELAY_MS),
@@ -256,7 +297,7 @@ fn measure(
 /// The scenario's results: per stream count, per target.
 pub(crate) struct StreamsResults {
     kinds: Vec<Kind>,
-    by_count: Vec<(usize, Vec<Tally>)>,
+    by_count: Vec<(Case, Vec<Tally>)>,
 }
 
 /// Runs the scenario against `backend` (a mockllm streaming [`CHUNKS`] chunks
@@ -281,10 +322,22 @@ pub(crate) fn run(
     kinds.push(Kind::HaProxy);
     kinds.push(Kind::Nginx);
 
+    let cases = o
+        .counts
+        .iter()
+        .map(|&streams| Case {
+            streams,
+            long_prompt: false,
+        })
+        .chain(o.long_prompt.iter().map(|&streams| Case {
+            streams,
+            long_prompt: true,
+        }));
     let mut by_count = Vec::new();
-    for &streams in &o.counts {
+    for case in cases {
         println!(
-            "--- streams: {streams} concurrent streams of {CHUNKS} chunks {CHUNK_DELAY_MS} ms apart"
+            "--- streams: {}, {CHUNKS} chunks {CHUNK_DELAY_MS} ms apart",
+            case.name()
         );
         let mut tallies: Vec<Tally> = kinds.iter().map(|_| Tally::default()).collect();
         for round in 0..o.rounds {
@@ -294,7 +347,7 @@ pub(crate) fn run(
                 if tallies[index].error.is_some() {
                     continue;
                 }
-                match measure(kind, &hale_bins, dir, backend, streams, o) {
+                match measure(kind, &hale_bins, dir, backend, case, o) {
                     Ok(run) => {
                         println!(
                             "    round {}: {:<12} {:>7.1} streams/s  p50 {:>7.0} ms  p99 {:>7.0} ms  gap p99 {:>6.1} ms  CPU {:>5.2} s  RSS {:.1} → {:.1} MiB  failed {}{}",
@@ -324,7 +377,7 @@ pub(crate) fn run(
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        by_count.push((streams, tallies));
+        by_count.push((case, tallies));
     }
     StreamsResults { kinds, by_count }
 }
@@ -387,13 +440,22 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
         rounds = o.rounds,
         secs = o.seconds,
     );
-    for (streams, tallies) in &results.by_count {
+    for (case, tallies) in &results.by_count {
         let direct = &tallies[0];
+        let streams = &case.streams;
         let _ = write!(
             out,
-            "\n#### {streams} concurrent streams\n\n\
+            "\n#### {}\n\n\
              | target | streams/s | ×direct | p50 ms | p90 ms | p99 ms | added p50 | added p90 | added p99 | gap p99 ms | added gap p99 | CPU µs/chunk | KiB/stream | peak RSS MiB | failed |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            if case.long_prompt {
+                format!(
+                    "{streams} concurrent streams, {} KiB prompts",
+                    LONG_PROMPT_BYTES / 1024
+                )
+            } else {
+                format!("{streams} concurrent streams")
+            }
         );
         for (kind, tally) in results.kinds.iter().zip(tallies) {
             let name = kind.name();
@@ -450,12 +512,14 @@ fn checks(results: &StreamsResults) -> Vec<String> {
     let Some(haproxy_index) = results.kinds.iter().position(|k| *k == Kind::HaProxy) else {
         return lines;
     };
-    for (streams, tallies) in &results.by_count {
+    for (case, tallies) in &results.by_count {
+        let streams = &case.streams;
         let (direct, hale, haproxy) = (&tallies[0], &tallies[1], &tallies[haproxy_index]);
         let line = |pass: bool, text: String| {
             format!(
-                "{} {streams} streams: {text}",
-                if pass { "PASS" } else { "FAIL" }
+                "{} {}: {text}",
+                if pass { "PASS" } else { "FAIL" },
+                case.name()
             )
         };
         if hale.runs.is_empty() || hale.failed() > 0 {
@@ -525,7 +589,10 @@ mod tests {
         StreamsResults {
             kinds: vec![Kind::Direct, Kind::Hale(None), Kind::HaProxy, Kind::Nginx],
             by_count: vec![(
-                1000,
+                Case {
+                    streams: 1000,
+                    long_prompt: false,
+                },
                 vec![
                     tally(run(0.0, 0.0, 0.0, 2100.0)),
                     tally(hale),
@@ -550,6 +617,7 @@ mod tests {
         assert!(lines.iter().all(|l| l.starts_with("FAIL ")), "{lines:#?}");
         let o = StreamsOptions {
             counts: vec![1000],
+            long_prompt: Vec::new(),
             seconds: 10.0,
             rounds: 1,
             ab: Vec::new(),
