@@ -84,6 +84,7 @@ use head::{RequestHead, ResponseHead, encode_request, parse_response};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use io::{Target, connect};
 pub use pool::{Conn, Pool};
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -99,8 +100,39 @@ type EndpointPool = Pool;
 #[cfg(feature = "hyper-upstream")]
 type EndpointPool = hyper_client::Pool;
 
-/// The request-head buffer a new connection starts with.
+/// The size a new request-head buffer starts with.
 const INITIAL_WRITE_BUFFER: usize = 1024;
+/// Request-head buffers kept per serving thread for the next request, and the largest kept.
+const KEPT_HEAD_BUFFERS: usize = 8;
+const MAX_KEPT_HEAD_BUFFER: usize = 4 * INITIAL_WRITE_BUFFER;
+
+thread_local! {
+    /// Request-head buffers between requests, per serving thread. A request takes one for the
+    /// write of its head and gives it back when the head has left, so no connection holds
+    /// one while its answer streams (each held 1 KiB for its life before); the thread keeps a
+    /// few (bounded in number and size), so a request allocates none in the usual case.
+    static HEAD_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A request-head buffer from this thread's spares, or a new one.
+fn take_head_buffer() -> BytesMut {
+    HEAD_BUFFERS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(INITIAL_WRITE_BUFFER))
+}
+
+/// Keeps `buf` for the next request on this thread, unless enough are kept or it grew large.
+fn give_back_head_buffer(mut buf: BytesMut) {
+    if buf.capacity() > MAX_KEPT_HEAD_BUFFER {
+        return;
+    }
+    buf.clear();
+    HEAD_BUFFERS.with_borrow_mut(|kept| {
+        if kept.len() < KEPT_HEAD_BUFFERS {
+            kept.push(buf);
+        }
+    });
+}
 /// How long the only request waiting for an answer polls for it before it sleeps (see the
 /// module docs).
 pub const ANSWER_SPIN: Duration = Duration::from_micros(100);
@@ -249,7 +281,6 @@ impl Upstream {
         let conn = Conn {
             io,
             buf: BytesMut::new(),
-            wbuf: BytesMut::with_capacity(INITIAL_WRITE_BUFFER),
         };
         exchange_within(first_byte, conn, &head, req.body, spin)
             .await
@@ -339,16 +370,17 @@ async fn exchange(
     body: &Bytes,
     spin: bool,
 ) -> Result<(ResponseHead, Conn), Attempt> {
-    conn.wbuf.clear();
-    encode_request(&mut conn.wbuf, head, body.len());
+    let mut wbuf = take_head_buffer();
+    encode_request(&mut wbuf, head, body.len());
     let written = async {
-        let Conn { io, wbuf, .. } = &mut conn;
         // Head and body leave together, in one writev.
         let mut out = (&wbuf[..]).chain(&body[..]);
-        io.write_all_buf(&mut out).await?;
-        io.flush().await
+        conn.io.write_all_buf(&mut out).await?;
+        conn.io.flush().await
     };
-    if let Err(e) = written.await {
+    let written = written.await;
+    give_back_head_buffer(wbuf);
+    if let Err(e) = written {
         return Err(Attempt::Stale(format!("sending the request: {e}")));
     }
     // The first look, without waiting: an end of input here was on its way before the
@@ -466,6 +498,36 @@ mod tests {
     use tokio::io::AsyncReadExt as _;
     use tokio::net::{TcpListener, TcpStream};
 
+    #[test]
+    fn a_thread_keeps_a_few_small_head_buffers_and_hands_them_out_empty() {
+        // A thread of its own: the spares are per thread.
+        std::thread::spawn(|| {
+            let mut grown = take_head_buffer();
+            grown.reserve(64 * 1024);
+            give_back_head_buffer(grown);
+            let taken: Vec<BytesMut> = (0..20).map(|_| take_head_buffer()).collect();
+            for mut buf in taken {
+                buf.extend_from_slice(b"POST / HTTP/1.1\r\n");
+                give_back_head_buffer(buf);
+            }
+            let kept = HEAD_BUFFERS.with_borrow(|kept| {
+                kept.iter()
+                    .map(|b| (b.len(), b.capacity()))
+                    .collect::<Vec<_>>()
+            });
+            println!("kept after one grown and 20 given back: {kept:?}");
+            assert_eq!(kept.len(), KEPT_HEAD_BUFFERS, "{kept:?}");
+            assert!(
+                kept.iter()
+                    .all(|&(len, cap)| len == 0 && cap <= MAX_KEPT_HEAD_BUFFER),
+                "{kept:?}"
+            );
+            assert!(take_head_buffer().is_empty());
+        })
+        .join()
+        .unwrap();
+    }
+
     async fn conn_and_server() -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -475,7 +537,6 @@ mod tests {
         let conn = Conn {
             io: io::Io::Plain(client),
             buf: BytesMut::new(),
-            wbuf: BytesMut::new(),
         };
         (conn, server)
     }

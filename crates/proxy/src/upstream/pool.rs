@@ -43,13 +43,13 @@ pub const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// How many idle connections are kept per endpoint.
 pub const MAX_IDLE: usize = 512;
 
-/// An open connection, its read buffer (what was read and not yet handed on; no memory
-/// while empty) and the buffer its request heads are written into (kept while idle).
+/// An open connection and its read buffer (what was read and not yet handed on; no memory
+/// while empty). Request heads are written from buffers the serving thread keeps
+/// (`take_head_buffer` in the parent module), not the connection's.
 #[derive(Debug)]
 pub struct Conn {
     pub io: Io,
     pub buf: BytesMut,
-    pub wbuf: BytesMut,
 }
 
 #[derive(Debug)]
@@ -172,7 +172,6 @@ mod tests {
             Conn {
                 io: Io::Plain(client),
                 buf: BytesMut::new(),
-                wbuf: BytesMut::new(),
             },
             server,
         )
