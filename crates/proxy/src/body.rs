@@ -22,6 +22,9 @@ use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
+/// The most [`read_limited`] reserves for a body on the strength of its `Content-Length`.
+const UPFRONT_MAX: usize = 1024 * 1024;
+
 /// What routing reads from a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fields<'a> {
@@ -45,8 +48,9 @@ pub async fn read_limited(
     }
     // Frames are counted as they arrive; the usual single-frame body is kept as it came,
     // without a copy or a list of buffers. A longer one is copied into one buffer of the
-    // declared length (the server's reads are under 8 KiB, so a 60 KB prompt comes in eight
-    // frames or more): no doubling, and no frame kept alive holding the server's read buffer.
+    // declared length, up to [`UPFRONT_MAX`] (the server's reads are under 8 KiB, so a 60 KB
+    // prompt comes in eight frames or more): no doubling, and no frame kept alive holding the
+    // server's read buffer.
     let mut body = body;
     let mut collected = Collected::Empty;
     let mut total = 0_usize;
@@ -64,11 +68,7 @@ pub async fn read_limited(
         collected = match collected {
             Collected::Empty => Collected::One(data),
             Collected::One(first) => {
-                let expected = declared
-                    .and_then(|n| usize::try_from(n).ok())
-                    .unwrap_or(0)
-                    .max(total);
-                let mut joined = BytesMut::with_capacity(expected);
+                let mut joined = BytesMut::with_capacity(upfront(declared, total));
                 joined.extend_from_slice(&first);
                 joined.extend_from_slice(&data);
                 Collected::Many(joined)
@@ -84,6 +84,17 @@ pub async fn read_limited(
         Collected::One(only) => only,
         Collected::Many(joined) => joined.freeze(),
     })
+}
+
+/// What to reserve for a body of several frames once `total` bytes of it are in: its declared
+/// length, but at most [`UPFRONT_MAX`] on the client's word alone (past that the buffer grows
+/// as the bytes arrive).
+fn upfront(declared: Option<u64>, total: usize) -> usize {
+    declared
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(UPFRONT_MAX)
+        .max(total)
 }
 
 /// A request body as [`read_limited`] gathers it.
@@ -267,6 +278,25 @@ mod tests {
             ProxyError::BodyTooLarge { limit: 5 }
         );
         assert!(read_limited(&h, Body::empty(), 5).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_frames_with_a_declared_length_arrives_whole() {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, "13".parse().unwrap());
+        let body = Body::new(Pieces(["{\"mo", "del\":", "\"m\"", "}"].into()));
+        let got = read_limited(&h, body, 100).await.unwrap();
+        assert_eq!(&got[..], br#"{"model":"m"}"#);
+    }
+
+    #[test]
+    fn a_declared_length_reserves_at_most_a_mebibyte_up_front() {
+        assert_eq!(upfront(Some(60_000), 16_000), 60_000);
+        assert_eq!(upfront(None, 16_000), 16_000);
+        // A claim the bytes have already passed, and hostile claims.
+        assert_eq!(upfront(Some(10), 16_000), 16_000);
+        assert_eq!(upfront(Some(10 * 1024 * 1024), 16_000), UPFRONT_MAX);
+        assert_eq!(upfront(Some(u64::MAX), 16_000), UPFRONT_MAX);
     }
 
     #[tokio::test]
