@@ -2,14 +2,14 @@
 //! load an LLM gateway really carries (issue #14).
 //!
 //! Its own mockllm streams [`CHUNKS`] chunks [`CHUNK_DELAY_MS`] ms apart (a 2 s answer). For
-//! each stream count (`--streams`, default 1,000 and 5,000, with a short chat; `--streams-long`,
-//! default 1,000, with a [`LONG_PROMPT_BYTES`] prompt, as real conversations send) and round, every target — the mock
-//! itself (`direct`), Hale, HAProxy, nginx, and any extra Hale binary given with
-//! `--ab LABEL=PATH` (for A/B rows of a code change in the same run) — runs once, the order
-//! rotated every round. Each proxy is started fresh for each run, so its idle RSS is
-//! measured after one verified stream and before the load, and neither memory nor CPU carry
-//! over from an earlier run. The load client is [`super::streamload`] (see there for how
-//! streams are paced, counted and cut).
+//! each stream count (`--streams`, default 1,000 and 5,000, with a short chat;
+//! `--streams-long`, default 1,000, with a [`LONG_PROMPT_BYTES`] prompt, as real conversations
+//! send) and round, every target — the mock itself (`direct`), Hale, HAProxy, nginx, and any
+//! extra Hale binary given with `--ab LABEL=PATH` (for A/B rows of a code change in the same
+//! run) — runs once, the order rotated every round. Each proxy is started fresh for each run,
+//! so its idle RSS is measured after one verified stream and before the load, and neither
+//! memory nor CPU carry over from an earlier run. The load client is [`super::streamload`]
+//! (see there for how streams are paced, counted and cut).
 //!
 //! Per target it reports: completed streams/s (×direct), the whole stream's p50/p90/p99 and
 //! what the proxy added over direct, the p99 gap between chunks as the client sees it (and
