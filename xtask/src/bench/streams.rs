@@ -223,14 +223,15 @@ struct Case {
 
 impl Case {
     fn name(self) -> String {
+        format!("{} streams{}", self.streams, self.prompts())
+    }
+
+    /// What the case's name says of its prompts: nothing for the short chat.
+    fn prompts(self) -> String {
         if self.long_prompt {
-            format!(
-                "{} streams, {} KiB prompts",
-                self.streams,
-                LONG_PROMPT_BYTES / 1024
-            )
+            format!(", {} KiB prompts", LONG_PROMPT_BYTES / 1024)
         } else {
-            format!("{} streams", self.streams)
+            String::new()
         }
     }
 
@@ -297,7 +298,7 @@ fn measure(
 /// The scenario's results: per stream count, per target.
 pub(crate) struct StreamsResults {
     kinds: Vec<Kind>,
-    by_count: Vec<(Case, Vec<Tally>)>,
+    by_case: Vec<(Case, Vec<Tally>)>,
 }
 
 /// Runs the scenario against `backend` (a mockllm streaming [`CHUNKS`] chunks
@@ -333,7 +334,7 @@ pub(crate) fn run(
             streams,
             long_prompt: true,
         }));
-    let mut by_count = Vec::new();
+    let mut by_case = Vec::new();
     for case in cases {
         println!(
             "--- streams: {}, {CHUNKS} chunks {CHUNK_DELAY_MS} ms apart",
@@ -377,15 +378,15 @@ pub(crate) fn run(
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        by_count.push((case, tallies));
+        by_case.push((case, tallies));
     }
-    StreamsResults { kinds, by_count }
+    StreamsResults { kinds, by_case }
 }
 
 impl StreamsResults {
     /// True if every target other than Hale was measured at every count.
     pub(crate) fn references_error(&self) -> Option<String> {
-        for (_, tallies) in &self.by_count {
+        for (_, tallies) in &self.by_case {
             for (kind, tally) in self.kinds.iter().zip(tallies) {
                 if !matches!(kind, Kind::Hale(_))
                     && let Some(err) = &tally.error
@@ -399,7 +400,7 @@ impl StreamsResults {
 
     /// Why Hale could not be measured, if it could not.
     pub(crate) fn hale_error(&self) -> Option<String> {
-        self.by_count.iter().find_map(|(_, t)| t[1].error.clone())
+        self.by_case.iter().find_map(|(_, t)| t[1].error.clone())
     }
 }
 
@@ -440,22 +441,15 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
         rounds = o.rounds,
         secs = o.seconds,
     );
-    for (case, tallies) in &results.by_count {
+    for (case, tallies) in &results.by_case {
         let direct = &tallies[0];
         let streams = &case.streams;
         let _ = write!(
             out,
-            "\n#### {}\n\n\
+            "\n#### {streams} concurrent streams{prompts}\n\n\
              | target | streams/s | ×direct | p50 ms | p90 ms | p99 ms | added p50 | added p90 | added p99 | gap p99 ms | added gap p99 | CPU µs/chunk | KiB/stream | peak RSS MiB | failed |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-            if case.long_prompt {
-                format!(
-                    "{streams} concurrent streams, {} KiB prompts",
-                    LONG_PROMPT_BYTES / 1024
-                )
-            } else {
-                format!("{streams} concurrent streams")
-            }
+            prompts = case.prompts(),
         );
         for (kind, tally) in results.kinds.iter().zip(tallies) {
             let name = kind.name();
@@ -512,7 +506,7 @@ fn checks(results: &StreamsResults) -> Vec<String> {
     let Some(haproxy_index) = results.kinds.iter().position(|k| *k == Kind::HaProxy) else {
         return lines;
     };
-    for (case, tallies) in &results.by_count {
+    for (case, tallies) in &results.by_case {
         let streams = &case.streams;
         let (direct, hale, haproxy) = (&tallies[0], &tallies[1], &tallies[haproxy_index]);
         let line = |pass: bool, text: String| {
@@ -588,7 +582,7 @@ mod tests {
         };
         StreamsResults {
             kinds: vec![Kind::Direct, Kind::Hale(None), Kind::HaProxy, Kind::Nginx],
-            by_count: vec![(
+            by_case: vec![(
                 Case {
                     streams: 1000,
                     long_prompt: false,
@@ -629,7 +623,7 @@ mod tests {
     #[test]
     fn a_hale_that_fails_streams_fails_its_checks() {
         let mut failing = results(run(0.01, 5.0, 6.0, 2000.0));
-        failing.by_count[0].1[1].runs[0].outcome.failed = 3;
+        failing.by_case[0].1[1].runs[0].outcome.failed = 3;
         let lines = checks(&failing);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].starts_with("FAIL ") && lines[0].contains("3 failed"));
