@@ -662,7 +662,7 @@ mod tests {
             assert_eq!(f.name(&f.pick(&sel, "m", Route::ChatCompletions)), "b");
         }
         let mut excluded = Excluded::default();
-        excluded.insert(1);
+        excluded.insert(f.runtimes[1].id);
         let s = sel.select(
             &f.store.snapshot(),
             &f.runtimes,
