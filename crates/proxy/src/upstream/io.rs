@@ -200,15 +200,15 @@ impl Io {
     ) -> Poll<io::Result<usize>> {
         SCRATCH.with_borrow_mut(|scratch| {
             let polled = match self {
-                Io::Plain(tcp) => loop {
-                    match tcp.try_read(scratch) {
-                        Ok(n) => break Poll::Ready(Ok(n)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::task::ready!(tcp.poll_read_ready(cx))?;
-                        }
-                        Err(e) => break Poll::Ready(Err(e)),
-                    }
-                },
+                // tokio's `poll_read` (unlike `try_read`) takes a read that did not fill the
+                // buffer as proof the socket is drained and forgets its readiness, so the next
+                // look after a chunk costs no `recv` that could only answer `EAGAIN`.
+                Io::Plain(tcp) => {
+                    let mut read = ReadBuf::new(scratch);
+                    let polled = Pin::new(tcp).poll_read(cx, &mut read);
+                    let n = read.filled().len();
+                    polled.map_ok(|()| n)
+                }
                 Io::Tls(tls) => {
                     let mut read = ReadBuf::new(scratch);
                     let polled = Pin::new(tls.as_mut()).poll_read(cx, &mut read);
