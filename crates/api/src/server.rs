@@ -63,6 +63,7 @@
 //! that went away. [`stop`](ServerHandle::stop) then closes the listener and every connection.
 
 mod connection;
+mod gate;
 mod tracked;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::runtime::{Claim, Watch};
 use hale_core::Signal;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
@@ -23,6 +23,9 @@ pub struct Tally {
     /// Fires `idle` after the body started to wait with nothing new; moved on
     /// lazily, only when it fires (see [`Tally::poll_idle`]).
     idle_timer: Option<Pin<Box<Sleep>>>,
+    /// The waker `idle_timer` was last polled with and holds (it wakes it when it fires), so
+    /// long as it has not fired since.
+    timer_waker: Option<Waker>,
     /// When the body last started to wait after data had arrived.
     waiting_since: Instant,
     /// Data arrived since `waiting_since`.
@@ -47,6 +50,7 @@ impl Tally {
             }),
             idle,
             idle_timer: None,
+            timer_waker: None,
             waiting_since: started,
             progressed: false,
         }
@@ -101,6 +105,7 @@ impl Tally {
             }
         }
         self.idle_timer = None;
+        self.timer_waker = None;
         self.finish();
     }
 
@@ -126,9 +131,22 @@ impl Tally {
             .idle_timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         loop {
-            if timer.as_mut().poll(cx).is_pending() {
+            // The timer wakes the waker it holds when it fires: until it has, polling it again
+            // with that same waker (each wait between a stream's chunks) would only register
+            // it again.
+            if self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+                && !timer.is_elapsed()
+            {
                 return Poll::Pending;
             }
+            if timer.as_mut().poll(cx).is_pending() {
+                self.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.timer_waker = None;
             if timer.deadline() >= deadline {
                 break;
             }

@@ -26,6 +26,7 @@
 //! has not is left to send its request, which is answered with `Connection: close`: a
 //! graceful shutdown before the first request would drop a request that is on its way.
 
+use super::gate::Gate;
 use super::tracked::ConnService;
 use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, Limits, Shared};
 use axum::Router;
@@ -34,7 +35,7 @@ use bytes::Bytes;
 use hale_core::config::clock_safe;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -221,6 +222,9 @@ async fn drive<C: Graceful>(conn: C, state: &ConnState, ctx: &Ctx, peer: SocketA
     let mut closing_until: Option<Instant> = None;
     let timer = sleep_until(Instant::now() + NEVER);
     let mut timer = pin!(timer);
+    // The side futures (`changed`, `drain`, `timer`) are polled only when one of them woke
+    // the task, not on each of the connection's own wake-ups (see `gate`).
+    let mut gate = Gate::new();
     loop {
         if !shut_down && ctx.shared.is_draining() && state.has_served() {
             conn.as_mut().graceful_shutdown();
@@ -229,21 +233,38 @@ async fn drive<C: Graceful>(conn: C, state: &ConnState, ctx: &Ctx, peer: SocketA
         if let Some(at) = state.arm(closing_until) {
             timer.as_mut().reset(at);
         }
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => {
+        // A side future may have been replaced or reset since it was last polled.
+        gate.force();
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
+            }
+            let Some(mut side) = gate.open(cx.waker()) else {
+                return Poll::Pending;
+            };
+            if changed.as_mut().poll(&mut side).is_ready() {
+                return Poll::Ready(Event::Changed);
+            }
+            // Heard (or the sender is gone): either way the flag is read above from now on.
+            if !drain_heard && drain.as_mut().poll(&mut side).is_ready() {
+                return Poll::Ready(Event::DrainHeard);
+            }
+            if timer.as_mut().poll(&mut side).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(result) => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = changed.as_mut() => changed.set(state.changed.notified()),
-            heard = drain.as_mut(), if !drain_heard => {
-                // Heard (or the sender is gone): either way the flag is read above from now on.
-                drain_heard = true;
-                let _ = heard;
-            }
-            () = timer.as_mut() => {
+            Event::Changed => changed.set(state.changed.notified()),
+            Event::DrainHeard => drain_heard = true,
+            Event::Timer => {
                 let now = Instant::now();
                 // Read the state again: the deadline may have moved since the timer was armed.
                 match state.fired(closing_until) {
@@ -273,6 +294,18 @@ async fn drive<C: Graceful>(conn: C, state: &ConnState, ctx: &Ctx, peer: SocketA
             }
         }
     }
+}
+
+/// What woke [`drive`]'s loop.
+enum Event {
+    /// The connection is done.
+    Ended(hyper::Result<()>),
+    /// [`ConnState`] asked for a look (an earlier deadline, or a request during a drain).
+    Changed,
+    /// The drain began.
+    DrainHeard,
+    /// The armed deadline passed.
+    Timer,
 }
 
 /// What happens when the armed deadline passes.
