@@ -676,7 +676,7 @@ fn run_short(
     if let Some(reason) = &hale_unavailable {
         println!("note: Hale cannot be measured: {reason}");
     }
-    let (haproxy, haproxy_addr) = refs::start_haproxy(dir, &backend, 0)?;
+    let (haproxy, haproxy_addr) = refs::start_haproxy(dir, &backend, 0, refs::Haproxy::Plain)?;
     let (nginx, nginx_addr) = refs::start_nginx(dir, &backend, 0)?;
     for (name, addr) in [("HAProxy", &haproxy_addr), ("nginx", &nginx_addr)] {
         verify(&addr.to_string())

@@ -23,6 +23,14 @@
 //! Neither is capped below the concurrency it is measured at: HAProxy's global `maxconn`
 //! and nginx's `worker_connections` / `worker_rlimit_nofile` grow with the streams
 //! scenario's stream count, and the HAProxy server line has no `maxconn` (no queue).
+//!
+//! HAProxy also comes in a second variant, [`Haproxy::NoDelay`]: the same config with
+//! `option http-no-delay` in `defaults`. By default HAProxy passes streamed chunks to the
+//! client with `MSG_MORE`, so the kernel holds small chunks (LLM tokens) until the client's
+//! ACK — the gap between tokens the streams table shows for it; `option http-no-delay` is how
+//! an operator fronting LLM streams would turn that off. The streams scenario measures it
+//! alongside plain HAProxy, so that Hale's CPU per chunk is also compared with an HAProxy
+//! giving the same service: each token passed on as soon as it arrives.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,25 +48,47 @@ pub(crate) fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
-/// Starts HAProxy in front of `backend`; returns it and the address it listens on.
-/// `max_streams`: the most concurrent streams it must carry uncapped (0 for a few).
+/// Which HAProxy configuration: its defaults, or with `option http-no-delay`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Haproxy {
+    /// Its defaults: streamed chunks go to the client with `MSG_MORE`.
+    Plain,
+    /// `option http-no-delay` in `defaults`: each chunk is sent at once.
+    NoDelay,
+}
+
+impl Haproxy {
+    /// The stem of its config and log file names in the run's directory.
+    fn file_stem(self) -> &'static str {
+        match self {
+            Haproxy::Plain => "haproxy",
+            Haproxy::NoDelay => "haproxy-no-delay",
+        }
+    }
+}
+
+/// Starts HAProxy, configured as `variant`, in front of `backend`; returns it and the
+/// address it listens on. `max_streams`: the most concurrent streams it must carry uncapped
+/// (0 for a few).
 pub(crate) fn start_haproxy(
     dir: &Path,
     backend: &str,
     max_streams: usize,
+    variant: Haproxy,
 ) -> anyhow::Result<(Server, SocketAddr)> {
     let listen = free_port()?;
-    let config = dir.join("haproxy.cfg");
+    let stem = variant.file_stem();
+    let config = dir.join(format!("{stem}.cfg"));
     std::fs::write(
         &config,
-        haproxy_config(listen, backend, workers(), max_streams),
+        haproxy_config(listen, backend, workers(), max_streams, variant),
     )
     .with_context(|| format!("writing {}", config.display()))?;
     let mut command = Command::new("haproxy");
     // -db: stay in the foreground, no daemon and no master process, so the pid we hold is
     // the one process that serves.
     command.arg("-db").arg("-f").arg(&config);
-    let mut server = Server::spawn("haproxy", command, &dir.join("haproxy.log"))?;
+    let mut server = Server::spawn("haproxy", command, &dir.join(format!("{stem}.log")))?;
     server.wait_for_port(listen)?;
     Ok((server, listen))
 }
@@ -105,8 +135,18 @@ fn nginx_connections(max_streams: usize) -> usize {
     (2 * max_streams + 1000).max(4096)
 }
 
-fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize, max_streams: usize) -> String {
+fn haproxy_config(
+    listen: SocketAddr,
+    backend: &str,
+    threads: usize,
+    max_streams: usize,
+    variant: Haproxy,
+) -> String {
     let maxconn = haproxy_maxconn(max_streams);
+    let no_delay = match variant {
+        Haproxy::Plain => "",
+        Haproxy::NoDelay => "    option http-no-delay\n",
+    };
     format!(
         "global\n\
          \x20   nbthread {threads}\n\
@@ -116,6 +156,7 @@ fn haproxy_config(listen: SocketAddr, backend: &str, threads: usize, max_streams
          defaults\n\
          \x20   mode http\n\
          \x20   option http-keep-alive\n\
+         {no_delay}\
          \x20   http-reuse always\n\
          \x20   timeout connect 2s\n\
          \x20   timeout client 60s\n\
@@ -179,4 +220,45 @@ fn nginx_config(
          \x20   }}\n\
          }}\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `config`'s `defaults` section, indented as written.
+    fn defaults(config: &str) -> Vec<&str> {
+        config
+            .lines()
+            .skip_while(|l| *l != "defaults")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn only_the_no_delay_haproxy_has_http_no_delay_in_its_defaults() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let plain = haproxy_config(listen, "127.0.0.1:9000", 2, 1000, Haproxy::Plain);
+        let no_delay = haproxy_config(listen, "127.0.0.1:9000", 2, 1000, Haproxy::NoDelay);
+        assert!(!plain.contains("http-no-delay"), "{plain}");
+        let d = defaults(&no_delay);
+        assert!(d.contains(&"    option http-no-delay"), "{no_delay}");
+        assert_eq!(no_delay.matches("http-no-delay").count(), 1, "{no_delay}");
+        // Otherwise the very same config.
+        assert_eq!(no_delay.replace("    option http-no-delay\n", ""), plain);
+        assert_eq!(
+            defaults(&plain),
+            [
+                "    mode http",
+                "    option http-keep-alive",
+                "    http-reuse always",
+                "    timeout connect 2s",
+                "    timeout client 60s",
+                "    timeout server 60s",
+                "    timeout http-keep-alive 60s",
+            ]
+        );
+        assert!(plain.contains("    maxconn 4096\n"), "{plain}");
+    }
 }

@@ -4,12 +4,14 @@
 //! Its own mockllm streams [`CHUNKS`] chunks [`CHUNK_DELAY_MS`] ms apart (a 2 s answer). For
 //! each stream count (`--streams`, default 1,000 and 5,000, with a short chat;
 //! `--streams-long`, default 1,000, with a [`LONG_PROMPT_BYTES`] prompt, as real conversations
-//! send) and round, every target — the mock itself (`direct`), Hale, HAProxy, nginx, and any
-//! extra Hale binary given with `--ab LABEL=PATH` (for A/B rows of a code change in the same
-//! run) — runs once, the order rotated every round. Each proxy is started fresh for each run,
-//! so its idle RSS is measured after one verified stream and before the load, and neither
-//! memory nor CPU carry over from an earlier run. The load client is [`super::streamload`]
-//! (see there for how streams are paced, counted and cut).
+//! send) and round, every target — the mock itself (`direct`), Hale, HAProxy, HAProxy with
+//! `option http-no-delay` ("HAProxy (http-no-delay)": plain HAProxy holds each chunk with
+//! `MSG_MORE` until the client's ACK, see `refs.rs`), nginx, and any extra Hale binary given
+//! with `--ab LABEL=PATH` (for A/B rows of a code change in the same run) — runs once, the
+//! order rotated every round. Each proxy is started fresh for each run, so its idle RSS is
+//! measured after one verified stream and before the load, and neither memory nor CPU carry
+//! over from an earlier run. The load client is [`super::streamload`] (see there for how
+//! streams are paced, counted and cut).
 //!
 //! Per target it reports: completed streams/s (×direct), the whole stream's p50/p90/p99 and
 //! what the proxy added over direct, the p99 gap between chunks as the client sees it (and
@@ -19,6 +21,9 @@
 //! below N: HAProxy gets `maxconn` above N and no per-server limit, nginx gets
 //! `worker_connections` and `worker_rlimit_nofile` for both sides of N streams in one
 //! worker, and the bench raises its own (inherited) open-file limit to the hard limit.
+//!
+//! The targets' checks hold Hale to plain HAProxy (the issue's targets) and, in the same
+//! form, to HAProxy (http-no-delay), which gives the same token-by-token service Hale does.
 #![expect(
     clippy::disallowed_methods,
     reason = "xtask has no tokio runtime outside the load client: thread::sleep paces the runs"
@@ -35,7 +40,7 @@ use anyhow::{Context as _, anyhow, bail};
 use super::process::Server;
 use super::procfs::memory_mib;
 use super::proxy::{CHAT_PATH, STREAMED_CHAT, median, sample_rss, start_hale, verify};
-use super::refs;
+use super::refs::{self, Haproxy};
 use super::streamload::{self, StreamLoad, StreamOutcome};
 
 /// The prompt of the long-prompt runs (`--streams-long`): a chat message of this many bytes,
@@ -63,6 +68,8 @@ enum Kind {
     Direct,
     Hale(Option<String>),
     HaProxy,
+    /// HAProxy with `option http-no-delay`.
+    HaProxyNoDelay,
     Nginx,
 }
 
@@ -73,6 +80,7 @@ impl Kind {
             Kind::Hale(None) => "Hale".to_owned(),
             Kind::Hale(Some(label)) => format!("Hale ({label})"),
             Kind::HaProxy => "HAProxy".to_owned(),
+            Kind::HaProxyNoDelay => "HAProxy (http-no-delay)".to_owned(),
             Kind::Nginx => "nginx".to_owned(),
         }
     }
@@ -195,8 +203,13 @@ fn start(
             }
             Ok(Started { server, addr })
         }
-        Kind::HaProxy => {
-            let (server, addr) = refs::start_haproxy(dir, backend, max_streams)?;
+        Kind::HaProxy | Kind::HaProxyNoDelay => {
+            let variant = if *kind == Kind::HaProxy {
+                Haproxy::Plain
+            } else {
+                Haproxy::NoDelay
+            };
+            let (server, addr) = refs::start_haproxy(dir, backend, max_streams, variant)?;
             verify(&addr.to_string())?;
             Ok(Started {
                 server: Some(server),
@@ -321,7 +334,14 @@ pub(crate) fn run(
         kinds.push(Kind::Hale(Some(label.clone())));
     }
     kinds.push(Kind::HaProxy);
+    kinds.push(Kind::HaProxyNoDelay);
     kinds.push(Kind::Nginx);
+    // Room for the longest name in the per-run lines.
+    let width = kinds
+        .iter()
+        .map(|k| k.name().chars().count())
+        .max()
+        .unwrap_or(0);
 
     let cases = o
         .counts
@@ -351,7 +371,7 @@ pub(crate) fn run(
                 match measure(kind, &hale_bins, dir, backend, case, o) {
                     Ok(run) => {
                         println!(
-                            "    round {}: {:<12} {:>7.1} streams/s  p50 {:>7.0} ms  p99 {:>7.0} ms  gap p99 {:>6.1} ms  CPU {:>5.2} s  RSS {:.1} → {:.1} MiB  failed {}{}",
+                            "    round {}: {:<width$} {:>7.1} streams/s  p50 {:>7.0} ms  p99 {:>7.0} ms  gap p99 {:>6.1} ms  CPU {:>5.2} s  RSS {:.1} → {:.1} MiB  failed {}{}",
                             round + 1,
                             kind.name(),
                             run.outcome.streams_per_second(),
@@ -437,7 +457,9 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
          \"+\" columns are added over direct in the same run. HAProxy: global `maxconn` N + 1000, \
          no per-server `maxconn`; nginx: `worker_connections` and `worker_rlimit_nofile` ≥ 2N + 1000 \
          per worker; the bench's open-file limit raised to the hard limit (inherited by every \
-         target).\n",
+         target). HAProxy (http-no-delay): the same HAProxy with `option http-no-delay` in \
+         `defaults`, which sends each chunk to the client at once where plain HAProxy sends it \
+         with `MSG_MORE` (held until the client's ACK).\n",
         rounds = o.rounds,
         secs = o.seconds,
     );
@@ -500,15 +522,21 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
     out
 }
 
-/// Hale against HAProxy at every count: CPU per chunk, memory per stream, added p99.
+/// Hale against HAProxy at every count: CPU per chunk, memory per stream, added p99 — and
+/// the same three against HAProxy (http-no-delay) when it was measured.
 fn checks(results: &StreamsResults) -> Vec<String> {
     let mut lines = Vec::new();
-    let Some(haproxy_index) = results.kinds.iter().position(|k| *k == Kind::HaProxy) else {
-        return lines;
-    };
+    // Where each measured HAProxy is in the tallies, and its name.
+    let references: Vec<(usize, String)> = [Kind::HaProxy, Kind::HaProxyNoDelay]
+        .into_iter()
+        .filter_map(|kind| {
+            let index = results.kinds.iter().position(|k| *k == kind)?;
+            Some((index, kind.name()))
+        })
+        .collect();
     for (case, tallies) in &results.by_case {
         let streams = &case.streams;
-        let (direct, hale, haproxy) = (&tallies[0], &tallies[1], &tallies[haproxy_index]);
+        let (direct, hale) = (&tallies[0], &tallies[1]);
         let line = |pass: bool, text: String| {
             format!(
                 "{} {}: {text}",
@@ -516,36 +544,42 @@ fn checks(results: &StreamsResults) -> Vec<String> {
                 case.name()
             )
         };
-        if hale.runs.is_empty() || hale.failed() > 0 {
-            let why = match &hale.error {
-                Some(e) => e.chars().take(160).collect(),
-                None => format!("{} failed streams", hale.failed()),
-            };
-            lines.push(line(false, format!("Hale ≤ HAProxy — not met: {why}")));
-            continue;
+        let not_measured = (hale.runs.is_empty() || hale.failed() > 0).then(|| match &hale.error {
+            Some(e) => e.chars().take(160).collect::<String>(),
+            None => format!("{} failed streams", hale.failed()),
+        });
+        for (index, name) in &references {
+            if let Some(why) = &not_measured {
+                lines.push(line(false, format!("Hale ≤ {name} — not met: {why}")));
+                continue;
+            }
+            let reference = &tallies[*index];
+            let (h, p) = (hale.cpu_us_per_chunk(), reference.cpu_us_per_chunk());
+            lines.push(line(
+                h <= p,
+                format!(
+                    "CPU per chunk ≤ {name}'s — {h:.2} vs {p:.2} µs ({:.2}×)",
+                    h / p
+                ),
+            ));
+            let (h, p) = (
+                hale.kib_per_stream(*streams),
+                reference.kib_per_stream(*streams),
+            );
+            lines.push(line(
+                h <= p,
+                format!("memory per stream ≤ {name}'s — {h:.1} vs {p:.1} KiB"),
+            ));
+            let base = direct.stream_ms(0.99);
+            let (h, p) = (
+                hale.stream_ms(0.99) - base,
+                reference.stream_ms(0.99) - base,
+            );
+            lines.push(line(
+                h <= p,
+                format!("added p99 ≤ {name}'s — {h:+.0} vs {p:+.0} ms"),
+            ));
         }
-        let (h, p) = (hale.cpu_us_per_chunk(), haproxy.cpu_us_per_chunk());
-        lines.push(line(
-            h <= p,
-            format!(
-                "CPU per chunk ≤ HAProxy's — {h:.2} vs {p:.2} µs ({:.2}×)",
-                h / p
-            ),
-        ));
-        let (h, p) = (
-            hale.kib_per_stream(*streams),
-            haproxy.kib_per_stream(*streams),
-        );
-        lines.push(line(
-            h <= p,
-            format!("memory per stream ≤ HAProxy's — {h:.1} vs {p:.1} KiB"),
-        ));
-        let base = direct.stream_ms(0.99);
-        let (h, p) = (hale.stream_ms(0.99) - base, haproxy.stream_ms(0.99) - base);
-        lines.push(line(
-            h <= p,
-            format!("added p99 ≤ HAProxy's — {h:+.0} vs {p:+.0} ms"),
-        ));
     }
     lines
 }
@@ -575,13 +609,29 @@ mod tests {
         }
     }
 
-    fn results(hale: Run) -> StreamsResults {
+    /// Plain HAProxy: 10 µs/chunk, 10.2 KiB/stream, +200 ms added p99.
+    fn haproxy() -> Run {
+        run(0.1, 10.0, 20.0, 2300.0)
+    }
+
+    /// HAProxy (http-no-delay): 13 µs/chunk, 11.3 KiB/stream, +150 ms added p99.
+    fn haproxy_no_delay() -> Run {
+        run(0.13, 10.0, 21.0, 2250.0)
+    }
+
+    fn results(hale: Run, no_delay: Run) -> StreamsResults {
         let tally = |r: Run| Tally {
             runs: vec![r],
             error: None,
         };
         StreamsResults {
-            kinds: vec![Kind::Direct, Kind::Hale(None), Kind::HaProxy, Kind::Nginx],
+            kinds: vec![
+                Kind::Direct,
+                Kind::Hale(None),
+                Kind::HaProxy,
+                Kind::HaProxyNoDelay,
+                Kind::Nginx,
+            ],
             by_case: vec![(
                 Case {
                     streams: 1000,
@@ -590,25 +640,55 @@ mod tests {
                 vec![
                     tally(run(0.0, 0.0, 0.0, 2100.0)),
                     tally(hale),
-                    tally(run(0.1, 10.0, 20.0, 2300.0)),
+                    tally(haproxy()),
+                    tally(no_delay),
                     tally(run(0.2, 10.0, 30.0, 2400.0)),
                 ],
             )],
         }
     }
 
+    /// The same results without the no-delay HAProxy, as before it was measured.
+    fn without_no_delay(mut results: StreamsResults) -> StreamsResults {
+        let index = results
+            .kinds
+            .iter()
+            .position(|k| *k == Kind::HaProxyNoDelay)
+            .unwrap();
+        results.kinds.remove(index);
+        for (_, tallies) in &mut results.by_case {
+            tallies.remove(index);
+        }
+        results
+    }
+
     #[test]
     fn hale_is_held_to_haproxy_on_cpu_memory_and_added_p99() {
-        let good = results(run(0.08, 5.0, 14.0, 2200.0));
+        let good = results(run(0.08, 5.0, 14.0, 2200.0), haproxy_no_delay());
         let lines = checks(&good);
-        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(lines.len(), 6, "{lines:#?}");
         assert!(lines.iter().all(|l| l.starts_with("PASS ")), "{lines:#?}");
-        assert!(lines[0].contains("8.00 vs 10.00 µs"), "{}", lines[0]);
-        assert!(lines[1].contains("9.2 vs 10.2 KiB"), "{}", lines[1]);
+        assert_eq!(
+            lines,
+            [
+                "PASS 1000 streams: CPU per chunk ≤ HAProxy's — 8.00 vs 10.00 µs (0.80×)",
+                "PASS 1000 streams: memory per stream ≤ HAProxy's — 9.2 vs 10.2 KiB",
+                "PASS 1000 streams: added p99 ≤ HAProxy's — +100 vs +200 ms",
+                "PASS 1000 streams: CPU per chunk ≤ HAProxy (http-no-delay)'s — 8.00 vs 13.00 µs (0.62×)",
+                "PASS 1000 streams: memory per stream ≤ HAProxy (http-no-delay)'s — 9.2 vs 11.3 KiB",
+                "PASS 1000 streams: added p99 ≤ HAProxy (http-no-delay)'s — +100 vs +150 ms",
+            ]
+        );
 
-        let bad = results(run(0.2, 5.0, 40.0, 2500.0));
+        let bad = results(run(0.2, 5.0, 40.0, 2500.0), haproxy_no_delay());
         let lines = checks(&bad);
+        assert_eq!(lines.len(), 6, "{lines:#?}");
         assert!(lines.iter().all(|l| l.starts_with("FAIL ")), "{lines:#?}");
+        assert!(
+            lines[3].contains("HAProxy (http-no-delay)'s — 20.00 vs 13.00 µs"),
+            "{}",
+            lines[3]
+        );
         let o = StreamsOptions {
             counts: vec![1000],
             long_prompt: Vec::new(),
@@ -618,14 +698,98 @@ mod tests {
         };
         let body = render(&o, &bad);
         assert!(body.contains("| Hale | 10.1 | 1.000 |"), "{body}");
+        // Its own row, between plain HAProxy's and nginx's, and its count of streams.
+        let rows: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| target"))
+            .map(|l| l.split(" | ").next().unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| direct",
+                "| Hale",
+                "| HAProxy",
+                "| HAProxy (http-no-delay)",
+                "| nginx"
+            ],
+            "{body}"
+        );
+        assert!(
+            body.contains("| HAProxy (http-no-delay) | 10.1 | 1.000 | 2050 |"),
+            "{body}"
+        );
+        assert!(
+            body.contains("HAProxy 101, HAProxy (http-no-delay) 101, nginx 101."),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "- FAIL 1000 streams: added p99 ≤ HAProxy (http-no-delay)'s — +400 vs +150 ms"
+            ),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn hale_can_pass_against_one_haproxy_and_fail_against_the_other() {
+        // 12 µs/chunk: above plain HAProxy's 10, below the no-delay HAProxy's 13.
+        let mixed = results(run(0.12, 5.0, 14.0, 2200.0), haproxy_no_delay());
+        let lines = checks(&mixed);
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            "FAIL 1000 streams: CPU per chunk ≤ HAProxy's — 12.00 vs 10.00 µs (1.20×)"
+        );
+        assert_eq!(
+            lines[3],
+            "PASS 1000 streams: CPU per chunk ≤ HAProxy (http-no-delay)'s — 12.00 vs 13.00 µs (0.92×)"
+        );
+        assert!(
+            [1, 2, 4, 5].iter().all(|&i| lines[i].starts_with("PASS ")),
+            "{lines:#?}"
+        );
+
+        // The other way round on added p99: +100 ms beats plain HAProxy's +200 but not a
+        // no-delay HAProxy at +50.
+        let mixed = results(run(0.08, 5.0, 14.0, 2200.0), run(0.13, 10.0, 21.0, 2150.0));
+        let lines = checks(&mixed);
+        assert_eq!(
+            lines[2],
+            "PASS 1000 streams: added p99 ≤ HAProxy's — +100 vs +200 ms"
+        );
+        assert_eq!(
+            lines[5],
+            "FAIL 1000 streams: added p99 ≤ HAProxy (http-no-delay)'s — +100 vs +50 ms"
+        );
+    }
+
+    #[test]
+    fn without_the_no_delay_haproxy_only_plain_haproxy_is_checked() {
+        let lines = checks(&without_no_delay(results(
+            run(0.12, 5.0, 14.0, 2200.0),
+            haproxy_no_delay(),
+        )));
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines.iter().all(|l| !l.contains("http-no-delay")),
+            "{lines:#?}"
+        );
+        assert!(lines[0].starts_with("FAIL ") && lines[0].contains("HAProxy's — 12.00 vs 10.00"));
     }
 
     #[test]
     fn a_hale_that_fails_streams_fails_its_checks() {
-        let mut failing = results(run(0.01, 5.0, 6.0, 2000.0));
+        let mut failing = results(run(0.01, 5.0, 6.0, 2000.0), haproxy_no_delay());
         failing.by_case[0].1[1].runs[0].outcome.failed = 3;
         let lines = checks(&failing);
-        assert_eq!(lines.len(), 1);
-        assert!(lines[0].starts_with("FAIL ") && lines[0].contains("3 failed"));
+        assert_eq!(
+            lines,
+            [
+                "FAIL 1000 streams: Hale ≤ HAProxy — not met: 3 failed streams",
+                "FAIL 1000 streams: Hale ≤ HAProxy (http-no-delay) — not met: 3 failed streams",
+            ]
+        );
+        assert_eq!(checks(&without_no_delay(failing)).len(), 1);
     }
 }
