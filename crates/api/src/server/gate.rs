@@ -11,8 +11,9 @@
 //! polled again so that they hold the new one. What this bought: docs/BENCHMARKS.md,
 //! "Fourth pass".
 
+use futures_util::task::AtomicWaker;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Wake, Waker};
 
 /// Decides, on each wake-up of the task, whether the side futures are polled.
@@ -28,7 +29,7 @@ struct Inner {
     /// A side future woke us (or [`Gate::force`] asked for a look) since the last look.
     fired: AtomicBool,
     /// Woken when a side future fires.
-    task: Mutex<Option<Waker>>,
+    task: AtomicWaker,
 }
 
 impl Wake for Inner {
@@ -38,14 +39,7 @@ impl Wake for Inner {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.fired.store(true, Ordering::Release);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(task) = task {
-            task.wake();
-        }
+        self.task.wake();
     }
 }
 
@@ -54,7 +48,7 @@ impl Gate {
     pub(super) fn new() -> Self {
         let inner = Arc::new(Inner {
             fired: AtomicBool::new(true),
-            task: Mutex::new(None),
+            task: AtomicWaker::new(),
         });
         let waker = Waker::from(inner.clone());
         Self {
@@ -69,20 +63,20 @@ impl Gate {
     /// when polling them could only find them pending.
     pub(super) fn open(&mut self, task: &Waker) -> Option<Context<'_>> {
         let known = self.task.as_ref().is_some_and(|t| t.will_wake(task));
-        if known {
-            if !self.inner.fired.load(Ordering::Relaxed)
-                || !self.inner.fired.swap(false, Ordering::Acquire)
-            {
-                return None;
-            }
-        } else {
-            *self
-                .inner
-                .task
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
+        if !known {
+            self.inner.task.register(task);
             self.task = Some(task.clone());
             self.inner.fired.store(false, Ordering::Relaxed);
+            return Some(Context::from_waker(&self.waker));
+        }
+        if !self.inner.fired.load(Ordering::Relaxed) {
+            return None;
+        }
+        // A firing takes the registered waker as it wakes it: hand it back before looking, so
+        // that a side future firing after this look wakes the task again.
+        self.inner.task.register(task);
+        if !self.inner.fired.swap(false, Ordering::Acquire) {
+            return None;
         }
         Some(Context::from_waker(&self.waker))
     }
@@ -145,6 +139,23 @@ mod tests {
         gate.force();
         assert!(gate.open(&waker).is_some(), "a forced look");
         assert!(gate.open(&waker).is_none());
+    }
+
+    #[test]
+    fn every_firing_wakes_the_task_not_only_the_first() {
+        let notify = Notify::new();
+        let mut gate = Gate::new();
+        let (count, waker) = task();
+        for round in 1..=3 {
+            let mut notified = pin!(notify.notified());
+            let mut side = gate.open(&waker).expect("a look after each firing");
+            assert!(notified.as_mut().poll(&mut side).is_pending());
+            notify.notify_one();
+            assert_eq!(count.0.load(Ordering::SeqCst), round, "firing {round}");
+            let mut side = gate.open(&waker).expect("the firing is seen");
+            assert_eq!(notified.as_mut().poll(&mut side), Poll::Ready(()));
+            gate.force();
+        }
     }
 
     #[test]
