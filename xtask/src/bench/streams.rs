@@ -67,9 +67,8 @@ pub(crate) struct StreamsOptions {
 enum Kind {
     Direct,
     Hale(Option<String>),
-    HaProxy,
-    /// HAProxy with `option http-no-delay`.
-    HaProxyNoDelay,
+    /// HAProxy as configured (`option http-no-delay` or not).
+    HaProxy(Haproxy),
     Nginx,
 }
 
@@ -79,8 +78,8 @@ impl Kind {
             Kind::Direct => "direct".to_owned(),
             Kind::Hale(None) => "Hale".to_owned(),
             Kind::Hale(Some(label)) => format!("Hale ({label})"),
-            Kind::HaProxy => "HAProxy".to_owned(),
-            Kind::HaProxyNoDelay => "HAProxy (http-no-delay)".to_owned(),
+            Kind::HaProxy(Haproxy::Plain) => "HAProxy".to_owned(),
+            Kind::HaProxy(Haproxy::NoDelay) => "HAProxy (http-no-delay)".to_owned(),
             Kind::Nginx => "nginx".to_owned(),
         }
     }
@@ -203,13 +202,8 @@ fn start(
             }
             Ok(Started { server, addr })
         }
-        Kind::HaProxy | Kind::HaProxyNoDelay => {
-            let variant = if *kind == Kind::HaProxy {
-                Haproxy::Plain
-            } else {
-                Haproxy::NoDelay
-            };
-            let (server, addr) = refs::start_haproxy(dir, backend, max_streams, variant)?;
+        Kind::HaProxy(variant) => {
+            let (server, addr) = refs::start_haproxy(dir, backend, max_streams, *variant)?;
             verify(&addr.to_string())?;
             Ok(Started {
                 server: Some(server),
@@ -333,8 +327,8 @@ pub(crate) fn run(
         hale_bins.push((Some(label.clone()), bin.clone()));
         kinds.push(Kind::Hale(Some(label.clone())));
     }
-    kinds.push(Kind::HaProxy);
-    kinds.push(Kind::HaProxyNoDelay);
+    kinds.push(Kind::HaProxy(Haproxy::Plain));
+    kinds.push(Kind::HaProxy(Haproxy::NoDelay));
     kinds.push(Kind::Nginx);
     // Room for the longest name in the per-run lines.
     let width = kinds
@@ -527,13 +521,16 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
 fn checks(results: &StreamsResults) -> Vec<String> {
     let mut lines = Vec::new();
     // Where each measured HAProxy is in the tallies, and its name.
-    let references: Vec<(usize, String)> = [Kind::HaProxy, Kind::HaProxyNoDelay]
-        .into_iter()
-        .filter_map(|kind| {
-            let index = results.kinds.iter().position(|k| *k == kind)?;
-            Some((index, kind.name()))
-        })
-        .collect();
+    let references: Vec<(usize, String)> = [
+        Kind::HaProxy(Haproxy::Plain),
+        Kind::HaProxy(Haproxy::NoDelay),
+    ]
+    .into_iter()
+    .filter_map(|kind| {
+        let index = results.kinds.iter().position(|k| *k == kind)?;
+        Some((index, kind.name()))
+    })
+    .collect();
     for (case, tallies) in &results.by_case {
         let streams = &case.streams;
         let (direct, hale) = (&tallies[0], &tallies[1]);
@@ -628,8 +625,8 @@ mod tests {
             kinds: vec![
                 Kind::Direct,
                 Kind::Hale(None),
-                Kind::HaProxy,
-                Kind::HaProxyNoDelay,
+                Kind::HaProxy(Haproxy::Plain),
+                Kind::HaProxy(Haproxy::NoDelay),
                 Kind::Nginx,
             ],
             by_case: vec![(
@@ -653,7 +650,7 @@ mod tests {
         let index = results
             .kinds
             .iter()
-            .position(|k| *k == Kind::HaProxyNoDelay)
+            .position(|k| *k == Kind::HaProxy(Haproxy::NoDelay))
             .unwrap();
         results.kinds.remove(index);
         for (_, tallies) in &mut results.by_case {
