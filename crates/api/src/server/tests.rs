@@ -279,6 +279,61 @@ async fn long_bodies_reach_the_app_in_reads_under_8_kib_and_the_connection_goes_
     assert!(largest < 8 * 1024, "{said}");
 }
 
+/// hyper (vendor/hyper) lets its read buffer go when a read finds nothing and nothing is left
+/// unparsed: a head that stops mid-way, a body that pauses, and a second head sent behind the
+/// first must all keep their bytes across those waits.
+#[tokio::test]
+async fn heads_and_bodies_split_by_pauses_or_pipelined_lose_no_byte() {
+    let (addr, _server) = start(limits(5_000, 5_000)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let pause = || tokio::time::sleep(Duration::from_millis(50));
+
+    // A head cut mid-line, the rest after the server has found nothing more to read.
+    tcp.write_all(b"GET /fast HTTP/1.1\r\nho").await.unwrap();
+    pause().await;
+    tcp.write_all(b"st: t\r\n\r\n").await.unwrap();
+    let (head, body) = read_answer(&mut tcp).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "ok");
+
+    // A body that pauses after its head and again mid-way.
+    tcp.write_all(b"POST /frames HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    pause().await;
+    tcp.write_all(b"01234").await.unwrap();
+    pause().await;
+    tcp.write_all(b"56789").await.unwrap();
+    let (head, said) = read_answer(&mut tcp).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(frame_figures(&said).1, 10, "{said}");
+
+    // Idle (the buffer let go), then two heads in one write: both answered, in order.
+    pause().await;
+    tcp.write_all(b"GET /fast HTTP/1.1\r\nhost: t\r\n\r\nGET /fast HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0_u8; 4096];
+    timeout(Duration::from_secs(5), async {
+        while String::from_utf8_lossy(&got).matches("\r\n\r\nok").count() < 2 {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("both pipelined requests answered");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.ends_with("ok"), "{text}");
+
+    // And the connection goes on.
+    let (head, body) = get_on(&mut tcp, "/fast").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "ok");
+}
+
 /// `largest` and `total` of a `/frames` answer.
 fn frame_figures(said: &str) -> (usize, usize) {
     let field = |name: &str| {
