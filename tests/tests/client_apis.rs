@@ -10,7 +10,8 @@
 //!   Garbage in Redis for a response id, an absurd id, odd bytes: a 404 in OpenAI's shape.
 //! - Anthropic SDK: `messages.create` plain and streamed (deltas arrive spaced as sent),
 //!   `count_tokens`, an unknown model →
-//!   `NotFoundError` in Anthropic's error shape, the key sent as `x-api-key`.
+//!   `NotFoundError` in Anthropic's error shape, the key sent as `x-api-key`; a stream through
+//!   a gateway that holds tokens (`server.stream_coalesce`) arrives whole.
 //! - ollama-python and ollama-js: `version`, `show`, `ps`, `embeddings`, `list`, `chat`,
 //!   `generate`, `embed`; an unknown model raises `ResponseError` carrying the message text.
 //! - The generic route: `POST /v1/rerank` and a multipart audio transcription are routed by
@@ -414,6 +415,34 @@ async fn anthropic_sdk_through_hale() -> anyhow::Result<()> {
         got.json()
     );
     assert_eq!(got.json()["type"], "error");
+    Ok(())
+}
+
+/// A gateway that holds streamed tokens (`server.stream_coalesce`, shorter than the kernel's
+/// own hold so that Hale's push is what sends them) still hands the SDK the whole stream:
+/// every delta, the same text as the plain answer, the stop reason.
+#[tokio::test]
+async fn an_sdk_reads_a_coalesced_stream_whole() -> anyhow::Result<()> {
+    let vllm = MockLlm::builder("vllm")
+        .models(&["claude-mock"])
+        .chunks(40)
+        .chunk_delay_ms(10)
+        .start()
+        .await?;
+    let text = config("", &[endpoint("vllm", &vllm.url(), "vllm")]).replace(
+        "  max_body: 64KiB\n",
+        "  max_body: 64KiB\n  stream_coalesce: 150ms\n",
+    );
+    assert!(text.contains("stream_coalesce"), "{text}");
+    let gw = Gateway::start(&text).await?;
+    wait_status(&gw, "vllm", "healthy", Duration::from_secs(10)).await?;
+    let out = python(&["anthropic", &gw.url(), KEY, "claude-mock"]).await?;
+    let plain = out["plain"]["text"].as_str().unwrap();
+    println!("{}", out["stream"]);
+    assert!(plain.len() > 100, "{plain}");
+    assert_eq!(out["stream"]["text"], plain);
+    assert!(out["stream"]["pieces"].as_u64().unwrap() >= 40, "{out}");
+    assert_eq!(out["stream"]["stop_reason"], "end_turn");
     Ok(())
 }
 

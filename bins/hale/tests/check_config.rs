@@ -171,6 +171,25 @@ fn a_timeout_not_below_the_interval_is_refused() {
 /// `u64::MAX` seconds: humantime parses it, and any clock it is added to overflows.
 const HUGE: &str = "18446744073709551615s";
 
+/// The example with the line `from` given each value in turn: loads when `ok`, else fails
+/// with `error` on that line.
+fn check_bound(from: &str, values: &[(&str, bool)], error: &str) {
+    let (key, _) = from.trim().split_once(": ").unwrap();
+    let indent = &from[..from.len() - from.trim_start().len()];
+    for (value, ok) in values {
+        let written = format!("{indent}{key}: {value}");
+        let text = example_with(from, &written);
+        let (_file, run) = check_text(&text, &[]);
+        if *ok {
+            run.ok();
+            continue;
+        }
+        let line = run.error_line();
+        let expected = format!("line {}: {error}", line_of(&text, &written));
+        assert!(line.contains(&expected), "{value}: {line}");
+    }
+}
+
 #[test]
 fn durations_and_sizes_beyond_their_bound_are_refused_naming_the_key() {
     let cases = [
@@ -202,20 +221,17 @@ fn durations_and_sizes_beyond_their_bound_are_refused_naming_the_key() {
     }
 
     // 100EiB does not fit in 64 bits: the parser saturates, and the bound names the key.
-    for (size, ok) in [("100EiB", false), ("1025MiB", false), ("1GiB", true)] {
-        let text = example_with("  max_body: 10MiB", &format!("  max_body: {size}"));
-        let (_file, run) = check_text(&text, &[]);
-        if ok {
-            run.ok();
-            continue;
-        }
-        let line = run.error_line();
-        let expected = format!(
-            "line {}: server.max_body: must be at most 1GiB",
-            line_of(&text, "max_body:")
-        );
-        assert!(line.contains(&expected), "{size}: {line}");
-    }
+    check_bound(
+        "  max_body: 10MiB",
+        &[("100EiB", false), ("1025MiB", false), ("1GiB", true)],
+        "server.max_body: must be at most 1GiB",
+    );
+    // Holding streamed tokens has its own, much lower bound.
+    check_bound(
+        "  stream_coalesce: 0s",
+        &[("1s", true), ("1001ms", false), (HUGE, false)],
+        "server.stream_coalesce: must be at most 1s (0s turns it off), got ",
+    );
 
     // A number too large for a duration at all is named as well.
     let text = example_with(

@@ -43,6 +43,10 @@
 //!   `SETTINGS_MAX_HEADER_LIST_SIZE`; the h2 crate answers a larger header list with 431.
 //! - HTTP/2: keep-alive pings every 20 s, the connection closed when one is not answered
 //!   within 20 s; at most 200 concurrent streams (hyper's default).
+//! - `stream_coalesce` (`0s`, off; a departure from DESIGN §5, which lists no such key): on
+//!   HTTP/1, the chunks of a streamed answer after the first may be held up to this long so
+//!   that several leave in one TCP segment, as plain HAProxy holds them. It trades token
+//!   latency for CPU with thousands of streams; see the `coalesce` module.
 //! - A bad or failed connection (reset, garbage, timeout, oversize head) is logged at DEBUG
 //!   only, so a scanner cannot flood the log. Accept errors that are about the process (out
 //!   of file descriptors) are logged at WARN at most once a minute, with a 100 ms pause
@@ -62,6 +66,7 @@
 //! refused, once the process is gone) and retries elsewhere, as it would for any other replica
 //! that went away. [`stop`](ServerHandle::stop) then closes the listener and every connection.
 
+mod coalesce;
 mod connection;
 mod gate;
 mod tracked;
@@ -109,6 +114,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// The most header fields in one HTTP/1 request head.
     pub max_headers: usize,
+    /// `server.stream_coalesce`: zero sends every streamed chunk at once.
+    pub stream_coalesce: Duration,
 }
 
 impl Limits {
@@ -119,6 +126,7 @@ impl Limits {
             idle_timeout: server.idle_timeout,
             max_header_bytes: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,
+            stream_coalesce: server.stream_coalesce,
         }
     }
 }

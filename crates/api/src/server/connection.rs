@@ -26,6 +26,7 @@
 //! has not is left to send its request, which is answered with `Connection: close`: a
 //! graceful shutdown before the first request would drop a request that is on its way.
 
+use super::coalesce::Coalescer;
 use super::gate::Gate;
 use super::tracked::ConnService;
 use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, Limits, Shared};
@@ -128,14 +129,19 @@ pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, t
         thread,
         ctx.limits,
     ));
+    let (read_max, coalesce) = match protocol {
+        Protocol::Http1 => (
+            HTTP1_READ_MAX,
+            Coalescer::new(ctx.limits.stream_coalesce).map(Box::new),
+        ),
+        Protocol::Http2 => (u64::MAX, None),
+    };
     let io = TokioIo::new(WatchedIo {
         tcp,
         prefix,
         state: state.clone(),
-        read_max: match protocol {
-            Protocol::Http1 => HTTP1_READ_MAX,
-            Protocol::Http2 => u64::MAX,
-        },
+        read_max,
+        coalesce,
     });
     let service = ConnService::new(ctx.app.clone(), state.clone());
     match protocol {
@@ -333,6 +339,9 @@ pub(super) struct ConnState {
     /// Wakes the driving task when a deadline came earlier than the one its timer is set to,
     /// or a request started during a drain.
     changed: Notify,
+    /// Set while an HTTP/1 response body streams, after its first frame, when
+    /// `server.stream_coalesce` is on: the writes of its chunks may be held (`coalesce`).
+    streaming: AtomicBool,
     shared: Arc<Shared>,
     /// The serving thread the connection lives on.
     thread: usize,
@@ -394,6 +403,7 @@ impl ConnState {
             }),
             awaiting_head: AtomicBool::new(false),
             changed: Notify::new(),
+            streaming: AtomicBool::new(false),
             shared,
             thread,
             limits,
@@ -406,6 +416,21 @@ impl ConnState {
 
     pub(super) fn is_draining(&self) -> bool {
         self.shared.is_draining()
+    }
+
+    /// Whether streamed chunks may be held on this connection's HTTP/1 responses.
+    pub(super) fn coalesces(&self) -> bool {
+        !self.limits.stream_coalesce.is_zero()
+    }
+
+    /// An HTTP/1 response body is streaming past its first frame (`true`), or has ended or
+    /// been dropped (`false`).
+    pub(super) fn set_streaming(&self, streaming: bool) {
+        self.streaming.store(streaming, Ordering::Relaxed);
+    }
+
+    fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
     }
 
     /// A request head was read and handed to the app. The driving task is woken only during
@@ -499,13 +524,15 @@ impl ConnState {
 
 /// The TCP stream as hyper reads it: first the bytes [`sniff`] took, then the socket, at most
 /// `read_max` bytes per read ([`HTTP1_READ_MAX`] on HTTP/1), telling [`ConnState`] whenever
-/// bytes arrive.
+/// bytes arrive. Writes go through the [`Coalescer`] when `server.stream_coalesce` is on.
 #[derive(Debug)]
 pub(super) struct WatchedIo {
     tcp: TcpStream,
     prefix: Bytes,
     state: Arc<ConnState>,
     read_max: u64,
+    /// Boxed: the common case, off, costs the connection one pointer.
+    coalesce: Option<Box<Coalescer>>,
 }
 
 impl WatchedIo {
@@ -559,7 +586,16 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        match &mut this.coalesce {
+            Some(c) => c.poll_write(
+                &mut this.tcp,
+                cx,
+                &[io::IoSlice::new(buf)],
+                this.state.is_streaming(),
+            ),
+            None => Pin::new(&mut this.tcp).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -567,7 +603,11 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match &mut this.coalesce {
+            Some(c) => c.poll_write(&mut this.tcp, cx, bufs, this.state.is_streaming()),
+            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -575,7 +615,11 @@ impl AsyncWrite for WatchedIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(c) = &mut this.coalesce {
+            c.poll_push(&this.tcp, cx, this.state.is_streaming())?;
+        }
+        Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -98,6 +98,7 @@ fn limits(header_ms: u64, idle_ms: u64) -> Limits {
         idle_timeout: Duration::from_millis(idle_ms),
         max_header_bytes: MAX_HEADER_BYTES,
         max_headers: super::MAX_HEADERS,
+        stream_coalesce: Duration::ZERO,
     }
 }
 
@@ -423,6 +424,7 @@ async fn clocks_too_long_for_an_instant_never_panic_the_connection() {
     let huge = Limits {
         header_timeout: Duration::MAX,
         idle_timeout: Duration::from_secs(u64::MAX),
+        stream_coalesce: Duration::MAX,
         ..limits(0, 0)
     };
     let (addr, _server) = start(huge).await;
@@ -433,6 +435,13 @@ async fn clocks_too_long_for_an_instant_never_panic_the_connection() {
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(body, "ok");
     }
+    // A stream of several chunks holds them for the longest delay there is.
+    tcp.write_all(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until_ends_with(&mut tcp, &mut got, b"0\r\n\r\n").await;
+    assert_eq!(String::from_utf8_lossy(&got).matches("tick").count(), 5);
     let mut probe = [0_u8; 1];
     let idle = timeout(Duration::from_millis(200), tcp.read(&mut probe)).await;
     assert!(idle.is_err(), "closed while idle: {idle:?}");
@@ -871,4 +880,90 @@ async fn connections_are_spread_over_the_serving_threads_and_the_drain_counts_th
     assert_eq!(server.in_flight(), 0);
     server.stop().await;
     drop(workers);
+}
+
+/// Reads until `got` ends with `end`, within a generous deadline.
+async fn read_until_ends_with(tcp: &mut TcpStream, got: &mut Vec<u8>, end: &[u8]) {
+    let mut buf = [0_u8; 4096];
+    timeout(Duration::from_secs(10), async {
+        while !got.ends_with(end) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never ended: {}", String::from_utf8_lossy(got)));
+}
+
+#[tokio::test]
+async fn coalesced_streams_lose_no_byte_and_the_connection_goes_on() {
+    use futures_util::stream;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::mpsc;
+
+    // Each `/chan` answer streams what the test sends down its channel, and ends when the
+    // sender is dropped.
+    let bodies = Arc::new(Mutex::new(VecDeque::new()));
+    let taken = bodies.clone();
+    let app = Router::new().route("/fast", get(|| async { "ok" })).route(
+        "/chan",
+        get(move || {
+            let rx: mpsc::Receiver<Bytes> = taken.lock().unwrap().pop_front().unwrap();
+            async move {
+                Body::from_stream(stream::unfold(rx, |mut rx| async move {
+                    let chunk = rx.recv().await?;
+                    Some((Ok::<_, Infallible>(chunk), rx))
+                }))
+            }
+        }),
+    );
+    let limits = Limits {
+        stream_coalesce: Duration::from_millis(100),
+        ..limits(10_000, 10_000)
+    };
+    let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = Server::new(listener, app, limits).spawn();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+
+    for round in 0..2 {
+        let (tx, rx) = mpsc::channel(64);
+        bodies.lock().unwrap().push_back(rx);
+        tcp.write_all(b"GET /chan HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        // The head and the first chunk are not held: the test waits for them before it sends
+        // the second.
+        tx.send(Bytes::from_static(b"first;")).await.unwrap();
+        let mut got = Vec::new();
+        read_until_ends_with(&mut tcp, &mut got, b"first;\r\n").await;
+        let sent: Vec<String> = (2..=40).map(|i| format!("chunk{round}-{i};")).collect();
+        for chunk in &sent {
+            tx.send(Bytes::from(chunk.clone())).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let ended = Instant::now();
+        drop(tx);
+        read_until_ends_with(&mut tcp, &mut got, b"0\r\n\r\n").await;
+        println!(
+            "round {round}: the end arrived {:?} after the body ended",
+            ended.elapsed()
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // Every chunk, in order, each once.
+        let mut rest = &text[..];
+        for chunk in &sent {
+            let at = rest
+                .find(chunk.as_str())
+                .unwrap_or_else(|| panic!("{chunk} missing: {text}"));
+            rest = &rest[at + chunk.len()..];
+        }
+        // The next answer on the same connection is whole.
+        let (head, body) = get_on(&mut tcp, "/fast").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "ok");
+    }
 }

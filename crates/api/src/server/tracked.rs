@@ -6,6 +6,10 @@
 //! the response body, dropped when the body yields its last frame, fails, or is dropped (the
 //! client went away), or with the handler's future if the request is abandoned before it has
 //! a response. So a stream counts until its final chunk, and no path can leak a count.
+//!
+//! With `server.stream_coalesce` on, an HTTP/1 response body also tells its connection when it
+//! streams past its first frame and when it ends ([`StreamMark`]), for the connection's writes
+//! to hold chunks only in between (`coalesce`).
 
 use super::connection::ConnState;
 use axum::Router;
@@ -80,9 +84,20 @@ impl Future for TrackedFuture {
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        let stream = match &guard {
+            Some(g) if this.http1 && g.conn.coalesces() => Some(StreamMark {
+                conn: g.conn.clone(),
+                frames: 0,
+            }),
+            _ => None,
+        };
         Poll::Ready(Ok(Response::from_parts(
             parts,
-            TrackedBody { inner: body, guard },
+            TrackedBody {
+                inner: body,
+                guard,
+                stream,
+            },
         )))
     }
 }
@@ -92,6 +107,7 @@ impl Future for TrackedFuture {
 pub(super) struct TrackedBody {
     inner: Body,
     guard: Option<RequestGuard>,
+    stream: Option<StreamMark>,
 }
 
 impl http_body::Body for TrackedBody {
@@ -111,6 +127,9 @@ impl http_body::Body for TrackedBody {
         };
         if ended {
             this.guard = None;
+            this.stream = None;
+        } else if let (Some(mark), Poll::Ready(Some(Ok(_)))) = (&mut this.stream, &polled) {
+            mark.frame();
         }
         polled
     }
@@ -121,6 +140,32 @@ impl http_body::Body for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An HTTP/1 response body's word to its connection that it is streaming: from its second
+/// frame until it ends or is dropped. The first frame goes out with the head, unheld.
+#[derive(Debug)]
+struct StreamMark {
+    conn: Arc<ConnState>,
+    frames: u8,
+}
+
+impl StreamMark {
+    /// The body yielded a frame and has more to come.
+    fn frame(&mut self) {
+        if self.frames == 1 {
+            self.conn.set_streaming(true);
+        }
+        self.frames = self.frames.saturating_add(1);
+    }
+}
+
+impl Drop for StreamMark {
+    fn drop(&mut self) {
+        if self.frames > 1 {
+            self.conn.set_streaming(false);
+        }
     }
 }
 

@@ -1,0 +1,275 @@
+//! `server.stream_coalesce`: several streamed chunks in one TCP segment, for a bounded delay.
+//!
+//! Off by default, Hale writes each chunk of a streamed answer the moment it has it, and each
+//! write is one segment to the client. With thousands of streams of one token every 20–50 ms,
+//! sending those segments is most of the proxy's CPU: on loopback the kernel also delivers
+//! each one to the receiving socket on the sender's time. Plain HAProxy writes every chunk but
+//! the last with `MSG_MORE`, so the kernel holds it until a segment fills, the client
+//! acknowledges earlier data, or its probe timer fires (about 200 ms): a tenth of the segments,
+//! tokens in bursts (docs/BENCHMARKS.md, "Proxy overhead: concurrent long streams").
+//!
+//! [`Coalescer`] does the same, bounded by the configured delay. While a response body is
+//! streaming ([`ConnState::is_streaming`](super::connection::ConnState): it has delivered a
+//! frame before the one being written, so the head and the first chunk always go at once),
+//! writes carry `MSG_MORE`. Held bytes are pushed (`TCP_NODELAY` set again, which sends what
+//! the socket holds) when the delay has passed since the first of them, when the body ends, or
+//! with the next write that is not held. The delay's timer is polled from `poll_flush`, which
+//! hyper calls every time it polls the connection, so it wakes the connection's task.
+//!
+//! The kernel itself sends held bytes when the client acknowledges earlier ones or its probe
+//! timer fires (the retransmission timeout, at least 200 ms), so the delay is an upper bound.
+//! Below about 200 ms Hale's own push sends each held segment, in its own CPU time; above it
+//! the kernel's timer mostly does, as for HAProxy (docs/BENCHMARKS.md, "Fifth pass": 1.14×
+//! plain HAProxy's CPU per chunk at 1,000 streams with 200 ms, 1.05× with 1 s).
+//!
+//! HTTP/1 only (HTTP/2 multiplexes streams over one socket; h2 batches its own writes), and
+//! Linux only (`MSG_MORE`); elsewhere the setting has no effect.
+
+use hale_core::config::clock_safe;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// One HTTP/1 connection's held bytes and the clock that bounds them.
+#[derive(Debug)]
+pub(super) struct Coalescer {
+    max: Duration,
+    /// Bytes were written with `MSG_MORE` since the last push (the kernel may have sent them
+    /// since, on an acknowledgement: then the push is a no-op).
+    held: bool,
+    /// Armed at the first held write: the push is due when it fires.
+    due: Pin<Box<Sleep>>,
+}
+
+impl Coalescer {
+    /// A coalescer holding bytes at most `max`; `None` when `max` is zero (off) or where
+    /// `MSG_MORE` does not exist.
+    pub(super) fn new(max: Duration) -> Option<Self> {
+        if max.is_zero() || !cfg!(target_os = "linux") {
+            return None;
+        }
+        let max = clock_safe(max);
+        Some(Self {
+            max,
+            held: false,
+            due: Box::pin(sleep_until(Instant::now() + max)),
+        })
+    }
+
+    /// Writes `bufs` to `tcp`: held while `streaming`, else sent (with anything held before).
+    pub(super) fn poll_write(
+        &mut self,
+        tcp: &mut TcpStream,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+        streaming: bool,
+    ) -> Poll<io::Result<usize>> {
+        if !streaming {
+            let written = ready!(Pin::new(tcp).poll_write_vectored(cx, bufs))?;
+            // A write without `MSG_MORE` on a `TCP_NODELAY` socket sends all it holds.
+            self.held = false;
+            return Poll::Ready(Ok(written));
+        }
+        let written = ready!(poll_send_more(tcp, cx, bufs))?;
+        if !self.held {
+            self.held = true;
+            self.due.as_mut().reset(Instant::now() + self.max);
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    /// Pushes held bytes if the stream is over or they have waited their time; otherwise has
+    /// the task woken when they have.
+    pub(super) fn poll_push(
+        &mut self,
+        tcp: &TcpStream,
+        cx: &mut Context<'_>,
+        streaming: bool,
+    ) -> io::Result<()> {
+        if !self.held || (streaming && self.due.as_mut().poll(cx).is_pending()) {
+            return Ok(());
+        }
+        // Setting TCP_NODELAY (already set) pushes the socket's pending segments out.
+        tcp.set_nodelay(true)?;
+        self.held = false;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_holding(&self) -> bool {
+        self.held
+    }
+}
+
+/// `sendmsg(bufs, MSG_MORE)` on `tcp`, waiting for it to be writable.
+#[cfg(target_os = "linux")]
+fn poll_send_more(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(tcp)
+                .send_vectored_with_flags(bufs, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// Never reached: [`Coalescer::new`] gives `None` where `MSG_MORE` does not exist.
+#[cfg(not(target_os = "linux"))]
+fn poll_send_more(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    Pin::new(tcp).poll_write_vectored(cx, bufs)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Over a real loopback connection: what the kernel holds shows as a client socket with
+    //! nothing to read, and loopback delivers a sent segment before the send returns.
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+
+    const MAX: Duration = Duration::from_millis(50);
+    /// Generous: only a push that never comes fails it.
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        server.set_nodelay(true).unwrap();
+        (server, client)
+    }
+
+    async fn write(c: &mut Coalescer, tcp: &mut TcpStream, bytes: &[u8], streaming: bool) {
+        let n = poll_fn(|cx| c.poll_write(tcp, cx, &[IoSlice::new(bytes)], streaming))
+            .await
+            .unwrap();
+        assert_eq!(n, bytes.len());
+    }
+
+    /// What the client can read without waiting.
+    fn readable_now(client: &TcpStream) -> Vec<u8> {
+        let mut buf = [0_u8; 256];
+        match client.try_read(&mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut buf = vec![0_u8; len];
+        timeout(DEADLINE, client.read_exact(&mut buf))
+            .await
+            .expect("the held bytes were never pushed")
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn zero_is_off() {
+        assert!(Coalescer::new(Duration::ZERO).is_none());
+    }
+
+    #[tokio::test]
+    async fn streaming_writes_are_held_and_pushed_when_the_stream_ends() {
+        let (mut server, mut client) = pair().await;
+        let mut c = Coalescer::new(MAX).unwrap();
+        write(&mut c, &mut server, b"head+first", false).await;
+        assert_eq!(read_exactly(&mut client, 10).await, b"head+first");
+
+        write(&mut c, &mut server, b"second", true).await;
+        write(&mut c, &mut server, b"third", true).await;
+        assert!(c.is_holding());
+        assert_eq!(readable_now(&client), b"", "the kernel sent held bytes");
+        // Not due yet, still streaming: nothing moves.
+        poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, true)))
+            .await
+            .unwrap();
+        assert_eq!(readable_now(&client), b"");
+
+        // The body ended: pushed at once, whatever the clock says.
+        poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, false)))
+            .await
+            .unwrap();
+        assert!(!c.is_holding());
+        assert_eq!(read_exactly(&mut client, 11).await, b"secondthird");
+    }
+
+    #[tokio::test]
+    async fn held_bytes_are_pushed_once_the_delay_has_passed_and_not_before() {
+        let (mut server, mut client) = pair().await;
+        let mut c = Coalescer::new(MAX).unwrap();
+        let held_at = Instant::now();
+        write(&mut c, &mut server, b"token", true).await;
+        // The task is woken when the delay is over and the next look pushes.
+        poll_fn(|cx| {
+            c.poll_push(&server, cx, true).unwrap();
+            if c.is_holding() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let pushed_after = held_at.elapsed();
+        assert!(pushed_after >= MAX, "pushed after {pushed_after:?}");
+        assert_eq!(read_exactly(&mut client, 5).await, b"token");
+
+        // The next held write starts a new delay.
+        write(&mut c, &mut server, b"again", true).await;
+        assert!(c.is_holding());
+        assert_eq!(readable_now(&client), b"");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_is_not_held_takes_the_held_bytes_with_it() {
+        let (mut server, mut client) = pair().await;
+        let mut c = Coalescer::new(Duration::from_secs(1)).unwrap();
+        write(&mut c, &mut server, b"held ", true).await;
+        assert_eq!(readable_now(&client), b"");
+        write(&mut c, &mut server, b"0\r\n\r\n", false).await;
+        assert!(!c.is_holding());
+        assert_eq!(read_exactly(&mut client, 10).await, b"held 0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_write_to_a_closed_peer_is_an_error_not_a_panic() {
+        let (mut server, client) = pair().await;
+        let mut c = Coalescer::new(MAX).unwrap();
+        drop(client);
+        // The first write may still be accepted; the reset makes a later one fail.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let written =
+                poll_fn(|cx| c.poll_write(&mut server, cx, &[IoSlice::new(b"x")], true)).await;
+            if written.is_err() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes to a closed peer kept succeeding"
+            );
+            tokio::task::yield_now().await;
+            poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, false).ok())).await;
+        }
+    }
+}
