@@ -1,14 +1,16 @@
 //! `cargo xtask bench proxy [--seconds D] [--rounds R] [--quick] [--only short|streams]
 //! [--streams N,N…] [--streams-long N,N…|none] [--streams-seconds D] [--streams-rounds R]
-//! [--ab LABEL=HALE_BINARY]…`: what the gateway adds to a request, next to a direct call and
-//! to two reference proxies.
+//! [--streams-coalesce D|none] [--ab LABEL=HALE_BINARY]…`: what the gateway adds to a request,
+//! next to a direct call and to two reference proxies.
 //!
 //! Two parts, each writing its own section of docs/BENCHMARKS.md: the short-answer scenarios
 //! below (section `proxy`), and the `streams` scenario — thousands of concurrent 2-second
 //! streams, with its own mock, load client and fresh proxies per run (section
 //! `proxy-streams`; see `streams.rs`). `--only` runs one part; `--ab` adds other Hale
 //! binaries to both parts, a row `Hale (LABEL)` each, measured in the same interleaved runs
-//! (A/B rows for a code change); the targets' checks are of the default Hale only. The bench raises its open-file limit to the hard limit first; every target
+//! (A/B rows for a code change); the targets' checks are of the default Hale only (and, in
+//! `streams`, of the default Hale with `server.stream_coalesce` set, `--streams-coalesce`,
+//! default 1s). The bench raises its open-file limit to the hard limit first; every target
 //! inherits it.
 //!
 //! One mockllm (OpenAI flavour, release build, `--chunks 5 --chunk-delay-ms 0`) is the backend
@@ -95,7 +97,8 @@ struct Options {
 }
 
 const USAGE: &str = "options: --seconds D, --rounds R, --quick, --only short|streams, \
-                     --streams N[,N...], --streams-long N[,N...]|none, --streams-seconds D, --streams-rounds R, --ab LABEL=HALE_BINARY";
+                     --streams N[,N...], --streams-long N[,N...]|none, --streams-seconds D, --streams-rounds R, \
+                     --streams-coalesce D|none, --ab LABEL=HALE_BINARY";
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut quick = false;
@@ -106,6 +109,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut long_prompt = None;
     let mut streams_seconds = None;
     let mut streams_rounds = None;
+    let mut coalesce = None;
     let mut ab = Vec::new();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -144,6 +148,9 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--streams-rounds" => {
                 streams_rounds = Some(value()?.parse::<usize>().context("--streams-rounds")?);
             }
+            "--streams-coalesce" => {
+                coalesce = Some(parse_coalesce(value()?).context("--streams-coalesce")?);
+            }
             "--ab" => {
                 let v = value()?;
                 let (label, path) = v
@@ -159,6 +166,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         long_prompt: long_prompt.unwrap_or_else(|| if quick { vec![200] } else { vec![1000] }),
         seconds: streams_seconds.unwrap_or(if quick { 3.0 } else { 10.0 }),
         rounds: streams_rounds.unwrap_or(if quick { 1 } else { 2 }),
+        coalesce: coalesce.unwrap_or(Some(DEFAULT_STREAM_COALESCE)),
         ab,
     };
     let o = Options {
@@ -189,6 +197,51 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         );
     }
     Ok(o)
+}
+
+/// The `server.stream_coalesce` of the streams scenario's coalescing Hale by default: longer
+/// than the kernel's own hold (it sends bytes held with `MSG_MORE` on the client's ACK or after
+/// about 200 ms), so Hale holds chunks exactly as plain HAProxy does, and its own push is
+/// only the backstop.
+const DEFAULT_STREAM_COALESCE: Duration = Duration::from_secs(1);
+/// The longest `server.stream_coalesce` Hale accepts (`MAX_STREAM_COALESCE` in
+/// crates/api/src/config.rs); a longer one would only make that target fail to start.
+const MAX_STREAM_COALESCE: Duration = Duration::from_secs(1);
+
+/// `--streams-coalesce`: `none`, or whole milliseconds or seconds (`200ms`, `1s`) within
+/// 1 ms..=1 s.
+fn parse_coalesce(v: &str) -> anyhow::Result<Option<Duration>> {
+    if v == "none" {
+        return Ok(None);
+    }
+    let bad = || anyhow!("{v:?}: must be a duration like 200ms or 1s, or none");
+    let (digits, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|at| v.split_at(at))
+        .ok_or_else(bad)?;
+    let n = digits.parse::<u64>().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        bail!("{v:?}: 0 turns coalescing off; say none");
+    }
+    if d > MAX_STREAM_COALESCE {
+        bail!("{v:?}: Hale accepts at most 1s");
+    }
+    Ok(Some(d))
+}
+
+/// A whole number of milliseconds as Hale's config (humantime) reads it and the report
+/// prints it: `200ms`, `1s`.
+pub(super) fn spell_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 // === targets ===
@@ -274,19 +327,29 @@ fn snippet(body: &str) -> String {
     one_line.chars().take(160).collect()
 }
 
-/// Starts the gateway in front of `backend` and waits (bounded) until it routes a chat.
-/// Any failure is returned as the reason the Hale rows stay empty, not as an error: the
-/// reference figures are worth having while the gateway's proxy routes are being built.
+/// The gateway's config: the one endpoint `backend`, and `server.stream_coalesce` if given.
+fn hale_config(backend: &str, stream_coalesce: Option<Duration>) -> String {
+    let coalesce = stream_coalesce
+        .map(|d| format!("  stream_coalesce: {}\n", spell_duration(d)))
+        .unwrap_or_default();
+    format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n{coalesce}endpoints:\n  - name: mock\n    \
+         url: \"http://{backend}\"\n    type: openai\n    check_interval: 5s\n"
+    )
+}
+
+/// Starts the gateway in front of `backend` (with `server.stream_coalesce` if given) and
+/// waits (bounded) until it routes a chat. Any failure is returned as the reason the Hale
+/// rows stay empty, not as an error: the reference figures are worth having while the
+/// gateway's proxy routes are being built.
 pub(super) fn start_hale(
     hale: &Path,
     dir: &Path,
     backend: &str,
+    stream_coalesce: Option<Duration>,
 ) -> (Option<Server>, String, Option<String>) {
     let config = dir.join("hale.yaml");
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nendpoints:\n  - name: mock\n    \
-         url: \"http://{backend}\"\n    type: openai\n    check_interval: 5s\n"
-    );
+    let yaml = hale_config(backend, stream_coalesce);
     if let Err(err) = std::fs::write(&config, yaml) {
         return (
             None,
@@ -670,7 +733,7 @@ fn run_short(
     let (mut mock, backend) = start_mock(bin, &dir.join("mockllm.log"), CHUNKS, 0)?;
 
     let (hale, hale_addr, hale_unavailable) = match hale_built {
-        Ok(()) => start_hale(&bin.join("hale"), dir, &backend),
+        Ok(()) => start_hale(&bin.join("hale"), dir, &backend, None),
         Err(err) => (None, String::new(), Some(err.clone())),
     };
     if let Some(reason) = &hale_unavailable {
@@ -708,7 +771,7 @@ fn run_short(
     for (label, path) in &o.ab {
         let own = dir.join(format!("ab-{}", targets.len()));
         let (server, addr, unavailable) = match std::fs::create_dir_all(&own) {
-            Ok(()) => start_hale(path, &own, &backend),
+            Ok(()) => start_hale(path, &own, &backend, None),
             Err(err) => (None, String::new(), Some(format!("{err}"))),
         };
         if let Some(reason) = &unavailable {
@@ -1249,5 +1312,72 @@ mod tests {
         assert_eq!((o.seconds, o.rounds, o.quick), (5.0, 2, true));
         assert!(parse(&["--rounds".to_owned(), "0".to_owned()]).is_err());
         assert!(parse(&["--fast".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn streams_coalesce_is_a_duration_or_none() {
+        let coalesce = |args: &[&str]| -> anyhow::Result<Option<Duration>> {
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            Ok(parse(&args)?.streams.unwrap().coalesce)
+        };
+        // On by default, at 1 s; in --quick runs too.
+        assert_eq!(coalesce(&[]).unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            coalesce(&["--quick"]).unwrap(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            coalesce(&["--streams-coalesce", "200ms"]).unwrap(),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            coalesce(&["--streams-coalesce", "1s"]).unwrap(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(coalesce(&["--streams-coalesce", "none"]).unwrap(), None);
+        let error = |args: &[&str]| format!("{:#}", coalesce(args).unwrap_err());
+        assert_eq!(
+            error(&["--streams-coalesce", "200"]),
+            "--streams-coalesce: \"200\": must be a duration like 200ms or 1s, or none"
+        );
+        assert_eq!(
+            error(&["--streams-coalesce", "fast"]),
+            "--streams-coalesce: \"fast\": must be a duration like 200ms or 1s, or none"
+        );
+        assert_eq!(
+            error(&["--streams-coalesce", "0ms"]),
+            "--streams-coalesce: \"0ms\": 0 turns coalescing off; say none"
+        );
+        assert_eq!(
+            error(&["--streams-coalesce", "2s"]),
+            "--streams-coalesce: \"2s\": Hale accepts at most 1s"
+        );
+        assert_eq!(
+            error(&["--streams-coalesce"]),
+            "--streams-coalesce needs a value"
+        );
+        // And the name and config spell it as given.
+        assert_eq!(spell_duration(Duration::from_millis(200)), "200ms");
+        assert_eq!(spell_duration(Duration::from_millis(1000)), "1s");
+    }
+
+    #[test]
+    fn the_hale_config_sets_stream_coalesce_in_its_server_section_if_asked() {
+        let config = |coalesce| -> serde_yaml::Value {
+            serde_yaml::from_str(&hale_config("127.0.0.1:9", coalesce)).unwrap()
+        };
+        let plain = config(None);
+        assert_eq!(plain["server"]["listen"].as_str(), Some("127.0.0.1:0"));
+        assert!(
+            plain["server"].get("stream_coalesce").is_none(),
+            "{plain:?}"
+        );
+        let coalescing = config(Some(Duration::from_millis(200)));
+        assert_eq!(
+            coalescing["server"]["stream_coalesce"].as_str(),
+            Some("200ms")
+        );
+        assert_eq!(coalescing["server"]["listen"], plain["server"]["listen"]);
+        assert_eq!(coalescing["endpoints"], plain["endpoints"]);
     }
 }

@@ -6,12 +6,16 @@
 //! `--streams-long`, default 1,000, with a [`LONG_PROMPT_BYTES`] prompt, as real conversations
 //! send) and round, every target — the mock itself (`direct`), Hale, HAProxy, HAProxy with
 //! `option http-no-delay` ("HAProxy (http-no-delay)": plain HAProxy holds each chunk with
-//! `MSG_MORE` until the client's ACK, see `refs.rs`), nginx, and any extra Hale binary given
-//! with `--ab LABEL=PATH` (for A/B rows of a code change in the same run) — runs once, the
-//! order rotated every round. Each proxy is started fresh for each run, so its idle RSS is
-//! measured after one verified stream and before the load, and neither memory nor CPU carry
-//! over from an earlier run. The load client is [`super::streamload`] (see there for how
-//! streams are paced, counted and cut).
+//! `MSG_MORE` until the client's ACK, see `refs.rs`), nginx, any extra Hale binary given
+//! with `--ab LABEL=PATH` (for A/B rows of a code change in the same run), and, unless
+//! `--streams-coalesce none`, the default Hale again with `server.stream_coalesce` set to
+//! that duration (default 1s: "Hale (stream_coalesce 1s)", which holds chunks after the
+//! first with `MSG_MORE` as plain HAProxy does, the kernel sending them on the client's ACK or
+//! after about 200 ms, and pushes itself only what is still held after that duration) — runs once, the order rotated every round.
+//! Each proxy is started fresh for each run, so its idle RSS is measured after one verified
+//! stream and before the load, and neither memory nor CPU carry over from an earlier run. The
+//! load client is [`super::streamload`] (see there for how streams are paced, counted and
+//! cut).
 //!
 //! Per target it reports: completed streams/s (×direct), the whole stream's p50/p90/p99 and
 //! what the proxy added over direct, the p99 gap between chunks as the client sees it (and
@@ -23,7 +27,8 @@
 //! worker, and the bench raises its own (inherited) open-file limit to the hard limit.
 //!
 //! The targets' checks hold Hale to plain HAProxy (the issue's targets) and, in the same
-//! form, to HAProxy (http-no-delay), which gives the same token-by-token service Hale does.
+//! form, to HAProxy (http-no-delay), which gives the same token-by-token service Hale does;
+//! and the coalescing Hale to plain HAProxy, like for like (both hold chunks).
 #![expect(
     clippy::disallowed_methods,
     reason = "xtask has no tokio runtime outside the load client: thread::sleep paces the runs"
@@ -39,7 +44,9 @@ use anyhow::{Context as _, anyhow, bail};
 
 use super::process::Server;
 use super::procfs::memory_mib;
-use super::proxy::{CHAT_PATH, STREAMED_CHAT, median, sample_rss, start_hale, verify};
+use super::proxy::{
+    CHAT_PATH, STREAMED_CHAT, median, sample_rss, spell_duration, start_hale, verify,
+};
 use super::refs::{self, Haproxy};
 use super::streamload::{self, StreamLoad, StreamOutcome};
 
@@ -59,6 +66,9 @@ pub(crate) struct StreamsOptions {
     pub(crate) long_prompt: Vec<usize>,
     pub(crate) seconds: f64,
     pub(crate) rounds: usize,
+    /// The `server.stream_coalesce` of one more target, the default Hale binary with it set
+    /// (`--streams-coalesce`); none without it.
+    pub(crate) coalesce: Option<Duration>,
     /// Extra Hale binaries measured alongside, by label.
     pub(crate) ab: Vec<(String, PathBuf)>,
 }
@@ -66,18 +76,39 @@ pub(crate) struct StreamsOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Kind {
     Direct,
-    Hale(Option<String>),
+    /// A Hale binary: the default one (no label) or an `--ab` one, by its label; with
+    /// `server.stream_coalesce` set in its config, or not.
+    Hale {
+        label: Option<String>,
+        coalesce: Option<Duration>,
+    },
     /// HAProxy as configured (`option http-no-delay` or not).
     HaProxy(Haproxy),
     Nginx,
 }
 
 impl Kind {
+    /// The default Hale binary as configured by default.
+    const HALE: Kind = Kind::Hale {
+        label: None,
+        coalesce: None,
+    };
+
     fn name(&self) -> String {
         match self {
             Kind::Direct => "direct".to_owned(),
-            Kind::Hale(None) => "Hale".to_owned(),
-            Kind::Hale(Some(label)) => format!("Hale ({label})"),
+            Kind::Hale { label, coalesce } => {
+                let notes: Vec<String> = label
+                    .iter()
+                    .cloned()
+                    .chain(coalesce.map(|d| format!("stream_coalesce {}", spell_duration(d))))
+                    .collect();
+                if notes.is_empty() {
+                    "Hale".to_owned()
+                } else {
+                    format!("Hale ({})", notes.join(", "))
+                }
+            }
             Kind::HaProxy(Haproxy::Plain) => "HAProxy".to_owned(),
             Kind::HaProxy(Haproxy::NoDelay) => "HAProxy (http-no-delay)".to_owned(),
             Kind::Nginx => "nginx".to_owned(),
@@ -190,13 +221,13 @@ fn start(
             server: None,
             addr: backend.to_owned(),
         }),
-        Kind::Hale(label) => {
+        Kind::Hale { label, coalesce } => {
             let bin = hale_bins
                 .iter()
                 .find(|(l, _)| l == label)
                 .map(|(_, b)| b.clone())
                 .ok_or_else(|| anyhow!("no binary for {}", kind.name()))?;
-            let (server, addr, unavailable) = start_hale(&bin, dir, backend);
+            let (server, addr, unavailable) = start_hale(&bin, dir, backend, *coalesce);
             if let Some(why) = unavailable {
                 bail!("{why}");
             }
@@ -308,6 +339,30 @@ pub(crate) struct StreamsResults {
     by_case: Vec<(Case, Vec<Tally>)>,
 }
 
+/// The targets, in the order of the report: direct, the default Hale (whose place, second,
+/// the report relies on), the coalescing one, the `--ab` ones, then the references.
+fn kinds(o: &StreamsOptions) -> Vec<Kind> {
+    let mut kinds = vec![Kind::Direct, Kind::HALE];
+    if let Some(d) = o.coalesce {
+        kinds.push(Kind::Hale {
+            label: None,
+            coalesce: Some(d),
+        });
+    }
+    for (label, _) in &o.ab {
+        kinds.push(Kind::Hale {
+            label: Some(label.clone()),
+            coalesce: None,
+        });
+    }
+    kinds.extend([
+        Kind::HaProxy(Haproxy::Plain),
+        Kind::HaProxy(Haproxy::NoDelay),
+        Kind::Nginx,
+    ]);
+    kinds
+}
+
 /// Runs the scenario against `backend` (a mockllm streaming [`CHUNKS`] chunks
 /// [`CHUNK_DELAY_MS`] apart). `hale` is the gateway's binary; a Hale that cannot be measured
 /// gets rows saying why.
@@ -317,19 +372,15 @@ pub(crate) fn run(
     backend: &str,
     o: &StreamsOptions,
 ) -> StreamsResults {
-    let mut hale_bins: Vec<(Option<String>, PathBuf)> = Vec::new();
-    let mut kinds = vec![Kind::Direct];
-    if let Some(bin) = hale {
-        hale_bins.push((None, bin.to_owned()));
-    }
-    kinds.push(Kind::Hale(None));
-    for (label, bin) in &o.ab {
-        hale_bins.push((Some(label.clone()), bin.clone()));
-        kinds.push(Kind::Hale(Some(label.clone())));
-    }
-    kinds.push(Kind::HaProxy(Haproxy::Plain));
-    kinds.push(Kind::HaProxy(Haproxy::NoDelay));
-    kinds.push(Kind::Nginx);
+    let hale_bins: Vec<(Option<String>, PathBuf)> = hale
+        .map(|bin| (None, bin.to_owned()))
+        .into_iter()
+        .chain(
+            o.ab.iter()
+                .map(|(label, bin)| (Some(label.clone()), bin.clone())),
+        )
+        .collect();
+    let kinds = kinds(o);
     // Room for the longest name in the per-run lines.
     let width = kinds
         .iter()
@@ -402,7 +453,7 @@ impl StreamsResults {
     pub(crate) fn references_error(&self) -> Option<String> {
         for (_, tallies) in &self.by_case {
             for (kind, tally) in self.kinds.iter().zip(tallies) {
-                if !matches!(kind, Kind::Hale(_))
+                if !matches!(kind, Kind::Hale { .. })
                     && let Some(err) = &tally.error
                 {
                     return Some(format!("{}: {err}", kind.name()));
@@ -412,9 +463,37 @@ impl StreamsResults {
         None
     }
 
-    /// Why Hale could not be measured, if it could not.
+    /// Why Hale (the default binary, as configured by default or coalescing) could not be
+    /// measured, if it could not.
     pub(crate) fn hale_error(&self) -> Option<String> {
-        self.by_case.iter().find_map(|(_, t)| t[1].error.clone())
+        self.by_case.iter().find_map(|(_, tallies)| {
+            self.kinds
+                .iter()
+                .zip(tallies)
+                .find_map(|(kind, tally)| match kind {
+                    Kind::Hale { label: None, .. } => tally.error.as_ref().map(|err| {
+                        if *kind == Kind::HALE {
+                            err.clone()
+                        } else {
+                            format!("{}: {err}", kind.name())
+                        }
+                    }),
+                    _ => None,
+                })
+        })
+    }
+
+    /// The coalescing Hale's place in the tallies, if it ran.
+    fn coalescing(&self) -> Option<usize> {
+        self.kinds.iter().position(|kind| {
+            matches!(
+                kind,
+                Kind::Hale {
+                    label: None,
+                    coalesce: Some(_)
+                }
+            )
+        })
     }
 }
 
@@ -453,10 +532,27 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
          per worker; the bench's open-file limit raised to the hard limit (inherited by every \
          target). HAProxy (http-no-delay): the same HAProxy with `option http-no-delay` in \
          `defaults`, which sends each chunk to the client at once where plain HAProxy sends it \
-         with `MSG_MORE` (held until the client's ACK).\n",
+         with `MSG_MORE` (held until the client's ACK).",
         rounds = o.rounds,
         secs = o.seconds,
     );
+    if let Some(index) = results.coalescing()
+        && let Kind::Hale {
+            coalesce: Some(d), ..
+        } = &results.kinds[index]
+    {
+        let _ = write!(
+            out,
+            " {name}: the same Hale binary with `server.stream_coalesce: {d}`, which sends \
+             every chunk after the first with `MSG_MORE` (the kernel sends held bytes on the \
+             client's ACK or after about 200 ms) and pushes what it still holds {d} after the \
+             first of it — it holds chunks as plain HAProxy does, and is checked against plain \
+             HAProxy like for like.",
+            name = results.kinds[index].name(),
+            d = spell_duration(*d),
+        );
+    }
+    out.push('\n');
     for (case, tallies) in &results.by_case {
         let direct = &tallies[0];
         let streams = &case.streams;
@@ -516,24 +612,31 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
     out
 }
 
+/// What the coalescing Hale's checks against plain HAProxy say they are.
+const LIKE_FOR_LIKE: &str = ", like for like (both hold chunks)";
+
 /// Hale against HAProxy at every count: CPU per chunk, memory per stream, added p99 — and
-/// the same three against HAProxy (http-no-delay) when it was measured.
+/// the same three against HAProxy (http-no-delay) when it was measured, and of the coalescing
+/// Hale against plain HAProxy (like for like: both hold chunks) when both were.
 fn checks(results: &StreamsResults) -> Vec<String> {
     let mut lines = Vec::new();
-    // Where each measured HAProxy is in the tallies, and its name.
-    let references: Vec<(usize, String)> = [
-        Kind::HaProxy(Haproxy::Plain),
-        Kind::HaProxy(Haproxy::NoDelay),
-    ]
-    .into_iter()
-    .filter_map(|kind| {
-        let index = results.kinds.iter().position(|k| *k == kind)?;
-        Some((index, kind.name()))
-    })
-    .collect();
+    let position = |kind: &Kind| results.kinds.iter().position(|k| k == kind);
+    let plain = position(&Kind::HaProxy(Haproxy::Plain));
+    let no_delay = position(&Kind::HaProxy(Haproxy::NoDelay));
+    let coalescing = results.coalescing();
+    // Who is held to whom (places in the tallies), and how the lines qualify it.
+    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
+    if let Some(hale) = position(&Kind::HALE) {
+        for reference in [plain, no_delay].into_iter().flatten() {
+            pairs.push((hale, reference, ""));
+        }
+    }
+    if let (Some(coalescing), Some(plain)) = (coalescing, plain) {
+        pairs.push((coalescing, plain, LIKE_FOR_LIKE));
+    }
     for (case, tallies) in &results.by_case {
         let streams = &case.streams;
-        let (direct, hale) = (&tallies[0], &tallies[1]);
+        let direct = &tallies[0];
         let line = |pass: bool, text: String| {
             format!(
                 "{} {}: {text}",
@@ -541,21 +644,32 @@ fn checks(results: &StreamsResults) -> Vec<String> {
                 case.name()
             )
         };
-        let not_measured = (hale.runs.is_empty() || hale.failed() > 0).then(|| match &hale.error {
-            Some(e) => e.chars().take(160).collect::<String>(),
-            None => format!("{} failed streams", hale.failed()),
-        });
-        for (index, name) in &references {
-            if let Some(why) = &not_measured {
-                lines.push(line(false, format!("Hale ≤ {name} — not met: {why}")));
+        for &(index, reference, how) in &pairs {
+            let (hale, name) = (&tallies[index], results.kinds[reference].name());
+            let hale_name = results.kinds[index].name();
+            // The default Hale's lines leave it unnamed; any other Hale's say which it is.
+            let who = if results.kinds[index] == Kind::HALE {
+                String::new()
+            } else {
+                format!("{hale_name} ")
+            };
+            if hale.runs.is_empty() || hale.failed() > 0 {
+                let why = match &hale.error {
+                    Some(e) => e.chars().take(160).collect::<String>(),
+                    None => format!("{} failed streams", hale.failed()),
+                };
+                lines.push(line(
+                    false,
+                    format!("{hale_name} ≤ {name}{how} — not met: {why}"),
+                ));
                 continue;
             }
-            let reference = &tallies[*index];
+            let reference = &tallies[reference];
             let (h, p) = (hale.cpu_us_per_chunk(), reference.cpu_us_per_chunk());
             lines.push(line(
                 h <= p,
                 format!(
-                    "CPU per chunk ≤ {name}'s — {h:.2} vs {p:.2} µs ({:.2}×)",
+                    "{who}CPU per chunk ≤ {name}'s{how} — {h:.2} vs {p:.2} µs ({:.2}×)",
                     h / p
                 ),
             ));
@@ -565,7 +679,7 @@ fn checks(results: &StreamsResults) -> Vec<String> {
             );
             lines.push(line(
                 h <= p,
-                format!("memory per stream ≤ {name}'s — {h:.1} vs {p:.1} KiB"),
+                format!("{who}memory per stream ≤ {name}'s{how} — {h:.1} vs {p:.1} KiB"),
             ));
             let base = direct.stream_ms(0.99);
             let (h, p) = (
@@ -574,7 +688,7 @@ fn checks(results: &StreamsResults) -> Vec<String> {
             );
             lines.push(line(
                 h <= p,
-                format!("added p99 ≤ {name}'s — {h:+.0} vs {p:+.0} ms"),
+                format!("{who}added p99 ≤ {name}'s{how} — {h:+.0} vs {p:+.0} ms"),
             ));
         }
     }
@@ -624,7 +738,7 @@ mod tests {
         StreamsResults {
             kinds: vec![
                 Kind::Direct,
-                Kind::Hale(None),
+                Kind::HALE,
                 Kind::HaProxy(Haproxy::Plain),
                 Kind::HaProxy(Haproxy::NoDelay),
                 Kind::Nginx,
@@ -659,6 +773,84 @@ mod tests {
         results
     }
 
+    /// The same results with the coalescing Hale (`server.stream_coalesce: 200ms`) measured
+    /// too, in its place after the default Hale, as `--streams-coalesce 200ms` runs it.
+    fn with_coalescing(mut results: StreamsResults, coalescing: Run) -> StreamsResults {
+        results.kinds.insert(
+            2,
+            Kind::Hale {
+                label: None,
+                coalesce: Some(Duration::from_millis(200)),
+            },
+        );
+        for (_, tallies) in &mut results.by_case {
+            tallies.insert(
+                2,
+                Tally {
+                    runs: vec![coalescing.clone()],
+                    error: None,
+                },
+            );
+        }
+        results
+    }
+
+    /// The first cell of every table row of a rendered report, header rows left out.
+    fn row_names(body: &str) -> Vec<&str> {
+        body.lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| target"))
+            .map(|l| l.split(" | ").next().unwrap())
+            .collect()
+    }
+
+    fn options(coalesce: Option<Duration>, ab: &[&str]) -> StreamsOptions {
+        StreamsOptions {
+            counts: vec![1000],
+            long_prompt: Vec::new(),
+            seconds: 10.0,
+            rounds: 1,
+            coalesce,
+            ab: ab
+                .iter()
+                .map(|l| ((*l).to_owned(), PathBuf::from("/tmp/hale")))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_targets_are_direct_hale_coalescing_hale_ab_binaries_then_references() {
+        let names = |o: &StreamsOptions| kinds(o).iter().map(Kind::name).collect::<Vec<_>>();
+        assert_eq!(
+            names(&options(Some(Duration::from_millis(200)), &["old"])),
+            [
+                "direct",
+                "Hale",
+                "Hale (stream_coalesce 200ms)",
+                "Hale (old)",
+                "HAProxy",
+                "HAProxy (http-no-delay)",
+                "nginx",
+            ]
+        );
+        // `--streams-coalesce none`: the targets as before it, an `--ab` binary never coalesces.
+        assert_eq!(
+            names(&options(None, &["old"])),
+            [
+                "direct",
+                "Hale",
+                "Hale (old)",
+                "HAProxy",
+                "HAProxy (http-no-delay)",
+                "nginx",
+            ]
+        );
+        assert_eq!(
+            kinds(&options(Some(Duration::from_secs(1)), &[]))[2].name(),
+            "Hale (stream_coalesce 1s)"
+        );
+        assert_eq!(kinds(&options(None, &[]))[1], Kind::HALE);
+    }
+
     #[test]
     fn hale_is_held_to_haproxy_on_cpu_memory_and_added_p99() {
         let good = results(run(0.08, 5.0, 14.0, 2200.0), haproxy_no_delay());
@@ -691,16 +883,13 @@ mod tests {
             long_prompt: Vec::new(),
             seconds: 10.0,
             rounds: 1,
+            coalesce: None,
             ab: Vec::new(),
         };
         let body = render(&o, &bad);
         assert!(body.contains("| Hale | 10.1 | 1.000 |"), "{body}");
         // Its own row, between plain HAProxy's and nginx's, and its count of streams.
-        let rows: Vec<&str> = body
-            .lines()
-            .filter(|l| l.starts_with("| ") && !l.starts_with("| target"))
-            .map(|l| l.split(" | ").next().unwrap())
-            .collect();
+        let rows = row_names(&body);
         assert_eq!(
             rows,
             [
@@ -788,5 +977,161 @@ mod tests {
             ]
         );
         assert_eq!(checks(&without_no_delay(failing)).len(), 1);
+    }
+
+    /// The coalescing Hale: 9 µs/chunk, 8.2 KiB/stream, +150 ms added p99, gap p99 60 ms.
+    fn coalescing() -> Run {
+        let mut run = run(0.09, 5.0, 13.0, 2250.0);
+        run.outcome.gaps_us = vec![60_000; 100];
+        run
+    }
+
+    #[test]
+    fn the_coalescing_hale_is_held_to_plain_haproxy_like_for_like() {
+        let hale = || run(0.08, 5.0, 14.0, 2200.0);
+        let without = checks(&results(hale(), haproxy_no_delay()));
+        let good = with_coalescing(results(hale(), haproxy_no_delay()), coalescing());
+        let lines = checks(&good);
+        assert_eq!(lines.len(), 9, "{lines:#?}");
+        // The default Hale's six lines as they were, then the coalescing Hale's three.
+        assert_eq!(lines[..6], without[..], "{lines:#?}");
+        assert_eq!(
+            lines[6..],
+            [
+                "PASS 1000 streams: Hale (stream_coalesce 200ms) CPU per chunk ≤ HAProxy's, like for like (both hold chunks) — 9.00 vs 10.00 µs (0.90×)",
+                "PASS 1000 streams: Hale (stream_coalesce 200ms) memory per stream ≤ HAProxy's, like for like (both hold chunks) — 8.2 vs 10.2 KiB",
+                "PASS 1000 streams: Hale (stream_coalesce 200ms) added p99 ≤ HAProxy's, like for like (both hold chunks) — +150 vs +200 ms",
+            ]
+        );
+
+        // Worse than plain HAProxy on each: 11 µs/chunk, 12.3 KiB/stream, +300 ms.
+        let bad = with_coalescing(
+            results(hale(), haproxy_no_delay()),
+            run(0.11, 5.0, 17.0, 2400.0),
+        );
+        let lines = checks(&bad);
+        assert!(
+            lines[..6].iter().all(|l| l.starts_with("PASS ")),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            lines[6],
+            "FAIL 1000 streams: Hale (stream_coalesce 200ms) CPU per chunk ≤ HAProxy's, like for like (both hold chunks) — 11.00 vs 10.00 µs (1.10×)"
+        );
+        assert!(
+            lines[7].starts_with("FAIL ") && lines[7].ends_with("— 12.3 vs 10.2 KiB"),
+            "{}",
+            lines[7]
+        );
+        assert!(
+            lines[8].starts_with("FAIL ") && lines[8].ends_with("— +300 vs +200 ms"),
+            "{}",
+            lines[8]
+        );
+
+        // Its row between the default Hale's and plain HAProxy's, with its gap p99 (60 ms,
+        // +40 over direct's 20) beside the others', and what it is in the description.
+        let o = options(Some(Duration::from_millis(200)), &[]);
+        let body = render(&o, &good);
+        let rows = row_names(&body);
+        assert_eq!(
+            rows,
+            [
+                "| direct",
+                "| Hale",
+                "| Hale (stream_coalesce 200ms)",
+                "| HAProxy",
+                "| HAProxy (http-no-delay)",
+                "| nginx"
+            ],
+            "{body}"
+        );
+        let row = body
+            .lines()
+            .find(|l| l.starts_with("| Hale (stream_coalesce 200ms) |"))
+            .unwrap();
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert_eq!((cells[9], cells[10]), ("60.0", "+40.0"), "{row}");
+        assert!(
+            body.contains(
+                "Hale (stream_coalesce 200ms): the same Hale binary with \
+                 `server.stream_coalesce: 200ms`"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("Hale 101, Hale (stream_coalesce 200ms) 101, HAProxy 101"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "- PASS 1000 streams: Hale (stream_coalesce 200ms) added p99 ≤ HAProxy's, \
+                 like for like (both hold chunks) — +150 vs +200 ms"
+            ),
+            "{body}"
+        );
+        // Without it, no word of it.
+        let body = render(&options(None, &[]), &results(hale(), haproxy_no_delay()));
+        assert!(!body.contains("stream_coalesce"), "{body}");
+    }
+
+    #[test]
+    fn a_coalescing_hale_that_fails_streams_fails_its_checks_alone() {
+        let mut failing = with_coalescing(
+            results(run(0.08, 5.0, 14.0, 2200.0), haproxy_no_delay()),
+            coalescing(),
+        );
+        failing.by_case[0].1[2].runs[0].outcome.failed = 3;
+        let lines = checks(&failing);
+        assert_eq!(lines.len(), 7, "{lines:#?}");
+        assert!(
+            lines[..6].iter().all(|l| l.starts_with("PASS ")),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            lines[6],
+            "FAIL 1000 streams: Hale (stream_coalesce 200ms) ≤ HAProxy, like for like (both hold chunks) — not met: 3 failed streams"
+        );
+
+        // One that could not start says why, and makes the run's Hale unmeasured.
+        failing.by_case[0].1[2] = Tally {
+            runs: Vec::new(),
+            error: Some("unknown field `stream_coalesce`".to_owned()),
+        };
+        assert_eq!(
+            checks(&failing)[6],
+            "FAIL 1000 streams: Hale (stream_coalesce 200ms) ≤ HAProxy, like for like (both hold chunks) — not met: unknown field `stream_coalesce`"
+        );
+        assert_eq!(
+            failing.hale_error().as_deref(),
+            Some("Hale (stream_coalesce 200ms): unknown field `stream_coalesce`")
+        );
+        assert_eq!(failing.references_error(), None);
+        // The default Hale's own reason comes first, as it is.
+        failing.by_case[0].1[1].error = Some("answered 404".to_owned());
+        assert_eq!(failing.hale_error().as_deref(), Some("answered 404"));
+    }
+
+    #[test]
+    fn without_plain_haproxy_the_coalescing_hale_is_not_checked() {
+        let mut results = with_coalescing(
+            results(run(0.08, 5.0, 14.0, 2200.0), haproxy_no_delay()),
+            coalescing(),
+        );
+        let index = results
+            .kinds
+            .iter()
+            .position(|k| *k == Kind::HaProxy(Haproxy::Plain))
+            .unwrap();
+        results.kinds.remove(index);
+        for (_, tallies) in &mut results.by_case {
+            tallies.remove(index);
+        }
+        let lines = checks(&results);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines.iter().all(|l| !l.contains("stream_coalesce")),
+            "{lines:#?}"
+        );
     }
 }
