@@ -28,7 +28,7 @@
 use hale_core::config::clock_safe;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -43,6 +43,10 @@ pub(super) struct Coalescer {
     held: bool,
     /// Armed at the first held write: the push is due when it fires.
     due: Pin<Box<Sleep>>,
+    /// The waker `due` was last polled with and holds, so long as it has not fired or been
+    /// reset since: polling it again with the same waker (on every flush of a stream's
+    /// chunks) would only register it again.
+    due_waker: Option<Waker>,
 }
 
 impl Coalescer {
@@ -57,6 +61,7 @@ impl Coalescer {
             max,
             held: false,
             due: Box::pin(sleep_until(Instant::now() + max)),
+            due_waker: None,
         })
     }
 
@@ -78,6 +83,7 @@ impl Coalescer {
         if !self.held {
             self.held = true;
             self.due.as_mut().reset(Instant::now() + self.max);
+            self.due_waker = None;
         }
         Poll::Ready(Ok(written))
     }
@@ -90,13 +96,30 @@ impl Coalescer {
         cx: &mut Context<'_>,
         streaming: bool,
     ) -> io::Result<()> {
-        if !self.held || (streaming && self.due.as_mut().poll(cx).is_pending()) {
+        if !self.held || (streaming && !self.is_due(cx)) {
             return Ok(());
         }
         // Setting TCP_NODELAY (already set) pushes the socket's pending segments out.
         tcp.set_nodelay(true)?;
         self.held = false;
         Ok(())
+    }
+
+    /// Whether the held bytes have waited their time; if not, the task is woken when they have.
+    fn is_due(&mut self, cx: &mut Context<'_>) -> bool {
+        let registered = self
+            .due_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if registered && !self.due.is_elapsed() {
+            return false;
+        }
+        if self.due.as_mut().poll(cx).is_pending() {
+            self.due_waker = Some(cx.waker().clone());
+            return false;
+        }
+        self.due_waker = None;
+        true
     }
 
     #[cfg(test)]
@@ -234,25 +257,40 @@ mod tests {
         let mut c = Coalescer::new(MAX).unwrap();
         let held_at = Instant::now();
         write(&mut c, &mut server, b"token", true).await;
-        // The task is woken when the delay is over and the next look pushes.
-        poll_fn(|cx| {
-            c.poll_push(&server, cx, true).unwrap();
+        wait_for_push(&mut c, &server).await;
+        let pushed_after = held_at.elapsed();
+        assert!(pushed_after >= MAX, "pushed after {pushed_after:?}");
+        assert_eq!(read_exactly(&mut client, 5).await, b"token");
+
+        // The next held write starts a new delay, timed from it.
+        let since = Instant::now();
+        write(&mut c, &mut server, b"again", true).await;
+        assert!(c.is_holding());
+        assert_held(&client, since);
+        wait_for_push(&mut c, &server).await;
+        let pushed_after = since.elapsed();
+        assert!(pushed_after >= MAX, "pushed after {pushed_after:?}");
+        assert_eq!(read_exactly(&mut client, 5).await, b"again");
+    }
+
+    /// Looks at the coalescer as the connection's task does on each wake-up (the task is
+    /// woken when the delay is over) until it has pushed.
+    async fn wait_for_push(c: &mut Coalescer, server: &TcpStream) {
+        let mut looks = 0;
+        let pushed = poll_fn(|cx| {
+            looks += 1;
+            c.poll_push(server, cx, true).unwrap();
             if c.is_holding() {
                 Poll::Pending
             } else {
                 Poll::Ready(())
             }
-        })
-        .await;
-        let pushed_after = held_at.elapsed();
-        assert!(pushed_after >= MAX, "pushed after {pushed_after:?}");
-        assert_eq!(read_exactly(&mut client, 5).await, b"token");
-
-        // The next held write starts a new delay.
-        let since = Instant::now();
-        write(&mut c, &mut server, b"again", true).await;
-        assert!(c.is_holding());
-        assert_held(&client, since);
+        });
+        timeout(DEADLINE, pushed)
+            .await
+            .expect("the task was never woken to push");
+        // One look that registered the timer, one when it fired (a spurious wake-up at most).
+        assert!(looks <= 3, "{looks} looks");
     }
 
     #[tokio::test]
