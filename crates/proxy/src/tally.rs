@@ -4,13 +4,12 @@
 //! recorded exactly once, the failure counted when the body breaks off, and the lazily moved
 //! `idle_timeout` timer.
 
+use crate::QuietSleep;
 use crate::runtime::{Claim, Watch};
 use hale_core::Signal;
-use std::future::Future as _;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// A response body's bookkeeping, whichever client read it: the request's [`Claim`] and
 /// [`Watch`] until the body ends, the duration recorded once, and the lazy idle timer (see
@@ -22,10 +21,7 @@ pub struct Tally {
     idle: Duration,
     /// Fires `idle` after the body started to wait with nothing new; moved on
     /// lazily, only when it fires (see [`Tally::poll_idle`]).
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    /// The waker `idle_timer` was last polled with and holds (it wakes it when it fires), so
-    /// long as it has not fired since.
-    timer_waker: Option<Waker>,
+    idle_timer: Option<QuietSleep>,
     /// When the body last started to wait after data had arrived.
     waiting_since: Instant,
     /// Data arrived since `waiting_since`.
@@ -50,7 +46,6 @@ impl Tally {
             }),
             idle,
             idle_timer: None,
-            timer_waker: None,
             waiting_since: started,
             progressed: false,
         }
@@ -105,7 +100,6 @@ impl Tally {
             }
         }
         self.idle_timer = None;
-        self.timer_waker = None;
         self.finish();
     }
 
@@ -127,31 +121,20 @@ impl Tally {
         let Some(deadline) = self.waiting_since.checked_add(idle) else {
             return Poll::Pending;
         };
+        // Polled on each wait between a stream's chunks, the timer registers the task's waker
+        // only once per firing (see `QuietSleep`).
         let timer = self
             .idle_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| QuietSleep::until(deadline));
         loop {
-            // The timer wakes the waker it holds when it fires: until it has, polling it again
-            // with that same waker (each wait between a stream's chunks) would only register
-            // it again.
-            if self
-                .timer_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-                && !timer.is_elapsed()
-            {
+            if timer.poll_elapsed(cx).is_pending() {
                 return Poll::Pending;
             }
-            if timer.as_mut().poll(cx).is_pending() {
-                self.timer_waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            self.timer_waker = None;
             if timer.deadline() >= deadline {
                 break;
             }
             // Fired at an earlier wait's deadline; data came since.
-            timer.as_mut().reset(deadline);
+            timer.reset(deadline);
         }
         Poll::Ready(format!(
             "the backend sent nothing for {} (idle_timeout)",

@@ -26,13 +26,14 @@
 //! Linux only (`MSG_MORE`); elsewhere the setting has no effect.
 
 use hale_core::config::clock_safe;
+use hale_proxy::QuietSleep;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 
 /// One HTTP/1 connection's held bytes and the clock that bounds them.
 #[derive(Debug)]
@@ -41,12 +42,9 @@ pub(super) struct Coalescer {
     /// Bytes were written with `MSG_MORE` since the last push (the kernel may have sent them
     /// since, on an acknowledgement: then the push is a no-op).
     held: bool,
-    /// Armed at the first held write: the push is due when it fires.
-    due: Pin<Box<Sleep>>,
-    /// The waker `due` was last polled with and holds, so long as it has not fired or been
-    /// reset since: polling it again with the same waker (on every flush of a stream's
-    /// chunks) would only register it again.
-    due_waker: Option<Waker>,
+    /// Armed at the first held write: the push is due when it fires. Looked at on every flush
+    /// of a stream's chunks, it registers the task's waker once per firing.
+    due: QuietSleep,
 }
 
 impl Coalescer {
@@ -60,8 +58,7 @@ impl Coalescer {
         Some(Self {
             max,
             held: false,
-            due: Box::pin(sleep_until(Instant::now() + max)),
-            due_waker: None,
+            due: QuietSleep::until(Instant::now() + max),
         })
     }
 
@@ -82,8 +79,7 @@ impl Coalescer {
         let written = ready!(poll_send_more(tcp, cx, bufs))?;
         if !self.held {
             self.held = true;
-            self.due.as_mut().reset(Instant::now() + self.max);
-            self.due_waker = None;
+            self.due.reset(Instant::now() + self.max);
         }
         Poll::Ready(Ok(written))
     }
@@ -96,30 +92,13 @@ impl Coalescer {
         cx: &mut Context<'_>,
         streaming: bool,
     ) -> io::Result<()> {
-        if !self.held || (streaming && !self.is_due(cx)) {
+        if !self.held || (streaming && self.due.poll_elapsed(cx).is_pending()) {
             return Ok(());
         }
         // Setting TCP_NODELAY (already set) pushes the socket's pending segments out.
         tcp.set_nodelay(true)?;
         self.held = false;
         Ok(())
-    }
-
-    /// Whether the held bytes have waited their time; if not, the task is woken when they have.
-    fn is_due(&mut self, cx: &mut Context<'_>) -> bool {
-        let registered = self
-            .due_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
-        if registered && !self.due.is_elapsed() {
-            return false;
-        }
-        if self.due.as_mut().poll(cx).is_pending() {
-            self.due_waker = Some(cx.waker().clone());
-            return false;
-        }
-        self.due_waker = None;
-        true
     }
 
     #[cfg(test)]
