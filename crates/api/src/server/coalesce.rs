@@ -42,9 +42,10 @@ pub(super) struct Coalescer {
     /// Bytes were written with `MSG_MORE` since the last push (the kernel may have sent them
     /// since, on an acknowledgement: then the push is a no-op).
     held: bool,
-    /// Armed at the first held write: the push is due when it fires. Looked at on every flush
-    /// of a stream's chunks, it registers the task's waker once per firing.
-    due: QuietSleep,
+    /// Armed at each first held write (made at the connection's first): the push is due when
+    /// it fires. Looked at on every flush of a stream's chunks, it registers the task's waker
+    /// once per firing.
+    due: Option<QuietSleep>,
 }
 
 impl Coalescer {
@@ -58,7 +59,7 @@ impl Coalescer {
         Some(Self {
             max,
             held: false,
-            due: QuietSleep::until(Instant::now() + max),
+            due: None,
         })
     }
 
@@ -79,7 +80,11 @@ impl Coalescer {
         let written = ready!(poll_send_more(tcp, cx, bufs))?;
         if !self.held {
             self.held = true;
-            self.due.reset(Instant::now() + self.max);
+            let at = Instant::now() + self.max;
+            match &mut self.due {
+                Some(due) => due.reset(at),
+                None => self.due = Some(QuietSleep::until(at)),
+            }
         }
         Poll::Ready(Ok(written))
     }
@@ -92,7 +97,8 @@ impl Coalescer {
         cx: &mut Context<'_>,
         streaming: bool,
     ) -> io::Result<()> {
-        if !self.held || (streaming && self.due.poll_elapsed(cx).is_pending()) {
+        let waiting = |due: &mut QuietSleep| due.poll_elapsed(cx).is_pending();
+        if !self.held || (streaming && self.due.as_mut().is_some_and(waiting)) {
             return Ok(());
         }
         // Setting TCP_NODELAY (already set) pushes the socket's pending segments out.
