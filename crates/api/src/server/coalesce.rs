@@ -291,6 +291,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_stops_reading_makes_held_writes_wait_and_loses_nothing() {
+        let (mut server, mut client) = pair().await;
+        let mut c = Coalescer::new(MAX).unwrap();
+        // Far more than the socket buffers hold: held writes meet a full socket and wait.
+        const CHUNKS: usize = 16_384;
+        let chunk: Vec<u8> = (0..1024_u32).map(|i| (i % 251) as u8).collect();
+        let sent = chunk.clone();
+        let writer = tokio::spawn(async move {
+            for _ in 0..CHUNKS {
+                let mut rest = &sent[..];
+                while !rest.is_empty() {
+                    let n =
+                        poll_fn(|cx| c.poll_write(&mut server, cx, &[IoSlice::new(rest)], true))
+                            .await
+                            .unwrap();
+                    rest = &rest[n..];
+                }
+            }
+            poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, false)))
+                .await
+                .unwrap();
+            server
+        });
+        // The client reads nothing until the writer is stuck on a full socket.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!writer.is_finished(), "16 MiB fit in the socket buffers");
+        let got = read_exactly(&mut client, CHUNKS * chunk.len()).await;
+        assert!(got.chunks(chunk.len()).all(|c| c == chunk));
+        timeout(DEADLINE, writer).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_write_to_a_closed_peer_is_an_error_not_a_panic() {
         let (mut server, client) = pair().await;
         let mut c = Coalescer::new(MAX).unwrap();
