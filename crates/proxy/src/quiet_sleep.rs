@@ -1,18 +1,24 @@
 //! [`QuietSleep`]: a tokio `Sleep` for a task that is woken far more often than its timer
 //! fires (a streaming connection, once per chunk). Polling a `Sleep` registers the task's
-//! waker each time; this one is polled again only when it has fired, been reset, or is asked
-//! by a task whose waker it does not hold. Used by the response body's idle timer (`tally`) and
-//! by hale-api's held-bytes timer for `server.stream_coalesce`.
+//! waker each time; this one is polled again only when its deadline has passed, it has been
+//! reset, or it is asked by a task whose waker it does not hold. Until then it does not touch
+//! the `Sleep` at all: it compares the caller's clock reading with a copy of the deadline it
+//! keeps inline. With thousands of streams the `Sleep` (an allocation of its own) is out of
+//! the cache at every chunk, and reading its state was 2.8 % of the gateway's CPU samples at
+//! 1,000 streams (docs/BENCHMARKS.md, "Sixth pass"). Used by the response body's idle timer
+//! (`tally`) and by hale-api's held-bytes timer for `server.stream_coalesce`.
 
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-/// A timer polled on every wake-up of its task at the cost of a waker compare and an atomic
-/// load while it has not fired.
+/// A timer polled on every wake-up of its task at the cost of a waker compare and an instant
+/// compare while it has not fired.
 #[derive(Debug)]
 pub struct QuietSleep {
+    /// `sleep`'s deadline, kept beside the waker so that looking costs no cache miss.
+    deadline: Instant,
     sleep: Pin<Box<Sleep>>,
     /// The waker `sleep` was last polled with and holds (it wakes it when it fires), so long
     /// as it has neither fired nor been reset since.
@@ -23,6 +29,7 @@ impl QuietSleep {
     /// A timer that fires at `deadline`.
     pub fn until(deadline: Instant) -> Self {
         Self {
+            deadline,
             sleep: Box::pin(sleep_until(deadline)),
             waker: None,
         }
@@ -30,19 +37,25 @@ impl QuietSleep {
 
     /// When it fires (or fired).
     pub fn deadline(&self) -> Instant {
-        self.sleep.deadline()
+        self.deadline
     }
 
     /// Moves the timer to `deadline`, fired or not.
     pub fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline;
         self.sleep.as_mut().reset(deadline);
         self.waker = None;
     }
 
     /// Ready once the deadline has passed; until then the task is woken when it does.
-    pub fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    ///
+    /// `now` must be read in this same poll (not carried over from before the task was last
+    /// woken): the timer wakes the task once, so a stale reading could miss that wake-up.
+    /// The timer never fires before its deadline, so while `now` is earlier and the `Sleep`
+    /// holds this task's waker, nothing has happened and it is not looked at.
+    pub fn poll_elapsed(&mut self, now: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let holds_waker = self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if holds_waker && !self.sleep.is_elapsed() {
+        if holds_waker && now < self.deadline {
             return Poll::Pending;
         }
         if self.sleep.as_mut().poll(cx).is_pending() {
@@ -81,9 +94,9 @@ mod tests {
         let start = Instant::now();
         let mut t = QuietSleep::until(start + Duration::from_millis(100));
         for _ in 0..1_000 {
-            poll_fn(|cx| Poll::Ready(t.poll_elapsed(cx).is_pending())).await;
+            poll_fn(|cx| Poll::Ready(t.poll_elapsed(Instant::now(), cx).is_pending())).await;
         }
-        poll_fn(|cx| t.poll_elapsed(cx)).await;
+        poll_fn(|cx| t.poll_elapsed(Instant::now(), cx)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(100));
     }
 
@@ -92,19 +105,19 @@ mod tests {
         let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let mut t = QuietSleep::until(Instant::now() + Duration::from_millis(10));
-        assert!(t.poll_elapsed(&mut cx).is_pending());
-        assert!(t.poll_elapsed(&mut cx).is_pending());
+        assert!(t.poll_elapsed(Instant::now(), &mut cx).is_pending());
+        assert!(t.poll_elapsed(Instant::now(), &mut cx).is_pending());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(t.poll_elapsed(&mut cx).is_ready());
+        assert!(t.poll_elapsed(Instant::now(), &mut cx).is_ready());
 
         let next = Instant::now() + Duration::from_millis(10);
         t.reset(next);
         assert_eq!(t.deadline(), next);
-        assert!(t.poll_elapsed(&mut cx).is_pending());
+        assert!(t.poll_elapsed(Instant::now(), &mut cx).is_pending());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        assert!(t.poll_elapsed(&mut cx).is_ready());
+        assert!(t.poll_elapsed(Instant::now(), &mut cx).is_ready());
     }
 
     #[tokio::test(start_paused = true)]
@@ -113,11 +126,11 @@ mod tests {
         let (second, second_waker) = counting_waker();
         let mut t = QuietSleep::until(Instant::now() + Duration::from_millis(10));
         assert!(
-            t.poll_elapsed(&mut Context::from_waker(&first_waker))
+            t.poll_elapsed(Instant::now(), &mut Context::from_waker(&first_waker))
                 .is_pending()
         );
         assert!(
-            t.poll_elapsed(&mut Context::from_waker(&second_waker))
+            t.poll_elapsed(Instant::now(), &mut Context::from_waker(&second_waker))
                 .is_pending()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;

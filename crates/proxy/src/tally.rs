@@ -113,8 +113,9 @@ impl Tally {
     /// fires at most once per `idle` of a stream that keeps flowing.
     pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<String> {
         let idle = self.idle;
+        let now = Instant::now();
         if self.progressed || self.idle_timer.is_none() {
-            self.waiting_since = Instant::now();
+            self.waiting_since = now;
             self.progressed = false;
         }
         // Beyond the clock's range (a config allows at most a day): no idle limit.
@@ -127,7 +128,7 @@ impl Tally {
             .idle_timer
             .get_or_insert_with(|| QuietSleep::until(deadline));
         loop {
-            if timer.poll_elapsed(cx).is_pending() {
+            if timer.poll_elapsed(now, cx).is_pending() {
                 return Poll::Pending;
             }
             if timer.deadline() >= deadline {

@@ -97,7 +97,7 @@ impl Coalescer {
         cx: &mut Context<'_>,
         streaming: bool,
     ) -> io::Result<()> {
-        let waiting = |due: &mut QuietSleep| due.poll_elapsed(cx).is_pending();
+        let waiting = |due: &mut QuietSleep| due.poll_elapsed(Instant::now(), cx).is_pending();
         if !self.held || (streaming && self.due.as_mut().is_some_and(waiting)) {
             return Ok(());
         }
