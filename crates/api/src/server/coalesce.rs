@@ -9,12 +9,20 @@
 //! tokens in bursts (docs/BENCHMARKS.md, "Proxy overhead: concurrent long streams").
 //!
 //! [`Coalescer`] does the same, bounded by the configured delay. While a response body is
-//! streaming ([`ConnState::is_streaming`](super::connection::ConnState): it has delivered a
-//! frame before the one being written, so the head and the first chunk always go at once),
-//! writes carry `MSG_MORE`. Held bytes are pushed (`TCP_NODELAY` set again, which sends what
-//! the socket holds) when the delay has passed since the first of them, when the body ends, or
-//! with the next write that is not held. The delay's timer is polled from `poll_flush`, which
-//! hyper calls every time it polls the connection, so it wakes the connection's task.
+//! streaming ([`Coalescer::set_streaming`], told by the body: it has delivered a frame before
+//! the one being written, so the head and the first chunk always go at once), writes carry
+//! `MSG_MORE`. Held bytes are pushed (`TCP_NODELAY` set again, which sends what the socket
+//! holds) when the delay has passed since the first of them, when the body ends, or with the
+//! next write that is not held. The delay's timer is polled from `poll_flush`, which hyper
+//! calls every time it polls the connection, so it wakes the connection's task.
+//!
+//! One allocation per HTTP/1 connection, shared (`Arc`) by the connection's writer and its
+//! response bodies, holds both the body's word and the writer's own state (behind a lock only
+//! the connection's task takes, so never contended). Each write reads both, and with
+//! thousands of streams whatever a chunk touches is out of the cache by the next one: when
+//! they lived apart (the flag in the connection's `ConnState`, the rest boxed in the writer),
+//! the two first reads were 2.0 % and 1.9 % of the gateway's CPU samples at 1,000 streams
+//! (docs/BENCHMARKS.md, "Sixth pass").
 //!
 //! The kernel itself sends held bytes when the client acknowledges earlier ones or its probe
 //! timer fires (the retransmission timeout, at least 200 ms), so the delay is an upper bound.
@@ -29,16 +37,27 @@ use hale_core::config::clock_safe;
 use hale_proxy::QuietSleep;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// One HTTP/1 connection's held bytes and the clock that bounds them.
+/// One HTTP/1 connection's held bytes, the clock that bounds them, and whether its response
+/// body is streaming.
 #[derive(Debug)]
 pub(super) struct Coalescer {
     max: Duration,
+    /// Set by the response body while it streams past its first frame (see `tracked`).
+    streaming: AtomicBool,
+    /// Taken only by the connection's task, in its writes and flushes.
+    writer: Mutex<Writer>,
+}
+
+#[derive(Debug)]
+struct Writer {
     /// Bytes were written with `MSG_MORE` since the last push (the kernel may have sent them
     /// since, on an acknowledgement: then the push is a no-op).
     held: bool,
@@ -58,14 +77,32 @@ impl Coalescer {
         let max = clock_safe(max);
         Some(Self {
             max,
-            held: false,
-            due: None,
+            streaming: AtomicBool::new(false),
+            writer: Mutex::new(Writer {
+                held: false,
+                due: None,
+            }),
         })
+    }
+
+    /// The connection's response body is streaming past its first frame (`true`), or has
+    /// ended or been dropped (`false`).
+    pub(super) fn set_streaming(&self, streaming: bool) {
+        self.streaming.store(streaming, Ordering::Relaxed);
+    }
+
+    /// Whether chunks written now may be held.
+    pub(super) fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes `bufs` to `tcp`: held while `streaming`, else sent (with anything held before).
     pub(super) fn poll_write(
-        &mut self,
+        &self,
         tcp: &mut TcpStream,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
@@ -74,16 +111,17 @@ impl Coalescer {
         if !streaming {
             let written = ready!(Pin::new(tcp).poll_write_vectored(cx, bufs))?;
             // A write without `MSG_MORE` on a `TCP_NODELAY` socket sends all it holds.
-            self.held = false;
+            self.writer().held = false;
             return Poll::Ready(Ok(written));
         }
         let written = ready!(poll_send_more(tcp, cx, bufs))?;
-        if !self.held {
-            self.held = true;
+        let mut writer = self.writer();
+        if !writer.held {
+            writer.held = true;
             let at = Instant::now() + self.max;
-            match &mut self.due {
+            match &mut writer.due {
                 Some(due) => due.reset(at),
-                None => self.due = Some(QuietSleep::until(at)),
+                None => writer.due = Some(QuietSleep::until(at)),
             }
         }
         Poll::Ready(Ok(written))
@@ -92,24 +130,25 @@ impl Coalescer {
     /// Pushes held bytes if the stream is over or they have waited their time; otherwise has
     /// the task woken when they have.
     pub(super) fn poll_push(
-        &mut self,
+        &self,
         tcp: &TcpStream,
         cx: &mut Context<'_>,
         streaming: bool,
     ) -> io::Result<()> {
+        let mut writer = self.writer();
         let waiting = |due: &mut QuietSleep| due.poll_elapsed(Instant::now(), cx).is_pending();
-        if !self.held || (streaming && self.due.as_mut().is_some_and(waiting)) {
+        if !writer.held || (streaming && writer.due.as_mut().is_some_and(waiting)) {
             return Ok(());
         }
         // Setting TCP_NODELAY (already set) pushes the socket's pending segments out.
         tcp.set_nodelay(true)?;
-        self.held = false;
+        writer.held = false;
         Ok(())
     }
 
     #[cfg(test)]
     pub(super) fn is_holding(&self) -> bool {
-        self.held
+        self.writer().held
     }
 }
 
@@ -166,7 +205,7 @@ mod tests {
         (server, client)
     }
 
-    async fn write(c: &mut Coalescer, tcp: &mut TcpStream, bytes: &[u8], streaming: bool) {
+    async fn write(c: &Coalescer, tcp: &mut TcpStream, bytes: &[u8], streaming: bool) {
         let n = poll_fn(|cx| c.poll_write(tcp, cx, &[IoSlice::new(bytes)], streaming))
             .await
             .unwrap();
@@ -213,13 +252,13 @@ mod tests {
     #[tokio::test]
     async fn streaming_writes_are_held_and_pushed_when_the_stream_ends() {
         let (mut server, mut client) = pair().await;
-        let mut c = Coalescer::new(MAX).unwrap();
-        write(&mut c, &mut server, b"head+first", false).await;
+        let c = Coalescer::new(MAX).unwrap();
+        write(&c, &mut server, b"head+first", false).await;
         assert_eq!(read_exactly(&mut client, 10).await, b"head+first");
 
         let since = Instant::now();
-        write(&mut c, &mut server, b"second", true).await;
-        write(&mut c, &mut server, b"third", true).await;
+        write(&c, &mut server, b"second", true).await;
+        write(&c, &mut server, b"third", true).await;
         assert!(c.is_holding());
         // Not due yet, still streaming: nothing moves.
         poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, true)))
@@ -239,20 +278,20 @@ mod tests {
     #[tokio::test]
     async fn held_bytes_are_pushed_once_the_delay_has_passed_and_not_before() {
         let (mut server, mut client) = pair().await;
-        let mut c = Coalescer::new(MAX).unwrap();
+        let c = Coalescer::new(MAX).unwrap();
         let held_at = Instant::now();
-        write(&mut c, &mut server, b"token", true).await;
-        wait_for_push(&mut c, &server).await;
+        write(&c, &mut server, b"token", true).await;
+        wait_for_push(&c, &server).await;
         let pushed_after = held_at.elapsed();
         assert!(pushed_after >= MAX, "pushed after {pushed_after:?}");
         assert_eq!(read_exactly(&mut client, 5).await, b"token");
 
         // The next held write starts a new delay, timed from it.
         let since = Instant::now();
-        write(&mut c, &mut server, b"again", true).await;
+        write(&c, &mut server, b"again", true).await;
         assert!(c.is_holding());
         assert_held(&client, since);
-        wait_for_push(&mut c, &server).await;
+        wait_for_push(&c, &server).await;
         let pushed_after = since.elapsed();
         assert!(pushed_after >= MAX, "pushed after {pushed_after:?}");
         assert_eq!(read_exactly(&mut client, 5).await, b"again");
@@ -260,7 +299,7 @@ mod tests {
 
     /// Looks at the coalescer as the connection's task does on each wake-up (the task is
     /// woken when the delay is over) until it has pushed.
-    async fn wait_for_push(c: &mut Coalescer, server: &TcpStream) {
+    async fn wait_for_push(c: &Coalescer, server: &TcpStream) {
         let mut looks = 0;
         let pushed = poll_fn(|cx| {
             looks += 1;
@@ -281,11 +320,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_is_not_held_takes_the_held_bytes_with_it() {
         let (mut server, mut client) = pair().await;
-        let mut c = Coalescer::new(Duration::from_secs(1)).unwrap();
+        let c = Coalescer::new(Duration::from_secs(1)).unwrap();
         let since = Instant::now();
-        write(&mut c, &mut server, b"held ", true).await;
+        write(&c, &mut server, b"held ", true).await;
         assert_held(&client, since);
-        write(&mut c, &mut server, b"0\r\n\r\n", false).await;
+        write(&c, &mut server, b"0\r\n\r\n", false).await;
         assert!(!c.is_holding());
         assert_eq!(read_exactly(&mut client, 10).await, b"held 0\r\n\r\n");
     }
@@ -293,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stops_reading_makes_held_writes_wait_and_loses_nothing() {
         let (mut server, mut client) = pair().await;
-        let mut c = Coalescer::new(MAX).unwrap();
+        let c = Coalescer::new(MAX).unwrap();
         // Far more than the socket buffers hold: held writes meet a full socket and wait.
         const CHUNKS: usize = 16_384;
         let chunk: Vec<u8> = (0..1024_u32).map(|i| (i % 251) as u8).collect();
@@ -325,7 +364,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_to_a_closed_peer_is_an_error_not_a_panic() {
         let (mut server, client) = pair().await;
-        let mut c = Coalescer::new(MAX).unwrap();
+        let c = Coalescer::new(MAX).unwrap();
         drop(client);
         // The first write may still be accepted; the reset makes a later one fail.
         let deadline = Instant::now() + DEADLINE;

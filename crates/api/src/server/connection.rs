@@ -123,19 +123,20 @@ pub(super) async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, t
             return;
         }
     };
+    let (read_max, coalesce) = match protocol {
+        Protocol::Http1 => (
+            HTTP1_READ_MAX,
+            Coalescer::new(ctx.limits.stream_coalesce).map(Arc::new),
+        ),
+        Protocol::Http2 => (u64::MAX, None),
+    };
     let state = Arc::new(ConnState::new(
         accepted,
         ctx.shared.clone(),
         thread,
         ctx.limits,
+        coalesce.clone(),
     ));
-    let (read_max, coalesce) = match protocol {
-        Protocol::Http1 => (
-            HTTP1_READ_MAX,
-            Coalescer::new(ctx.limits.stream_coalesce).map(Box::new),
-        ),
-        Protocol::Http2 => (u64::MAX, None),
-    };
     let io = TokioIo::new(WatchedIo {
         tcp,
         prefix,
@@ -339,9 +340,9 @@ pub(super) struct ConnState {
     /// Wakes the driving task when a deadline came earlier than the one its timer is set to,
     /// or a request started during a drain.
     changed: Notify,
-    /// Set while an HTTP/1 response body streams, after its first frame, when
-    /// `server.stream_coalesce` is on: the writes of its chunks may be held (`coalesce`).
-    streaming: AtomicBool,
+    /// An HTTP/1 connection's coalescer when `server.stream_coalesce` is on, for its response
+    /// bodies to say when they stream (the connection's writer holds it too).
+    coalesce: Option<Arc<Coalescer>>,
     shared: Arc<Shared>,
     /// The serving thread the connection lives on.
     thread: usize,
@@ -392,7 +393,13 @@ impl Times {
 }
 
 impl ConnState {
-    fn new(accepted: Instant, shared: Arc<Shared>, thread: usize, limits: Limits) -> Self {
+    fn new(
+        accepted: Instant,
+        shared: Arc<Shared>,
+        thread: usize,
+        limits: Limits,
+        coalesce: Option<Arc<Coalescer>>,
+    ) -> Self {
         Self {
             times: Mutex::new(Times {
                 active: 0,
@@ -403,7 +410,7 @@ impl ConnState {
             }),
             awaiting_head: AtomicBool::new(false),
             changed: Notify::new(),
-            streaming: AtomicBool::new(false),
+            coalesce,
             shared,
             thread,
             limits,
@@ -418,19 +425,9 @@ impl ConnState {
         self.shared.is_draining()
     }
 
-    /// Whether streamed chunks may be held on this connection's HTTP/1 responses.
-    pub(super) fn coalesces(&self) -> bool {
-        !self.limits.stream_coalesce.is_zero()
-    }
-
-    /// An HTTP/1 response body is streaming past its first frame (`true`), or has ended or
-    /// been dropped (`false`).
-    pub(super) fn set_streaming(&self, streaming: bool) {
-        self.streaming.store(streaming, Ordering::Relaxed);
-    }
-
-    fn is_streaming(&self) -> bool {
-        self.streaming.load(Ordering::Relaxed)
+    /// The coalescer of an HTTP/1 connection whose streamed chunks may be held.
+    pub(super) fn coalescer(&self) -> Option<&Arc<Coalescer>> {
+        self.coalesce.as_ref()
     }
 
     /// A request head was read and handed to the app. The driving task is woken only during
@@ -531,8 +528,8 @@ pub(super) struct WatchedIo {
     prefix: Bytes,
     state: Arc<ConnState>,
     read_max: u64,
-    /// Boxed: the common case, off, costs the connection one pointer.
-    coalesce: Option<Box<Coalescer>>,
+    /// Shared with the connection's response bodies (see `coalesce`); off, one pointer.
+    coalesce: Option<Arc<Coalescer>>,
 }
 
 impl WatchedIo {
@@ -587,12 +584,12 @@ impl AsyncWrite for WatchedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match &mut this.coalesce {
+        match &this.coalesce {
             Some(c) => c.poll_write(
                 &mut this.tcp,
                 cx,
                 &[io::IoSlice::new(buf)],
-                this.state.is_streaming(),
+                c.is_streaming(),
             ),
             None => Pin::new(&mut this.tcp).poll_write(cx, buf),
         }
@@ -604,8 +601,8 @@ impl AsyncWrite for WatchedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match &mut this.coalesce {
-            Some(c) => c.poll_write(&mut this.tcp, cx, bufs, this.state.is_streaming()),
+        match &this.coalesce {
+            Some(c) => c.poll_write(&mut this.tcp, cx, bufs, c.is_streaming()),
             None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
         }
     }
@@ -616,8 +613,8 @@ impl AsyncWrite for WatchedIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(c) = &mut this.coalesce {
-            c.poll_push(&this.tcp, cx, this.state.is_streaming())?;
+        if let Some(c) = &this.coalesce {
+            c.poll_push(&this.tcp, cx, c.is_streaming())?;
         }
         Pin::new(&mut this.tcp).poll_flush(cx)
     }

@@ -7,10 +7,11 @@
 //! client went away), or with the handler's future if the request is abandoned before it has
 //! a response. So a stream counts until its final chunk, and no path can leak a count.
 //!
-//! With `server.stream_coalesce` on, an HTTP/1 response body also tells its connection when it
-//! streams past its first frame and when it ends ([`StreamMark`]), for the connection's writes
-//! to hold chunks only in between (`coalesce`).
+//! With `server.stream_coalesce` on, an HTTP/1 response body also tells its connection's
+//! coalescer when it streams past its first frame and when it ends ([`StreamMark`]), for the
+//! connection's writes to hold chunks only in between (`coalesce`).
 
+use super::coalesce::Coalescer;
 use super::connection::ConnState;
 use axum::Router;
 use axum::body::Body;
@@ -85,8 +86,8 @@ impl Future for TrackedFuture {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let stream = match &guard {
-            Some(g) if this.http1 && g.conn.coalesces() => Some(StreamMark {
-                conn: g.conn.clone(),
+            Some(g) if this.http1 => g.conn.coalescer().map(|coalesce| StreamMark {
+                coalesce: coalesce.clone(),
                 frames: 0,
             }),
             _ => None,
@@ -147,7 +148,7 @@ impl http_body::Body for TrackedBody {
 /// frame until it ends or is dropped. The first frame goes out with the head, unheld.
 #[derive(Debug)]
 struct StreamMark {
-    conn: Arc<ConnState>,
+    coalesce: Arc<Coalescer>,
     frames: u8,
 }
 
@@ -155,7 +156,7 @@ impl StreamMark {
     /// The body yielded a frame and has more to come.
     fn frame(&mut self) {
         if self.frames == 1 {
-            self.conn.set_streaming(true);
+            self.coalesce.set_streaming(true);
         }
         self.frames = self.frames.saturating_add(1);
     }
@@ -164,7 +165,7 @@ impl StreamMark {
 impl Drop for StreamMark {
     fn drop(&mut self) {
         if self.frames > 1 {
-            self.conn.set_streaming(false);
+            self.coalesce.set_streaming(false);
         }
     }
 }
