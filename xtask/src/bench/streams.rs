@@ -21,7 +21,10 @@
 //! what the proxy added over direct, the p99 gap between chunks as the client sees it (and
 //! added over direct), the proxy's CPU time (user + system from /proc, all its threads and
 //! processes) per relayed chunk, and memory per concurrent stream ((highest VmRSS sampled
-//! under load − idle VmRSS) / N). Medians over the rounds. Neither reference proxy is capped
+//! under load − idle VmRSS) / N). CPU per chunk is all rounds' CPU over all their chunks, and
+//! each round's own figure is listed under the table so that the spread between rounds (this
+//! run's noise) can be read beside the differences between targets; the other figures are
+//! medians over the rounds. Neither reference proxy is capped
 //! below N: HAProxy gets `maxconn` above N and no per-server limit, nginx gets
 //! `worker_connections` and `worker_rlimit_nofile` for both sides of N streams in one
 //! worker, and the bench raises its own (inherited) open-file limit to the hard limit.
@@ -173,6 +176,21 @@ impl Tally {
         } else {
             cpu / events as f64 * 1e6
         }
+    }
+
+    /// CPU per relayed chunk (µs) of each round, in the order the rounds ran: how far apart
+    /// the rounds were says how much of a difference between targets is noise.
+    fn cpu_us_per_chunk_by_round(&self) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|r| {
+                if r.outcome.events == 0 {
+                    f64::NAN
+                } else {
+                    r.cpu_seconds / r.outcome.events as f64 * 1e6
+                }
+            })
+            .collect()
     }
 
     /// KiB per concurrent stream.
@@ -525,8 +543,9 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
          the streams in flight then run to their end and count. Each proxy is started fresh \
          for each run. Stream times are from the request to the last byte; gaps are between \
          consecutive SSE events as the client receives them. CPU µs/chunk: the proxy's CPU \
-         time during the run over the chunks relayed. KiB/stream: (highest VmRSS sampled \
-         every 50 ms under load − idle VmRSS before it) / N. Medians over the rounds; \
+         time over the chunks it relayed, all rounds together (each round's figure is listed \
+         under the table). KiB/stream: (highest VmRSS sampled every 50 ms under load − idle \
+         VmRSS before it) / N. The other columns are medians over the rounds; \
          \"+\" columns are added over direct in the same run. HAProxy: global `maxconn` N + 1000, \
          no per-server `maxconn`; nginx: `worker_connections` and `worker_rlimit_nofile` ≥ 2N + 1000 \
          per worker; the bench's open-file limit raised to the hard limit (inherited by every \
@@ -604,6 +623,27 @@ pub(crate) fn render(o: &StreamsOptions, results: &StreamsResults) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let by_round: Vec<String> = results
+            .kinds
+            .iter()
+            .zip(tallies)
+            .filter(|(k, t)| **k != Kind::Direct && !t.runs.is_empty())
+            .map(|(k, t)| {
+                let rounds: Vec<String> = t
+                    .cpu_us_per_chunk_by_round()
+                    .into_iter()
+                    .map(|v| cell(v, 2))
+                    .collect();
+                format!("{} {}", k.name(), rounds.join(" / "))
+            })
+            .collect();
+        if !by_round.is_empty() {
+            let _ = writeln!(
+                out,
+                "CPU µs/chunk of each round, in the order run (the spread is this run's noise): {}.",
+                by_round.join(", ")
+            );
+        }
     }
     out.push_str("\n### Targets (issue #14)\n\n");
     for line in checks(results) {
@@ -913,6 +953,31 @@ mod tests {
             body.contains(
                 "- FAIL 1000 streams: added p99 ≤ HAProxy (http-no-delay)'s — +400 vs +150 ms"
             ),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn each_rounds_cpu_per_chunk_is_listed_for_every_proxy_in_the_order_run() {
+        let mut two_rounds = results(run(0.08, 5.0, 14.0, 2200.0), haproxy_no_delay());
+        two_rounds.by_case[0].1[1]
+            .runs
+            .push(run(0.09, 5.0, 14.0, 2200.0));
+        // A round that relayed nothing has no figure, and says so.
+        let mut empty = run(0.0, 10.0, 20.0, 2300.0);
+        empty.outcome.events = 0;
+        two_rounds.by_case[0].1[2].runs.push(empty);
+        let body = render(&options(None, &[]), &two_rounds);
+        assert!(
+            body.contains(
+                "CPU µs/chunk of each round, in the order run (the spread is this run's noise): \
+                 Hale 8.00 / 9.00, HAProxy 10.00 / —, HAProxy (http-no-delay) 13.00, nginx 20.00."
+            ),
+            "{body}"
+        );
+        // The checks use all rounds' CPU over all their chunks: Hale's 0.17 s over 20,000.
+        assert!(
+            body.contains("- PASS 1000 streams: CPU per chunk ≤ HAProxy's — 8.50 vs 10.00 µs"),
             "{body}"
         );
     }
