@@ -70,24 +70,9 @@ impl QuietSleep {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_test::task::new_count_waker;
     use std::future::poll_fn;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
     use std::time::Duration;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting_waker() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
 
     #[tokio::test(start_paused = true)]
     async fn fires_on_time_however_often_it_is_polled_before() {
@@ -102,13 +87,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_waker_it_holds_is_woken_once_per_firing_and_a_reset_arms_it_again() {
-        let (count, waker) = counting_waker();
+        let (waker, count) = new_count_waker();
         let mut cx = Context::from_waker(&waker);
         let mut t = QuietSleep::until(Instant::now() + Duration::from_millis(10));
         assert!(t.poll_elapsed(Instant::now(), &mut cx).is_pending());
         assert!(t.poll_elapsed(Instant::now(), &mut cx).is_pending());
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         assert!(t.poll_elapsed(Instant::now(), &mut cx).is_ready());
 
         let next = Instant::now() + Duration::from_millis(10);
@@ -116,14 +101,14 @@ mod tests {
         assert_eq!(t.deadline(), next);
         assert!(t.poll_elapsed(Instant::now(), &mut cx).is_pending());
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
         assert!(t.poll_elapsed(Instant::now(), &mut cx).is_ready());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_with_another_waker_is_registered_and_woken() {
-        let (first, first_waker) = counting_waker();
-        let (second, second_waker) = counting_waker();
+        let (first_waker, first) = new_count_waker();
+        let (second_waker, second) = new_count_waker();
         let mut t = QuietSleep::until(Instant::now() + Duration::from_millis(10));
         assert!(
             t.poll_elapsed(Instant::now(), &mut Context::from_waker(&first_waker))
@@ -134,7 +119,7 @@ mod tests {
                 .is_pending()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(first.0.load(Ordering::SeqCst), 0);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.get(), 0);
+        assert_eq!(second.get(), 1);
     }
 }

@@ -91,47 +91,28 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_test::task::new_count_waker;
     use std::future::Future;
     use std::pin::pin;
-    use std::sync::atomic::AtomicUsize;
     use std::task::Poll;
     use tokio::sync::Notify;
-
-    /// A task waker that counts its wake-ups.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn task() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        (count, waker)
-    }
 
     #[test]
     fn the_side_is_looked_at_first_then_only_after_it_fired_or_was_forced() {
         let notify = Notify::new();
         let mut notified = pin!(notify.notified());
         let mut gate = Gate::new();
-        let (count, waker) = task();
+        let (waker, count) = new_count_waker();
 
         let mut side = gate.open(&waker).expect("the first look polls the side");
         assert!(notified.as_mut().poll(&mut side).is_pending());
         // The connection woke the task; nothing beside it fired.
         assert!(gate.open(&waker).is_none());
         assert!(gate.open(&waker).is_none());
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
 
         notify.notify_one();
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "a side future that fires wakes the task"
-        );
+        assert_eq!(count.get(), 1, "a side future that fires wakes the task");
         let mut side = gate.open(&waker).expect("a fired side is looked at");
         assert_eq!(notified.as_mut().poll(&mut side), Poll::Ready(()));
         assert!(gate.open(&waker).is_none(), "one look per firing");
@@ -145,13 +126,13 @@ mod tests {
     fn every_firing_wakes_the_task_not_only_the_first() {
         let notify = Notify::new();
         let mut gate = Gate::new();
-        let (count, waker) = task();
+        let (waker, count) = new_count_waker();
         for round in 1..=3 {
             let mut notified = pin!(notify.notified());
             let mut side = gate.open(&waker).expect("a look after each firing");
             assert!(notified.as_mut().poll(&mut side).is_pending());
             notify.notify_one();
-            assert_eq!(count.0.load(Ordering::SeqCst), round, "firing {round}");
+            assert_eq!(count.get(), round, "firing {round}");
             let mut side = gate.open(&waker).expect("the firing is seen");
             assert_eq!(notified.as_mut().poll(&mut side), Poll::Ready(()));
             gate.force();
@@ -163,18 +144,18 @@ mod tests {
         let notify = Notify::new();
         let mut notified = pin!(notify.notified());
         let mut gate = Gate::new();
-        let (first, first_waker) = task();
+        let (first_waker, first) = new_count_waker();
         let mut side = gate.open(&first_waker).expect("first look");
         assert!(notified.as_mut().poll(&mut side).is_pending());
 
-        let (second, second_waker) = task();
+        let (second_waker, second) = new_count_waker();
         assert!(
             gate.open(&second_waker).is_some(),
             "a changed task waker is a reason to look"
         );
         notify.notify_one();
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
-        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.get(), 1);
+        assert_eq!(first.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
