@@ -93,7 +93,7 @@ impl Coalescer {
     }
 
     /// Whether chunks written now may be held.
-    pub(super) fn is_streaming(&self) -> bool {
+    fn is_streaming(&self) -> bool {
         self.streaming.load(Ordering::Relaxed)
     }
 
@@ -101,15 +101,15 @@ impl Coalescer {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `bufs` to `tcp`: held while `streaming`, else sent (with anything held before).
+    /// Writes `bufs` to `tcp`: held while the body streams, else sent (with anything held
+    /// before).
     pub(super) fn poll_write(
         &self,
         tcp: &mut TcpStream,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
-        streaming: bool,
     ) -> Poll<io::Result<usize>> {
-        if !streaming {
+        if !self.is_streaming() {
             let written = ready!(Pin::new(tcp).poll_write_vectored(cx, bufs))?;
             // A write without `MSG_MORE` on a `TCP_NODELAY` socket sends all it holds.
             self.writer().held = false;
@@ -130,15 +130,10 @@ impl Coalescer {
 
     /// Pushes held bytes if the stream is over or they have waited their time; otherwise has
     /// the task woken when they have.
-    pub(super) fn poll_push(
-        &self,
-        tcp: &TcpStream,
-        cx: &mut Context<'_>,
-        streaming: bool,
-    ) -> io::Result<()> {
+    pub(super) fn poll_push(&self, tcp: &TcpStream, cx: &mut Context<'_>) -> io::Result<()> {
         let mut writer = self.writer();
         let waiting = |due: &mut QuietSleep| due.poll_elapsed(Instant::now(), cx).is_pending();
-        if !writer.held || (streaming && writer.due.as_mut().is_some_and(waiting)) {
+        if !writer.held || (self.is_streaming() && writer.due.as_mut().is_some_and(waiting)) {
             return Ok(());
         }
         // Setting TCP_NODELAY (already set) pushes the socket's pending segments out.
@@ -206,8 +201,10 @@ mod tests {
         (server, client)
     }
 
+    /// Writes `bytes` as a body that is (`streaming`) or is not past its first frame.
     async fn write(c: &Coalescer, tcp: &mut TcpStream, bytes: &[u8], streaming: bool) {
-        let n = poll_fn(|cx| c.poll_write(tcp, cx, &[IoSlice::new(bytes)], streaming))
+        c.set_streaming(streaming);
+        let n = poll_fn(|cx| c.poll_write(tcp, cx, &[IoSlice::new(bytes)]))
             .await
             .unwrap();
         assert_eq!(n, bytes.len());
@@ -262,14 +259,15 @@ mod tests {
         write(&c, &mut server, b"third", true).await;
         assert!(c.is_holding());
         // Not due yet, still streaming: nothing moves.
-        poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, true)))
+        poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx)))
             .await
             .unwrap();
         assert!(c.is_holding());
         assert_held(&client, since);
 
         // The body ended: pushed at once, whatever the clock says.
-        poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, false)))
+        c.set_streaming(false);
+        poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx)))
             .await
             .unwrap();
         assert!(!c.is_holding());
@@ -304,7 +302,7 @@ mod tests {
         let mut looks = 0;
         let pushed = poll_fn(|cx| {
             looks += 1;
-            c.poll_push(server, cx, true).unwrap();
+            c.poll_push(server, cx).unwrap();
             if c.is_holding() {
                 Poll::Pending
             } else {
@@ -338,18 +336,19 @@ mod tests {
         const CHUNKS: usize = 16_384;
         let chunk: Vec<u8> = (0..1024_u32).map(|i| (i % 251) as u8).collect();
         let sent = chunk.clone();
+        c.set_streaming(true);
         let writer = tokio::spawn(async move {
             for _ in 0..CHUNKS {
                 let mut rest = &sent[..];
                 while !rest.is_empty() {
-                    let n =
-                        poll_fn(|cx| c.poll_write(&mut server, cx, &[IoSlice::new(rest)], true))
-                            .await
-                            .unwrap();
+                    let n = poll_fn(|cx| c.poll_write(&mut server, cx, &[IoSlice::new(rest)]))
+                        .await
+                        .unwrap();
                     rest = &rest[n..];
                 }
             }
-            poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, false)))
+            c.set_streaming(false);
+            poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx)))
                 .await
                 .unwrap();
             server
@@ -370,8 +369,8 @@ mod tests {
         // The first write may still be accepted; the reset makes a later one fail.
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let written =
-                poll_fn(|cx| c.poll_write(&mut server, cx, &[IoSlice::new(b"x")], true)).await;
+            c.set_streaming(true);
+            let written = poll_fn(|cx| c.poll_write(&mut server, cx, &[IoSlice::new(b"x")])).await;
             if written.is_err() {
                 break;
             }
@@ -380,7 +379,8 @@ mod tests {
                 "writes to a closed peer kept succeeding"
             );
             tokio::task::yield_now().await;
-            poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx, false).ok())).await;
+            c.set_streaming(false);
+            poll_fn(|cx| Poll::Ready(c.poll_push(&server, cx).ok())).await;
         }
     }
 }

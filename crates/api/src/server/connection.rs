@@ -585,12 +585,7 @@ impl AsyncWrite for WatchedIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match &this.coalesce {
-            Some(c) => c.poll_write(
-                &mut this.tcp,
-                cx,
-                &[io::IoSlice::new(buf)],
-                c.is_streaming(),
-            ),
+            Some(c) => c.poll_write(&mut this.tcp, cx, &[io::IoSlice::new(buf)]),
             None => Pin::new(&mut this.tcp).poll_write(cx, buf),
         }
     }
@@ -602,7 +597,7 @@ impl AsyncWrite for WatchedIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match &this.coalesce {
-            Some(c) => c.poll_write(&mut this.tcp, cx, bufs, c.is_streaming()),
+            Some(c) => c.poll_write(&mut this.tcp, cx, bufs),
             None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
         }
     }
@@ -614,7 +609,7 @@ impl AsyncWrite for WatchedIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(c) = &this.coalesce {
-            c.poll_push(&this.tcp, cx, c.is_streaming())?;
+            c.poll_push(&this.tcp, cx)?;
         }
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
