@@ -1,11 +1,13 @@
 //! A response body's bookkeeping, shared by the upstream clients' bodies (the hand-written
 //! one in `stream` and the `hyper-upstream` A/B variant's): the request's claim on its
 //! endpoint and its outlier-detection watch until the body ends, the request duration
-//! recorded exactly once, the failure counted when the body breaks off, and the lazily moved
-//! `idle_timeout` timer.
+//! recorded exactly once, the failure counted when the body breaks off, the lazily moved
+//! `idle_timeout` timer, and the body counted as being read on its thread (`upstream`'s
+//! `Reading`) until it ends.
 
 use crate::QuietSleep;
 use crate::runtime::{Claim, Watch};
+use crate::upstream::Reading;
 use hale_core::Signal;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +35,8 @@ struct Open {
     claim: Claim,
     started: Instant,
     watch: Watch,
+    /// Counted on this thread until the bookkeeping ends.
+    _reading: Reading,
 }
 
 impl Tally {
@@ -43,6 +47,7 @@ impl Tally {
                 claim,
                 started,
                 watch,
+                _reading: Reading::start(),
             }),
             idle,
             idle_timer: None,
@@ -141,5 +146,56 @@ impl Tally {
             "the backend sent nothing for {} (idle_timeout)",
             humantime::format_duration(idle)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+    use crate::route::Route;
+    use crate::runtime::EndpointRuntime;
+    use crate::upstream::Reading;
+    use hale_core::{EndpointConfig, EndpointKind, HealthStore};
+    use std::sync::Arc;
+
+    fn runtime() -> Arc<EndpointRuntime> {
+        let c = EndpointConfig::new("a", "http://127.0.0.1:9", EndpointKind::Vllm);
+        let store = Arc::new(HealthStore::new(
+            "pod-1",
+            vec![c.resolve("e").unwrap()],
+            &hale_core::HealthConfig::default(),
+            hale_core::Now::capture(),
+        ));
+        let e = store.snapshot().get("a").unwrap().endpoint.clone();
+        Arc::new(EndpointRuntime::new(e, &ProxyConfig::default(), 1, &store))
+    }
+
+    fn tally(rt: &Arc<EndpointRuntime>) -> Tally {
+        let now = Instant::now();
+        let claim = rt.try_claim(false, now).unwrap();
+        Tally::new(claim, now, rt.watch(Route::ChatCompletions.path(), 200))
+    }
+
+    #[test]
+    fn a_body_counts_as_read_on_its_thread_until_it_finishes_or_is_dropped() {
+        // A thread of its own: the count is per thread.
+        std::thread::spawn(|| {
+            let rt = runtime();
+            assert_eq!(Reading::on_this_thread(), 0);
+            let mut finished = tally(&rt);
+            let dropped = tally(&rt);
+            assert_eq!(Reading::on_this_thread(), 2);
+            finished.finish();
+            assert_eq!(Reading::on_this_thread(), 1, "finished: no longer read");
+            drop(dropped);
+            assert_eq!(Reading::on_this_thread(), 0, "dropped mid-answer");
+            let mut cut = tally(&rt);
+            cut.cut(Signal::StreamCut, "reset");
+            assert_eq!(Reading::on_this_thread(), 0, "broken off");
+            drop((finished, cut));
+        })
+        .join()
+        .unwrap();
     }
 }

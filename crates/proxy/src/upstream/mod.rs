@@ -61,12 +61,19 @@
 //! that time, and on a virtual machine a thread that sleeps, even that briefly, lets its vCPU
 //! halt and pays tens of microseconds to be woken again: polling took 30–40 µs off the median
 //! of every request at 100 requests/s in `cargo xtask bench proxy`. It costs at most those
-//! 100 µs of CPU per request and only when nothing else on its thread waits for a backend
-//! (under load some other request nearly always does), and it holds up no other task, since
-//! each round is a yield. It needs a runtime that looks at its event queue whenever a task
-//! yields, which tokio's current-thread runtime (each of the gateway's serving threads runs
-//! one) does; on a multi-threaded one the event queue may be another worker's, asleep, and
-//! the client does not poll there.
+//! 100 µs of CPU per request, and it holds up no other task, since each round is a yield.
+//! It is done only while the thread would otherwise sleep: no other request of the thread
+//! waits for a backend (under load some other request nearly always does) and no answer's
+//! body is being read on it ([`Reading`]). A thread relaying streams is woken for their
+//! chunks anyway, and polling there turned its sleep between them into one zero-timeout look
+//! at the event queue per round: with 1,000 streams of 20 ms chunks and 500 new requests a
+//! second, 1.2 events per `epoll_wait` against 4.3 without (HAProxy's 4.2), and the wasted
+//! rounds were most of Hale's CPU per chunk above HAProxy's (docs/BENCHMARKS.md, "Seventh
+//! pass"). An LLM's first token takes milliseconds, far longer than the polling lasts, so
+//! there it could only ever have cost. It needs a runtime that looks at its event queue
+//! whenever a task yields, which tokio's current-thread runtime (each of the gateway's
+//! serving threads runs one) does; on a multi-threaded one the event queue may be another
+//! worker's, asleep, and the client does not poll there.
 
 pub mod chunked;
 pub mod head;
@@ -133,6 +140,54 @@ fn give_back_head_buffer(mut buf: BytesMut) {
         }
     });
 }
+thread_local! {
+    /// Answers whose bodies are being read on this thread (see [`Reading`]).
+    static READING: Arc<Padded<AtomicUsize>> = Arc::new(Padded::default());
+}
+
+/// An answer's body being read: counted from its head to the body's end or drop, on the
+/// thread that read the head, for a request there not to poll for its own answer meanwhile
+/// (see the module docs). The response body's bookkeeping (`tally`) holds it.
+#[derive(Debug)]
+pub(crate) struct Reading(Option<Arc<Padded<AtomicUsize>>>);
+
+impl Reading {
+    pub(crate) fn start() -> Self {
+        // (No count once the thread's locals are gone, at its very end: nothing polls then.)
+        Self(
+            READING
+                .try_with(|count| {
+                    count.0.fetch_add(1, Ordering::Relaxed);
+                    count.clone()
+                })
+                .ok(),
+        )
+    }
+
+    /// Answers being read on this thread.
+    pub(crate) fn on_this_thread() -> usize {
+        READING
+            .try_with(|count| count.0.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Reading {
+    /// Uncounted on the thread that counted it, wherever the body is dropped.
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a request that `waiting` counts polls for its answer before it sleeps: it is the
+/// only one of its thread waiting for a backend, no answer is being read there, and the
+/// runtime looks at its event queue when a task yields (see the module docs).
+fn polls_for_answer(waiting: &Waiting<'_>) -> bool {
+    waiting.alone && Reading::on_this_thread() == 0 && polls_on_yield()
+}
+
 /// How long the only request waiting for an answer polls for it before it sleeps (see the
 /// module docs).
 pub const ANSWER_SPIN: Duration = Duration::from_micros(100);
@@ -264,7 +319,7 @@ impl Upstream {
         };
         let first_byte = dest.deadlines.first_byte;
         let waiting = Waiting::enter(&crate::worker::slot(&self.waiting).0);
-        let spin = waiting.alone && polls_on_yield();
+        let spin = polls_for_answer(&waiting);
         if let Some(conn) = dest.pool.take(now) {
             match exchange_within(first_byte, conn, &head, req.body, spin).await {
                 Ok(done) => return Ok(done),
@@ -599,6 +654,51 @@ mod tests {
         drop((second, third));
         assert_eq!(count.load(Ordering::Relaxed), 0);
         assert!(Waiting::enter(&count).alone);
+    }
+
+    #[test]
+    fn a_request_polls_only_while_no_answer_is_read_on_its_thread() {
+        // A thread of its own: the count of answers being read is per thread.
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let _in_runtime = runtime.enter();
+            let count = AtomicUsize::new(0);
+            let lone = Waiting::enter(&count);
+            assert!(polls_for_answer(&lone), "alone, nothing read: it polls");
+
+            let first = Reading::start();
+            let second = Reading::start();
+            assert!(!polls_for_answer(&lone), "answers are streaming here");
+            drop(first);
+            assert!(!polls_for_answer(&lone), "one still is");
+            // Dropped on another thread, a body is still uncounted on this one's count.
+            std::thread::spawn(move || drop(second)).join().unwrap();
+            assert!(polls_for_answer(&lone), "the last one ended elsewhere");
+
+            let other = Waiting::enter(&count);
+            assert!(!polls_for_answer(&other), "another request waits");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_body_read_on_another_thread_is_not_counted_here() {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let _in_runtime = runtime.enter();
+            let elsewhere = std::thread::spawn(Reading::start).join().unwrap();
+            let count = AtomicUsize::new(0);
+            assert!(polls_for_answer(&Waiting::enter(&count)));
+            drop(elsewhere);
+            assert!(polls_for_answer(&Waiting::enter(&count)));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
