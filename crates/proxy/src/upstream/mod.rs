@@ -68,7 +68,7 @@
 //! chunks anyway, and polling there turned its sleep between them into one zero-timeout look
 //! at the event queue per round: with 1,000 streams of 20 ms chunks and 500 new requests a
 //! second, 1.2 events per `epoll_wait` against 4.3 without (HAProxy's 4.2), and the wasted
-//! rounds were most of Hale's CPU per chunk above HAProxy's (docs/BENCHMARKS.md, "Seventh
+//! rounds were half of Hale's CPU per chunk above HAProxy's (docs/BENCHMARKS.md, "Seventh
 //! pass"). An LLM's first token takes milliseconds, far longer than the polling lasts, so
 //! there it could only ever have cost. It needs a runtime that looks at its event queue
 //! whenever a task yields, which tokio's current-thread runtime (each of the gateway's
@@ -140,6 +140,7 @@ fn give_back_head_buffer(mut buf: BytesMut) {
         }
     });
 }
+
 thread_local! {
     /// Answers whose bodies are being read on this thread (see [`Reading`]).
     static READING: Arc<Padded<AtomicUsize>> = Arc::new(Padded::default());
