@@ -148,7 +148,10 @@ thread_local! {
 
 /// An answer's body being read: counted from its head to the body's end or drop, on the
 /// thread that read the head, for a request there not to poll for its own answer meanwhile
-/// (see the module docs). The response body's bookkeeping (`tally`) holds it.
+/// (see the module docs). The response body's bookkeeping (`tally`) holds it. A
+/// thread-local rather than a slot per serving thread as `Upstream::waiting` has: the body
+/// outlives any borrow of the client, and it still uncounts the right thread if it is
+/// dropped on another.
 #[derive(Debug)]
 pub(crate) struct Reading(Option<Arc<Padded<AtomicUsize>>>);
 
