@@ -30,8 +30,8 @@
 //! the kernel's timer mostly does, as for HAProxy (docs/BENCHMARKS.md: 1.14× plain HAProxy's
 //! CPU per chunk at 1,000 streams with 200 ms in the fifth pass; 1.03–1.14× with 1 s over the
 //! seven runs of the fifth and sixth passes, 0.96–1.01× at 5,000 streams; in the seventh
-//! pass's two runs, once the upstream client stopped polling for answers while streams flow,
-//! 1.02× and 0.99× at 1,000 streams, 0.86× and 0.95× at 5,000).
+//! pass's three runs, once the upstream client stopped polling for answers while streams
+//! flow, 0.99–1.03× at 1,000 streams and 0.86–0.95× at 5,000).
 //!
 //! HTTP/1 only (HTTP/2 multiplexes streams over one socket; h2 batches its own writes), and
 //! Linux only (`MSG_MORE`); elsewhere the setting has no effect.
