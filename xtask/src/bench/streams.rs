@@ -136,6 +136,15 @@ struct Tally {
     error: Option<String>,
 }
 
+/// `cpu_seconds` over `chunks`, in µs per chunk; NaN (shown as "—") for no chunk.
+fn us_per_chunk(cpu_seconds: f64, chunks: u64) -> f64 {
+    if chunks == 0 {
+        f64::NAN
+    } else {
+        cpu_seconds / chunks as f64 * 1e6
+    }
+}
+
 impl Tally {
     fn median(&self, field: impl Fn(&Run) -> f64) -> f64 {
         median(
@@ -171,11 +180,7 @@ impl Tally {
     fn cpu_us_per_chunk(&self) -> f64 {
         let events: u64 = self.runs.iter().map(|r| r.outcome.events).sum();
         let cpu: f64 = self.runs.iter().map(|r| r.cpu_seconds).sum();
-        if events == 0 {
-            f64::NAN
-        } else {
-            cpu / events as f64 * 1e6
-        }
+        us_per_chunk(cpu, events)
     }
 
     /// CPU per relayed chunk (µs) of each round, in the order the rounds ran: how far apart
@@ -183,13 +188,7 @@ impl Tally {
     fn cpu_us_per_chunk_by_round(&self) -> Vec<f64> {
         self.runs
             .iter()
-            .map(|r| {
-                if r.outcome.events == 0 {
-                    f64::NAN
-                } else {
-                    r.cpu_seconds / r.outcome.events as f64 * 1e6
-                }
-            })
+            .map(|r| us_per_chunk(r.cpu_seconds, r.outcome.events))
             .collect()
     }
 

@@ -660,14 +660,23 @@ mod tests {
         assert!(Waiting::enter(&count).alone);
     }
 
-    #[test]
-    fn a_request_polls_only_while_no_answer_is_read_on_its_thread() {
-        // A thread of its own: the count of answers being read is per thread.
+    /// Runs `f` inside a current-thread runtime on a thread of its own: the count of answers
+    /// being read is per thread, so no other test's bodies are counted there.
+    fn on_a_serving_thread(f: impl FnOnce() + Send + 'static) {
         std::thread::spawn(|| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
             let _in_runtime = runtime.enter();
+            f();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_request_polls_only_while_no_answer_is_read_on_its_thread() {
+        on_a_serving_thread(|| {
             let count = AtomicUsize::new(0);
             let lone = Waiting::enter(&count);
             assert!(polls_for_answer(&lone), "alone, nothing read: it polls");
@@ -683,26 +692,18 @@ mod tests {
 
             let other = Waiting::enter(&count);
             assert!(!polls_for_answer(&other), "another request waits");
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn a_body_read_on_another_thread_is_not_counted_here() {
-        std::thread::spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            let _in_runtime = runtime.enter();
+        on_a_serving_thread(|| {
             let elsewhere = std::thread::spawn(Reading::start).join().unwrap();
             let count = AtomicUsize::new(0);
             assert!(polls_for_answer(&Waiting::enter(&count)));
             drop(elsewhere);
             assert!(polls_for_answer(&Waiting::enter(&count)));
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
