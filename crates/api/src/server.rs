@@ -69,6 +69,7 @@
 mod coalesce;
 mod connection;
 mod gate;
+mod send;
 mod tracked;
 
 #[cfg(test)]

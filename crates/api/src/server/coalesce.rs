@@ -36,15 +36,14 @@
 //! HTTP/1 only (HTTP/2 multiplexes streams over one socket; h2 batches its own writes), and
 //! Linux only (`MSG_MORE`); elsewhere the setting has no effect.
 
+use super::send::poll_send;
 use hale_core::config::clock_safe;
 use hale_proxy::QuietSleep;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -112,12 +111,12 @@ impl Coalescer {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if !self.is_streaming() {
-            let written = ready!(Pin::new(tcp).poll_write_vectored(cx, bufs))?;
+            let written = ready!(poll_send(tcp, cx, bufs, false))?;
             // A write without `MSG_MORE` on a `TCP_NODELAY` socket sends all it holds.
             self.writer().held = false;
             return Poll::Ready(Ok(written));
         }
-        let written = ready!(poll_send_more(tcp, cx, bufs))?;
+        let written = ready!(poll_send(tcp, cx, bufs, true))?;
         let mut writer = self.writer();
         if !writer.held {
             writer.held = true;
@@ -148,35 +147,6 @@ impl Coalescer {
     pub(super) fn is_holding(&self) -> bool {
         self.writer().held
     }
-}
-
-/// `sendmsg(bufs, MSG_MORE)` on `tcp`, waiting for it to be writable.
-#[cfg(target_os = "linux")]
-fn poll_send_more(
-    tcp: &TcpStream,
-    cx: &mut Context<'_>,
-    bufs: &[IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(tcp.poll_write_ready(cx))?;
-        match tcp.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(tcp)
-                .send_vectored_with_flags(bufs, libc::MSG_MORE | libc::MSG_NOSIGNAL)
-        }) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            result => return Poll::Ready(result),
-        }
-    }
-}
-
-/// Never reached: [`Coalescer::new`] gives `None` where `MSG_MORE` does not exist.
-#[cfg(not(target_os = "linux"))]
-fn poll_send_more(
-    tcp: &mut TcpStream,
-    cx: &mut Context<'_>,
-    bufs: &[IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    Pin::new(tcp).poll_write_vectored(cx, bufs)
 }
 
 #[cfg(test)]

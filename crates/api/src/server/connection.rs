@@ -28,6 +28,7 @@
 
 use super::coalesce::Coalescer;
 use super::gate::Gate;
+use super::send::poll_send;
 use super::tracked::ConnService;
 use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, Limits, Shared};
 use axum::Router;
@@ -524,7 +525,8 @@ impl ConnState {
 
 /// The TCP stream as hyper reads it: first the bytes [`sniff`] took, then the socket, at most
 /// `read_max` bytes per read ([`HTTP1_READ_MAX`] on HTTP/1), telling [`ConnState`] whenever
-/// bytes arrive. Writes go through the [`Coalescer`] when `server.stream_coalesce` is on.
+/// bytes arrive. Writes are `sendmsg` calls ([`poll_send`]), through the [`Coalescer`] when
+/// `server.stream_coalesce` is on.
 #[derive(Debug)]
 pub(super) struct WatchedIo {
     tcp: TcpStream,
@@ -586,11 +588,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match &this.coalesce {
-            Some(c) => c.poll_write(&mut this.tcp, cx, &[io::IoSlice::new(buf)]),
-            None => Pin::new(&mut this.tcp).poll_write(cx, buf),
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -601,7 +599,7 @@ impl AsyncWrite for WatchedIo {
         let this = self.get_mut();
         match &this.coalesce {
             Some(c) => c.poll_write(&mut this.tcp, cx, bufs),
-            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+            None => poll_send(&mut this.tcp, cx, bufs, false),
         }
     }
 
