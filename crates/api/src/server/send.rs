@@ -1,11 +1,11 @@
 //! How bytes go to a client's socket: one `sendmsg`, not tokio's `writev`.
 //!
 //! Both hand the kernel the same gathered slices, but `writev` enters through the file layer
-//! (the descriptor's position lock, the write-permission and size checks, the `fsnotify`
-//! hook) before it reaches the socket, where `sendmsg` goes to the socket directly, as
-//! HAProxy's `send` does. With one write per streamed chunk that is most of the difference:
-//! perf at 1,000 streams put `vfs_writev` and `fdget_pos` at 6.4 % of the gateway's samples,
-//! and `sendmsg` took 2.8 % off its CPU per chunk (docs/BENCHMARKS.md, "Eighth pass").
+//! (`fdget_pos`, the write-permission and size checks, the `fsnotify` hook) before it reaches
+//! the socket, where `sendmsg` goes to the socket directly, as HAProxy's `send` does. With one
+//! write per streamed chunk that detour is paid per chunk: perf at 1,000 streams put
+//! `vfs_writev` and `fdget_pos` at 6.4 % of the gateway's samples, and `sendmsg` took 2.8 %
+//! off its CPU per chunk (docs/BENCHMARKS.md, "Eighth pass").
 //! `sendmsg` also takes flags: the coalescer's held writes add `MSG_MORE` (`coalesce`).
 //!
 //! Linux only; elsewhere tokio's vectored write is used (and `more` is ignored: the
