@@ -156,7 +156,6 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
     use tokio::io::AsyncReadExt as _;
-    use tokio::net::TcpListener;
     use tokio::time::timeout;
 
     const MAX: Duration = Duration::from_millis(50);
@@ -164,11 +163,7 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(5);
 
     async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (server, client) = crate::server::send::tests::pair().await;
         server.set_nodelay(true).unwrap();
         (server, client)
     }

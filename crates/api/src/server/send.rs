@@ -56,7 +56,7 @@ pub(super) fn poll_send(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! Over real loopback connections.
     use super::*;
     use std::future::poll_fn;
@@ -70,7 +70,8 @@ mod tests {
     /// More than a loopback socket's send buffer and the client's window take at once.
     const CHUNK: usize = 64 * 1024;
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A loopback connection: (the server's side, the client's).
+    pub(in crate::server) async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
