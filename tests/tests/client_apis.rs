@@ -18,7 +18,7 @@
 //!   their model; hostile bodies and paths get a 4xx in the route's API shape and never reach
 //!   a backend.
 
-use hale_testkit::{Gateway, MockLlm, RedisServer};
+use hale_testkit::{Gateway, MockLlm, RedisServer, serve_heads};
 use hale_tests::wait_status;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -760,34 +760,20 @@ async fn fake_ollama(
 ) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0_u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head);
-                let path = line.split(' ').nth(1).unwrap_or("");
-                let tags = format!(r#"{{"models":[{{"name":"{model}","model":"{model}"}}]}}"#);
-                let body = match path {
-                    "/" => "Ollama is running",
-                    "/api/tags" => tags.as_str(),
-                    "/api/ps" => ps,
-                    "/api/version" => version,
-                    _ => "{}",
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(answer.as_bytes()).await;
-            });
-        }
+    serve_heads(listener, move |head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        let tags = format!(r#"{{"models":[{{"name":"{model}","model":"{model}"}}]}}"#);
+        let body = match path {
+            "/" => "Ollama is running",
+            "/api/tags" => tags.as_str(),
+            "/api/ps" => ps,
+            "/api/version" => version,
+            _ => "{}",
+        };
+        Some(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ))
     });
     Ok(url)
 }

@@ -10,9 +10,9 @@
 use hale_core::store::CheckPlan;
 use hale_core::{CheckResult, EndpointConfig, EndpointKind, Secret};
 use hale_probe::{ProbeClient, probe_for, run_check};
+use hale_testkit::{closing_answer, serve_heads};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use url::Url;
 
@@ -23,38 +23,7 @@ async fn serve(
 ) -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let respond = Arc::new(respond);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let respond = respond.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&got).to_string();
-                if let Some(answer) = respond(&text) {
-                    let _ = sock.write_all(answer.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                }
-            });
-        }
-    });
-    (format!("http://{addr}"), task)
-}
-
-fn http(status: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    (format!("http://{addr}"), serve_heads(listener, respond))
 }
 
 fn plan(url: &str, kind: EndpointKind, models: &[&str], discover: bool) -> CheckPlan {
@@ -135,17 +104,17 @@ async fn sends_user_agent_and_bearer_and_discovers_models() {
     let (url, _t) = serve(|req| {
         let ok = req.contains("user-agent: hale/") && req.contains("authorization: Bearer sk-test");
         if !ok {
-            return Some(http("400 Bad Request", "missing headers"));
+            return Some(closing_answer("400 Bad Request", "missing headers"));
         }
         if req.starts_with("GET /health ") {
-            Some(http("200 OK", ""))
+            Some(closing_answer("200 OK", ""))
         } else if req.starts_with("GET /v1/models ") {
-            Some(http(
+            Some(closing_answer(
                 "200 OK",
                 r#"{"object":"list","data":[{"id":"m1"},{"id":"m2"}]}"#,
             ))
         } else {
-            Some(http("404 Not Found", ""))
+            Some(closing_answer("404 Not Found", ""))
         }
     })
     .await;
@@ -187,7 +156,7 @@ async fn sends_user_agent_and_bearer_and_discovers_models() {
 #[tokio::test]
 async fn http_errors_and_loading() {
     let (url, _t) = serve(|_| {
-        Some(http(
+        Some(closing_answer(
             "503 Service Unavailable",
             r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#,
         ))
@@ -220,9 +189,9 @@ async fn http_errors_and_loading() {
 async fn names_the_replica_when_given_a_pod_id() {
     let (url, _t) = serve(|req| {
         if req.contains("x-hale-pod: pod-7\r\n") {
-            Some(http("200 OK", ""))
+            Some(closing_answer("200 OK", ""))
         } else {
-            Some(http("400 Bad Request", "no pod header"))
+            Some(closing_answer("400 Bad Request", "no pod header"))
         }
     })
     .await;

@@ -16,10 +16,10 @@ use hale_core::{
     HealthStore, LocalResult, Now, Phase, ResultKind, SharedResult,
 };
 use hale_probe::{ProbeClient, Scheduler};
+use hale_testkit::{closing_answer, serve_heads};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 
@@ -38,40 +38,20 @@ async fn backend(models: &[&str]) -> Backend {
     ));
     let lists = Arc::new(AtomicUsize::new(0));
     let (served, counted) = (list.clone(), lists.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let (served, counted) = (served.clone(), counted.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = if got.starts_with(b"GET /v1/models") {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let data: Vec<serde_json::Value> = served
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .map(|m| serde_json::json!({ "id": m }))
-                        .collect();
-                    serde_json::json!({ "object": "list", "data": data }).to_string()
-                } else {
-                    String::new()
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(answer.as_bytes()).await;
-            });
-        }
+    serve_heads(listener, move |req| {
+        let body = if req.starts_with("GET /v1/models") {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let data: Vec<serde_json::Value> = served
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|m| serde_json::json!({ "id": m }))
+                .collect();
+            serde_json::json!({ "object": "list", "data": data }).to_string()
+        } else {
+            String::new()
+        };
+        Some(closing_answer("200 OK", &body))
     });
     Backend {
         url,

@@ -17,10 +17,10 @@ use hale_core::{
     LocalResult, Now,
 };
 use hale_probe::{ProbeClient, Scheduler};
+use hale_testkit::{closing_answer, serve_heads};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -31,31 +31,14 @@ async fn backend() -> (String, Arc<AtomicUsize>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));
     let seen = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                seen.fetch_add(1, Ordering::SeqCst);
-                let body = if got.starts_with(b"GET /v1/models") {
-                    r#"{"object":"list","data":[{"id":"m1"}]}"#
-                } else {
-                    ""
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(answer.as_bytes()).await;
-            });
-        }
+    serve_heads(listener, move |req| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let body = if req.starts_with("GET /v1/models") {
+            r#"{"object":"list","data":[{"id":"m1"}]}"#
+        } else {
+            ""
+        };
+        Some(closing_answer("200 OK", body))
     });
     (url, hits)
 }

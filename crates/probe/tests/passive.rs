@@ -18,10 +18,10 @@ use hale_core::{
     HealthStore, Now, Phase, Reason, ResultKind, SharedResult, Source,
 };
 use hale_probe::{CheckNowError, ProbeClient, Scheduler};
+use hale_testkit::{closing_answer, serve_heads};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -31,37 +31,16 @@ const S: Duration = Duration::from_secs(1);
 /// Serves `listener` as a vLLM-like backend answering 200 to everything, recording the
 /// request line of each request (a bare connection that sends nothing is not recorded).
 fn serve(listener: TcpListener, hits: Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let hits = hits.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let req = String::from_utf8_lossy(&got).to_string();
-                hits.lock()
-                    .unwrap()
-                    .push(req.lines().next().unwrap_or("").to_owned());
-                let body = if req.starts_with("GET /v1/models") {
-                    r#"{"object":"list","data":[{"id":"m1"}]}"#
-                } else {
-                    ""
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(answer.as_bytes()).await;
-            });
-        }
+    serve_heads(listener, move |req| {
+        hits.lock()
+            .unwrap()
+            .push(req.lines().next().unwrap_or("").to_owned());
+        let body = if req.starts_with("GET /v1/models") {
+            r#"{"object":"list","data":[{"id":"m1"}]}"#
+        } else {
+            ""
+        };
+        Some(closing_answer("200 OK", body))
     })
 }
 
@@ -279,29 +258,9 @@ async fn no_knocking_unless_the_backend_refused() {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(Mutex::new(0usize));
     let seen = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                *seen.lock().unwrap() += 1;
-                let _ = sock
-                    .write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    )
-                    .await;
-            });
-        }
+    let _server = serve_heads(listener, move |_| {
+        *seen.lock().unwrap() += 1;
+        Some(closing_answer("503 Service Unavailable", ""))
     });
     let mut c = EndpointConfig::new("e", format!("http://{addr}"), EndpointKind::Vllm);
     c.check_interval = S;

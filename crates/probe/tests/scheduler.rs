@@ -16,10 +16,10 @@ use hale_core::{
     HealthStore, LocalResult, Now, Phase, ResultKind, SharedResult,
 };
 use hale_probe::{ProbeClient, Scheduler};
+use hale_testkit::{closing_answer, serve_heads};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 
@@ -29,40 +29,19 @@ async fn backend() -> (String, Arc<Mutex<Vec<String>>>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let hits = Arc::new(Mutex::new(Vec::new()));
     let seen = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let req = String::from_utf8_lossy(&got).to_string();
-                let body = if req.starts_with("GET /v1/models") {
-                    r#"{"object":"list","data":[{"id":"m1"}]}"#
-                } else {
-                    let pod = req
-                        .lines()
-                        .find_map(|l| l.strip_prefix("x-hale-pod: "))
-                        .unwrap_or("")
-                        .to_owned();
-                    seen.lock().unwrap().push(pod);
-                    ""
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(answer.as_bytes()).await;
-            });
-        }
+    serve_heads(listener, move |req| {
+        let body = if req.starts_with("GET /v1/models") {
+            r#"{"object":"list","data":[{"id":"m1"}]}"#
+        } else {
+            let pod = req
+                .lines()
+                .find_map(|l| l.strip_prefix("x-hale-pod: "))
+                .unwrap_or("")
+                .to_owned();
+            seen.lock().unwrap().push(pod);
+            ""
+        };
+        Some(closing_answer("200 OK", body))
     });
     (url, hits)
 }
