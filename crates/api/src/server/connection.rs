@@ -58,8 +58,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// and the buffer, once grown, stays with the connection for its life: a 60 KB prompt read
 /// in full-size reads left a 64–330 KiB buffer behind, held through the whole streamed answer
 /// and every later keep-alive request (147 KiB per stream at 1,000 streams of 64 KiB prompts,
-/// against HAProxy's 8; 23 KiB with the cap: docs/BENCHMARKS.md, "Third pass"). Reads that never fill the target keep it at 8 KiB; a long body costs a few more
-/// `recv` calls instead. HTTP/2 (h2's own buffers) is not capped.
+/// against HAProxy's 8; 23 KiB with the cap: docs/BENCHMARKS.md, "Third pass"). Reads that
+/// never fill the target keep it at 8 KiB; a long body costs a few more `recv` calls instead.
+/// HTTP/2 (h2's own buffers) is not capped.
 const HTTP1_READ_MAX: u64 = 8 * 1024 - 1;
 
 /// A deadline far enough away to mean "none".
